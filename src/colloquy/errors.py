@@ -1,0 +1,137 @@
+"""colloquy's one exception tree.
+
+Every error colloquy raises on purpose derives from :class:`ColloquyError`, so
+callers (the CLI, the HTTP server, users' code) can translate them in one place.
+
+    ColloquyError
+    ├── ConfigError                 bad settings: unknown model, missing API key, bad flag value
+    │   └── MissingAPIKeyError
+    ├── ModelError                  a model call failed (carries provider, status, request id)
+    │   ├── AuthenticationError     401/403: the key is wrong or lacks permission
+    │   ├── RateLimitError          429: slow down (retry_after when the API said)
+    │   ├── OverloadedError         529/503: the provider is overloaded, try later
+    │   ├── ContextTooLongError     the request is over the model's context window
+    │   ├── BadRequestError         400/422: the API refused the request's shape
+    │   └── ModelConnectionError    network failure or timeout, nothing came back
+    ├── InvalidConversationError    a request would break the API's conversation rules
+    ├── ToolError                   a tool is misconfigured (a tool that *raises* becomes an
+    │                               is_error tool_result instead, the model sees it)
+    └── StoreError                  persistence failures
+        ├── ConversationNotFound
+        └── ConflictError           another writer appended to the conversation first
+"""
+
+from __future__ import annotations
+
+
+class ColloquyError(Exception):
+    """Root of every error colloquy raises on purpose."""
+
+
+class ConfigError(ColloquyError):
+    """Settings that cannot work: unknown model, missing key, invalid value."""
+
+
+class MissingAPIKeyError(ConfigError):
+    """A provider needs an API key that is not set."""
+
+    def __init__(self, env_var: str, model: str) -> None:
+        self.env_var = env_var
+        self.model = model
+        super().__init__(
+            f"model {model!r} needs an API key: set {env_var}, "
+            f"or use --model echo to chat offline"
+        )
+
+
+class ModelError(ColloquyError):
+    """A model call failed. The user's message is already stored; retrying is safe."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self.status = status
+        self.request_id = request_id
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        bits = [b for b in (
+            self.provider,
+            f"HTTP {self.status}" if self.status else None,
+            f"request {self.request_id}" if self.request_id else None,
+        ) if b]
+        return f"{base} ({', '.join(bits)})" if bits else base
+
+
+class AuthenticationError(ModelError):
+    """The API key was refused (401) or lacks permission (403)."""
+
+
+class RateLimitError(ModelError):
+    """The provider rate-limited the request (429)."""
+
+    retryable = True
+
+
+class OverloadedError(ModelError):
+    """The provider is overloaded (Anthropic 529, or 503)."""
+
+    retryable = True
+
+
+class ContextTooLongError(ModelError):
+    """The request is larger than the model's context window: use a tighter policy."""
+
+
+class BadRequestError(ModelError):
+    """The API refused the request as malformed (400/422)."""
+
+
+class ModelConnectionError(ModelError):
+    """No answer came back: network error or timeout."""
+
+    retryable = True
+
+
+class InvalidConversationError(ColloquyError):
+    """A conversation cannot be turned into a request the API accepts, even after repair."""
+
+
+class ToolError(ColloquyError):
+    """A tool definition is invalid, or the model asked for a tool that does not exist
+    too many times in a row."""
+
+
+class StoreError(ColloquyError):
+    """Persistence failed."""
+
+
+class ConversationNotFound(StoreError):
+    """No conversation has that id."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(f"no conversation with id {conversation_id!r}")
+
+
+class ConflictError(StoreError):
+    """Another writer appended to the conversation between our read and our write."""
+
+    def __init__(self, conversation_id: str, expected_seq: int) -> None:
+        self.conversation_id = conversation_id
+        self.expected_seq = expected_seq
+        super().__init__(
+            f"conversation {conversation_id!r} changed concurrently "
+            f"(expected next sequence {expected_seq})"
+        )

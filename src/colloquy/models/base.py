@@ -1,0 +1,143 @@
+"""The one interface every model implements.
+
+A model adapter implements :meth:`Model.request` (one call in, one response out) and, when the
+provider streams, :meth:`Model.stream`. Everything else (context policies, storage, the tool
+loop, cost accounting) lives in the engine, so a new provider is one small class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..messages import ContentBlock, Message, TextBlock, ToolUseBlock
+from ..usage import Usage
+
+StopReason = Literal[
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal", "error"
+]
+
+
+class ToolSpec(BaseModel):
+    """What the model is told about a tool: name, description and a JSON schema of its input."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+    def to_anthropic(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.input_schema,
+            },
+        }
+
+
+class ModelRequest(BaseModel):
+    """Exactly what is sent to a model: the persona beside the messages, never inside them."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str
+    system: list[TextBlock] = Field(default_factory=list)
+    messages: list[Message]
+    tools: list[ToolSpec] = Field(default_factory=list)
+    max_tokens: int = 1024
+    temperature: float | None = None
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """The Anthropic Messages API request body (what ``colloquy context --json`` prints)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "messages": [m.to_anthropic() for m in self.messages],
+        }
+        if self.system:
+            body["system"] = [b.model_dump(mode="json", exclude_none=True) for b in self.system]
+        if self.tools:
+            body["tools"] = [t.to_anthropic() for t in self.tools]
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+
+class ModelResponse(BaseModel):
+    """One complete model answer: content blocks, why it stopped, and what it cost in tokens."""
+
+    model_config = ConfigDict(frozen=True)
+    content: list[ContentBlock]
+    stop_reason: StopReason | None = "end_turn"
+    usage: Usage = Field(default_factory=Usage)
+    model: str = ""
+    id: str | None = None
+
+    @property
+    def message(self) -> Message:
+        return Message(role="assistant", content=self.content)
+
+    @property
+    def text(self) -> str:
+        return self.message.text
+
+    @property
+    def tool_uses(self) -> list[ToolUseBlock]:
+        return self.message.tool_uses
+
+
+class TextDelta(BaseModel):
+    """A piece of streamed text."""
+
+    model_config = ConfigDict(frozen=True)
+    text: str
+
+
+StreamEvent = TextDelta | ModelResponse
+"""A model stream yields text deltas, then exactly one final :class:`ModelResponse`."""
+
+
+class Model(ABC):
+    """A chat model. Subclasses implement :meth:`request`; streaming is optional."""
+
+    #: The model id sent to the provider (``claude-sonnet-4-6``, ``gpt-4o``, ``echo``).
+    name: str
+    #: The provider's short name, used in errors and for the price table.
+    provider: str = "unknown"
+
+    @abstractmethod
+    def request(self, request: ModelRequest) -> ModelResponse:
+        """Send one request and return the complete response."""
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
+        """Yield text deltas then the final response. The default does not really stream:
+        it yields the whole text at once, so every model can be used where streaming is asked."""
+        response = self.request(request)
+        if response.text:
+            yield TextDelta(text=response.text)
+        yield response
+
+    def count_tokens(self, request: ModelRequest) -> int | None:
+        """The exact input token count from the provider, or ``None`` if it has no such call."""
+        return None
+
+    @property
+    def price_key(self) -> str:
+        """The id used to look up this model's price."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,170 @@
+"""Models that need no network: for offline demos, debugging, and users' own tests.
+
+They are real :class:`Model` implementations, not mocks: the engine, policies and storage run
+exactly as with a provider, and each double records every request it received so a test can
+assert what a provider *would have been sent*.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..tokens import counter, estimate_text
+from ..usage import Usage
+from .base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
+
+_CHUNK = re.compile(r"\S+\s*|\s+")
+
+
+def _chunks(text: str) -> Iterable[str]:
+    """Split text into word-sized deltas, as a provider's stream would."""
+    return _CHUNK.findall(text)
+
+
+def tool_call(name: str, input: dict[str, Any] | None = None, id: str | None = None) -> ToolUseBlock:
+    """A tool_use block with a fresh id, for scripting a model that calls tools."""
+    return ToolUseBlock(id=id or f"toolu_{uuid.uuid4().hex[:20]}", name=name, input=input or {})
+
+
+class _RecordingModel(Model):
+    """Records every request, thread-safely, and streams replies word by word."""
+
+    def __init__(self, name: str, delay: float = 0.0) -> None:
+        self.name = name
+        self.delay = delay
+        self.requests: list[ModelRequest] = []
+        self._lock = threading.Lock()
+
+    def _record(self, request: ModelRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    @property
+    def last_request(self) -> ModelRequest:
+        if not self.requests:
+            raise LookupError(f"{self!r} has received no request")
+        return self.requests[-1]
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
+        response = self.request(request)
+        for piece in _chunks(response.text):
+            if self.delay:
+                time.sleep(self.delay)
+            yield TextDelta(text=piece)
+        yield response
+
+    def _response(self, request: ModelRequest, content: list[ContentBlock]) -> ModelResponse:
+        text = "".join(b.text for b in content if isinstance(b, TextBlock))
+        has_tools = any(isinstance(b, ToolUseBlock) for b in content)
+        return ModelResponse(
+            content=content,
+            stop_reason="tool_use" if has_tools else "end_turn",
+            usage=Usage(
+                input_tokens=counter.raw(request.system, request.messages),
+                output_tokens=estimate_text(text) + 10 * sum(isinstance(b, ToolUseBlock) for b in content),
+            ),
+            model=self.name,
+            id=f"msg_{uuid.uuid4().hex[:24]}",
+        )
+
+
+class EchoModel(_RecordingModel):
+    """Deterministic: replies with a short report of what it received.
+
+    ``latency`` (seconds before answering) and ``delay`` (seconds between streamed words) let
+    load tests simulate a real model's timing without a network.
+    """
+
+    provider = "offline"
+
+    def __init__(self, name: str = "echo", latency: float = 0.0, delay: float = 0.0) -> None:
+        super().__init__(name, delay)
+        self.latency = latency
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        self._record(request)
+        if self.latency:
+            time.sleep(self.latency)
+        last_user = next(
+            (m.text for m in reversed(request.messages) if m.role == "user" and m.text), ""
+        )
+        tokens = counter.raw(request.system, request.messages)
+        n = len(request.messages)
+        text = (
+            f"echo: received {n} message{'s' if n != 1 else ''} "
+            f"(~{tokens} tokens); last user text: {last_user!r}"
+        )
+        return self._response(request, [TextBlock(text=text)])
+
+
+Script = str | ModelResponse | ToolUseBlock | list[ContentBlock] | BaseException
+"""One scripted step: text, a full response, a tool call, several blocks, or an error to raise."""
+
+
+class ScriptedModel(_RecordingModel):
+    """Returns queued replies in order, for tests: ``ScriptedModel(["hi", tool_call("add", {...}),
+    "the sum is 3", RateLimitError("slow down")])``. Raises ``LookupError`` when it runs out,
+    so a test that makes one call too many fails loudly."""
+
+    provider = "offline"
+
+    def __init__(self, replies: Iterable[Script] = (), name: str = "scripted", delay: float = 0.0):
+        super().__init__(name, delay)
+        self._queue: list[Script] = list(replies)
+
+    def add(self, *replies: Script) -> None:
+        with self._lock:
+            self._queue.extend(replies)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._queue)
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        self._record(request)
+        with self._lock:
+            if not self._queue:
+                raise LookupError(f"{self!r} has no more scripted replies")
+            step = self._queue.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        if isinstance(step, ModelResponse):
+            return step
+        if isinstance(step, str):
+            return self._response(request, [TextBlock(text=step)])
+        if isinstance(step, ToolUseBlock):
+            return self._response(request, [step])
+        return self._response(request, list(step))
+
+
+class FunctionModel(_RecordingModel):
+    """Answers with a Python function of the request: ``FunctionModel(lambda req: "ok")``.
+
+    The function may return text, a list of blocks, or a full :class:`ModelResponse`.
+    """
+
+    provider = "offline"
+
+    def __init__(
+        self,
+        fn: Callable[[ModelRequest], str | list[ContentBlock] | ModelResponse],
+        name: str = "function",
+        delay: float = 0.0,
+    ) -> None:
+        super().__init__(name, delay)
+        self.fn = fn
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        self._record(request)
+        out = self.fn(request)
+        if isinstance(out, ModelResponse):
+            return out
+        if isinstance(out, str):
+            return self._response(request, [TextBlock(text=out)])
+        return self._response(request, list(out))
