@@ -128,6 +128,8 @@ class StoredMessage(BaseModel):
     #: Set on assistant messages: what the model call that produced it cost.
     usage: Usage | None = None
     model: str | None = None
+    #: Dollars at the prices in force when the reply was stored (None if the price is unknown).
+    cost_usd: float | None = None
     #: Free-form metadata (e.g. a source turn id, a guard verdict, an idempotency key).
     meta: dict[str, Any] = Field(default_factory=dict)
 

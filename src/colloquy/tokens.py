@@ -15,6 +15,7 @@ import math
 import re
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from .messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 
@@ -52,6 +53,11 @@ def estimate_block(block: object) -> int:
     if isinstance(block, ImageBlock):
         return IMAGE_TOKENS
     return 0
+
+
+def estimate_tools(tools: Sequence[Any]) -> int:
+    """Tokens taken by tool definitions (anything with ``to_anthropic()``, e.g. ToolSpec)."""
+    return sum(estimate_text(json.dumps(t.to_anthropic())) for t in tools)
 
 
 def estimate_message(message: Message) -> int:

@@ -1,0 +1,115 @@
+"""colloquy: chat with large language models that remembers context and stays on topic.
+
+The small public API::
+
+    from colloquy import Chat, SQLiteStore, RollingWindow
+    chat = Chat(model="echo", system="You are terse.", store=SQLiteStore("chat.db"),
+                session_id="demo", policy=RollingWindow(turns=10))
+    print(chat.send("hello").text)
+"""
+
+from .chat import Chat, Reply, SessionCost, TurnCost
+from .context import (
+    Context,
+    ContextInput,
+    ContextPolicy,
+    FullHistory,
+    RollingWindow,
+    TokenBudget,
+)
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    ColloquyError,
+    ConfigError,
+    ConflictError,
+    ContextTooLongError,
+    ConversationNotFound,
+    InvalidConversationError,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelError,
+    OverloadedError,
+    RateLimitError,
+    StoreError,
+    ToolError,
+)
+from .messages import (
+    ImageBlock,
+    Message,
+    StoredMessage,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    to_openai_messages,
+)
+from .models import (
+    EchoModel,
+    FunctionModel,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ScriptedModel,
+    get_model,
+    tool_call,
+)
+from .store import Conversation, MemoryStore, SQLiteStore, Store, open_store
+from .tokens import TokenCounter
+from .tools import Tool, tool
+from .usage import Price, Usage, cost_of, set_price
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "Chat",
+    "ColloquyError",
+    "ConfigError",
+    "ConflictError",
+    "Context",
+    "ContextInput",
+    "ContextPolicy",
+    "ContextTooLongError",
+    "Conversation",
+    "ConversationNotFound",
+    "EchoModel",
+    "FullHistory",
+    "FunctionModel",
+    "ImageBlock",
+    "InvalidConversationError",
+    "MemoryStore",
+    "Message",
+    "MissingAPIKeyError",
+    "Model",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelRequest",
+    "ModelResponse",
+    "OverloadedError",
+    "Price",
+    "RateLimitError",
+    "Reply",
+    "RollingWindow",
+    "SQLiteStore",
+    "ScriptedModel",
+    "SessionCost",
+    "Store",
+    "StoreError",
+    "TextBlock",
+    "TokenBudget",
+    "TokenCounter",
+    "Tool",
+    "ToolError",
+    "ToolResultBlock",
+    "ToolUseBlock",
+    "TurnCost",
+    "Usage",
+    "cost_of",
+    "get_model",
+    "open_store",
+    "set_price",
+    "to_openai_messages",
+    "tool",
+    "tool_call",
+]

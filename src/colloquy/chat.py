@@ -1,0 +1,355 @@
+"""The chat engine: the one place where a turn happens.
+
+    persist the user's message        (so a failed call never loses it)
+      -> build the context            (the policy turns the stored log into system + messages)
+      -> repair and validate          (a stored log must never become unsendable)
+      -> call the model               (stream or not; tool rounds until it stops asking)
+      -> persist the reply and usage  (one transaction)
+
+The CLI and the HTTP server call :class:`Chat`; they never assemble prompts, touch SQL or call a
+provider themselves. The core is synchronous (SQLite and the SDKs' sync clients); the async
+twins run it in a worker thread, so there is one implementation of the turn, not two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .context.base import Context, ContextInput, ContextPolicy
+from .context.policies import RollingWindow
+from .context.validate import repair, validate
+from .errors import ColloquyError, ModelError, ToolError
+from .messages import ContentBlock, Message, StoredMessage
+from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
+from .store import Conversation, NewMessage, Store, new_id, open_store
+from .tokens import TokenCounter, counter as default_counter, estimate_tools
+from .tools import Tool, as_tools, run_calls
+from .usage import Usage, cost_of
+
+DEFAULT_POLICY = RollingWindow(turns=20)
+
+
+class Reply(BaseModel):
+    """The outcome of one turn."""
+
+    model_config = ConfigDict(frozen=True)
+    text: str
+    message: Message
+    conversation_id: str
+    #: Sequence number of the final assistant message in the log.
+    seq: int
+    #: Summed over every model call of the turn (tool rounds included).
+    usage: Usage
+    cost_usd: float | None
+    model: str
+    stop_reason: str | None
+    #: Model calls made (1 + tool rounds).
+    rounds: int = 1
+    #: Repairs and policy warnings, for display.
+    notes: list[str] = Field(default_factory=list)
+
+
+class TurnCost(BaseModel):
+    seq: int
+    model: str | None
+    usage: Usage
+    cost_usd: float | None
+
+
+class SessionCost(BaseModel):
+    turns: list[TurnCost]
+    usage: Usage
+    #: None when a turn used a model whose price is unknown.
+    cost_usd: float | None
+
+
+UserInput = str | Message | Sequence[ContentBlock]
+
+
+def _user_message(content: UserInput) -> Message:
+    if isinstance(content, Message):
+        if content.role != "user":
+            raise ValueError("a turn starts with a user message")
+        return content
+    if isinstance(content, str):
+        if not content.strip():
+            raise ValueError("the message is empty")
+        return Message.user(content)
+    return Message(role="user", content=list(content))
+
+
+class Chat:
+    """A conversation with a model, persisted in a store and trimmed by a context policy.
+
+    ``Chat(model="echo", system="You are terse.", session_id="demo")`` resumes session "demo" if
+    it exists (keeping its persona and model unless new ones are given) or starts it.
+    """
+
+    def __init__(
+        self,
+        model: Model | str | None = None,
+        *,
+        system: str | None = None,
+        store: Store | None = None,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        policy: ContextPolicy | None = None,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        temperature: float | None = None,
+        max_tokens: int = 1024,
+        max_tool_rounds: int = 10,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self.store: Store = store if store is not None else open_store()
+        self.session_id = session_id or new_id()
+        existing = self.store.find_conversation(self.session_id)
+        if existing is not None and user_id is not None and existing.user_id not in (None, user_id):
+            raise ColloquyError(f"session {self.session_id!r} belongs to another user")
+        if model is None and existing is not None and existing.model:
+            model = existing.model
+        self.model: Model = model if isinstance(model, Model) else get_model(model)
+        self.system = system if system is not None else (existing.persona if existing else "")
+        self.user_id = user_id if user_id is not None else (existing.user_id if existing else None)
+        self.policy: ContextPolicy = policy or DEFAULT_POLICY
+        self.tools = as_tools(tools)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_tool_rounds = max_tool_rounds
+        self.counter = counter or default_counter
+        self._conversation = existing
+        self._log: list[StoredMessage] = []
+        self._lock = threading.RLock()
+
+    # -- the log -------------------------------------------------------------------------------
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """The stored record; None until the first message is stored."""
+        return self._conversation
+
+    def _ensure_conversation(self) -> Conversation:
+        conv = self._conversation or self.store.find_conversation(self.session_id)
+        if conv is None:
+            conv = self.store.create_conversation(
+                id=self.session_id, user_id=self.user_id, persona=self.system, model=self.model.name
+            )
+        elif conv.persona != self.system or conv.model != self.model.name:
+            conv = self.store.update_conversation(
+                self.session_id, persona=self.system, model=self.model.name
+            )
+        self._conversation = conv
+        return conv
+
+    def history(self) -> list[StoredMessage]:
+        """The whole stored log, oldest first, synced with the store."""
+        with self._lock:
+            self._sync()
+            return list(self._log)
+
+    def _sync(self) -> None:
+        """Read only what other writers appended since our last read: a turn's cost must not
+        grow with the conversation's length."""
+        if self._conversation is None and self.store.find_conversation(self.session_id) is None:
+            return
+        after = self._log[-1].seq if self._log else 0
+        new = self.store.load(self.session_id, after_seq=after)
+        if new and new[0].seq != after + 1:  # a gap: someone rewrote history (e.g. import)
+            self._log = self.store.load(self.session_id)
+        else:
+            self._log.extend(new)
+
+    def _append(self, *items: NewMessage) -> list[StoredMessage]:
+        stored = self.store.append(self.session_id, items)
+        if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
+            self._sync_full()
+        else:
+            self._log.extend(stored)
+        return stored
+
+    def _sync_full(self) -> None:
+        self._log = self.store.load(self.session_id)
+
+    # -- context -------------------------------------------------------------------------------
+
+    def _context_input(self, history: Sequence[StoredMessage]) -> ContextInput:
+        return ContextInput(
+            history=history, system=self.system, model=self.model.name,
+            tools=[t.spec for t in self.tools.values()], max_tokens=self.max_tokens,
+            user_id=self.user_id, conversation_id=self.session_id, counter=self.counter,
+            store=self.store,
+        )
+
+    def build_context(self, history: Sequence[StoredMessage] | None = None) -> Context:
+        """Run the policy on the log, then repair what the API would refuse."""
+        with self._lock:
+            if history is None:
+                self._sync()
+                history = self._log
+            ctx = self.policy.build(self._context_input(history))
+            messages, sources, notes = repair(ctx.messages, ctx.sources or None)
+            ctx.messages, ctx.sources = messages, sources
+            ctx.notes.extend(notes)
+            return ctx
+
+    def _request(self, ctx: Context) -> ModelRequest:
+        validate(ctx.messages)
+        return ModelRequest(
+            model=self.model.name, system=ctx.system, messages=ctx.messages,
+            tools=[t.spec for t in self.tools.values()], max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+
+    def next_request(self, text: str | None = None) -> ModelRequest:
+        """Exactly the request the next turn would send, without sending or storing anything.
+
+        With ``text``, it is the request for that new message; without, it is what the policy
+        keeps of the stored log as it stands.
+        """
+        with self._lock:
+            self._sync()
+            history: list[StoredMessage] = list(self._log)
+            if text is not None:
+                history.append(StoredMessage(
+                    conversation_id=self.session_id,
+                    seq=(history[-1].seq if history else 0) + 1,
+                    message=_user_message(text),
+                ))
+            return self._request(self.build_context(history))
+
+    # -- turns ---------------------------------------------------------------------------------
+
+    def send(self, content: UserInput) -> Reply:
+        """One turn: store the message, call the model (and tools), store and return the reply."""
+        reply: Reply | None = None
+        for event in self._turn(content, streaming=False):
+            if isinstance(event, Reply):
+                reply = event
+        assert reply is not None
+        return reply
+
+    def stream(self, content: UserInput) -> Iterator[str | Reply]:
+        """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`."""
+        yield from self._turn(content, streaming=True)
+
+    async def asend(self, content: UserInput) -> Reply:
+        return await asyncio.to_thread(self.send, content)
+
+    async def astream(self, content: UserInput) -> AsyncIterator[str | Reply]:
+        """The async twin of :meth:`stream`: the sync turn runs in a worker thread and hands
+        events over through a queue, so the event loop never blocks on the model or the store."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def work() -> None:
+            try:
+                for event in self.stream(content):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "event":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    break
+        finally:
+            await worker
+
+    def _turn(self, content: UserInput, streaming: bool) -> Iterator[str | Reply]:
+        message = _user_message(content)
+        with self._lock:
+            self._ensure_conversation()
+            self._sync()
+            self._append(NewMessage(message=message))
+            total = Usage()
+            notes: list[str] = []
+            rounds = 0
+            while True:
+                rounds += 1
+                ctx = self.build_context(self._log)
+                notes.extend(n for n in ctx.notes if n not in notes)
+                request = self._request(ctx)
+                response = yield from self._call(request, streaming)
+                self._calibrate(request, response)
+                total = total + response.usage
+                cost = cost_of(self.model.price_key, response.usage)
+                reply_row = NewMessage(
+                    message=response.message, usage=response.usage, model=response.model or self.model.name,
+                    cost_usd=cost, meta={"stop_reason": response.stop_reason} if response.stop_reason else {},
+                )
+                calls = response.tool_uses
+                if not calls or not self.tools:
+                    (stored,) = self._append(reply_row)
+                    yield Reply(
+                        text=response.text, message=response.message, conversation_id=self.session_id,
+                        seq=stored.seq, usage=total, cost_usd=cost_of(self.model.price_key, total),
+                        model=response.model or self.model.name, stop_reason=response.stop_reason,
+                        rounds=rounds, notes=notes,
+                    )
+                    return
+                # Store the tool call before running it: if the process dies mid-tool, the log
+                # still shows what was asked (and repair answers it as interrupted).
+                self._append(reply_row)
+                results = run_calls(self.tools, calls)
+                self._append(NewMessage(message=Message(role="user", content=list(results))))
+                if rounds > self.max_tool_rounds:
+                    raise ToolError(
+                        f"the model was still calling tools after {self.max_tool_rounds} rounds; "
+                        "every call and result is stored, send a new message to go on"
+                    )
+
+    def _call(self, request: ModelRequest, streaming: bool) -> Iterator[str | ModelResponse]:
+        """Call the model; yields text deltas when streaming, returns the final response."""
+        try:
+            if not streaming:
+                return self.model.request(request)
+            final: ModelResponse | None = None
+            for event in self.model.stream(request):
+                if isinstance(event, TextDelta):
+                    yield event.text
+                else:
+                    final = event
+            if final is None:
+                raise ModelError("the model's stream ended without a final message", provider=self.model.provider)
+            return final
+        except ColloquyError:
+            raise
+        except Exception as e:
+            raise ModelError(
+                f"model call failed: {type(e).__name__}: {e}", provider=self.model.provider
+            ) from e
+        # A generator function that returns on the first path still needs a yield somewhere.
+        yield ""  # pragma: no cover
+
+    def _calibrate(self, request: ModelRequest, response: ModelResponse) -> None:
+        actual = response.usage.prompt_tokens
+        if actual:
+            raw = self.counter.raw(request.system, request.messages, extra=estimate_tools(request.tools))
+            self.counter.calibrate(self.model.name, raw, actual)
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    def cost(self) -> SessionCost:
+        """Tokens and dollars per model call and for the whole session."""
+        turns = [
+            TurnCost(seq=sm.seq, model=sm.model, usage=sm.usage,
+                     cost_usd=sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage))
+            for sm in self.history() if sm.usage is not None
+        ]
+        costs = [t.cost_usd for t in turns]
+        return SessionCost(
+            turns=turns, usage=Usage.total(t.usage for t in turns),
+            cost_usd=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
+        )

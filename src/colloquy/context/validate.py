@@ -1,0 +1,161 @@
+"""The API's conversation rules, checked (and repaired) before any request is sent.
+
+Why repair rather than only refuse: a stored log can legitimately end up "unsendable" — a model
+call failed after the user's message was stored (two user messages in a row), a process died
+between a tool_use and its tool_result, a window cut left a reply at the front. The stored log is
+never edited; the *request* built from it is repaired, and what could not be repaired is refused
+with a clear error before a token is spent.
+
+Rules (Anthropic's, which are also valid for OpenAI after conversion):
+  1. the first message is from the user, and roles alternate;
+  2. every tool_use is answered by a tool_result in the very next (user) message, and tool_result
+     blocks come first in that message;
+  3. no tool_result without its tool_use in the message just before;
+  4. no empty message, no whitespace-only text block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import InvalidConversationError
+from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock
+
+INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
+
+
+def problems(messages: Sequence[Message]) -> list[str]:
+    """Every rule the message list breaks, as readable sentences (empty if valid)."""
+    out: list[str] = []
+    if not messages:
+        return ["the request has no messages"]
+    if messages[0].role != "user":
+        out.append("the first message is not from the user")
+    for i, m in enumerate(messages):
+        if not m.content:
+            out.append(f"message {i} is empty")
+        for b in m.content:
+            if isinstance(b, TextBlock) and not b.text.strip():
+                out.append(f"message {i} has an empty text block")
+        if i and m.role == messages[i - 1].role:
+            out.append(f"messages {i - 1} and {i} are both from the {m.role}")
+        results = m.tool_results
+        if results and m.role != "user":
+            out.append(f"message {i}: tool_result blocks in an assistant message")
+        n_leading = next(
+            (k for k, b in enumerate(m.content) if not isinstance(b, ToolResultBlock)), len(m.content)
+        )
+        if len(results) > n_leading:
+            out.append(f"message {i}: tool_result blocks must come first")
+        asked = {b.id for b in messages[i - 1].tool_uses} if i else set()
+        for r in results:
+            if r.tool_use_id not in asked:
+                out.append(f"message {i}: tool_result {r.tool_use_id} answers no tool_use")
+        if m.role == "assistant" and m.tool_uses:
+            answered = {r.tool_use_id for r in messages[i + 1].tool_results} if i + 1 < len(messages) else set()
+            for u in m.tool_uses:
+                if u.id not in answered:
+                    out.append(f"message {i}: tool_use {u.id} ({u.name}) has no tool_result")
+    return out
+
+
+def validate(messages: Sequence[Message]) -> None:
+    """Raise :class:`InvalidConversationError` naming every broken rule."""
+    found = problems(messages)
+    if found:
+        raise InvalidConversationError("request breaks the API's rules: " + "; ".join(found))
+
+
+def _clean(m: Message) -> Message | None:
+    blocks = [b for b in m.content if not (isinstance(b, TextBlock) and not b.text.strip())]
+    if not blocks:
+        return None
+    results = [b for b in blocks if isinstance(b, ToolResultBlock)]
+    others = [b for b in blocks if not isinstance(b, ToolResultBlock)]
+    ordered: list[ContentBlock] = [*results, *others] if m.role == "user" else others
+    if not ordered:
+        return None
+    return m if ordered == m.content else Message(role=m.role, content=ordered)
+
+
+def _merge_pass(
+    msgs: list[Message], srcs: list[list[int]], notes: list[str]
+) -> tuple[list[Message], list[list[int]]]:
+    """Drop empty blocks and messages and leading assistant messages; merge same-role runs."""
+    out: list[Message] = []
+    out_srcs: list[list[int]] = []
+    for m, s in zip(msgs, srcs):
+        cleaned = _clean(m)
+        if cleaned is None:
+            notes.append("dropped an empty message")
+        elif not out and cleaned.role == "assistant":
+            notes.append("dropped an assistant message at the start")
+        elif out and out[-1].role == cleaned.role:
+            notes.append(f"merged consecutive {cleaned.role} messages")
+            merged = _clean(Message(role=cleaned.role, content=[*out[-1].content, *cleaned.content]))
+            assert merged is not None  # both parts were non-empty
+            out[-1] = merged
+            out_srcs[-1] = out_srcs[-1] + s
+        else:
+            out.append(cleaned)
+            out_srcs.append(list(s))
+    return out, out_srcs
+
+
+def _orphan_pass(
+    msgs: list[Message], srcs: list[list[int]], notes: list[str]
+) -> tuple[list[Message], list[list[int]], bool]:
+    """Drop tool_results that do not answer a tool_use of the message just before."""
+    out: list[Message] = []
+    out_srcs: list[list[int]] = []
+    changed = False
+    for i, (m, s) in enumerate(zip(msgs, srcs)):
+        if m.role == "user" and m.tool_results:
+            asked = {b.id for b in msgs[i - 1].tool_uses} if i else set()
+            kept = [b for b in m.content if not isinstance(b, ToolResultBlock) or b.tool_use_id in asked]
+            if len(kept) != len(m.content):
+                notes.append("dropped tool results that answer no tool call")
+                changed = True
+                if not kept:
+                    continue
+                m = Message(role="user", content=kept)
+        out.append(m)
+        out_srcs.append(s)
+    return out, out_srcs, changed
+
+
+def repair(
+    messages: Sequence[Message], sources: Sequence[list[int]] | None = None
+) -> tuple[list[Message], list[list[int]], list[str]]:
+    """Make a message list sendable without inventing content.
+
+    Returns the repaired messages, their merged source sequence numbers, and one note per kind
+    of repair done. Repairs: drop empty blocks and messages; drop leading assistant messages;
+    merge consecutive messages of one role; drop tool_results that answer nothing; answer an
+    unanswered tool_use with an is_error result saying the call was interrupted.
+    """
+    msgs = list(messages)
+    srcs = [list(s) for s in sources] if sources is not None else [[] for _ in msgs]
+    notes: list[str] = []
+    changed = True
+    while changed:  # each round removes something, so this ends
+        msgs, srcs = _merge_pass(msgs, srcs, notes)
+        msgs, srcs, changed = _orphan_pass(msgs, srcs, notes)
+
+    for i, m in enumerate(list(msgs)):
+        if m.role != "assistant" or not m.tool_uses:
+            continue
+        nxt = msgs[i + 1] if i + 1 < len(msgs) else None
+        answered = {r.tool_use_id for r in nxt.tool_results} if nxt else set()
+        missing = [u for u in m.tool_uses if u.id not in answered]
+        if not missing:
+            continue
+        notes.append("answered interrupted tool calls with an error result")
+        fill = [ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True) for u in missing]
+        if nxt is None:
+            msgs.append(Message(role="user", content=fill))
+            srcs.append([])
+        else:
+            rest = [b for b in nxt.content if not isinstance(b, ToolResultBlock)]
+            msgs[i + 1] = Message(role="user", content=[*nxt.tool_results, *fill, *rest])
+    return msgs, srcs, list(dict.fromkeys(notes))

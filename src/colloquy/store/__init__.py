@@ -1,0 +1,61 @@
+"""Stores, and :func:`open_store` to pick one from a URL or path.
+
+``memory`` is the in-process store; ``postgresql://...`` is PostgreSQL; anything else is a SQLite
+file path (``sqlite:///path`` also works). The default is a file in the user's data directory,
+overridable by ``COLLOQUY_DB``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from platformdirs import user_data_path
+
+from ..errors import ConfigError
+from .base import Conversation, NewMessage, Store, new_id
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+
+def default_db_path() -> Path:
+    return user_data_path("colloquy", appauthor=False) / "colloquy.db"
+
+
+def resolve_db_url(db: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """Argument, then ``COLLOQUY_DB``, then the user's data directory."""
+    env = os.environ if environ is None else environ
+    return db or env.get("COLLOQUY_DB") or str(default_db_path())
+
+
+def open_store(db: str | None = None, environ: Mapping[str, str] | None = None) -> Store:
+    url = resolve_db_url(db, environ)
+    if url in {"memory", ":memory:"}:
+        return MemoryStore()
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from .postgres import PostgresStore  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise ConfigError(
+                "PostgreSQL needs the postgres extra: pip install 'colloquy[postgres]'"
+            ) from e
+        return PostgresStore(url)  # type: ignore[no-any-return]
+    if url.startswith("sqlite:///"):
+        url = url[len("sqlite:///"):]
+    elif "://" in url:
+        raise ConfigError(f"unsupported database URL {url!r}: use a file path or postgresql://")
+    return SQLiteStore(url)
+
+
+__all__ = [
+    "Conversation",
+    "MemoryStore",
+    "NewMessage",
+    "SQLiteStore",
+    "Store",
+    "default_db_path",
+    "new_id",
+    "open_store",
+    "resolve_db_url",
+]

@@ -1,0 +1,120 @@
+"""What a store is: an append-only log of messages per conversation, plus conversation records.
+
+Why append-only: a model API is stateless, so a naive client stores (and rewrites) the whole
+message list every turn, and each turn costs more than the last. Here a turn appends one row per
+new message keyed by (conversation, sequence); nothing is ever rewritten, so a turn's time and
+bytes stay flat however long the conversation gets. Derived records (summaries, facts, indexes)
+sit beside the log and never replace it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..messages import Message, StoredMessage
+from ..usage import Usage
+
+
+def new_id(prefix: str = "c") -> str:
+    """A short random id, readable in a terminal (``c_3f9a1b2c4d5e``)."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+class Conversation(BaseModel):
+    """A conversation's record. Its messages live in the log, not here."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    user_id: str | None = None
+    title: str | None = None
+    #: The system prompt, stored so a resumed session keeps its persona byte for byte.
+    persona: str = ""
+    model: str = ""
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    #: Sequence number of the newest message (0 when empty); the next append takes last_seq + 1.
+    last_seq: int = 0
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class NewMessage(BaseModel):
+    """A message about to be appended, with what is known about it."""
+
+    model_config = ConfigDict(frozen=True)
+    message: Message
+    usage: Usage | None = None
+    model: str | None = None
+    cost_usd: float | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The persistence interface. Implementations: MemoryStore, SQLiteStore (and PostgreSQL).
+
+    Every method is atomic. :meth:`append` is the only way messages are written.
+    """
+
+    def create_conversation(
+        self,
+        *,
+        id: str | None = None,
+        user_id: str | None = None,
+        persona: str = "",
+        model: str = "",
+        title: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Conversation: ...
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        """The conversation, or :class:`ConversationNotFound`."""
+        ...
+
+    def find_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    def list_conversations(
+        self, user_id: str | None = None, limit: int = 100
+    ) -> list[Conversation]:
+        """Newest activity first; all users' when ``user_id`` is None."""
+        ...
+
+    def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        persona: str | None = None,
+        model: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Conversation: ...
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        """Remove the conversation and every message of it."""
+        ...
+
+    def append(
+        self,
+        conversation_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        expected_seq: int | None = None,
+    ) -> list[StoredMessage]:
+        """Append messages in one transaction, numbered from last_seq + 1.
+
+        With ``expected_seq`` (the conversation's last_seq as the caller last saw it), raise
+        :class:`ConflictError` if another writer appended in between, instead of interleaving.
+        """
+        ...
+
+    def load(
+        self, conversation_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredMessage]:
+        """Messages with seq > after_seq, oldest first (at most ``limit``, the oldest ones)."""
+        ...
+
+    def close(self) -> None: ...

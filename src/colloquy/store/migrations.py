@@ -1,0 +1,105 @@
+"""Schema migrations: an append-only list, applied in order and recorded in the database.
+
+Why a list and not a schema diff: a database in the field may be at any older version; replaying
+the missing named steps in order is the one upgrade path that is easy to test (from a blank
+database and from every prefix of the list). Never edit or reorder a released migration: append.
+
+Each migration has SQL per dialect; ``postgres=None`` means the SQLite text is portable as is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sqlite: str
+    postgres: str | None = None
+
+    def sql(self, dialect: str) -> str:
+        if dialect == "postgres" and self.postgres is not None:
+            return self.postgres
+        return self.sqlite
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        "0001_conversations_and_messages",
+        sqlite="""
+        CREATE TABLE conversations (
+            id          TEXT PRIMARY KEY,
+            user_id     TEXT,
+            title       TEXT,
+            persona     TEXT NOT NULL DEFAULT '',
+            model       TEXT NOT NULL DEFAULT '',
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            last_seq    INTEGER NOT NULL DEFAULT 0,
+            meta        TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX conversations_by_user ON conversations (user_id, updated_at);
+        CREATE TABLE messages (
+            conversation_id     TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            seq                 INTEGER NOT NULL,
+            role                TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content             TEXT NOT NULL,
+            created_at          REAL NOT NULL,
+            model               TEXT,
+            input_tokens        INTEGER,
+            output_tokens       INTEGER,
+            cache_write_tokens  INTEGER,
+            cache_read_tokens   INTEGER,
+            cost_usd            REAL,
+            meta                TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (conversation_id, seq)
+        );
+        """,
+        postgres="""
+        CREATE TABLE conversations (
+            id          TEXT PRIMARY KEY,
+            user_id     TEXT,
+            title       TEXT,
+            persona     TEXT NOT NULL DEFAULT '',
+            model       TEXT NOT NULL DEFAULT '',
+            created_at  DOUBLE PRECISION NOT NULL,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            last_seq    BIGINT NOT NULL DEFAULT 0,
+            meta        TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX conversations_by_user ON conversations (user_id, updated_at);
+        CREATE TABLE messages (
+            conversation_id     TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            seq                 BIGINT NOT NULL,
+            role                TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content             TEXT NOT NULL,
+            created_at          DOUBLE PRECISION NOT NULL,
+            model               TEXT,
+            input_tokens        BIGINT,
+            output_tokens       BIGINT,
+            cache_write_tokens  BIGINT,
+            cache_read_tokens   BIGINT,
+            cost_usd            DOUBLE PRECISION,
+            meta                TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (conversation_id, seq)
+        );
+        """,
+    ),
+]
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a script into statements, keeping trigger bodies (``BEGIN ... END;``) whole."""
+    statements: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
