@@ -1,0 +1,366 @@
+"""OpenAI chat completions, and every server that speaks the same protocol.
+
+One adapter covers OpenAI itself and the OpenAI-compatible local servers (Ollama, vLLM,
+llama.cpp): they differ only in base URL, key and a few request fields, so they are
+configuration of this class rather than code of their own. Conversations stay in colloquy's
+Anthropic shape and are converted at this edge by :func:`~colloquy.messages.to_openai_messages`;
+answers are converted back into colloquy blocks, and SDK errors into colloquy's error tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import openai
+
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContextTooLongError,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelError,
+    OverloadedError,
+    RateLimitError,
+)
+from ..messages import ContentBlock, TextBlock, ToolUseBlock, to_openai_messages
+from ..usage import Usage
+from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+#: Sent as the bearer token to local servers that need no key: the SDK insists on one.
+PLACEHOLDER_API_KEY = "sk-no-key-required"
+
+_STOP_REASONS: dict[str, StopReason] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+#: Error codes/types and message fragments by which OpenAI, vLLM and llama.cpp say "too long".
+_CONTEXT_CODES = ("context_length_exceeded", "exceed_context_size")
+_CONTEXT_PHRASES = (
+    "maximum context length",
+    "context length exceeded",
+    "context_length_exceeded",
+    "exceeds the available context size",
+    "context window",
+)
+
+
+class OpenAIModel(Model):
+    """A chat model behind the OpenAI chat-completions API (OpenAI, Ollama, vLLM, llama.cpp)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        provider: str = "openai",
+        max_retries: int = 2,
+        timeout: float = 600.0,
+        client: openai.OpenAI | None = None,
+    ) -> None:
+        """Resolve key and URL now, so a missing key fails at startup rather than mid-chat.
+
+        ``environ`` replaces ``os.environ`` (for tests and embedding); the key and base URL are
+        always passed to the SDK explicitly so it never falls back to the process environment.
+        """
+        env = os.environ if environ is None else environ
+        self.name = name
+        self.provider = provider
+        self.base_url = base_url or env.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        key = api_key or env.get("OPENAI_API_KEY")
+        if client is None and not key:
+            if not self._is_custom_server:
+                raise MissingAPIKeyError("OPENAI_API_KEY", name)
+            key = PLACEHOLDER_API_KEY
+        self._api_key = key or ""
+        self._client = client or openai.OpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            max_retries=max_retries,
+            timeout=timeout,
+        )
+
+    @property
+    def _is_custom_server(self) -> bool:
+        """True when talking to something other than api.openai.com (which always needs a key)."""
+        return not self.base_url.rstrip("/").startswith("https://api.openai.com")
+
+    @property
+    def price_key(self) -> str:
+        """Local servers are priced by their provider prefix (free); OpenAI by model id."""
+        return self.name if self.provider == "openai" else f"{self.provider}:{self.name}"
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _params(self, req: ModelRequest) -> dict[str, Any]:
+        """The chat-completions body for a request (everything but ``stream``)."""
+        params: dict[str, Any] = {
+            "model": self.name,
+            "messages": to_openai_messages(req.system, req.messages),
+        }
+        if req.tools:
+            params["tools"] = [t.to_openai() for t in req.tools]
+        if req.temperature is not None:
+            params["temperature"] = req.temperature
+        # OpenAI deprecated max_tokens (reasoning models reject it); compatible servers may
+        # only know the old name.
+        limit_field = "max_completion_tokens" if self.provider == "openai" else "max_tokens"
+        params[limit_field] = req.max_tokens
+        return params
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        """One non-streamed call, its answer mapped to colloquy blocks."""
+        try:
+            completion = self._client.chat.completions.create(**self._params(request))
+        except openai.OpenAIError as e:
+            raise self._map_error(e) from e
+        choices = completion.choices or []
+        if not choices:
+            raise ModelError("the model returned no choices", provider=self.provider)
+        choice = choices[0]
+        message = choice.message
+        content: list[ContentBlock] = []
+        text = message.content or getattr(message, "refusal", None) or ""
+        if text:
+            content.append(TextBlock(text=text))
+        for call in message.tool_calls or []:
+            if getattr(call, "type", "function") == "custom":
+                custom = getattr(call, "custom", None)
+                content.append(
+                    ToolUseBlock(
+                        id=call.id,
+                        name=getattr(custom, "name", ""),
+                        input={"_raw": getattr(custom, "input", "")},
+                    )
+                )
+                continue
+            content.append(
+                ToolUseBlock(
+                    id=call.id or _fresh_call_id(),
+                    name=call.function.name,
+                    input=_parse_arguments(call.function.arguments),
+                )
+            )
+        refused = bool(getattr(message, "refusal", None)) and not message.content
+        return ModelResponse(
+            content=content,
+            stop_reason=_stop_reason(choice.finish_reason, content, refused),
+            usage=_usage(completion.usage),
+            model=completion.model or self.name,
+            id=completion.id,
+        )
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
+        """Yield text as it arrives, assembling tool calls from their pieces, then the response.
+
+        ``include_usage`` makes the server send a final usage-only chunk, without which a
+        streamed reply could not be billed.
+        """
+        text_parts: list[str] = []
+        refusal_parts: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        finish_reason: str | None = None
+        usage: Any = None
+        model = self.name
+        response_id: str | None = None
+        try:
+            stream = self._client.chat.completions.create(
+                **self._params(request),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            with stream:
+                for chunk in stream:
+                    response_id = response_id or getattr(chunk, "id", None)
+                    model = getattr(chunk, "model", None) or model
+                    if getattr(chunk, "usage", None) is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices or []:
+                        if getattr(choice, "index", 0) not in (0, None):
+                            continue
+                        delta = choice.delta
+                        if delta is not None:
+                            if delta.content:
+                                text_parts.append(delta.content)
+                                yield TextDelta(text=delta.content)
+                            if getattr(delta, "refusal", None):
+                                refusal_parts.append(delta.refusal)
+                                yield TextDelta(text=delta.refusal)
+                            for position, tc in enumerate(delta.tool_calls or []):
+                                _accumulate_call(calls, tc, position)
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+        except openai.OpenAIError as e:
+            raise self._map_error(e) from e
+
+        content: list[ContentBlock] = []
+        text = "".join(text_parts) or "".join(refusal_parts)
+        if text:
+            content.append(TextBlock(text=text))
+        for index in sorted(calls):
+            call = calls[index]
+            content.append(
+                ToolUseBlock(
+                    id=call["id"] or _fresh_call_id(),
+                    name=call["name"],
+                    input=_parse_arguments("".join(call["arguments"])),
+                )
+            )
+        refused = bool(refusal_parts) and not text_parts
+        yield ModelResponse(
+            content=content,
+            stop_reason=_stop_reason(finish_reason, content, refused),
+            usage=_usage(usage),
+            model=model,
+            id=response_id,
+        )
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _map_error(self, error: openai.OpenAIError) -> ModelError:
+        """Translate an SDK error into colloquy's tree, keeping status, request id and the
+        server's retry hint, and scrubbing the API key from anything the server echoed."""
+        message = self._redact(_error_message(error))
+        if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+            kind = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
+            return ModelConnectionError(
+                f"{self.provider} {kind} at {self.base_url}: {message}", provider=self.provider
+            )
+        if not isinstance(error, openai.APIStatusError):
+            # A generic APIError is an error event inside an SSE stream: no HTTP status.
+            cls: type[ModelError] = (
+                ContextTooLongError if _is_context_error(error, message) else ModelError
+            )
+            return cls(message, provider=self.provider)
+        status = error.status_code
+        headers = error.response.headers
+        kwargs: dict[str, Any] = {
+            "provider": self.provider,
+            "status": status,
+            "request_id": error.request_id or headers.get("x-request-id"),
+            "retry_after": _retry_after(headers),
+        }
+        if status == 429:
+            return RateLimitError(message, **kwargs)
+        if status in (503, 529):
+            return OverloadedError(message, **kwargs)
+        if status in (400, 413, 422) and _is_context_error(error, message):
+            return ContextTooLongError(message, **kwargs)
+        if status in (400, 422):
+            return BadRequestError(message, **kwargs)
+        if status in (401, 403):
+            return AuthenticationError(message, **kwargs)
+        return ModelError(message, **kwargs)
+
+    def _redact(self, text: str) -> str:
+        if self._api_key and len(self._api_key) >= 4:
+            text = text.replace(self._api_key, "[redacted]")
+        return text
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _fresh_call_id() -> str:
+    """An id for a tool call whose server sent none (some local servers omit it)."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _parse_arguments(arguments: str | None) -> dict[str, Any]:
+    """Tool arguments as a dict. Models sometimes emit broken JSON: keep it under ``_raw`` so
+    the tool loop can report the mistake back to the model instead of crashing."""
+    if arguments is None or not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {"_raw": arguments}
+    return value if isinstance(value, dict) else {"_raw": arguments}
+
+
+def _accumulate_call(calls: dict[int, dict[str, Any]], tc: Any, position: int) -> None:
+    """Merge one streamed tool-call delta: id and name arrive once, arguments in pieces."""
+    index = tc.index if getattr(tc, "index", None) is not None else position
+    call = calls.setdefault(index, {"id": None, "name": "", "arguments": []})
+    if getattr(tc, "id", None) and not call["id"]:
+        call["id"] = tc.id
+    fn = getattr(tc, "function", None)
+    if fn is not None:
+        if fn.name and not call["name"]:
+            call["name"] = fn.name
+        if fn.arguments:
+            call["arguments"].append(fn.arguments)
+
+
+def _stop_reason(
+    finish_reason: str | None, content: list[ContentBlock], refused: bool
+) -> StopReason:
+    """Map finish_reason. Some compatible servers report "stop" even when they called tools;
+    the tool calls are what the engine must act on, so they win."""
+    has_calls = any(isinstance(b, ToolUseBlock) for b in content)
+    if refused:
+        return "refusal"
+    reason = _STOP_REASONS.get(finish_reason or "stop", "end_turn")
+    if has_calls and reason == "end_turn":
+        return "tool_use"
+    return reason
+
+
+def _usage(usage: Any) -> Usage:
+    """OpenAI counts cached tokens inside prompt_tokens; colloquy's input_tokens excludes them."""
+    if usage is None:
+        return Usage()
+    prompt = getattr(usage, "prompt_tokens", None) or 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
+    return Usage(
+        input_tokens=max(prompt - cached, 0),
+        output_tokens=getattr(usage, "completion_tokens", None) or 0,
+        cache_read_tokens=cached,
+    )
+
+
+def _error_message(error: openai.OpenAIError) -> str:
+    """The server's own message when it sent one, else the SDK's."""
+    body = getattr(error, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(getattr(error, "message", None) or error)
+
+
+def _is_context_error(error: openai.OpenAIError, message: str) -> bool:
+    code = " ".join(str(getattr(error, attr, None) or "") for attr in ("code", "type")).lower()
+    if any(c in code for c in _CONTEXT_CODES):
+        return True
+    lowered = message.lower()
+    return any(p in lowered for p in _CONTEXT_PHRASES)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` wins over ``retry-after``)."""
+    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            return max(float(value) / divisor, 0.0)
+        except ValueError:
+            continue
+    return None
+
+
+__all__ = ["OpenAIModel"]

@@ -1,0 +1,328 @@
+"""A small, real OpenAI-compatible HTTP server on loopback, for testing the OpenAI adapter.
+
+It speaks the wire protocol (JSON ``chat.completion``, SSE ``chat.completion.chunk`` lines
+ending in ``data: [DONE]``, OpenAI's JSON error shape), so the official SDK runs unmodified
+against it: retries, headers, streaming and error parsing are all exercised for real.
+
+Script it with a queue of replies; each reply is rendered as JSON or as a stream according to
+the request, as OpenAI does. Every request is recorded (path, headers, JSON body).
+
+    with FakeOpenAI() as server:
+        server.push(Turn(text="hello"))
+        model = OpenAIModel("gpt-4o", api_key="sk-test", base_url=server.base_url)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class ToolCall:
+    """A tool call the fake model makes; ``pieces`` splits its arguments across SSE chunks."""
+
+    id: str
+    name: str
+    arguments: str
+    pieces: list[str] | None = None
+
+    def argument_pieces(self) -> list[str]:
+        if self.pieces is not None:
+            assert "".join(self.pieces) == self.arguments, "pieces must join to the arguments"
+            return self.pieces
+        return [self.arguments]
+
+
+@dataclass
+class Turn:
+    """One successful answer. ``pieces`` splits the text across SSE chunks when streamed."""
+
+    text: str | None = None
+    pieces: list[str] | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 10
+    completion_tokens: int = 5
+    cached_tokens: int | None = None
+    include_usage: bool = True
+    model: str | None = None
+    refusal: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+    def finish(self) -> str:
+        if self.finish_reason:
+            return self.finish_reason
+        return "tool_calls" if self.tool_calls else "stop"
+
+    def usage(self) -> dict[str, Any] | None:
+        if not self.include_usage:
+            return None
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
+
+
+@dataclass
+class ErrorReply:
+    """An HTTP error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    status: int
+    message: str = "error"
+    type: str = "invalid_request_error"
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamError:
+    """A stream that starts normally then sends an error event, as OpenAI does mid-stream."""
+
+    before: list[str]
+    message: str = "The server had an error while processing your request."
+    type: str = "server_error"
+    code: str | None = None
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+Reply = Turn | ErrorReply | StreamError
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (a timeout test) is expected; anything else is printed."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class FakeOpenAI:
+    """The server. Use as a context manager; ``base_url`` ends in ``/v1`` like OpenAI's."""
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._counter = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                fake._handle(self)
+
+            def do_GET(self) -> None:  # noqa: N802
+                fake._handle(self)
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        # A short poll interval keeps shutdown (once per test) from costing half a second.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    # -- scripting --------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def push(self, *replies: Reply) -> FakeOpenAI:
+        with self._lock:
+            self.replies.extend(replies)
+        return self
+
+    @property
+    def last(self) -> Recorded:
+        assert self.requests, "the fake server received no request"
+        return self.requests[-1]
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"req_{self._counter:04d}"
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("content-length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        with self._lock:
+            self.requests.append(
+                Recorded(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}, body)
+            )
+            reply = self.replies.popleft() if self.replies else None
+        request_id = self._next_id()
+        if h.command != "POST" or h.path.split("?")[0] != "/v1/chat/completions":
+            self._send_json(h, 404, _error_body(f"Unknown path {h.path}", "invalid_request_error",
+                                                "unknown_url"), request_id)
+            return
+        if reply is None:
+            # 418 is neither retried by the SDK nor mistaken for a mapped error.
+            self._send_json(h, 418, _error_body("fake server: no scripted reply", "test_error",
+                                                None), request_id)
+            return
+        if isinstance(reply, ErrorReply):
+            self._send_json(h, reply.status, _error_body(reply.message, reply.type, reply.code),
+                            request_id, reply.headers)
+            return
+        assert isinstance(body, dict)
+        model = body.get("model", "fake")
+        if isinstance(reply, StreamError):
+            chunks = [_chunk(request_id, model, {"content": p}, None) for p in reply.before]
+            chunks.append(_error_body(reply.message, reply.type, reply.code))
+            self._send_sse(h, chunks, request_id, {})
+            return
+        if reply.delay:
+            time.sleep(reply.delay)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._send_sse(h, _stream_chunks(reply, request_id, model, include_usage),
+                           request_id, reply.headers)
+        else:
+            self._send_json(h, 200, _completion(reply, request_id, model), request_id,
+                            reply.headers)
+
+    @staticmethod
+    def _send_json(h: BaseHTTPRequestHandler, status: int, payload: Any, request_id: str,
+                   headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        h.send_header("x-request-id", request_id)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    @staticmethod
+    def _send_sse(h: BaseHTTPRequestHandler, chunks: list[Any], request_id: str,
+                  headers: dict[str, str]) -> None:
+        # HTTP/1.0 without content-length: the body ends when the connection closes.
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.send_header("x-request-id", request_id)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.end_headers()
+        for chunk in chunks:
+            h.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            h.wfile.flush()
+        h.wfile.write(b"data: [DONE]\n\n")
+        h.wfile.flush()
+
+
+def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _completion(turn: Turn, request_id: str, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": turn.text, "refusal": turn.refusal}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}}
+            for c in turn.tool_calls
+        ]
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": turn.model or model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": turn.finish()}],
+        "usage": turn.usage(),
+    }
+
+
+def _chunk(request_id: str, model: str, delta: dict[str, Any], finish: str | None,
+           usage_field: bool = False) -> dict[str, Any]:
+    chunk: dict[str, Any] = {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage_field:
+        chunk["usage"] = None
+    return chunk
+
+
+def _stream_chunks(turn: Turn, request_id: str, model: str,
+                   include_usage: bool) -> list[dict[str, Any]]:
+    """The chunks OpenAI sends: a role chunk, content pieces, tool-call pieces (id, type and
+    name only in each call's first chunk), a finish chunk, then a usage-only chunk with no
+    choices when the client asked for it."""
+    model = turn.model or model
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return _chunk(request_id, model, delta, finish, usage_field=include_usage)
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    pieces = turn.pieces if turn.pieces is not None else ([turn.text] if turn.text else [])
+    if turn.pieces is not None:
+        assert "".join(turn.pieces) == (turn.text or ""), "pieces must join to the text"
+    out += [chunk({"content": p}) for p in pieces]
+    if turn.refusal:
+        out.append(chunk({"refusal": turn.refusal}))
+    for index, call in enumerate(turn.tool_calls):
+        out.append(chunk({"tool_calls": [{
+            "index": index, "id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }]}))
+        out += [
+            chunk({"tool_calls": [{"index": index, "function": {"arguments": p}}]})
+            for p in call.argument_pieces()
+        ]
+    out.append(chunk({}, turn.finish()))
+    usage = turn.usage()
+    if include_usage and usage is not None:
+        out.append({
+            "id": f"chatcmpl-{request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        })
+    return out
