@@ -1,0 +1,349 @@
+"""The ``colloquy`` command: a thin layer over the library.
+
+It parses flags, opens a store, builds a :class:`Chat` and prints; it never assembles prompts or
+touches SQL. Every :class:`ColloquyError` is turned into one line on stderr (no traceback) by
+:func:`main`, the one place errors are translated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from .chat import Chat, Reply
+from .context.base import ContextPolicy
+from .context.policies import FullHistory, RollingWindow, TokenBudget
+from .errors import ColloquyError, ConfigError, ModelError
+from .messages import Message, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
+from .store import Store, open_store
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="database: a SQLite file path, 'memory', or "
+                   "postgresql://... (default: $COLLOQUY_DB, else a file in the user data dir)")
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--window", type=int, metavar="N", help="keep the last N turns (default 20)")
+    g.add_argument("--max-input-tokens", type=int, metavar="N",
+                   help="keep the newest turns that fit under N input tokens")
+    g.add_argument("--full", action="store_true", help="send the whole history, untrimmed")
+
+
+def policy_from_args(args: argparse.Namespace) -> ContextPolicy | None:
+    if getattr(args, "full", False):
+        return FullHistory()
+    if getattr(args, "window", None) is not None:
+        return RollingWindow(turns=args.window)
+    if getattr(args, "max_input_tokens", None) is not None:
+        return TokenBudget(max_input_tokens=args.max_input_tokens)
+    return None
+
+
+def _block_text(b: Any) -> str:
+    if isinstance(b, TextBlock):
+        return b.text
+    if isinstance(b, ToolUseBlock):
+        return f"[tool_use {b.name} {json.dumps(b.input)}]"
+    if isinstance(b, ToolResultBlock):
+        head = b.text if len(b.text) <= 200 else b.text[:200] + "…"
+        return f"[tool_result{' error' if b.is_error else ''} {head}]"
+    return f"[{b.type}]"
+
+
+def _render(sm: StoredMessage) -> str:
+    text = " ".join(_block_text(b) for b in sm.message.content)
+    return f"[{sm.seq}] {sm.role}: {text}"
+
+
+def _money(x: float | None) -> str:
+    return "price unknown" if x is None else f"${x:.6f}"
+
+
+def _dump(obj: Any, out: TextIO) -> None:
+    out.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _conversation_json(store: Store, conversation_id: str) -> dict[str, Any]:
+    conv = store.get_conversation(conversation_id)
+    return {
+        "conversation": conv.model_dump(mode="json"),
+        "messages": [
+            sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
+            for sm in store.load(conversation_id)
+        ],
+    }
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+HELP = """commands:
+  /history   print the stored conversation
+  /cost      tokens and cost per model call and for the session
+  /context   print what the policy would send from the stored log (the request as JSON)
+  /quit      leave (Ctrl-D works too)"""
+
+
+def _print_cost(chat: Chat, out: TextIO) -> None:
+    cost = chat.cost()
+    for t in cost.turns:
+        u = t.usage
+        out.write(f"[{t.seq}] {t.model}: in {u.input_tokens} · out {u.output_tokens} · "
+                  f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
+                  f"{_money(t.cost_usd)}\n")
+    u = cost.usage
+    out.write(f"session: {len(cost.turns)} calls · in {u.input_tokens} · out {u.output_tokens} · "
+              f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
+              f"{_money(cost.cost_usd)}\n")
+
+
+def _slash(chat: Chat, line: str, out: TextIO) -> bool:
+    """Run a slash command; False means quit."""
+    cmd = line.split()[0].lower()
+    if cmd in {"/quit", "/exit", "/q"}:
+        return False
+    if cmd == "/history":
+        for sm in chat.history():
+            out.write(_render(sm) + "\n")
+    elif cmd == "/cost":
+        _print_cost(chat, out)
+    elif cmd == "/context":
+        if chat.history():
+            _dump(chat.next_request().to_anthropic(), out)
+        else:
+            out.write("(empty conversation: the next request will hold only your message)\n")
+    else:
+        out.write(HELP + "\n")
+    return True
+
+
+def _lines(interactive: bool) -> Any:
+    if interactive:
+        while True:
+            try:
+                yield input("you> ")
+            except EOFError:
+                return
+    else:
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    store = open_store(args.db)
+    existing = store.find_conversation(args.session) if args.session else None
+    chat = Chat(
+        args.model, system=args.system, store=store, session_id=args.session, user_id=args.user,
+        policy=policy_from_args(args), temperature=args.temperature, max_tokens=args.max_tokens,
+    )
+    err = sys.stderr
+    if existing:
+        err.write(f"resuming session {chat.session_id} ({existing.last_seq} messages, "
+                  f"model {chat.model.name})\n")
+    else:
+        err.write(f"session {chat.session_id} (model {chat.model.name}); /help for commands\n")
+    interactive = sys.stdin.isatty()
+    failures = 0
+    for line in _lines(interactive):
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not _slash(chat, line, sys.stdout):
+                break
+            continue
+        try:
+            reply: Reply | None = None
+            if args.no_stream:
+                reply = chat.send(line)
+                sys.stdout.write(reply.text)
+            else:
+                for event in chat.stream(line):
+                    if isinstance(event, str):
+                        sys.stdout.write(event)
+                        sys.stdout.flush()
+                    else:
+                        reply = event
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except ModelError as e:
+            failures += 1
+            err.write(f"\ncolloquy: model error: {e}\n(your message is saved; send again to retry)\n")
+            if isinstance(e, ModelError) and not interactive and not e.retryable:
+                return EXIT_ERROR
+            continue
+        if reply is not None:
+            u = reply.usage
+            for note in reply.notes:
+                err.write(f"  note: {note}\n")
+            err.write(f"  [in {u.input_tokens} · out {u.output_tokens} · cache r/w "
+                      f"{u.cache_read_tokens}/{u.cache_write_tokens} · {_money(reply.cost_usd)}]\n")
+    return EXIT_ERROR if failures else EXIT_OK
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    convs = open_store(args.db).list_conversations(user_id=args.user, limit=args.limit)
+    if args.json:
+        _dump([c.model_dump(mode="json") for c in convs], sys.stdout)
+        return EXIT_OK
+    if not convs:
+        sys.stderr.write("no sessions\n")
+    for c in convs:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
+        sys.stdout.write(f"{c.id}\t{when}\t{c.last_seq} msgs\t{c.model}\t"
+                         f"user={c.user_id or '-'}\t{c.title or ''}\n")
+    return EXIT_OK
+
+
+def cmd_sessions_show(args: argparse.Namespace) -> int:
+    store = open_store(args.db)
+    if args.json:
+        _dump(_conversation_json(store, args.id), sys.stdout)
+        return EXIT_OK
+    conv = store.get_conversation(args.id)
+    sys.stdout.write(f"session {conv.id} · model {conv.model} · user {conv.user_id or '-'}\n")
+    if conv.persona:
+        sys.stdout.write(f"system: {conv.persona}\n")
+    for sm in store.load(args.id):
+        sys.stdout.write(_render(sm) + "\n")
+    return EXIT_OK
+
+
+def cmd_sessions_export(args: argparse.Namespace) -> int:
+    data = _conversation_json(open_store(args.db), args.id)
+    if args.output and args.output != "-":
+        with open(args.output, "w", encoding="utf-8") as f:
+            _dump(data, f)
+        sys.stderr.write(f"exported {len(data['messages'])} messages to {args.output}\n")
+    else:
+        _dump(data, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_sessions_delete(args: argparse.Namespace) -> int:
+    open_store(args.db).delete_conversation(args.id)
+    sys.stderr.write(f"deleted session {args.id}\n")
+    return EXIT_OK
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    store = open_store(args.db)
+    store.get_conversation(args.id)  # a clear error for an unknown id
+    chat = Chat(args.model, store=store, session_id=args.id, policy=policy_from_args(args),
+                max_tokens=args.max_tokens)
+    request = chat.next_request(args.message)
+    if args.json:
+        _dump(request.to_anthropic(), sys.stdout)
+        return EXIT_OK
+    sys.stdout.write(f"model {request.model} · max_tokens {request.max_tokens} · "
+                     f"~{chat.counter.count(request.model, request.system, request.messages)} input tokens\n")
+    for block in request.system:
+        sys.stdout.write(f"system: {block.text}\n")
+    for i, m in enumerate(request.messages):
+        sys.stdout.write(f"[{i}] {m.role}: {' '.join(_block_text(b) for b in m.content)}\n")
+    return EXIT_OK
+
+
+# -- parser and the one error table -------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="colloquy", description="Chat with LLMs that remembers context and stays on topic.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("chat", help="chat (resumes --session if it exists)")
+    p.add_argument("--session", metavar="ID", help="session to resume or start")
+    p.add_argument("--user", metavar="ID", help="the user this session belongs to")
+    p.add_argument("--model", metavar="M", help="claude-... (default claude-sonnet-4-6), gpt-..., "
+                   "ollama:NAME, vllm:NAME, llamacpp:NAME, or echo (offline)")
+    p.add_argument("--system", metavar="TEXT", help="the persona (system prompt)")
+    _add_policy(p)
+    p.add_argument("--temperature", type=float, metavar="T")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="reply length cap")
+    p.add_argument("--no-stream", action="store_true", help="print each reply when complete")
+    _add_db(p)
+    p.set_defaults(func=cmd_chat)
+
+    sessions = sub.add_parser("sessions", help="list, show, export, delete sessions")
+    ssub = sessions.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("list", help="sessions, newest first")
+    p.add_argument("--user", metavar="ID")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    _add_db(p)
+    p.set_defaults(func=cmd_sessions_list)
+    for name, func, helptext in (
+        ("show", cmd_sessions_show, "print a session's messages"),
+        ("export", cmd_sessions_export, "write a session as JSON"),
+        ("delete", cmd_sessions_delete, "delete a session and its messages"),
+    ):
+        p = ssub.add_parser(name, help=helptext)
+        p.add_argument("id", metavar="ID")
+        if name == "show":
+            p.add_argument("--json", action="store_true")
+        if name == "export":
+            p.add_argument("-o", "--output", metavar="FILE", help="file to write (default stdout)")
+        _add_db(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("context", help="the exact request the next turn of a session would send")
+    p.add_argument("id", metavar="ID")
+    _add_policy(p)
+    p.add_argument("--message", metavar="TEXT", help="include this new user message")
+    p.add_argument("--model", metavar="M", help="model to build for (default: the session's)")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N")
+    p.add_argument("--json", action="store_true", help="print the request body as JSON")
+    _add_db(p)
+    p.set_defaults(func=cmd_context)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    for flag in ("window", "max_input_tokens", "max_tokens", "limit"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, not {value}")
+    t = getattr(args, "temperature", None)
+    if t is not None and not 0 <= t <= 2:
+        raise ConfigError(f"--temperature must be between 0 and 2, not {t}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        _check(args)
+        return func(args)
+    except ColloquyError as e:
+        sys.stderr.write(f"colloquy: error: {e}\n")
+        return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_ERROR
+    except ValueError as e:
+        sys.stderr.write(f"colloquy: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
