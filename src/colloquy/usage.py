@@ -110,7 +110,9 @@ def price_for(model: str | None) -> Price | None:
     """
     if not model:
         return None
-    provider, _, name = model.rpartition(":")
+    provider, sep, name = model.partition(":")
+    if not sep:
+        provider, name = "", model
     if provider in {"ollama", "vllm", "llamacpp", "local"}:
         return PRICES["echo"]
     best = max((k for k in PRICES if name.startswith(k)), key=len, default=None)

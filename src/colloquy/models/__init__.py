@@ -63,7 +63,8 @@ def get_model(
         var, default = LOCAL_SERVERS[provider]
         return OpenAIModel(
             model_id,
-            api_key=api_key or env.get("OPENAI_API_KEY") or provider,
+            # Never send a real OpenAI key to a server that is configured by URL.
+            api_key=api_key or env.get(f"{provider.upper()}_API_KEY") or provider,
             base_url=base_url or env.get(var, default),
             environ=env,
             provider=provider,
