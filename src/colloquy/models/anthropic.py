@@ -1,0 +1,291 @@
+"""The Anthropic Messages API, through the official ``anthropic`` SDK.
+
+colloquy's messages already are in the Anthropic shape, so this adapter is thin: it sends
+:meth:`ModelRequest.to_anthropic` as is, turns the SDK's ``Message`` back into colloquy blocks,
+and translates the SDK's exceptions into colloquy's error tree (:func:`translate_error`), so the
+engine, CLI and server never see an SDK type. Retries on 429/5xx/529 and connection errors are
+the SDK's own (``max_retries``, honouring ``retry-after``); only what is left after them surfaces.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import anthropic
+from anthropic.types import Message as SDKMessage
+
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContextTooLongError,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelError,
+    OverloadedError,
+    RateLimitError,
+)
+from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..usage import Usage
+from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta
+
+PROVIDER = "anthropic"
+API_KEY_VAR = "ANTHROPIC_API_KEY"
+BASE_URL_VAR = "ANTHROPIC_BASE_URL"
+#: Passed explicitly (rather than ``None``) so that an injected ``environ`` is the only
+#: environment consulted: the SDK would otherwise read ``ANTHROPIC_BASE_URL`` from os.environ.
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+#: Request-body keys that ``messages.create`` takes as keyword arguments. Everything else in
+#: the body (``temperature``: SDK 2.x has no such parameter) goes through ``extra_body``, so
+#: the server still receives exactly :meth:`ModelRequest.to_anthropic`.
+_CREATE_PARAMS = frozenset({"model", "max_tokens", "messages", "system", "tools"})
+_COUNT_PARAMS = frozenset({"model", "messages", "system", "tools"})
+
+_STOP_REASONS: dict[str, StopReason] = {
+    "end_turn": "end_turn",
+    "max_tokens": "max_tokens",
+    "stop_sequence": "stop_sequence",
+    "tool_use": "tool_use",
+    "pause_turn": "pause_turn",
+    "refusal": "refusal",
+    # The reply was cut short because the context window filled up: a truncation, like
+    # max_tokens, which is how the engine should treat it.
+    "model_context_window_exceeded": "max_tokens",
+}
+
+#: The HTTP status each API error type has. An error sent *inside* a stream arrives on an
+#: HTTP 200 response; we report the status the same error has before a stream starts, so
+#: callers handle both alike.
+_STATUS_OF_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+_TOO_LONG = re.compile(
+    r"prompt is too long|context (?:window|length)|maximum context|too many (?:input )?tokens",
+    re.IGNORECASE,
+)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network errors raised while a stream is being read: the SDK wraps connection failures
+    only while sending, not while iterating the body. SDK 2.x uses httpx2, older ones httpx."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+_CAUGHT: tuple[type[BaseException], ...] = (anthropic.AnthropicError, *_TRANSPORT_ERRORS)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the API asked us to wait (``retry-after``, or the SDK's ``retry-after-ms``)."""
+    for name, scale in (("retry-after", 1.0), ("retry-after-ms", 0.001)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue  # an HTTP date: rare from this API, and not worth parsing here
+    return None
+
+
+def _error_field(body: object, key: str) -> str | None:
+    """``body["error"][key]`` when the body has the API's error shape."""
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get(key), str):
+            return str(error[key])
+    return None
+
+
+def _error_class(status: int | None, error_type: str | None, message: str) -> type[ModelError]:
+    if status == 429 or error_type == "rate_limit_error":
+        return RateLimitError
+    if status in (503, 529) or error_type == "overloaded_error":
+        return OverloadedError
+    if status in (401, 403) or error_type in ("authentication_error", "permission_error"):
+        return AuthenticationError
+    if status in (400, 413) and _TOO_LONG.search(message):
+        return ContextTooLongError
+    if status in (400, 422):
+        return BadRequestError
+    return ModelError
+
+
+def translate_error(err: BaseException, *, secret: str | None = None) -> ModelError:
+    """Turn an SDK (or transport) exception into colloquy's error, keeping status, request id
+    and retry-after. ``secret`` (the API key) is scrubbed from the message, whatever echoed it."""
+
+    def scrub(text: str) -> str:
+        return text.replace(secret, "[redacted]") if secret else text
+
+    if isinstance(err, anthropic.APITimeoutError):
+        return ModelConnectionError("the Anthropic API timed out", provider=PROVIDER)
+    if isinstance(err, (anthropic.APIConnectionError, *_TRANSPORT_ERRORS)):
+        cause = err.__cause__ if isinstance(err, anthropic.APIError) else err
+        detail = f": {cause}" if cause is not None and str(cause) else ""
+        return ModelConnectionError(
+            scrub(f"connection to the Anthropic API failed{detail}"), provider=PROVIDER
+        )
+    if isinstance(err, anthropic.APIStatusError):
+        body = err.body
+        error_type = _error_field(body, "type")
+        message = _error_field(body, "message") or err.message
+        status: int | None = err.status_code
+        if status == 200:  # an `event: error` in the middle of a stream
+            status = _STATUS_OF_TYPE.get(error_type or "")
+        headers = err.response.headers
+        request_id = err.request_id or headers.get("request-id")
+        if request_id is None and isinstance(body, Mapping):
+            request_id = body.get("request_id")
+        cls = _error_class(status, error_type, message)
+        kind = f"{error_type}: " if error_type else ""
+        return cls(
+            scrub(f"Anthropic API error: {kind}{message}"),
+            provider=PROVIDER,
+            status=status,
+            request_id=str(request_id) if request_id else None,
+            retry_after=_retry_after(headers),
+        )
+    return ModelError(scrub(f"Anthropic API error: {err}"), provider=PROVIDER)
+
+
+def _to_blocks(content: list[Any]) -> list[ContentBlock]:
+    """Text and tool_use blocks become colloquy blocks. Thinking blocks (and server-tool
+    blocks, which colloquy never asks for) are dropped: nothing downstream can store or
+    replay them."""
+    blocks: list[ContentBlock] = []
+    for block in content:
+        if block.type == "text":
+            blocks.append(TextBlock(text=block.text))
+        elif block.type == "tool_use":
+            tool_input = block.input if isinstance(block.input, Mapping) else {}
+            blocks.append(ToolUseBlock(id=block.id, name=block.name, input=dict(tool_input)))
+    return blocks
+
+
+def _to_usage(usage: Any) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        cache_write_tokens=getattr(usage, "cache_creation_input_tokens", None) or 0,
+        cache_read_tokens=getattr(usage, "cache_read_input_tokens", None) or 0,
+    )
+
+
+def to_model_response(message: SDKMessage) -> ModelResponse:
+    """An SDK ``Message`` (from ``create`` or a finished stream) as a :class:`ModelResponse`."""
+    stop = message.stop_reason
+    return ModelResponse(
+        content=_to_blocks(list(message.content)),
+        stop_reason=_STOP_REASONS.get(stop) if stop else None,
+        usage=_to_usage(message.usage),
+        model=message.model or "",
+        id=message.id,
+    )
+
+
+class AnthropicModel(Model):
+    """Claude through the Anthropic Messages API."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        name: str = "claude-sonnet-4-6",
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        max_retries: int = 2,
+        timeout: float = 600.0,
+        client: anthropic.Anthropic | None = None,
+    ) -> None:
+        """Fail here, not on the first message, when no key is set. A ready ``client`` (a
+        custom transport, Bedrock or Vertex) is used as is and needs no key from us."""
+        self.name = name
+        if client is not None:
+            self._client = client
+            self._secret = getattr(client, "api_key", None)
+            return
+        env = os.environ if environ is None else environ
+        key = api_key or env.get(API_KEY_VAR)
+        if not key:
+            raise MissingAPIKeyError(API_KEY_VAR, name)
+        self._secret = key
+        self._client = anthropic.Anthropic(
+            api_key=key,
+            base_url=base_url or env.get(BASE_URL_VAR) or DEFAULT_BASE_URL,
+            max_retries=max_retries,
+            # A short connect timeout: an unreachable host should fail in seconds, while a
+            # long generation may legitimately take minutes to read.
+            timeout=anthropic.Timeout(timeout, connect=min(timeout, 10.0)),
+        )
+
+    def _body(self, request: ModelRequest) -> dict[str, Any]:
+        body = request.to_anthropic()
+        if not body.get("model"):
+            body["model"] = self.name
+        return body
+
+    def _create_kwargs(self, request: ModelRequest) -> dict[str, Any]:
+        body = self._body(request)
+        kwargs = {k: v for k, v in body.items() if k in _CREATE_PARAMS}
+        extra = {k: v for k, v in body.items() if k not in _CREATE_PARAMS}
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
+
+    def _error(self, err: BaseException) -> ModelError:
+        return translate_error(err, secret=self._secret)
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        try:
+            message = self._client.messages.create(**self._create_kwargs(request))
+        except _CAUGHT as err:
+            raise self._error(err) from err
+        return to_model_response(message)
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
+        """Text deltas as they arrive, then the response assembled by the SDK from the whole
+        stream (tool inputs included, parsed from their ``input_json_delta`` pieces)."""
+        try:
+            with self._client.messages.stream(**self._create_kwargs(request)) as stream:
+                for text in stream.text_stream:
+                    if text:
+                        yield TextDelta(text=text)
+                final = stream.get_final_message()
+        except _CAUGHT as err:
+            raise self._error(err) from err
+        yield to_model_response(final)
+
+    def count_tokens(self, request: ModelRequest) -> int:
+        """The provider's exact count of the prompt (system, messages and tools)."""
+        body = self._body(request)
+        try:
+            result = self._client.messages.count_tokens(
+                **{k: v for k, v in body.items() if k in _COUNT_PARAMS}
+            )
+        except _CAUGHT as err:
+            raise self._error(err) from err
+        return int(result.input_tokens)
+
+    def close(self) -> None:
+        """Release the HTTP connection pool."""
+        self._client.close()

@@ -1,0 +1,354 @@
+"""A small fake of the Anthropic Messages API on loopback, speaking the real wire protocol.
+
+The adapter is tested through the real SDK and real HTTP (JSON bodies, SSE over chunked
+transfer encoding, error bodies and headers), so what is tested is what runs against the API;
+only the model behind the server is scripted. Tests queue :class:`Reply` objects (built with
+:func:`message`, :func:`stream`, :func:`error`, ...) and read back :attr:`FakeAnthropic.requests`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Recorded:
+    """One request the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: Any
+
+
+@dataclass
+class Reply:
+    """One scripted answer. ``events`` makes it an SSE stream of (event name, data) pairs;
+    ``drop_after`` closes the connection mid-stream after that many events."""
+
+    status: int = 200
+    json: Any = None
+    events: list[tuple[str, dict[str, Any]]] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop_after: int | None = None
+
+
+_ids = itertools.count(1)
+
+
+def _usage(
+    input_tokens: int, output_tokens: int, cache_write: int | None, cache_read: int | None
+) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read,
+    }
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+def tool_use(id: str, name: str, input: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": id, "name": name, "input": input}
+
+
+def thinking(value: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": value, "signature": "sig-fake"}
+
+
+def message(
+    *content: dict[str, Any],
+    stop_reason: str = "end_turn",
+    model: str = "claude-sonnet-4-6",
+    input_tokens: int = 10,
+    output_tokens: int = 5,
+    cache_write: int | None = None,
+    cache_read: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """A complete (non-streamed) Message, as ``POST /v1/messages`` returns it."""
+    return Reply(
+        json={
+            "id": f"msg_fake_{next(_ids):04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": list(content),
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": _usage(input_tokens, output_tokens, cache_write, cache_read),
+        },
+        headers=dict(headers or {}),
+    )
+
+
+def _pieces(value: str, size: int) -> list[str]:
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
+
+
+def stream_events(
+    *content: dict[str, Any],
+    stop_reason: str = "end_turn",
+    model: str = "claude-sonnet-4-6",
+    input_tokens: int = 10,
+    output_tokens: int = 5,
+    cache_write: int | None = None,
+    cache_read: int | None = None,
+    chunk: int = 4,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The event sequence the API streams for a message with this content: text arrives as
+    ``text_delta`` pieces of ``chunk`` characters, tool input as ``input_json_delta`` pieces of
+    its JSON text (starting with an empty one, as the API does)."""
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_fake_{next(_ids):04d}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": _usage(input_tokens, 1, cache_write, cache_read),
+                },
+            },
+        )
+    ]
+    for index, block in enumerate(content):
+        if block["type"] == "text":
+            start: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"], chunk)]
+        elif block["type"] == "tool_use":
+            start = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": ""}] + [
+                {"type": "input_json_delta", "partial_json": p} for p in _pieces(raw, chunk)
+            ]
+        elif block["type"] == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [
+                {"type": "thinking_delta", "thinking": block["thinking"]},
+                {"type": "signature_delta", "signature": block["signature"]},
+            ]
+        else:
+            raise ValueError(f"no stream shape for block type {block['type']!r}")
+        events.append(
+            ("content_block_start", {"type": "content_block_start", "index": index,
+                                     "content_block": start})
+        )
+        if index == 0:
+            events.append(("ping", {"type": "ping"}))
+        for delta in deltas:
+            events.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                         "delta": delta})
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def stream(*content: dict[str, Any], **kwargs: Any) -> Reply:
+    """A streamed Message (the reply to ``"stream": true``)."""
+    return Reply(events=stream_events(*content, **kwargs))
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def error(
+    status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None
+) -> Reply:
+    """An error response in the API's shape (the server adds a ``request-id`` header)."""
+    return Reply(status=status, json=error_body(error_type, message), headers=dict(headers or {}))
+
+
+def stream_error_midway(
+    texts: list[str], error_type: str = "overloaded_error", message: str = "Overloaded"
+) -> Reply:
+    """A stream that starts normally (HTTP 200, some text) and then sends ``event: error``."""
+    events = stream_events(text("".join(texts)), chunk=max(1, max(map(len, texts), default=1)))
+    head = [e for e in events if e[0] in ("message_start", "content_block_start", "ping")]
+    deltas = [
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": t}})
+        for t in texts
+    ]
+    return Reply(events=head + deltas + [("error", error_body(error_type, message))])
+
+
+def count(input_tokens: int) -> Reply:
+    """The reply of ``POST /v1/messages/count_tokens``."""
+    return Reply(json={"input_tokens": input_tokens})
+
+
+class FakeAnthropic:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) answering from a queue of replies.
+
+    With ``api_key`` set, requests that do not carry it (as ``x-api-key`` or a Bearer token)
+    get the API's 401 instead of the next reply. An empty queue answers 400 with
+    ``x-should-retry: false``, so a test that under-scripts fails fast and says why.
+    """
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
+        self.requests: list[Recorded] = []
+        self._replies: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
+        # A short poll interval: shutdown() waits for it, once per test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def enqueue(self, *replies: Reply) -> None:
+        with self._lock:
+            self._replies.extend(replies)
+
+    def start(self) -> FakeAnthropic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- used by the handler ------------------------------------------------------------------
+
+    def _record(self, request: Recorded) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _next_reply(self, request: Recorded) -> Reply:
+        if self.api_key is not None:
+            sent = request.headers.get("x-api-key") or request.headers.get(
+                "authorization", ""
+            ).removeprefix("Bearer ")
+            if sent != self.api_key:
+                return error(401, "authentication_error", "invalid x-api-key")
+        with self._lock:
+            if self._replies:
+                return self._replies.popleft()
+        return error(
+            400,
+            "invalid_request_error",
+            f"fake server: no scripted reply for {request.path}",
+            headers={"x-should-retry": "false"},
+        )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (timeout tests do) is expected, not worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body: Any = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+            request = Recorded(
+                method="POST",
+                path=self.path,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+            )
+            fake._record(request)
+            if self.path not in ("/v1/messages", "/v1/messages/count_tokens"):
+                self._send_json(404, error_body("not_found_error", f"no route {self.path}"), {})
+                return
+            reply = fake._next_reply(request)
+            if reply.delay:
+                time.sleep(reply.delay)
+            headers = {"request-id": f"req_fake_{next(_ids):04d}", **reply.headers}
+            if reply.events is not None:
+                self._send_stream(reply, headers)
+            else:
+                self._send_json(reply.status, reply.json, headers)
+
+        def _send_json(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _send_stream(self, reply: Reply, headers: dict[str, str]) -> None:
+            self.send_response(reply.status)
+            self.send_header("content-type", "text/event-stream; charset=utf-8")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("transfer-encoding", "chunked")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            for n, (event, data) in enumerate(_events(reply)):
+                if reply.drop_after is not None and n >= reply.drop_after:
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return  # no terminating chunk: the client sees a cut connection
+                chunk = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output quiet
+
+    return Handler
+
+
+def _events(reply: Reply) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield from reply.events or []
