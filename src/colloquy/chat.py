@@ -162,6 +162,21 @@ class Chat:
             self._log = self.store.load(self.session_id)
         else:
             self._log.extend(new)
+        if after == 0 and self._log:
+            self._calibrate_from_log()
+
+    def _calibrate_from_log(self) -> None:
+        """Resume the token estimator's calibration from stored replies: each carries the raw
+        estimate of its request and the tokens really billed, so a new process starts as well
+        calibrated as the last one ended."""
+        seen = 0
+        for sm in reversed(self._log):
+            raw = sm.meta.get("raw_input_estimate")
+            if sm.usage is not None and raw and sm.model == self.model.name:
+                self.counter.calibrate(self.model.name, int(raw), sm.usage.prompt_tokens)
+                seen += 1
+                if seen == 20:
+                    break
 
     def _append(self, *items: NewMessage) -> list[StoredMessage]:
         stored = self.store.append(self.session_id, items)
@@ -282,12 +297,15 @@ class Chat:
                 notes.extend(n for n in ctx.notes if n not in notes)
                 request = self._request(ctx)
                 response = yield from self._call(request, streaming)
-                self._calibrate(request, response)
+                raw_estimate = self._calibrate(request, response)
                 total = total + response.usage
                 cost = cost_of(self.model.price_key, response.usage)
+                meta: dict[str, Any] = {"raw_input_estimate": raw_estimate}
+                if response.stop_reason:
+                    meta["stop_reason"] = response.stop_reason
                 reply_row = NewMessage(
-                    message=response.message, usage=response.usage, model=response.model or self.model.name,
-                    cost_usd=cost, meta={"stop_reason": response.stop_reason} if response.stop_reason else {},
+                    message=response.message, usage=response.usage,
+                    model=response.model or self.model.name, cost_usd=cost, meta=meta,
                 )
                 calls = response.tool_uses
                 if not calls or not self.tools:
@@ -333,11 +351,26 @@ class Chat:
         # A generator function that returns on the first path still needs a yield somewhere.
         yield ""  # pragma: no cover
 
-    def _calibrate(self, request: ModelRequest, response: ModelResponse) -> None:
-        actual = response.usage.prompt_tokens
-        if actual:
-            raw = self.counter.raw(request.system, request.messages, extra=estimate_tools(request.tools))
-            self.counter.calibrate(self.model.name, raw, actual)
+    def _calibrate(self, request: ModelRequest, response: ModelResponse) -> int:
+        """Fold the billed prompt size into the estimator; return the raw estimate (stored with
+        the reply so later processes can calibrate too)."""
+        raw = self.counter.raw(request.system, request.messages, extra=estimate_tools(request.tools))
+        if response.usage.prompt_tokens:
+            self.counter.calibrate(self.model.name, raw, response.usage.prompt_tokens)
+        return raw
+
+    def count_tokens(self, request: ModelRequest | None = None, *, exact: bool = False) -> int:
+        """Input tokens of a request (default: the next one): the calibrated estimate, or with
+        ``exact=True`` the provider's own count (Anthropic's count_tokens endpoint); falls back
+        to the estimate when the provider has no counting call."""
+        request = request or self.next_request()
+        if exact:
+            counted = self.model.count_tokens(request)
+            if counted is not None:
+                return counted
+        return self.counter.count(
+            self.model.name, request.system, request.messages, extra=estimate_tools(request.tools)
+        )
 
     # -- accounting ----------------------------------------------------------------------------
 

@@ -248,8 +248,9 @@ def cmd_context(args: argparse.Namespace) -> int:
     if args.json:
         _dump(request.to_anthropic(), sys.stdout)
         return EXIT_OK
+    tokens = chat.count_tokens(request, exact=args.exact)
     sys.stdout.write(f"model {request.model} · max_tokens {request.max_tokens} · "
-                     f"~{chat.counter.count(request.model, request.system, request.messages)} input tokens\n")
+                     f"{'' if args.exact else '~'}{tokens} input tokens\n")
     for block in request.system:
         sys.stdout.write(f"system: {block.text}\n")
     for i, m in enumerate(request.messages):
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="M", help="model to build for (default: the session's)")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N")
     p.add_argument("--json", action="store_true", help="print the request body as JSON")
+    p.add_argument("--exact", action="store_true",
+                   help="count input tokens with the provider's count endpoint (Anthropic)")
     _add_db(p)
     p.set_defaults(func=cmd_context)
     return parser
