@@ -24,6 +24,7 @@ from .context.base import Context, ContextInput, ContextPolicy
 from .context.policies import RollingWindow
 from .context.validate import repair, validate
 from .errors import ColloquyError, ModelError, ToolError
+from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import ContentBlock, Message, StoredMessage
 from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
 from .store import Conversation, NewMessage, Store, new_id, open_store
@@ -52,6 +53,10 @@ class Reply(BaseModel):
     rounds: int = 1
     #: Repairs and policy warnings, for display.
     notes: list[str] = Field(default_factory=list)
+    #: Guard verdicts of this turn that were not a plain allow (see colloquy.guards).
+    guards: list[dict[str, Any]] = Field(default_factory=list)
+    #: True when an input guard blocked the turn: ``text`` is the guard's message, no model call.
+    blocked: bool = False
 
 
 class TurnCost(BaseModel):
@@ -104,6 +109,7 @@ class Chat:
         max_tokens: int = 1024,
         max_tool_rounds: int = 10,
         counter: TokenCounter | None = None,
+        guards: Sequence[Guard | Callable[..., Any]] = (),
     ) -> None:
         self.store: Store = store if store is not None else open_store()
         self.session_id = session_id or new_id()
@@ -121,6 +127,7 @@ class Chat:
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.counter = counter or default_counter
+        self.guards = GuardSet(guards)
         self._conversation = existing
         self._log: list[StoredMessage] = []
         self._lock = threading.RLock()
@@ -205,6 +212,7 @@ class Chat:
             if history is None:
                 self._sync()
                 history = self._log
+            history = self.guards.visible(history)  # blocked turns are never replayed
             ctx = self.policy.build(self._context_input(history))
             messages, sources, notes = repair(ctx.messages, ctx.sources or None)
             ctx.messages, ctx.sources = messages, sources
@@ -287,7 +295,13 @@ class Chat:
         with self._lock:
             self._ensure_conversation()
             self._sync()
-            self._append(NewMessage(message=message))
+            checked = self._guard("input", message.text)
+            if checked.changed:
+                message = replace_text(message, checked.text)
+            if checked.blocked is not None:
+                yield from self._blocked_turn(message, checked)
+                return
+            self._append(NewMessage(message=message, meta=checked.meta()))
             total = Usage()
             notes: list[str] = []
             rounds = 0
@@ -296,7 +310,8 @@ class Chat:
                 ctx = self.build_context(self._log)
                 notes.extend(n for n in ctx.notes if n not in notes)
                 request = self._request(ctx)
-                response = yield from self._call(request, streaming)
+                buffered = streaming and bool(self.guards.stage("output"))
+                response = yield from self._call(request, streaming and not buffered)
                 raw_estimate = self._calibrate(request, response)
                 total = total + response.usage
                 cost = cost_of(self.model.price_key, response.usage)
@@ -309,12 +324,16 @@ class Chat:
                 )
                 calls = response.tool_uses
                 if not calls or not self.tools:
+                    response, reply_row, checked_out = self._guard_reply(response, reply_row)
+                    if buffered and response.text:
+                        yield response.text  # output guards ran on the whole text first
                     (stored,) = self._append(reply_row)
                     yield Reply(
                         text=response.text, message=response.message, conversation_id=self.session_id,
                         seq=stored.seq, usage=total, cost_usd=cost_of(self.model.price_key, total),
                         model=response.model or self.model.name, stop_reason=response.stop_reason,
                         rounds=rounds, notes=notes,
+                        guards=[v.record() for v in checked.verdicts + checked_out.verdicts],
                     )
                     return
                 # Store the tool call before running it: if the process dies mid-tool, the log
@@ -327,6 +346,47 @@ class Chat:
                         f"the model was still calling tools after {self.max_tool_rounds} rounds; "
                         "every call and result is stored, send a new message to go on"
                     )
+
+    def _guard(self, stage: Stage, text: str) -> GuardOutcome:
+        ctx = GuardContext(
+            stage=stage, system=self.system, conversation_id=self.session_id,
+            user_id=self.user_id, recent=self.guards.visible(self._log)[-6:], model=self.model,
+        )
+        return self.guards.run(stage, text, ctx)
+
+    def _blocked_turn(self, message: Message, checked: GuardOutcome) -> Iterator[str | Reply]:
+        """Store a blocked turn (the user's message and the guard's answer, both carrying the
+        verdict) and answer with the guard's message; the model is not called."""
+        assert checked.blocked is not None
+        text = checked.blocked.message or ""
+        meta = checked.meta()
+        _, answer = self._append(
+            NewMessage(message=message, meta=meta),
+            NewMessage(message=Message.assistant(text), meta={**meta, "stop_reason": "guard"}),
+        )
+        yield text
+        yield Reply(
+            text=text, message=answer.message, conversation_id=self.session_id, seq=answer.seq,
+            usage=Usage(), cost_usd=0.0, model=self.model.name, stop_reason="guard", rounds=0,
+            notes=[f"blocked by guard {checked.blocked.guard!r}: {checked.blocked.reason}"],
+            guards=[v.record() for v in checked.verdicts], blocked=True,
+        )
+
+    def _guard_reply(
+        self, response: ModelResponse, row: NewMessage
+    ) -> tuple[ModelResponse, NewMessage, GuardOutcome]:
+        """Run the output guards on the final reply; a rewrite or block replaces its text (the
+        reply stays in the context: the user's message was fine, the model sees its answer)."""
+        checked = self._guard("output", response.text)
+        if not checked.verdicts:
+            return response, row, checked
+        text = (checked.blocked.message or "") if checked.blocked is not None else checked.text
+        response = response.model_copy(update={"content": replace_text(response.message, text).content})
+        meta = {**row.meta, **checked.meta()}
+        if checked.blocked is not None:
+            meta.pop("blocked", None)
+            meta["output_blocked"] = True
+        return response, row.model_copy(update={"message": response.message, "meta": meta}), checked
 
     def _call(self, request: ModelRequest, streaming: bool) -> Iterator[str | ModelResponse]:
         """Call the model; yields text deltas when streaming, returns the final response."""

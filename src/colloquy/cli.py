@@ -18,6 +18,7 @@ from .chat import Chat, Reply
 from .context.base import ContextPolicy
 from .context.policies import FullHistory, RollingWindow, TokenBudget
 from .errors import ColloquyError, ConfigError, ModelError
+from .guards import build_guards
 from .messages import Message, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, open_store
 
@@ -143,9 +144,12 @@ def _lines(interactive: bool) -> Any:
 def cmd_chat(args: argparse.Namespace) -> int:
     store = open_store(args.db)
     existing = store.find_conversation(args.session) if args.session else None
+    guards, persona = build_guards(args.guard or [], args.guards, judge=args.guard_model)
     chat = Chat(
-        args.model, system=args.system, store=store, session_id=args.session, user_id=args.user,
+        args.model, system=args.system if args.system is not None else persona.get("system"),
+        store=store, session_id=args.session, user_id=args.user,
         policy=policy_from_args(args), temperature=args.temperature, max_tokens=args.max_tokens,
+        guards=guards,
     )
     err = sys.stderr
     if existing:
@@ -276,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, metavar="T")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="reply length cap")
     p.add_argument("--no-stream", action="store_true", help="print each reply when complete")
+    p.add_argument("--guard", action="append", metavar="SPEC",
+                   help="add a guard: topic:\"cooking,recipes\", pii[:email,phone,card], "
+                   "length[:N], hook:module:function (repeatable; see docs/quality.md)")
+    p.add_argument("--guards", metavar="FILE", help="guards and persona from a TOML/JSON file")
+    p.add_argument("--guard-model", metavar="M",
+                   help="model that judges the topic guard (default: keyword match offline)")
     _add_db(p)
     p.set_defaults(func=cmd_chat)
 
