@@ -58,6 +58,8 @@ class Context:
     notes: list[str] = field(default_factory=list)
     #: Derived records for the engine to persist (summaries, facts).
     derived: list[Any] = field(default_factory=list)
+    #: For composed contexts: the stored seqs each part (summary, facts, recall) carries.
+    part_sources: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def included_seqs(self) -> set[int]:

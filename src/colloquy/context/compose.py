@@ -1,0 +1,354 @@
+"""Composing a context from parts under one token budget.
+
+Why a composite: each memory mechanism alone is either blind (a window forgets what scrolled out)
+or expensive (the full log). Together they cover each other: facts carry what is true about the
+user, a summary carries the gist of older turns, recalled excerpts carry the older turns that
+matter to the current message, and the newest turns stay verbatim. They must share one budget,
+so the composite hands each contributor a token allowance in a stated priority order and checks
+what it returns.
+
+The contract for contributors (also implemented by recall, in context/recall.py):
+
+* :class:`ContextPart` renders *system blocks* placed after the byte-stable persona block, in the
+  order the parts are listed (so a changed fact or summary never invalidates the cached persona);
+* :class:`RecentWindow` chooses where the verbatim recent turns begin (context/cache.py gives a
+  cache-aware one that trims in steps);
+* :class:`MessageTransform` rewrites the final message list (e.g. tool-output pruning), keeping
+  its length and its tool_use/tool_result pairs.
+
+Priority order (default, highest first)::
+
+    newest turn  >  facts  >  recent turns  >  summary  >  recall  >  older recent turns
+    (always)        (part)    ("recent")       (part)      (part)     ("window")
+
+Each stage gets ``min(its cap, what is left)``. "recent" is the verbatim window chosen by
+``recent`` within its cap (at least ``min_recent_turns`` turns when they fit the budget);
+"window" then extends the verbatim window backwards with whatever budget is left, stopping at the
+first older turn that a part already carries (no turn is sent twice). Parts ranked above
+"recent" are rendered before the window is known and receive the provisional start of the
+``min_recent_turns`` newest turns; they should not depend on it (facts do not).
+
+Derived records (``PartResult.derived``) are collected into ``Context.derived``; the engine
+persists each one after the turn by calling its ``persist(store)`` method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ConfigError, InvalidConversationError
+from ..messages import Message, TextBlock
+from ..tokens import estimate_message, estimate_text, estimate_tools
+from .base import Context, ContextInput, iter_turns_backwards, persona_blocks, turn_start_index
+
+
+@dataclass
+class PartResult:
+    """What one part contributes."""
+
+    #: System blocks, placed after the persona in part order.
+    blocks: list[TextBlock] = field(default_factory=list)
+    #: Stored seqs this part carries (a summary's covered range, recalled turns, facts' sources).
+    sources: list[int] = field(default_factory=list)
+    #: Records for the engine to persist (each has ``persist(store)``).
+    derived: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: Calibrated token estimate of ``blocks`` (the composite re-checks it).
+    tokens: int = 0
+
+
+@runtime_checkable
+class ContextPart(Protocol):
+    """A contributor to a composed context, e.g. facts, summary, recalled excerpts."""
+
+    name: str
+
+    def render(self, inp: ContextInput, window_start: int, budget: int) -> PartResult:
+        """``window_start``: index in ``inp.history`` where the verbatim recent turns begin
+        (parts that cover older turns, like summary and recall, look only at
+        ``inp.history[:window_start]``); ``budget``: the most tokens (calibrated estimate) this
+        part may use."""
+        ...
+
+
+@runtime_checkable
+class MessageTransform(Protocol):
+    """Rewrites the final message list, e.g. tool-output pruning. Must return as many messages
+    as it was given (``sources[i]`` stays the provenance of message ``i``) and keep every
+    tool_use/tool_result pair valid."""
+
+    def apply(
+        self, messages: list[Message], sources: list[list[int]], inp: ContextInput
+    ) -> list[Message]: ...
+
+
+@runtime_checkable
+class RecentWindow(Protocol):
+    """Chooses where the verbatim recent turns begin."""
+
+    def window_start(self, inp: ContextInput, budget: int) -> int:
+        """An index into ``inp.history`` at a turn start (or 0) such that
+        ``inp.history[start:]`` fits in ``budget`` calibrated tokens (the newest turn may be
+        over on its own; the composite handles that)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RecentTurns:
+    """The newest whole turns that fit the budget, at most ``turns`` of them (None: no cap).
+
+    Shifts by one turn per turn; context/cache.py has a step-wise, cache-friendly alternative.
+    """
+
+    turns: int | None = None
+
+    def window_start(self, inp: ContextInput, budget: int) -> int:
+        scale = inp.counter.factor(inp.model)
+        used = 0
+        start = len(inp.history)
+        for n, (lo, hi) in enumerate(iter_turns_backwards(inp.history), start=1):
+            if self.turns is not None and n > self.turns:
+                break
+            cost = sum(estimate_message(sm.message) for sm in inp.history[lo:hi])
+            if math.ceil((used + cost) * scale) > budget and start < len(inp.history):
+                break
+            used += cost
+            start = lo
+        return start
+
+
+#: Default caps per stage: a float <= 1 is a share of ``max_input_tokens``, an int is tokens.
+DEFAULT_CAPS: dict[str, float | int] = {
+    "facts": 0.15,
+    "recent": 0.35,
+    "summary": 0.25,
+    "recall": 0.35,
+}
+#: The cap of a part with a name not listed in the caps.
+DEFAULT_PART_CAP = 0.25
+#: Default priority of the stages; parts not named here go just before "window".
+DEFAULT_PRIORITY: tuple[str, ...] = ("facts", "recent", "summary", "recall", "window")
+
+
+class _Turns:
+    """Turn spans of the history, newest first, measured lazily (raw tokens): the cost of a
+    turn depends on how far back the composite looks, not on the log's length."""
+
+    def __init__(self, inp: ContextInput) -> None:
+        self._inp = inp
+        self._it: Iterator[tuple[int, int]] = iter_turns_backwards(inp.history)
+        self.spans: list[tuple[int, int, int]] = []  # (lo, hi, raw cost)
+
+    def get(self, k: int) -> tuple[int, int, int] | None:
+        while len(self.spans) <= k:
+            nxt = next(self._it, None)
+            if nxt is None:
+                return None
+            lo, hi = nxt
+            cost = sum(estimate_message(sm.message) for sm in self._inp.history[lo:hi])
+            self.spans.append((lo, hi, cost))
+        return self.spans[k]
+
+    def index_of_start(self, start: int) -> int:
+        """How many turns (newest first) ``history[start:]`` holds."""
+        k = 0
+        while True:
+            span = self.get(k)
+            if span is None or span[0] < start:
+                return k
+            k += 1
+
+
+@dataclass
+class ComposedPolicy:
+    """Facts, summary, recalled excerpts and the recent verbatim turns under one budget.
+
+    ``ComposedPolicy(4000, parts=[FactsPart(), SummaryPart(), RecallPart()],
+    recent=RecentTurns(), transforms=[ToolOutputPruning()])``. See the module docstring for
+    the priority order; ``priority`` and ``caps`` override it (stage names: the parts' names,
+    "recent" and "window").
+    """
+
+    max_input_tokens: int
+    parts: Sequence[ContextPart] = ()
+    recent: RecentWindow = field(default_factory=RecentTurns)
+    transforms: Sequence[MessageTransform] = ()
+    min_recent_turns: int = 1
+    priority: Sequence[str] | None = None
+    caps: Mapping[str, float | int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_input_tokens < 1:
+            raise ConfigError(f"max_input_tokens must be positive, not {self.max_input_tokens}")
+        if self.min_recent_turns < 1:
+            raise ConfigError(f"min_recent_turns must be at least 1, not {self.min_recent_turns}")
+        names = [p.name for p in self.parts]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"context parts need distinct names, got {names}")
+        for n in names:
+            if n in {"recent", "window", "newest"}:
+                raise ConfigError(f"{n!r} is a reserved stage name, not a part name")
+        self.stages: list[str] = self._stages(names)
+
+    def _stages(self, names: list[str]) -> list[str]:
+        base = list(self.priority) if self.priority is not None else list(DEFAULT_PRIORITY)
+        unknown = [s for s in base if s not in names and s not in {"recent", "window"}]
+        if self.priority is not None and unknown:
+            raise ConfigError(f"priority names unknown stages {unknown}; parts are {names}")
+        stages = [s for s in base if s in names or s in {"recent", "window"}]
+        for s in ("recent", "window"):
+            if s not in stages:
+                stages.append(s)
+        missing = [n for n in names if n not in stages]
+        at = stages.index("window")
+        return stages[:at] + missing + stages[at:]
+
+    def cap(self, stage: str) -> int:
+        """The most tokens ``stage`` may take (before what is left is considered)."""
+        caps = {**DEFAULT_CAPS, **(self.caps or {})}
+        value = caps.get(stage, DEFAULT_PART_CAP)
+        if isinstance(value, float) and value <= 1.0:
+            return int(self.max_input_tokens * value)
+        return int(value)
+
+    # -- building ------------------------------------------------------------------------------
+
+    def build(self, inp: ContextInput) -> Context:
+        history = inp.history
+        limit = self.max_input_tokens
+        scale = inp.counter.factor(inp.model)
+
+        def cal(raw: int) -> int:
+            return math.ceil(raw * scale)
+
+        notes: list[str] = []
+        turns = _Turns(inp)
+        persona = persona_blocks(inp.system)
+        used = inp.counter.raw(persona, (), extra=estimate_tools(inp.tools))  # raw tokens
+
+        # 1. The newest turn, always.
+        newest = turns.get(0)
+        start = newest[0] if newest else len(history)
+        if newest:
+            used += newest[2]
+        if cal(used) > limit:
+            notes.append(f"the newest turn alone (~{cal(used)} tokens) is over the "
+                         f"{limit}-token budget; sending it anyway")
+        provisional = turn_start_index(history, self.min_recent_turns) if history else 0
+
+        results: dict[str, PartResult] = {}
+        carried: set[int] = set()
+        window_known = False
+        by_name = {p.name: p for p in self.parts}
+
+        for stage in self.stages:
+            left = limit - cal(used)
+            if stage == "recent":
+                start, used = self._recent(inp, turns, start, used, cal, limit)
+                window_known = True
+            elif stage == "window":
+                start, used = self._extend(turns, start, used, cal, limit, carried, history)
+            else:
+                part = by_name[stage]
+                budget = max(0, min(self.cap(stage), left))
+                res = part.render(inp, start if window_known else provisional, budget)
+                raw = sum(estimate_text(b.text) for b in res.blocks)
+                res.tokens = cal(raw)
+                if res.blocks and (res.tokens > budget or cal(used + raw) > limit):
+                    notes.append(f"{stage}: left out, its ~{res.tokens} tokens are over its "
+                                 f"{budget}-token allowance")
+                    res = PartResult(derived=res.derived, notes=res.notes)
+                else:
+                    used += raw
+                    carried.update(res.sources)
+                results[stage] = res
+
+        # Assemble: persona, then part blocks in part order, then the verbatim turns.
+        system = list(persona)
+        derived: list[Any] = []
+        part_sources: dict[str, list[int]] = {}
+        for part in self.parts:
+            res = results.get(part.name) or PartResult()
+            system.extend(res.blocks)
+            derived.extend(res.derived)
+            notes.extend(n if n.startswith(f"{part.name}:") else f"{part.name}: {n}" for n in res.notes)
+            if res.blocks:
+                part_sources[part.name] = list(res.sources)
+        kept = history[start:]
+        messages = [sm.message for sm in kept]
+        sources = [[sm.seq] for sm in kept]
+        for t in self.transforms:
+            out = t.apply(messages, sources, inp)
+            if len(out) != len(messages):
+                raise InvalidConversationError(
+                    f"{type(t).__name__} returned {len(out)} messages for {len(messages)}: a "
+                    "message transform must rewrite messages in place, not add or drop them"
+                )
+            messages = list(out)
+        return Context(system=system, messages=messages, sources=sources, notes=notes,
+                       derived=derived, part_sources=part_sources)
+
+    def _recent(
+        self, inp: ContextInput, turns: _Turns, start: int, used: int, cal: Any, limit: int
+    ) -> tuple[int, int]:
+        """The verbatim window: ``recent``'s choice within the "recent" cap, clamped to the
+        budget, then grown to ``min_recent_turns`` turns if they fit."""
+        newest = turns.get(0)
+        if newest is None:
+            return start, used
+        base = used - newest[2]  # raw tokens without any turn
+        allowance = cal(newest[2]) + max(0, min(self.cap("recent"), limit - cal(used)))
+        chosen = min(self.recent.window_start(inp, allowance), start)
+        n = turns.index_of_start(chosen)
+        # Clamp to the budget: drop the oldest chosen turns until the window fits.
+        while n > 1:
+            cost = sum(turns.spans[k][2] for k in range(n))
+            if cal(base + cost) <= limit and cal(cost) <= allowance:
+                break
+            n -= 1
+        n = max(n, 1)
+        # Grow to the guaranteed minimum while the whole budget allows.
+        while n < self.min_recent_turns:
+            span = turns.get(n)
+            cost = sum(turns.spans[k][2] for k in range(n))
+            if span is None or cal(base + cost + span[2]) > limit:
+                break
+            n += 1
+        cost = sum(turns.spans[k][2] for k in range(n))
+        return turns.spans[n - 1][0], base + cost
+
+    def _extend(
+        self, turns: _Turns, start: int, used: int, cal: Any, limit: int, carried: set[int],
+        history: Sequence[Any],
+    ) -> tuple[int, int]:
+        """Older recent turns: grow the window backwards while the budget allows, stopping at a
+        turn that a part already carries."""
+        k = turns.index_of_start(start)
+        while True:
+            span = turns.get(k)
+            if span is None:
+                break
+            lo, hi, cost = span
+            if cal(used + cost) > limit:
+                break
+            if any(sm.seq in carried for sm in history[lo:hi]):
+                break
+            used += cost
+            start = lo
+            k += 1
+        return start, used
+
+
+__all__ = [
+    "DEFAULT_CAPS",
+    "DEFAULT_PRIORITY",
+    "ComposedPolicy",
+    "ContextPart",
+    "MessageTransform",
+    "PartResult",
+    "RecentTurns",
+    "RecentWindow",
+]
