@@ -96,6 +96,7 @@ __all__ = [
     "SessionCost",
     "Store",
     "StoreError",
+    "StoredMessage",
     "TextBlock",
     "TokenBudget",
     "TokenCounter",

@@ -25,7 +25,7 @@ from .context.policies import RollingWindow
 from .context.validate import repair, validate
 from .errors import ColloquyError, ModelError, ToolError
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
-from .messages import ContentBlock, Message, StoredMessage
+from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
 from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
 from .store import Conversation, NewMessage, Store, new_id, open_store
 from .tokens import TokenCounter, counter as default_counter, estimate_tools
@@ -339,13 +339,19 @@ class Chat:
                 # Store the tool call before running it: if the process dies mid-tool, the log
                 # still shows what was asked (and repair answers it as interrupted).
                 self._append(reply_row)
-                results = run_calls(self.tools, calls)
-                self._append(NewMessage(message=Message(role="user", content=list(results))))
                 if rounds > self.max_tool_rounds:
+                    # Over the limit: answer the calls without running them (the log stays valid).
+                    skipped = f"not run: over the limit of {self.max_tool_rounds} tool rounds"
+                    self._append(NewMessage(message=Message(role="user", content=[
+                        ToolResultBlock(tool_use_id=c.id, is_error=True, content=skipped)
+                        for c in calls
+                    ])))
                     raise ToolError(
                         f"the model was still calling tools after {self.max_tool_rounds} rounds; "
                         "every call and result is stored, send a new message to go on"
                     )
+                results = run_calls(self.tools, calls)
+                self._append(NewMessage(message=Message(role="user", content=list(results))))
 
     def _guard(self, stage: Stage, text: str) -> GuardOutcome:
         ctx = GuardContext(

@@ -3,6 +3,7 @@ scripts. Nothing survives the process."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ class MemoryStore:
     ) -> Conversation:
         conv = Conversation(
             id=id or new_id(), user_id=user_id, persona=persona, model=model, title=title,
-            meta=meta or {},
+            meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict
         )
         with self._lock:
             if conv.id in self._conversations:
@@ -72,7 +73,8 @@ class MemoryStore:
         with self._lock:
             conv = self.get_conversation(conversation_id)
             changes: dict[str, Any] = {"updated_at": time.time()}
-            for key, value in (("title", title), ("persona", persona), ("model", model), ("meta", meta)):
+            for key, value in (("title", title), ("persona", persona), ("model", model),
+                               ("meta", copy.deepcopy(meta))):
                 if value is not None:
                     changes[key] = value
             conv = conv.model_copy(update=changes)
@@ -101,7 +103,7 @@ class MemoryStore:
                 StoredMessage(
                     conversation_id=conversation_id, seq=conv.last_seq + i, message=m.message,
                     created_at=now, usage=m.usage, model=m.model, cost_usd=m.cost_usd,
-                    meta=m.meta,
+                    meta=copy.deepcopy(m.meta),
                 )
                 for i, m in enumerate(messages, start=1)
             ]
