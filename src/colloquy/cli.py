@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count input tokens with the provider's count endpoint (Anthropic)")
     _add_db(p)
     p.set_defaults(func=cmd_context)
+
+    from .evals.cli import add_parser as add_eval_command
+
+    add_eval_command(sub)
     return parser
 
 
