@@ -324,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_context)
 
     from .evals.cli import add_parser as add_eval_command
+    from .loadtest import add_parser as add_loadtest_command
 
     add_eval_command(sub)
+    add_loadtest_command(sub)
     return parser
 
 

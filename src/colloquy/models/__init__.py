@@ -49,6 +49,8 @@ def get_model(
         raise ConfigError(f"model name {name!r} has no model id after {provider + ':'!r}")
     if provider == "" and model_id == "echo":
         return EchoModel(**kwargs)
+    if provider == "" and model_id.startswith("echo?"):
+        return EchoModel.from_spec(model_id)
     if provider == "anthropic" or (provider == "" and model_id.startswith("claude")):
         from .anthropic import AnthropicModel
 

@@ -77,15 +77,41 @@ class _RecordingModel(Model):
 class EchoModel(_RecordingModel):
     """Deterministic: replies with a short report of what it received.
 
-    ``latency`` (seconds before answering) and ``delay`` (seconds between streamed words) let
-    load tests simulate a real model's timing without a network.
+    ``latency`` (seconds before answering), ``delay`` (seconds between streamed words) and
+    ``words`` (pad the reply to this many words) let load tests simulate a real model's timing
+    and reply length without a network; as a model name: ``echo?latency=0.2&delay=0.01&words=50``.
     """
 
     provider = "offline"
 
-    def __init__(self, name: str = "echo", latency: float = 0.0, delay: float = 0.0) -> None:
+    def __init__(
+        self, name: str = "echo", latency: float = 0.0, delay: float = 0.0, words: int = 0
+    ) -> None:
         super().__init__(name, delay)
         self.latency = latency
+        self.words = words
+
+    @classmethod
+    def from_spec(cls, spec: str) -> EchoModel:
+        """``echo`` or ``echo?latency=S&delay=S&words=N`` (the form ``colloquy serve --model``
+        takes), with a clear error for anything else."""
+        from urllib.parse import parse_qsl
+
+        from ..errors import ConfigError
+
+        _, _, query = spec.partition("?")
+        options: dict[str, Any] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            kind = {"latency": float, "delay": float, "words": int}.get(key)
+            if kind is None:
+                raise ConfigError(f"echo model: unknown option {key!r} (use latency, delay, words)")
+            try:
+                options[key] = kind(value)
+            except ValueError as e:
+                raise ConfigError(f"echo model: {key}={value!r} is not a number") from e
+            if options[key] < 0:
+                raise ConfigError(f"echo model: {key} must not be negative")
+        return cls(**options)
 
     def request(self, request: ModelRequest) -> ModelResponse:
         self._record(request)
@@ -100,8 +126,13 @@ class EchoModel(_RecordingModel):
             f"echo: received {n} message{'s' if n != 1 else ''} "
             f"(~{tokens} tokens); last user text: {last_user!r}"
         )
+        if self.words > len(text.split()):
+            filler = _FILLER * (self.words // len(_FILLER) + 1)
+            text += " " + " ".join(filler[: self.words - len(text.split())])
         return self._response(request, [TextBlock(text=text)])
 
+
+_FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
 
 Script = str | ModelResponse | ToolUseBlock | list[ContentBlock] | BaseException
 """One scripted step: text, a full response, a tool call, several blocks, or an error to raise."""

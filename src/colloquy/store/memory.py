@@ -12,9 +12,10 @@ from typing import Any
 from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import StoredMessage
 from .base import Conversation, NewMessage, new_id
+from .users import MemoryUserMethods
 
 
-class MemoryStore:
+class MemoryStore(MemoryUserMethods):
     """Dicts behind one lock. Same semantics as the SQLite store, including conflicts."""
 
     url = "memory"

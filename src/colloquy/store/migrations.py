@@ -87,6 +87,23 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        "0300_users",
+        sqlite="""
+        CREATE TABLE users (
+            id          TEXT PRIMARY KEY,
+            token_hash  TEXT NOT NULL UNIQUE,
+            created_at  REAL NOT NULL
+        );
+        """,
+        postgres="""
+        CREATE TABLE users (
+            id          TEXT PRIMARY KEY,
+            token_hash  TEXT NOT NULL UNIQUE,
+            created_at  DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..usage import Usage
 from .base import Conversation, NewMessage, new_id
+from .users import SQLUserMethods
 from .migrations import MIGRATIONS, Migration, split_sql
 
 _CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta"
@@ -96,7 +97,7 @@ def apply_migrations(
     return applied
 
 
-class SQLiteStore:
+class SQLiteStore(SQLUserMethods):
     """A store in one SQLite file. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: str | Path, *, migrate: bool = True) -> None:

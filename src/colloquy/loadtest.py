@@ -1,0 +1,285 @@
+"""``colloquy loadtest``: N simulated users holding multi-turn conversations against a running
+``colloquy serve``, reporting throughput, latency percentiles, errors and time to first token.
+
+Why a built-in asyncio client rather than Locust: the load is a fixed script (create a
+conversation, then T turns, each waiting for the previous reply, as a person would), the report
+must come back as JSON for docs and CI, and httpx is already a dependency; Locust would add a
+web UI, gevent and a second process model for no extra insight here.
+
+Safety rails: loopback only (``--allow-remote`` to point it elsewhere, e.g. a staging box you
+own), at most :data:`MAX_USERS` users and :data:`MAX_TURNS` turns each, and a wall-clock bound
+(``--duration``) after which no new turn starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, Field
+
+from .errors import ColloquyError, ConfigError
+
+MAX_USERS = 1000
+MAX_TURNS = 1000
+MAX_DURATION = 3600.0
+
+
+class LatencyStats(BaseModel):
+    """Seconds; percentiles by the nearest-rank method."""
+
+    count: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+
+class LoadTestResult(BaseModel):
+    url: str
+    users: int
+    turns_per_user: int
+    stream: bool
+    #: Turns that got a complete reply.
+    completed: int = 0
+    #: Turns attempted (completed + failed); conversation creations are not turns.
+    attempted: int = 0
+    errors: int = 0
+    errors_by_kind: dict[str, int] = Field(default_factory=dict)
+    conversations: int = 0
+    duration_s: float = 0.0
+    #: Completed turns per second over the whole run.
+    throughput_rps: float = 0.0
+    latency: LatencyStats = Field(default_factory=LatencyStats)
+    #: Time to the first streamed text (only with ``stream``).
+    ttft: LatencyStats | None = None
+    #: True when --duration stopped the run before every turn was played.
+    stopped_by_duration: bool = False
+    output_tokens: int = 0
+
+    def render(self) -> str:
+        def ms(x: float | None) -> str:
+            return "-" if x is None else f"{x * 1000:.1f} ms"
+
+        lines = [
+            f"{self.users} users x {self.turns_per_user} turns against {self.url} "
+            f"({'streaming' if self.stream else 'JSON replies'})",
+            f"  turns completed {self.completed}/{self.attempted} in {self.duration_s:.2f} s"
+            f"  ->  {self.throughput_rps:.1f} turns/s"
+            + ("  (stopped by --duration)" if self.stopped_by_duration else ""),
+            f"  latency  p50 {ms(self.latency.p50)}  p95 {ms(self.latency.p95)}  "
+            f"p99 {ms(self.latency.p99)}  max {ms(self.latency.max)}",
+        ]
+        if self.ttft is not None:
+            lines.append(f"  first token  p50 {ms(self.ttft.p50)}  p95 {ms(self.ttft.p95)}  "
+                         f"p99 {ms(self.ttft.p99)}")
+        lines.append(f"  errors {self.errors}" + (
+            "  " + ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_kind.items()))
+            if self.errors_by_kind else ""))
+        return "\n".join(lines)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        raise ValueError("no values")
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100)
+    return sorted_values[int(min(rank, len(sorted_values))) - 1]
+
+
+def stats(values: list[float]) -> LatencyStats:
+    if not values:
+        return LatencyStats()
+    v = sorted(values)
+    return LatencyStats(count=len(v), mean=round(sum(v) / len(v), 6), p50=percentile(v, 50),
+                        p95=percentile(v, 95), p99=percentile(v, 99), max=v[-1])
+
+
+def check_url(url: str, allow_remote: bool = False) -> str:
+    """The base URL without a trailing slash; refuses non-loopback hosts unless allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--url must look like http://127.0.0.1:8000, not {url!r}")
+    host = parts.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not allow_remote:
+        raise ConfigError(f"refusing to load-test {host}: only loopback addresses (127.0.0.1, "
+                          "::1, localhost) unless you pass --allow-remote for a server you own")
+    return url.rstrip("/")
+
+
+@dataclass
+class _Tally:
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    attempted: int = 0
+    conversations: int = 0
+    output_tokens: int = 0
+    stopped: bool = False
+
+
+def _message(user: int, turn: int) -> str:
+    return (f"Hello, this is simulated user {user}, turn {turn + 1}. What would you cook "
+            f"tonight with {['rice', 'lentils', 'pasta', 'eggs', 'tomatoes'][turn % 5]}?")
+
+
+async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
+                tally: _Tally) -> None:
+    path = f"/v1/conversations/{conv}/messages"
+    body = {"content": text, "stream": stream}
+    t0 = time.perf_counter()
+    tally.attempted += 1
+    try:
+        if not stream:
+            r = await client.post(path, json=body)
+            if r.status_code != 200:
+                tally.errors[f"http {r.status_code}"] += 1
+                return
+            reply = r.json()
+            tally.latencies.append(time.perf_counter() - t0)
+            tally.output_tokens += int((reply.get("usage") or {}).get("output_tokens") or 0)
+            return
+        first: float | None = None
+        event, done = "", None
+        async with client.stream("POST", path, json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                tally.errors[f"http {r.status_code}"] += 1
+                return
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    if event == "delta" and first is None:
+                        first = time.perf_counter() - t0
+                    elif event == "done":
+                        done = json.loads(line[5:])
+                    elif event == "error":
+                        tally.errors["stream error"] += 1
+                        return
+        if done is None:
+            tally.errors["stream ended without done"] += 1
+            return
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.ttfts.append(first if first is not None else time.perf_counter() - t0)
+        tally.output_tokens += int((done.get("usage") or {}).get("output_tokens") or 0)
+    except httpx.TimeoutException:
+        tally.errors["timeout"] += 1
+    except (httpx.HTTPError, ValueError) as e:
+        tally.errors[type(e).__name__] += 1
+
+
+async def _user(client: httpx.AsyncClient, user: int, turns: int, stream: bool,
+                deadline: float, tally: _Tally) -> None:
+    try:
+        r = await client.post("/v1/conversations", json={"title": f"loadtest user {user}"})
+    except httpx.HTTPError as e:
+        tally.errors[f"create: {type(e).__name__}"] += 1
+        return
+    if r.status_code not in (200, 201):
+        tally.errors[f"create: http {r.status_code}"] += 1
+        return
+    tally.conversations += 1
+    conv = r.json()["id"]
+    for t in range(turns):
+        if time.monotonic() >= deadline:
+            tally.stopped = True
+            return
+        await _turn(client, conv, _message(user, t), stream, tally)
+
+
+async def run_loadtest_async(
+    url: str, token: str, *, users: int = 10, turns: int = 5, stream: bool = False,
+    duration: float = 60.0, timeout: float = 60.0, allow_remote: bool = False,
+) -> LoadTestResult:
+    base = check_url(url, allow_remote)
+    if not 1 <= users <= MAX_USERS:
+        raise ConfigError(f"--users must be 1-{MAX_USERS}, not {users}")
+    if not 1 <= turns <= MAX_TURNS:
+        raise ConfigError(f"--turns must be 1-{MAX_TURNS}, not {turns}")
+    if not 0 < duration <= MAX_DURATION:
+        raise ConfigError(f"--duration must be between 0 and {MAX_DURATION:.0f} seconds")
+    if not token:
+        raise ConfigError("a token is needed: --token or COLLOQUY_TOKEN "
+                          "(create one with: colloquy users add NAME)")
+    tally = _Tally()
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
+        timeout=httpx.Timeout(timeout), trust_env=False,
+    ) as client:
+        r = await client.get("/v1/me")
+        if r.status_code in (401, 403):
+            raise ConfigError(f"the server refused the token (HTTP {r.status_code})")
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + duration
+        tasks = [asyncio.create_task(_user(client, u, turns, stream, deadline, tally))
+                 for u in range(users)]
+        # A turn already started is allowed its own timeout past the deadline, no more.
+        _, pending = await asyncio.wait(tasks, timeout=duration + timeout)
+        for task in pending:
+            task.cancel()
+            tally.stopped = True
+        await asyncio.gather(*pending, return_exceptions=True)
+        elapsed = time.perf_counter() - t0
+    completed = len(tally.latencies)
+    return LoadTestResult(
+        url=base, users=users, turns_per_user=turns, stream=stream, completed=completed,
+        attempted=tally.attempted, errors=sum(tally.errors.values()),
+        errors_by_kind=dict(tally.errors), conversations=tally.conversations,
+        duration_s=round(elapsed, 4), throughput_rps=round(completed / elapsed, 2) if elapsed else 0.0,
+        latency=stats(tally.latencies), ttft=stats(tally.ttfts) if stream else None,
+        stopped_by_duration=tally.stopped, output_tokens=tally.output_tokens,
+    )
+
+
+def run_loadtest(url: str, token: str, **kwargs: Any) -> LoadTestResult:
+    """The blocking form of :func:`run_loadtest_async`."""
+    try:
+        return asyncio.run(run_loadtest_async(url, token, **kwargs))
+    except httpx.ConnectError as e:
+        raise ColloquyError(f"cannot reach {url}: {e} (is colloquy serve running?)") from e
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("loadtest", help="simulate N users chatting with a running colloquy serve")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server (loopback only)")
+    p.add_argument("--token", help="a bearer token (default $COLLOQUY_TOKEN; colloquy users add)")
+    p.add_argument("--users", type=int, default=10, metavar="N", help="concurrent users")
+    p.add_argument("--turns", type=int, default=5, metavar="T", help="turns per user")
+    p.add_argument("--stream", action="store_true", help="stream replies (measures first token)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="stop starting turns after S seconds (default 60)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per request")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --url (only for servers you own)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_loadtest)
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    result = run_loadtest(
+        args.url, args.token or os.environ.get("COLLOQUY_TOKEN", ""), users=args.users,
+        turns=args.turns, stream=args.stream, duration=args.duration, timeout=args.timeout,
+        allow_remote=args.allow_remote,
+    )
+    sys.stdout.write((result.model_dump_json(indent=2) if args.json else result.render()) + "\n")
+    return 1 if result.errors else 0

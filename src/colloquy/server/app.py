@@ -1,0 +1,385 @@
+"""The FastAPI application: routes that parse, authenticate, call the service, serialise.
+
+Routes hold no logic of their own: ownership and turns are :class:`ChatService`'s, the flow of a
+turn is :class:`colloquy.Chat`'s, persistence is the store's. Errors are translated in one place
+(:data:`colloquy.server.errors.STATUS`), by the exception handlers installed here.
+"""
+
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..errors import ColloquyError
+from ..models import Model
+from ..store import Store, open_store
+from ..store.users import User, authenticate
+from . import errors as E
+from .ratelimit import RateLimiter
+from .schemas import (
+    ContextOut,
+    ConversationCreate,
+    ConversationDetail,
+    ConversationList,
+    ConversationOut,
+    ConversationPatch,
+    ErrorBody,
+    Health,
+    Me,
+    MessageCreate,
+    MessageOut,
+    ReplyOut,
+)
+from .service import ChatService, ServerSettings
+
+log = logging.getLogger("colloquy.server")
+STATIC = Path(__file__).with_name("static")
+
+#: Error responses documented on every authenticated route.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
+    413: {"model": ErrorBody, "description": "body or message over the size limit"},
+    422: {"model": ErrorBody, "description": "invalid request body or parameters"},
+    429: {"model": ErrorBody, "description": "rate limit: see the Retry-After header"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such conversation (or not yours)"},
+}
+TURN_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "conflicting request (idempotency key in flight)"},
+    502: {"model": ErrorBody, "description": "the model provider failed"},
+    503: {"model": ErrorBody, "description": "the model is overloaded, rate limited or not configured"},
+    504: {"model": ErrorBody, "description": "the model provider could not be reached"},
+}
+SSE_DOC = (
+    "With `stream: true` the answer is `text/event-stream`: `event: delta` with data "
+    '`{"text": ...}` for each piece, then `event: done` with the reply JSON (usage, cost), or '
+    '`event: error` with `{"error": {"type", "message"}}`.'
+)
+
+
+def sse(event: str, data: Any) -> str:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def error_json(error: BaseException, redactor: E.Redactor) -> dict[str, Any]:
+    _, kind = E.status_for(error)
+    return {"error": {"type": kind, "message": redactor(str(error))}}
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, before the route reads them
+    (by Content-Length when given, else by counting the streamed chunks)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send, int(value))
+                return
+        seen = 0
+        over = False
+
+        async def limited() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise E.PayloadTooLarge(f"the request body is over {self.limit} bytes")
+            return message
+
+        async def answer(message: Message) -> None:
+            # The framework turns a failed body read into its own 400; answer 413 instead.
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send, seen)
+
+        await self.app(scope, limited, answer)
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        body = json.dumps({"error": {"type": "payload_too_large", "message":
+                           f"the request body is over {self.limit} bytes "
+                           f"({size} received)"}}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+
+
+def create_app(
+    store: Store | None = None,
+    model: Model | str | None = None,
+    *,
+    settings: ServerSettings | None = None,
+    db: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    **options: Any,
+) -> FastAPI:
+    """Build the service over a store (or ``db``, a URL as for the CLI) and a default model.
+
+    ``options`` override :class:`ServerSettings` fields (``system``, ``rate_limit``,
+    ``max_message_chars``, ``max_body_bytes``, ``allowed_models``, ``policy``, ``max_tokens``).
+    """
+    settings = settings or ServerSettings()
+    known = {f.name for f in fields(ServerSettings)}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown create_app options: {sorted(unknown)}")
+    settings = replace(settings, **options)
+    if model is not None:
+        settings = replace(settings, model=model)
+    store = store if store is not None else open_store(db, environ)
+    redactor = E.Redactor.from_environ(environ)
+    E.install_log_redaction(redactor)
+    service = ChatService(store, settings, redactor)
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+
+    app = FastAPI(
+        title="colloquy",
+        version=__version__,
+        description="Chat with LLMs that remembers context: conversations, streaming turns, the "
+        "next request's context, and an OpenAI-compatible endpoint. Authenticate with "
+        "`Authorization: Bearer <token>` (tokens come from `colloquy users add NAME`).",
+        docs_url=None,  # Swagger UI would load scripts from a CDN; /openapi.json is served.
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.store = store
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    _install_error_handlers(app, redactor)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    bearer = HTTPBearer(auto_error=False, description="a token from `colloquy users add NAME`")
+
+    def current_user(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> User:
+        if creds is None:
+            raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        user = authenticate(store, creds.credentials)
+        if user is None:
+            raise E.NotAuthenticated("invalid bearer token")
+        if limiter is not None:
+            wait = limiter.take(user.id)
+            if wait > 0:
+                raise E.TooManyRequests(
+                    f"rate limit of {limiter.limit.requests} requests per "
+                    f"{limiter.limit.per:g}s reached; retry in {wait:.1f}s", retry_after=wait)
+        return user
+
+    CurrentUser = Annotated[User, Depends(current_user)]
+    # Routes are added to the app itself (no sub-routers), so app.routes lists every one of
+    # them: the tests walk it to check auth, isolation and the OpenAPI description.
+    api = _Routes(app, prefix="/v1", responses=AUTH_ERRORS)
+
+    @api.get("/me", response_model=Me, summary="who the token belongs to")
+    def me(user: CurrentUser) -> Me:
+        return Me(user_id=user.id)
+
+    @api.post("/conversations", status_code=201, response_model=ConversationOut,
+              summary="start a conversation", responses={400: {"model": ErrorBody}})
+    def create_conversation(body: ConversationCreate, user: CurrentUser) -> ConversationOut:
+        return ConversationOut.of(service.create(
+            user, title=body.title, system=body.system, model=body.model))
+
+    @api.get("/conversations", response_model=ConversationList,
+             summary="the caller's conversations, newest activity first")
+    def list_conversations(
+        user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    ) -> ConversationList:
+        return ConversationList(
+            conversations=[ConversationOut.of(c) for c in service.list(user, limit)])
+
+    @api.get("/conversations/{conversation_id}", response_model=ConversationDetail,
+             responses=NOT_FOUND, summary="a conversation with its messages")
+    def get_conversation(conversation_id: str, user: CurrentUser) -> ConversationDetail:
+        conv, messages = service.detail(user, conversation_id)
+        return ConversationDetail(**ConversationOut.of(conv).model_dump(),
+                                  messages=[MessageOut.of(m) for m in messages])
+
+    @api.patch("/conversations/{conversation_id}", response_model=ConversationOut,
+               responses=NOT_FOUND, summary="rename a conversation")
+    def rename_conversation(conversation_id: str, body: ConversationPatch,
+                            user: CurrentUser) -> ConversationOut:
+        return ConversationOut.of(service.rename(user, conversation_id, body.title))
+
+    @api.delete("/conversations/{conversation_id}", status_code=204, responses=NOT_FOUND,
+                summary="delete a conversation and its messages")
+    def delete_conversation(conversation_id: str, user: CurrentUser) -> Response:
+        service.delete(user, conversation_id)
+        return Response(status_code=204)
+
+    @api.post(
+        "/conversations/{conversation_id}/messages", response_model=ReplyOut,
+        responses={**NOT_FOUND, **TURN_ERRORS, 200: {
+            "description": "the reply (JSON), or with `stream: true` server-sent events",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+        summary="send a message; get the reply (JSON or server-sent events)",
+        description=SSE_DOC,
+    )
+    async def send_message(conversation_id: str, body: MessageCreate, user: CurrentUser,
+                           response: Response) -> Any:
+        service.check_content(body.content)
+        chat = service.chat(user, conversation_id)
+        if not body.stream:
+            reply, replayed = await service.send(chat, body.content, body.idempotency_key)
+            if replayed:
+                response.headers["Idempotent-Replayed"] = "true"
+            return ReplyOut.of(reply, replayed=replayed)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for event in service.stream(chat, body.content, body.idempotency_key):
+                    if isinstance(event, str):
+                        yield sse("delta", {"text": event})
+                    else:
+                        reply, replayed = event
+                        yield sse("done", ReplyOut.of(reply, replayed=replayed).model_dump(mode="json"))
+            except ColloquyError as e:
+                _log_error(e, redactor)
+                yield sse("error", error_json(e, redactor))
+            except Exception as e:  # noqa: BLE001 - the stream has started: report in-band
+                log.error("turn failed: %s", redactor(f"{type(e).__name__}: {e}"))
+                yield sse("error", {"error": {"type": "server_error", "message": "internal error"}})
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @api.get("/conversations/{conversation_id}/context", response_model=ContextOut,
+             responses=NOT_FOUND, summary="exactly the request the next turn would send")
+    def get_context(
+        conversation_id: str, user: CurrentUser,
+        message: Annotated[str | None, Query(max_length=200_000,
+                                             description="include this new user message")] = None,
+    ) -> ContextOut:
+        request, tokens = service.context(user, conversation_id, message)
+        return ContextOut(request=request, input_tokens=tokens)
+
+    from .openai_compat import add_openai_routes
+
+    add_openai_routes(_Routes(app, prefix="/v1", responses=AUTH_ERRORS, tags=["openai-compatible"]),
+                      service, current_user, redactor)
+
+    @app.get("/healthz", response_model=Health, summary="liveness (no authentication)")
+    def healthz() -> Health:
+        return Health(version=__version__)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={
+            "Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+class _Routes:
+    """Route decorators on the app with a common path prefix and documented responses."""
+
+    def __init__(self, app: FastAPI, prefix: str, responses: dict[int | str, dict[str, Any]],
+                 tags: list[str] | None = None) -> None:
+        self.app, self.prefix, self.responses, self.tags = app, prefix, responses, tags
+
+    def _route(self, method: str, path: str, **kw: Any) -> Callable[[Any], Any]:
+        kw["responses"] = {**self.responses, **kw.get("responses", {})}
+        if self.tags:
+            kw.setdefault("tags", self.tags)
+        return self.app.api_route(self.prefix + path, methods=[method], **kw)
+
+    def get(self, path: str, **kw: Any) -> Callable[[Any], Any]:
+        return self._route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Any], Any]:
+        return self._route("POST", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[Any], Any]:
+        return self._route("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Any], Any]:
+        return self._route("DELETE", path, **kw)
+
+
+def _log_error(error: BaseException, redactor: E.Redactor) -> None:
+    status, kind = E.status_for(error)
+    if status >= 500:
+        log.warning("%s (%s): %s", kind, status, redactor(str(error)))
+
+
+def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
+    async def colloquy_error(request: Request, exc: Exception) -> JSONResponse:
+        status, _ = E.status_for(exc)
+        _log_error(exc, redactor)
+        headers: dict[str, str] = {}
+        wait = E.retry_after(exc)
+        if wait is not None and status in (429, 503):
+            headers["Retry-After"] = str(wait)
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(error_json(exc, redactor), status_code=status, headers=headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                   for e in exc.errors()]
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details) or "invalid request"
+        return JSONResponse({"error": {"type": "invalid_request", "message": redactor(message),
+                                       "details": details}}, status_code=422)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"type": kind, "message": str(exc.detail)}},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s: %s", request.method, request.url.path,
+                  redactor(f"{type(exc).__name__}: {exc}"))
+        return JSONResponse({"error": {"type": "server_error", "message": "internal error"}},
+                            status_code=500)
+
+    app.add_exception_handler(ColloquyError, colloquy_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

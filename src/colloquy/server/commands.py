@@ -1,0 +1,175 @@
+"""The ``colloquy serve`` and ``colloquy users`` commands (wired into :mod:`colloquy.cli`).
+
+``serve`` passes its settings to the app through one environment variable and starts uvicorn
+with an app *factory*, so one worker or N workers (separate processes over one database) build
+the same app the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ..errors import ConfigError
+from ..store import open_store
+from ..store.users import UserStore, issue_token
+
+SETTINGS_VAR = "COLLOQUY_SERVER_SETTINGS"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _user_store(db: str | None) -> UserStore:
+    store = open_store(db)
+    if not isinstance(store, UserStore):
+        raise ConfigError(f"the {type(store).__name__} has no users table yet")
+    return store
+
+
+# -- users -----------------------------------------------------------------------------------------
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    token = issue_token(_user_store(args.db), args.name, replace=args.rotate)
+    sys.stdout.write(token + "\n")
+    sys.stderr.write(
+        f"{'new token for' if args.rotate else 'added user'} {args.name}: the token above is shown "
+        "only this once (only its hash is stored); send it as 'Authorization: Bearer <token>'\n")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    users = _user_store(args.db).list_users()
+    if args.json:
+        sys.stdout.write(json.dumps([u.model_dump() for u in users], indent=2) + "\n")
+        return 0
+    if not users:
+        sys.stderr.write("no users (add one with: colloquy users add NAME)\n")
+    for u in users:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(u.created_at))
+        sys.stdout.write(f"{u.id}\t{when}\n")
+    return 0
+
+
+def cmd_users_revoke(args: argparse.Namespace) -> int:
+    if not _user_store(args.db).remove_user(args.name):
+        raise ConfigError(f"no user named {args.name!r}")
+    sys.stderr.write(f"revoked the token of {args.name} (their conversations are kept)\n")
+    return 0
+
+
+def add_users_commands(
+    users: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_db: Any,
+) -> None:
+    """Add ``add``, ``list`` and ``revoke`` to the ``colloquy users`` group."""
+    p = users.add_parser("add", help="create a user of the HTTP service; prints their token once")
+    p.add_argument("name", metavar="NAME", help="the user id (conversations are filed under it)")
+    p.add_argument("--rotate", action="store_true",
+                   help="issue a new token for an existing user (the old one stops working)")
+    add_db(p)
+    p.set_defaults(func=cmd_users_add)
+    p = users.add_parser("list", help="users of the HTTP service")
+    p.add_argument("--json", action="store_true")
+    add_db(p)
+    p.set_defaults(func=cmd_users_list)
+    p = users.add_parser("revoke", help="invalidate a user's token (keeps their data)")
+    p.add_argument("name", metavar="NAME")
+    add_db(p)
+    p.set_defaults(func=cmd_users_revoke)
+
+
+# -- serve -----------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ConfigError("colloquy serve needs the server extra: pip install 'colloquy[server]'") from e
+    from ..models import get_model
+    from ..store import resolve_db_url
+    from .ratelimit import RateLimit
+
+    if args.port < 0 or args.port > 65535:
+        raise ConfigError(f"--port must be 0-65535, not {args.port}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    RateLimit.parse(args.rate_limit)  # a clear error now, not in every worker
+    get_model(args.model)  # fails here, in one line, on a missing API key or unknown model
+    for name in args.allow_model or ():
+        get_model(name)
+    db = resolve_db_url(args.db)
+    open_store(db).close()  # create and migrate once, before the workers race to it
+    settings = {
+        "db": db, "model": args.model, "system": args.system or "",
+        "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
+        "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
+        "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
+    }
+    os.environ[SETTINGS_VAR] = json.dumps(settings)
+    if args.host not in LOOPBACK:
+        sys.stderr.write(f"colloquy: serving on {args.host}: bearer tokens travel in the clear "
+                         "unless a TLS proxy sits in front\n")
+    sys.stderr.write(f"colloquy: serving http://{args.host}:{args.port}/ "
+                     f"(model {args.model or 'default'}, {args.workers} worker(s))\n")
+    uvicorn.run("colloquy.server.commands:app_from_env", factory=True, host=args.host,
+                port=args.port, workers=args.workers, log_level=args.log_level,
+                proxy_headers=False, server_header=False)
+    return 0
+
+
+def app_from_env() -> Any:
+    """The app factory uvicorn calls in each worker (settings come from ``serve``)."""
+    from ..context.base import ContextPolicy
+    from ..context.policies import FullHistory, RollingWindow, TokenBudget
+    from .app import create_app
+    from .ratelimit import RateLimit
+
+    raw = json.loads(os.environ.get(SETTINGS_VAR, "{}"))
+    policy: ContextPolicy | None = None
+    if raw.get("full"):
+        policy = FullHistory()
+    elif raw.get("window"):
+        policy = RollingWindow(turns=int(raw["window"]))
+    elif raw.get("max_input_tokens"):
+        policy = TokenBudget(max_input_tokens=int(raw["max_input_tokens"]))
+    options: dict[str, Any] = {
+        "system": raw.get("system", ""),
+        "allowed_models": raw.get("allowed_models", []),
+        "rate_limit": RateLimit.parse(raw.get("rate_limit", "120/minute")),
+        "policy": policy,
+    }
+    for key in ("max_message_chars", "max_body_bytes"):
+        if raw.get(key):
+            options[key] = int(raw[key])
+    return create_app(db=raw.get("db"), model=raw.get("model"), **options)
+
+
+def add_serve_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_db: Any,
+    add_policy: Any,
+) -> None:
+    p = sub.add_parser("serve", help="run the HTTP API and the web chat page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--model", metavar="M", help="the default model (as for colloquy chat)")
+    p.add_argument("--allow-model", action="append", metavar="M",
+                   help="another model conversations may choose (repeatable)")
+    p.add_argument("--system", metavar="TEXT", help="persona of conversations created without one")
+    add_policy(p)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes over the same database (default 1)")
+    p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",
+                   help="per-user request rate per process, e.g. 60/minute, 5/s, off "
+                   "(default 120/minute)")
+    p.add_argument("--max-message-chars", type=int, default=32_000, metavar="N")
+    p.add_argument("--max-body-bytes", type=int, default=256 * 1024, metavar="N")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    add_db(p)
+    p.set_defaults(func=cmd_serve)

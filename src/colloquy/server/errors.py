@@ -1,0 +1,180 @@
+"""How the service reports errors: one table from colloquy's exception tree to HTTP statuses,
+and the redaction that keeps secrets out of every response and log line.
+
+Every error body has one shape, which is also what OpenAI clients parse::
+
+    {"error": {"type": "not_found", "message": "no conversation with id 'c_1'"}}
+
+Why one table: the library raises meaningful errors (a missing conversation, a provider rate
+limit, a conflict); translating them in one place keeps statuses consistent across routes and
+lets a test walk the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    ColloquyError,
+    ConfigError,
+    ConflictError,
+    ContextTooLongError,
+    ConversationNotFound,
+    InvalidConversationError,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelError,
+    OverloadedError,
+    RateLimitError,
+    StoreError,
+    ToolError,
+)
+
+
+class ServiceError(ColloquyError):
+    """An error raised by the service itself (not the library)."""
+
+
+class NotAuthenticated(ServiceError):
+    """No bearer token, or one that matches no user."""
+
+
+class NotFound(ServiceError):
+    """A resource that does not exist or belongs to someone else (the two look the same)."""
+
+
+class TooManyRequests(ServiceError):
+    """The caller's rate limit is spent; ``retry_after`` seconds until a request is allowed."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body is over the configured limit."""
+
+
+class InvalidRequest(ServiceError):
+    """A request the service understands but refuses (a bad combination of fields)."""
+
+
+class Busy(ServiceError):
+    """The same request (idempotency key) is still being answered, or failed: retry later."""
+
+
+#: The one table: exception class -> (HTTP status, error type). The most specific class wins
+#: (the lookup walks each error's MRO). ModelError subclasses are the provider's trouble, not
+#: the caller's: 502/503/504, with Retry-After where the provider gave one.
+STATUS: dict[type[BaseException], tuple[int, str]] = {
+    NotAuthenticated: (401, "unauthenticated"),
+    NotFound: (404, "not_found"),
+    ConversationNotFound: (404, "not_found"),
+    TooManyRequests: (429, "rate_limited"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    InvalidRequest: (400, "invalid_request"),
+    Busy: (409, "conflict"),
+    ConflictError: (409, "conflict"),
+    InvalidConversationError: (409, "invalid_conversation"),
+    MissingAPIKeyError: (503, "model_not_configured"),
+    ConfigError: (400, "invalid_request"),
+    ContextTooLongError: (422, "context_too_long"),
+    RateLimitError: (503, "model_rate_limited"),
+    OverloadedError: (503, "model_overloaded"),
+    ModelConnectionError: (504, "model_unreachable"),
+    AuthenticationError: (502, "model_auth_failed"),
+    BadRequestError: (502, "model_refused_request"),
+    ModelError: (502, "model_error"),
+    ToolError: (500, "tool_error"),
+    StoreError: (500, "store_error"),
+    ServiceError: (500, "server_error"),
+    ColloquyError: (500, "server_error"),
+}
+
+
+def status_for(error: BaseException) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500, "server_error"
+
+
+def retry_after(error: BaseException) -> int | None:
+    """Seconds for a Retry-After header, when the error says when to come back."""
+    value = getattr(error, "retry_after", None)
+    if value is None and isinstance(error, ModelError) and error.retryable:
+        value = 1.0
+    return None if value is None else max(1, math.ceil(value))
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+_SECRET_VARS = re.compile(r"(API_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
+_MIN_SECRET = 8
+
+
+class Redactor:
+    """Replaces known secret values (API keys from the environment, keys given to models) with
+    ``[redacted]``. Applied to every error message the service returns and, as a logging
+    filter, to every log record, so a provider error that echoes a key cannot leak it."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *values: str | None) -> None:
+        for v in values:
+            if v and len(v) >= _MIN_SECRET:
+                self._secrets.add(v)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Redactor:
+        env = os.environ if environ is None else environ
+        return cls(v for k, v in env.items() if _SECRET_VARS.search(k))
+
+    def __call__(self, text: str) -> str:
+        for s in sorted(self._secrets, key=len, reverse=True):
+            if s in text:
+                text = text.replace(s, "[redacted]")
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts a record's formatted message (and drops its args)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is logged as is
+            return True
+        clean = self.redactor(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if self.redactor(str(exc)) != str(exc):
+                # The traceback would print the secret: keep the message, drop the traceback.
+                clean += f" [{type(exc).__name__}: {self.redactor(str(exc))}]"
+                record.exc_info = None
+                record.exc_text = None
+        record.msg, record.args = clean, None
+        return True
+
+
+def install_log_redaction(redactor: Redactor, loggers: Iterable[str] = ("", "uvicorn",
+                          "uvicorn.error", "uvicorn.access", "colloquy", "colloquy.server", "httpx")) -> None:
+    """Attach the filter to the service's loggers and their handlers (idempotent)."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        targets: list[logging.Filterer] = [logger, *logger.handlers]
+        for t in targets:
+            if not any(isinstance(f, RedactingFilter) and f.redactor is redactor for f in t.filters):
+                t.addFilter(RedactingFilter(redactor))

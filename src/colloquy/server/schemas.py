@@ -1,0 +1,170 @@
+"""The shapes of the HTTP API's request and response bodies (pydantic models, so FastAPI
+validates requests with clear 422 errors and the OpenAPI description is generated from them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..chat import Reply
+from ..messages import StoredMessage
+from ..store import Conversation
+from ..usage import Usage
+
+#: Hard ceilings checked by validation; the configured limits (ServerSettings) are usually lower.
+MAX_TITLE = 200
+MAX_SYSTEM = 20_000
+MAX_CONTENT = 200_000
+
+_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(examples=["not_found"])
+    message: str = Field(examples=["no conversation with id 'c_0123456789ab'"])
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this shape (the OpenAI SDK reads ``error.message`` too)."""
+
+    error: ErrorDetail
+
+
+class ConversationCreate(_Body):
+    title: str | None = Field(None, max_length=MAX_TITLE)
+    system: str | None = Field(None, max_length=MAX_SYSTEM, description="the persona")
+    model: str | None = Field(
+        None, max_length=100, description="one of the server's allowed models (default: its own)"
+    )
+
+
+class ConversationPatch(_Body):
+    title: str = Field(min_length=1, max_length=MAX_TITLE)
+
+
+class MessageCreate(_Body):
+    content: str = Field(min_length=1, max_length=MAX_CONTENT, description="the user's message")
+    stream: bool = Field(False, description="answer as server-sent events")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="a retried request with the same key is answered once",
+    )
+
+
+class ConversationOut(BaseModel):
+    id: str
+    title: str | None
+    system: str
+    model: str
+    created_at: float
+    updated_at: float
+    message_count: int
+
+    @classmethod
+    def of(cls, c: Conversation) -> ConversationOut:
+        return cls(id=c.id, title=c.title, system=c.persona, model=c.model,
+                   created_at=c.created_at, updated_at=c.updated_at, message_count=c.last_seq)
+
+
+class MessageOut(BaseModel):
+    seq: int
+    role: Literal["user", "assistant"]
+    #: Content blocks in the Anthropic shape (text, tool_use, tool_result, image).
+    content: list[dict[str, Any]]
+    text: str
+    created_at: float
+    model: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+
+    @classmethod
+    def of(cls, sm: StoredMessage) -> MessageOut:
+        return cls(
+            seq=sm.seq, role=sm.role, text=sm.message.text, created_at=sm.created_at,
+            content=[b.model_dump(mode="json", exclude_none=True) for b in sm.message.content],
+            model=sm.model, usage=sm.usage, cost_usd=sm.cost_usd,
+        )
+
+
+class ConversationDetail(ConversationOut):
+    messages: list[MessageOut]
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationOut]
+
+
+class ReplyOut(BaseModel):
+    """One turn's answer, with what it cost."""
+
+    conversation_id: str
+    seq: int
+    text: str
+    model: str
+    usage: Usage
+    cost_usd: float | None
+    stop_reason: str | None = None
+    rounds: int = 1
+    notes: list[str] = Field(default_factory=list)
+    #: True when this is the stored answer to an earlier request with the same idempotency key.
+    replayed: bool = False
+
+    @classmethod
+    def of(cls, r: Reply, replayed: bool = False) -> ReplyOut:
+        return cls(conversation_id=r.conversation_id, seq=r.seq, text=r.text, model=r.model,
+                   usage=r.usage, cost_usd=r.cost_usd, stop_reason=r.stop_reason,
+                   rounds=r.rounds, notes=r.notes, replayed=replayed)
+
+
+class ContextOut(BaseModel):
+    """Exactly what the next turn would send to the model."""
+
+    request: dict[str, Any] = Field(description="the request body, Anthropic Messages shape")
+    input_tokens: int = Field(description="estimated input tokens of that request")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class Me(BaseModel):
+    user_id: str
+
+
+# -- OpenAI-compatible ----------------------------------------------------------------------------
+
+
+class OAMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class OAStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI chat-completions request. Only the last user message is new to colloquy; the
+    history comes from the stored conversation named by ``X-Colloquy-Conversation``, ``user``
+    or ``metadata.conversation_id``. Unknown sampling fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[OAMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: OAStreamOptions | None = None
+    user: str | None = Field(None, max_length=128)
+    metadata: dict[str, str] | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=200_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=200_000)
+    tools: list[dict[str, Any]] | None = None

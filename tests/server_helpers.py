@@ -1,0 +1,122 @@
+"""Helpers for the service's tests: a real uvicorn server on loopback, in a thread or in a
+subprocess, and a small SSE parser. Nothing here replaces colloquy's own code."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1 and a free port; yield its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANTHROPIC_", "OPENAI_", "COLLOQUY_"))}
+    env.update(extra)
+    return env
+
+
+def colloquy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "colloquy", *args], capture_output=True,
+                          text=True, env=env or clean_env(), timeout=60)
+    if proc.returncode != 0:
+        raise AssertionError(f"colloquy {args} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def add_user(db: str | Path, name: str) -> str:
+    """A user created the way an operator does it: ``colloquy users add``."""
+    return colloquy("users", "add", name, "--db", str(db)).stdout.strip()
+
+
+@contextmanager
+def serve_subprocess(db: str | Path, *extra: str, log: Path | None = None) -> Iterator[str]:
+    """``colloquy serve`` as a real process; yields its base URL once /healthz answers."""
+    port = free_port()
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", str(db),
+         "--model", "echo", *extra], stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"colloquy serve did not start (exit {proc.poll()})")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def parse_sse(text: str) -> list[tuple[str, Any]]:
+    """``[(event, data), ...]`` from a text/event-stream body (data parsed as JSON)."""
+    events: list[tuple[str, Any]] = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        raw = "\n".join(data)
+        events.append((name, raw if raw == "[DONE]" else json.loads(raw)))
+    return events
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def texts(events: Sequence[tuple[str, Any]]) -> str:
+    return "".join(d["text"] for e, d in events if e == "delta")

@@ -1,0 +1,408 @@
+"""The HTTP API, in process (FastAPI's TestClient over the real app, a real SQLite store and the
+offline models): conversations, turns as JSON and as server-sent events, the exact next request,
+auth, cross-user isolation on every route, validation and size limits, the rate limit, the error
+table, secrets kept out of responses and logs, and the OpenAPI description."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from colloquy import EchoModel, FunctionModel, ModelRequest, ScriptedModel, SQLiteStore
+from colloquy.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ContextTooLongError,
+    ModelConnectionError,
+    ModelError,
+    OverloadedError,
+    RateLimitError,
+)
+from colloquy.server import RateLimit, create_app
+from colloquy.server.errors import STATUS, status_for
+from colloquy.store.users import hash_token, issue_token
+from server_helpers import bearer, parse_sse, texts
+
+SECRET = "sk-ant-api03-THIS-IS-A-SECRET-KEY-0123456789"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "server.db")
+    yield s
+    s.close()
+
+
+class Env:
+    """An app over a fresh store with two users, ada and bob."""
+
+    def __init__(self, store: SQLiteStore, model: Any = None, **options: Any) -> None:
+        self.store = store
+        self.model = model or EchoModel()
+        self.ada = issue_token(store, "ada")
+        self.bob = issue_token(store, "bob")
+        self.app = create_app(store=store, model=self.model, environ={}, **options)
+        self.client = TestClient(self.app)
+
+    def as_(self, who: str) -> dict[str, str]:
+        return bearer(self.ada if who == "ada" else self.bob)
+
+    def new(self, who: str = "ada", **body: Any) -> str:
+        r = self.client.post("/v1/conversations", json=body, headers=self.as_(who))
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def say(self, cid: str, text: str, who: str = "ada", **extra: Any) -> Any:
+        return self.client.post(f"/v1/conversations/{cid}/messages",
+                                json={"content": text, **extra}, headers=self.as_(who))
+
+
+@pytest.fixture
+def env(store: SQLiteStore) -> Env:
+    return Env(store, rate_limit=None)
+
+
+# -- conversations and turns ------------------------------------------------------------------------
+
+
+def test_conversation_lifecycle(env: Env) -> None:
+    cid = env.new(title="Trip", system="You are terse.")
+    listed = env.client.get("/v1/conversations", headers=env.as_("ada")).json()["conversations"]
+    assert [(c["id"], c["title"], c["system"], c["model"]) for c in listed] == [
+        (cid, "Trip", "You are terse.", "echo")]
+
+    r = env.say(cid, "I like tea")
+    assert r.status_code == 200
+    reply = r.json()
+    assert reply["text"] == "echo: received 1 message (~{0} tokens); last user text: 'I like tea'".format(
+        reply["usage"]["input_tokens"])
+    assert reply["seq"] == 2 and reply["cost_usd"] == 0.0 and reply["usage"]["output_tokens"] > 0
+    # The model was sent the persona beside the message, as the library does it.
+    assert [b.text for b in env.model.last_request.system] == ["You are terse."]
+
+    detail = env.client.get(f"/v1/conversations/{cid}", headers=env.as_("ada")).json()
+    assert [(m["seq"], m["role"], m["text"]) for m in detail["messages"]] == [
+        (1, "user", "I like tea"), (2, "assistant", reply["text"])]
+    assert detail["messages"][1]["usage"] == reply["usage"]
+    assert detail["message_count"] == 2
+
+    r = env.client.patch(f"/v1/conversations/{cid}", json={"title": "Tea"}, headers=env.as_("ada"))
+    assert r.status_code == 200 and r.json()["title"] == "Tea"
+    assert env.client.delete(f"/v1/conversations/{cid}", headers=env.as_("ada")).status_code == 204
+    assert env.client.get(f"/v1/conversations/{cid}", headers=env.as_("ada")).status_code == 404
+    assert env.store.find_conversation(cid) is None
+
+
+def test_untitled_conversation_takes_its_first_words_as_title(env: Env) -> None:
+    cid = env.new()
+    env.say(cid, "Plan a   weekend in Lisbon with two kids and a small budget please, thanks")
+    title = env.client.get(f"/v1/conversations/{cid}", headers=env.as_("ada")).json()["title"]
+    assert title.startswith("Plan a weekend in Lisbon") and len(title) <= 60
+
+
+def test_streaming_turn_sends_deltas_then_the_reply_with_usage(env: Env) -> None:
+    cid = env.new()
+    env.say(cid, "first")
+    r = env.say(cid, "second", stream=True)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(r.text)
+    kinds = [e for e, _ in events]
+    assert kinds.count("done") == 1 and kinds[-1] == "done" and kinds.count("delta") > 3
+    done = events[-1][1]
+    assert texts(events) == done["text"]
+    assert "received 3 messages" in done["text"] and done["seq"] == 4
+    assert done["usage"]["input_tokens"] > 0 and done["cost_usd"] == 0.0
+    assert [m.role for m in env.store.load(cid)] == ["user", "assistant"] * 2
+
+
+def test_streaming_failure_is_an_error_event_and_keeps_the_message(store: SQLiteStore) -> None:
+    env = Env(store, ScriptedModel([OverloadedError("busy", provider="x")]), rate_limit=None)
+    cid = env.new()
+    events = parse_sse(env.say(cid, "hello?", stream=True).text)
+    assert events == [("error", {"error": {"type": "model_overloaded", "message": "busy (x)"}})]
+    assert [m.message.text for m in store.load(cid)] == ["hello?"]
+
+
+def test_context_is_exactly_the_next_request(env: Env) -> None:
+    cid = env.new(system="Be brief.")
+    env.say(cid, "one")
+    env.say(cid, "two")
+    r = env.client.get(f"/v1/conversations/{cid}/context", params={"message": "three"},
+                       headers=env.as_("ada"))
+    assert r.status_code == 200
+    predicted = r.json()
+    env.say(cid, "three")
+    assert predicted["request"] == env.model.last_request.to_anthropic()
+    assert predicted["input_tokens"] > 0
+    # Without a message: what the policy keeps of the stored log.
+    stored = env.client.get(f"/v1/conversations/{cid}/context", headers=env.as_("ada")).json()
+    assert len(stored["request"]["messages"]) == 6
+    empty = env.new()
+    r = env.client.get(f"/v1/conversations/{empty}/context", headers=env.as_("ada"))
+    assert r.status_code == 400 and "?message=" in r.json()["error"]["message"]
+
+
+def test_model_choice_is_limited_to_the_servers_models(env: Env) -> None:
+    r = env.client.post("/v1/conversations", json={"model": "gpt-4o"}, headers=env.as_("ada"))
+    assert r.status_code == 400 and "not offered by this server" in r.json()["error"]["message"]
+    assert env.client.post("/v1/conversations", json={"model": "echo"},
+                           headers=env.as_("ada")).status_code == 201
+
+
+# -- auth and isolation ------------------------------------------------------------------------------
+
+
+def _routes(app: Any) -> list[tuple[str, str]]:
+    return sorted((m, r.path) for r in app.routes if isinstance(r, APIRoute)
+                  for m in r.methods if r.include_in_schema)
+
+
+def test_every_api_route_needs_a_valid_token(env: Env) -> None:
+    for method, path in _routes(env.app):
+        if not path.startswith("/v1/"):
+            continue
+        url = path.replace("{conversation_id}", "c_x").replace("{fact_id}", "1")
+        for headers in ({}, bearer("cq_not-a-real-token"), {"Authorization": "Basic YWRhOng="}):
+            r = env.client.request(method, url, headers=headers, json={})
+            assert r.status_code == 401, (method, path, headers, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.json()["error"]["type"] == "unauthenticated"
+    assert env.client.get("/healthz").json()["status"] == "ok"
+
+
+def _cross_user_calls(cid: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """One request per route that names a conversation, made by bob on ada's conversation."""
+    return {
+        ("GET", "/v1/conversations/{conversation_id}"): {"url": f"/v1/conversations/{cid}"},
+        ("PATCH", "/v1/conversations/{conversation_id}"): {
+            "url": f"/v1/conversations/{cid}", "json": {"title": "mine now"}},
+        ("DELETE", "/v1/conversations/{conversation_id}"): {"url": f"/v1/conversations/{cid}"},
+        ("POST", "/v1/conversations/{conversation_id}/messages"): {
+            "url": f"/v1/conversations/{cid}/messages", "json": {"content": "hi"}},
+        ("GET", "/v1/conversations/{conversation_id}/context"): {
+            "url": f"/v1/conversations/{cid}/context"},
+    }
+
+
+def test_another_users_conversation_is_404_on_every_route(env: Env) -> None:
+    cid = env.new(system="ada's secret persona")
+    env.say(cid, "ada's secret plan")
+    calls = _cross_user_calls(cid)
+    # Every route with a conversation id in its path is in the table above.
+    with_id = {(m, p) for m, p in _routes(env.app) if "{conversation_id}" in p}
+    assert with_id == set(calls)
+    for (method, _), call in calls.items():
+        for stream in (False, True):
+            body = call.get("json")
+            if body is not None and "content" in body:
+                body = {**body, "stream": stream}
+            r = env.client.request(method, call["url"], json=body, headers=env.as_("bob"))
+            assert r.status_code == 404, (method, call, r.text)
+            assert r.json() == {"error": {"type": "not_found",
+                                          "message": f"no conversation with id '{cid}'"}}
+    # The id in a body: the OpenAI endpoint's header, metadata and user field.
+    for extra, headers in (({}, {"X-Colloquy-Conversation": cid}),
+                           ({"metadata": {"conversation_id": cid}}, {}), ({"user": cid}, {})):
+        for stream in (False, True):
+            r = env.client.post("/v1/chat/completions", headers={**env.as_("bob"), **headers},
+                                json={"messages": [{"role": "user", "content": "hi"}],
+                                      "stream": stream, **extra})
+            assert r.status_code == 404, r.text
+            assert "secret" not in r.text
+    # Nothing of ada's changed, and bob's list does not show it.
+    assert [m.message.text for m in env.store.load(cid)][0] == "ada's secret plan"
+    assert env.store.get_conversation(cid).title is not None
+    assert env.store.get_conversation(cid).title != "mine now"
+    assert env.client.get("/v1/conversations", headers=env.as_("bob")).json() == {"conversations": []}
+    # A nonexistent id answers exactly the same way: existence does not leak.
+    r = env.client.get("/v1/conversations/c_nope", headers=env.as_("bob"))
+    assert r.json()["error"]["message"] == "no conversation with id 'c_nope'"
+
+
+def test_conversations_from_the_cli_with_the_same_user_id_are_visible(env: Env) -> None:
+    env.store.create_conversation(id="cli-1", user_id="ada", model="echo")
+    env.store.create_conversation(id="cli-2", user_id=None, model="echo")
+    ids = [c["id"] for c in env.client.get("/v1/conversations", headers=env.as_("ada")).json()["conversations"]]
+    assert ids == ["cli-1"]
+    assert env.client.get("/v1/conversations/cli-2", headers=env.as_("ada")).status_code == 404
+
+
+def test_only_a_hash_of_the_token_is_stored(env: Env, tmp_path: Path) -> None:
+    env.store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("server.db*"))
+    assert env.ada.encode() not in raw and hash_token(env.ada).encode() in raw
+
+
+# -- validation, limits, rate ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"content": ""}, "body.content"),
+    ({}, "body.content"),
+    ({"content": "hi", "stream": "yes please"}, "body.stream"),
+    ({"content": "hi", "extra": 1}, "body.extra"),
+    ({"content": "hi", "idempotency_key": "has spaces"}, "body.idempotency_key"),
+    ({"content": 42}, "body.content"),
+])
+def test_invalid_bodies_get_a_clear_422(env: Env, body: dict[str, Any], where: str) -> None:
+    cid = env.new()
+    r = env.client.post(f"/v1/conversations/{cid}/messages", json=body, headers=env.as_("ada"))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request" and err["message"].startswith(where)
+
+
+def test_malformed_json_and_blank_messages(env: Env) -> None:
+    cid = env.new()
+    r = env.client.post(f"/v1/conversations/{cid}/messages", content=b"{not json",
+                        headers={**env.as_("ada"), "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    r = env.say(cid, "   \n ")
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the message is empty"
+    assert env.store.load(cid) == []
+
+
+def test_size_limits(store: SQLiteStore) -> None:
+    env = Env(store, rate_limit=None, max_message_chars=100, max_body_bytes=2000)
+    cid = env.new()
+    r = env.say(cid, "x" * 101)
+    assert r.status_code == 413 and "limit is 100" in r.json()["error"]["message"]
+    r = env.client.post(f"/v1/conversations/{cid}/messages", headers=env.as_("ada"),
+                        json={"content": "y" * 5000})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"content": "'
+        for _ in range(10):
+            yield b"z" * 500
+        yield b'"}'
+
+    r = env.client.post(f"/v1/conversations/{cid}/messages", content=chunks(),
+                        headers={**env.as_("ada"), "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert env.store.load(cid) == []
+    assert env.say(cid, "x" * 100).status_code == 200
+
+
+def test_rate_limit_per_user_with_retry_after(store: SQLiteStore) -> None:
+    env = Env(store, rate_limit=RateLimit(requests=3, per=60))
+    for _ in range(3):
+        assert env.client.get("/v1/conversations", headers=env.as_("ada")).status_code == 200
+    r = env.client.get("/v1/conversations", headers=env.as_("ada"))
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limited"
+    assert 1 <= int(r.headers["retry-after"]) <= 20
+    # Bob has his own bucket.
+    assert env.client.get("/v1/conversations", headers=env.as_("bob")).status_code == 200
+
+
+def test_rate_limit_parsing() -> None:
+    assert RateLimit.parse("60/minute") == RateLimit(60, 60.0)
+    assert RateLimit.parse("5/s") == RateLimit(5, 1.0)
+    assert RateLimit.parse("100/30s") == RateLimit(100, 30.0)
+    assert RateLimit.parse("off") is None
+    with pytest.raises(Exception, match="invalid rate limit"):
+        RateLimit.parse("lots")
+
+
+# -- the error table ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error, status, retry", [
+    (RateLimitError("slow down", retry_after=7), 503, "7"),
+    (OverloadedError("overloaded"), 503, "1"),
+    (ModelConnectionError("timeout"), 504, None),
+    (AuthenticationError("bad key", status=401), 502, None),
+    (BadRequestError("bad shape", status=400), 502, None),
+    (ContextTooLongError("too long"), 422, None),
+    (ModelError("boom"), 502, None),
+    (RuntimeError("provider SDK bug"), 502, None),
+])
+def test_model_errors_map_through_the_one_table(
+    store: SQLiteStore, error: Exception, status: int, retry: str | None
+) -> None:
+    env = Env(store, ScriptedModel([error]), rate_limit=None)
+    cid = env.new()
+    r = env.say(cid, "hi")
+    assert r.status_code == status, r.text
+    assert r.headers.get("retry-after") == retry
+    assert r.json()["error"]["type"] == status_for(
+        error if isinstance(error, ModelError) else ModelError(""))[1]
+    assert [m.message.text for m in store.load(cid)] == ["hi"]  # the message is kept
+
+
+def test_the_table_covers_the_whole_exception_tree() -> None:
+    import colloquy.errors as errors
+
+    tree = [c for c in vars(errors).values()
+            if isinstance(c, type) and issubclass(c, errors.ColloquyError)]
+    for cls in tree:
+        assert any(k in STATUS for k in cls.__mro__), cls
+    assert STATUS[errors.ConversationNotFound] == (404, "not_found")
+
+
+# -- secrets -----------------------------------------------------------------------------------------
+
+
+def test_api_keys_never_reach_a_response_or_a_log(store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
+    def leaky(request: ModelRequest) -> str:
+        raise AuthenticationError(f"invalid x-api-key {SECRET}", provider="anthropic", status=401)
+
+    app = create_app(store=store, model=FunctionModel(leaky), rate_limit=None,
+                     environ={"ANTHROPIC_API_KEY": SECRET})
+    client = TestClient(app, raise_server_exceptions=False)
+    token = issue_token(store, "carol")
+    cid = client.post("/v1/conversations", json={}, headers=bearer(token)).json()["id"]
+    caplog.set_level(logging.DEBUG)
+    bodies = [
+        client.post(f"/v1/conversations/{cid}/messages", json={"content": "hi"}, headers=bearer(token)),
+        client.post(f"/v1/conversations/{cid}/messages", json={"content": "hi", "stream": True},
+                    headers=bearer(token)),
+        client.post("/v1/chat/completions", headers={**bearer(token), "X-Colloquy-Conversation": cid},
+                    json={"messages": [{"role": "user", "content": "hi"}]}),
+        client.post("/v1/chat/completions", headers={**bearer(token), "X-Colloquy-Conversation": cid},
+                    json={"messages": [{"role": "user", "content": "hi"}], "stream": True}),
+        client.get("/openapi.json"), client.get("/healthz"), client.get("/"),
+    ]
+    assert bodies[0].status_code == 502 and "[redacted]" in bodies[0].text
+    for r in bodies:
+        assert SECRET not in r.text
+    assert "[redacted]" in caplog.text and SECRET not in caplog.text
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------------
+
+
+def test_openapi_describes_exactly_the_routes_served(env: Env) -> None:
+    doc = env.client.get("/openapi.json").json()
+    documented = sorted((m.upper(), p) for p, ops in doc["paths"].items() for m in ops)
+    assert documented == _routes(env.app)
+    # Bodies are described by their schemas, and errors by the common error shape.
+    send = doc["paths"]["/v1/conversations/{conversation_id}/messages"]["post"]
+    assert "MessageCreate" in json.dumps(send["requestBody"])
+    assert {"401", "404", "422", "429"} <= set(send["responses"])
+    assert "text/event-stream" in send["responses"]["200"]["content"]
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(env: Env) -> None:
+    r = env.client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = env.client.put("/v1/conversations", headers=env.as_("ada"))
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_the_page_is_served_with_a_strict_content_security_policy(env: Env) -> None:
+    r = env.client.get("/")
+    assert r.status_code == 200 and "<html" in r.text.lower()
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert env.client.get("/static/app.js").status_code == 200
+    assert env.client.get("/static/style.css").status_code == 200
+
