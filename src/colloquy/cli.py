@@ -328,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_command(sub)
     add_loadtest_command(sub)
+
+    from .server.commands import add_serve_command, add_users_commands
+
+    add_serve_command(sub, _add_db, _add_policy)
+    users = sub.add_parser("users", help="users of the HTTP service: add, list, revoke")
+    usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    add_users_commands(usub, _add_db)
     return parser
 
 

@@ -1,0 +1,151 @@
+"""Load tests: a real `colloquy serve` on loopback driven by `colloquy loadtest`, plus its rails."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from colloquy import get_model
+from colloquy.cli import main
+from colloquy.errors import ConfigError
+from colloquy.loadtest import check_url, percentile, run_loadtest, stats
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("ANTHROPIC_", "OPENAI_", "COLLOQUY_"))}
+
+
+def _colloquy(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "colloquy", *args], capture_output=True,
+                          text=True, env=_env(), timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """`colloquy serve` in its own process, with an echo model that takes 20 ms and writes 30
+    words streamed 1 ms apart; yields (url, token)."""
+    db = str(tmp_path_factory.mktemp("lt") / "lt.db")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["users", "add", "loadtester", "--db", db]) == 0
+    token = out.getvalue().strip()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", db,
+         "--model", "echo?latency=0.02&delay=0.001&words=30", "--rate-limit", "100000/minute",
+         "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"colloquy serve did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.1)
+        yield url, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_loadtest_json_replies_against_a_real_server(server: tuple[str, str]) -> None:
+    url, token = server
+    r = _colloquy("loadtest", "--url", url, "--token", token, "--users", "4", "--turns", "3",
+                  "--duration", "60", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["completed"] == 12 and out["attempted"] == 12 and out["errors"] == 0
+    assert out["conversations"] == 4 and out["throughput_rps"] > 0
+    lat = out["latency"]
+    assert lat["count"] == 12
+    assert 0.02 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]  # the model's 20 ms at least
+    assert out["ttft"] is None and out["output_tokens"] > 0
+
+
+def test_loadtest_streaming_measures_first_token(server: tuple[str, str]) -> None:
+    url, token = server
+    result = run_loadtest(url, token, users=3, turns=2, stream=True, duration=60)
+    assert result.completed == 6 and result.errors == 0
+    assert result.ttft is not None and result.ttft.count == 6
+    # the first word arrives before the ~30 words streamed 1 ms apart have all arrived
+    assert result.ttft.p50 is not None and result.latency.p50 is not None
+    assert 0.02 <= result.ttft.p50 < result.latency.p50
+    assert "first token" in result.render()
+
+
+def test_duration_bounds_the_run(server: tuple[str, str]) -> None:
+    url, token = server
+    result = run_loadtest(url, token, users=2, turns=1000, duration=0.3)
+    assert result.stopped_by_duration and 0 < result.completed < 2000
+    assert result.duration_s < 5
+
+
+def test_bad_token_is_a_clear_error(server: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = server
+    assert main(["loadtest", "--url", url, "--token", "cq_wrong", "--users", "1", "--turns", "1"]) == 2
+    assert "refused the token" in capsys.readouterr().err
+
+
+def test_rails() -> None:
+    assert check_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert check_url("http://localhost:1") and check_url("http://[::1]:80")
+    with pytest.raises(ConfigError, match="only loopback"):
+        check_url("http://example.com:8000")
+    with pytest.raises(ConfigError, match="only loopback"):
+        check_url("http://10.0.0.5:8000")
+    assert check_url("http://10.0.0.5:8000", allow_remote=True)
+    for kw in ({"users": 0}, {"users": 100_000}, {"turns": 0}, {"duration": 0}):
+        with pytest.raises(ConfigError):
+            run_loadtest("http://127.0.0.1:9", "t", **kw)
+    with pytest.raises(ConfigError, match="token"):
+        run_loadtest("http://127.0.0.1:9", "")
+
+
+
+def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["loadtest", "--url", "http://192.0.2.1:80", "--token", "x"]) == 2
+    assert "only loopback" in capsys.readouterr().err
+    assert main(["loadtest", "--url", f"http://127.0.0.1:{_free_port()}", "--token", "x",
+                 "--users", "1", "--turns", "1"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_percentiles() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 95) == 95
+    assert percentile(values, 99) == 99 and percentile([3.0], 99) == 3.0
+    s = stats([0.3, 0.1, 0.2])
+    assert (s.count, s.p50, s.max) == (3, 0.2, 0.3)
+
+
+def test_echo_model_spec_for_load() -> None:
+    m = get_model("echo?latency=0.01&delay=0.002&words=25")
+    assert (m.latency, m.delay, m.words) == (0.01, 0.002, 25)
+    for bad in ("echo?speed=1", "echo?words=many", "echo?latency=-1"):
+        with pytest.raises(ConfigError):
+            get_model(bad)
