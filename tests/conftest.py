@@ -15,9 +15,11 @@ import pytest
 from colloquy.messages import Message, StoredMessage
 from colloquy.store import MemoryStore, SQLiteStore, Store
 from colloquy.tokens import TokenCounter
+from pg_helpers import postgres_kinds, throwaway_postgres_store
 
-#: Every store kind the contract suite runs against.
-STORE_KINDS: list[str] = ["memory", "sqlite"]
+#: Every store kind the contract suite runs against ("postgres" when COLLOQUY_TEST_POSTGRES_URL
+#: is set, and always in CI, where a missing URL fails those tests: see tests/pg_helpers.py).
+STORE_KINDS: list[str] = ["memory", "sqlite", *postgres_kinds()]
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
@@ -26,6 +28,8 @@ def make_store(kind: str, tmp_path: Path) -> Store:
         return MemoryStore()
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "colloquy-test.db")
+    if kind == "postgres":
+        return throwaway_postgres_store()  # a fresh schema, dropped on close()
     raise ValueError(f"unknown store kind {kind!r}")
 
 

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .context.base import Context, ContextInput, ContextPolicy
 from .context.policies import RollingWindow
 from .context.validate import repair, validate
+from .memory.engine import extract_after_turn, persist_derived
+from .memory.extract import FactExtraction
 from .errors import ColloquyError, ModelError, ToolError
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
@@ -109,6 +111,7 @@ class Chat:
         max_tokens: int = 1024,
         max_tool_rounds: int = 10,
         counter: TokenCounter | None = None,
+        extract_facts: FactExtraction | None = None,
         guards: Sequence[Guard | Callable[..., Any]] = (),
     ) -> None:
         self.store: Store = store if store is not None else open_store()
@@ -127,6 +130,8 @@ class Chat:
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.counter = counter or default_counter
+        #: Fact extraction after turns (colloquy.memory); None: off.
+        self.extract_facts = extract_facts
         self.guards = GuardSet(guards)
         self._conversation = existing
         self._log: list[StoredMessage] = []
@@ -308,6 +313,7 @@ class Chat:
             while True:
                 rounds += 1
                 ctx = self.build_context(self._log)
+                notes.extend(persist_derived(self.store, ctx.derived))
                 notes.extend(n for n in ctx.notes if n not in notes)
                 request = self._request(ctx)
                 buffered = streaming and bool(self.guards.stage("output"))
@@ -328,6 +334,7 @@ class Chat:
                     if buffered and response.text:
                         yield response.text  # output guards ran on the whole text first
                     (stored,) = self._append(reply_row)
+                    notes.extend(extract_after_turn(self))  # never raises
                     yield Reply(
                         text=response.text, message=response.message, conversation_id=self.session_id,
                         seq=stored.seq, usage=total, cost_usd=cost_of(self.model.price_key, total),

@@ -21,6 +21,8 @@ from .errors import ColloquyError, ConfigError, ModelError
 from .guards import build_guards
 from .messages import Message, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, open_store
+from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
+                         policy_from_cli_args, wants_named_policy)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,9 +41,12 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-input-tokens", type=int, metavar="N",
                    help="keep the newest turns that fit under N input tokens")
     g.add_argument("--full", action="store_true", help="send the whole history, untrimmed")
+    add_policy_flags(p)
 
 
 def policy_from_args(args: argparse.Namespace) -> ContextPolicy | None:
+    if wants_named_policy(args):  # --policy NAME / --policy-config FILE (colloquy.memory.cli)
+        return policy_from_cli_args(args)
     if getattr(args, "full", False):
         return FullHistory()
     if getattr(args, "window", None) is not None:
@@ -149,6 +154,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         args.model, system=args.system if args.system is not None else persona.get("system"),
         store=store, session_id=args.session, user_id=args.user,
         policy=policy_from_args(args), temperature=args.temperature, max_tokens=args.max_tokens,
+        extract_facts=extraction_from_args(args),
         guards=guards,
     )
     err = sys.stderr
@@ -335,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     users = sub.add_parser("users", help="users of the HTTP service: add, list, revoke")
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add_users_commands(usub, _add_db)
+    add_memory_commands(sub, _add_db)
     return parser
 
 

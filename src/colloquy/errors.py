@@ -18,7 +18,8 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │                               is_error tool_result instead, the model sees it)
     └── StoreError                  persistence failures
         ├── ConversationNotFound
-        └── ConflictError           another writer appended to the conversation first
+        ├── ConflictError           another writer appended to the conversation first
+        └── ConversationBusy        another turn held the conversation for too long
 """
 
 from __future__ import annotations
@@ -134,4 +135,17 @@ class ConflictError(StoreError):
         super().__init__(
             f"conversation {conversation_id!r} changed concurrently "
             f"(expected next sequence {expected_seq})"
+        )
+
+
+class ConversationBusy(StoreError):
+    """Another turn on the same conversation (another device or process) held its lock for
+    longer than the wait allowed. Nothing was stored; sending again later is safe."""
+
+    def __init__(self, conversation_id: str, timeout: float) -> None:
+        self.conversation_id = conversation_id
+        self.timeout = timeout
+        super().__init__(
+            f"conversation {conversation_id!r} is busy with another turn "
+            f"(waited {timeout:g}s); try again"
         )

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..messages import Message, StoredMessage
 from ..usage import Usage
+from .memory_records import MemoryRecordStore
 
 
 def new_id(prefix: str = "c") -> str:
@@ -54,8 +55,10 @@ class NewMessage(BaseModel):
 
 
 @runtime_checkable
-class Store(Protocol):
+class Store(MemoryRecordStore, Protocol):
     """The persistence interface. Implementations: MemoryStore, SQLiteStore (and PostgreSQL).
+
+    Derived memory records (summaries, facts, cursors) come from :class:`MemoryRecordStore`.
 
     Every method is atomic. :meth:`append` is the only way messages are written.
     """

@@ -12,10 +12,11 @@ from typing import Any
 from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import StoredMessage
 from .base import Conversation, NewMessage, new_id
+from .turns import MemoryTurnMethods
 from .users import MemoryUserMethods
 
 
-class MemoryStore(MemoryUserMethods):
+class MemoryStore(MemoryUserMethods, MemoryTurnMethods):
     """Dicts behind one lock. Same semantics as the SQLite store, including conflicts."""
 
     url = "memory"

@@ -104,6 +104,24 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        # Idempotency keys ride in a user message's meta; the unique index makes a retried
+        # request impossible to store twice and its lookup one index probe. The activity index
+        # serves retention (purge --older-than).
+        "0200_idempotency_and_activity",
+        sqlite="""
+        CREATE UNIQUE INDEX messages_idempotency
+            ON messages (conversation_id, json_extract(meta, '$.idempotency_key'))
+            WHERE json_extract(meta, '$.idempotency_key') IS NOT NULL;
+        CREATE INDEX conversations_by_activity ON conversations (updated_at);
+        """,
+        postgres="""
+        CREATE UNIQUE INDEX messages_idempotency
+            ON messages (conversation_id, ((meta::jsonb) ->> 'idempotency_key'))
+            WHERE ((meta::jsonb) ->> 'idempotency_key') IS NOT NULL;
+        CREATE INDEX conversations_by_activity ON conversations (updated_at);
+        """,
+    ),
 ]
 
 
