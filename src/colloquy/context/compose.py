@@ -65,6 +65,9 @@ class ContextPart(Protocol):
     """A contributor to a composed context, e.g. facts, summary, recalled excerpts."""
 
     name: str
+    # Optional attribute ``covers_turns`` (default True): the part's sources stand in for those
+    # turns (summary, recall), so the verbatim window does not repeat them. Facts set it False:
+    # a fact learnt at seq 5 does not make turn 5 redundant.
 
     def render(self, inp: ContextInput, window_start: int, budget: int) -> PartResult:
         """``window_start``: index in ``inp.history`` where the verbatim recent turns begin
@@ -263,7 +266,8 @@ class ComposedPolicy:
                     res = PartResult(derived=res.derived, notes=res.notes)
                 else:
                     used += raw
-                    carried.update(res.sources)
+                    if getattr(part, "covers_turns", True):
+                        carried.update(res.sources)
                 results[stage] = res
 
         # Assemble: persona, then part blocks in part order, then the verbatim turns.

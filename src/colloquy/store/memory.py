@@ -12,11 +12,12 @@ from typing import Any
 from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import StoredMessage
 from .base import Conversation, NewMessage, new_id
+from .memory_records import MemoryRecordMethods
 from .turns import MemoryTurnMethods
 from .users import MemoryUserMethods
 
 
-class MemoryStore(MemoryUserMethods, MemoryTurnMethods):
+class MemoryStore(MemoryUserMethods, MemoryTurnMethods, MemoryRecordMethods):
     """Dicts behind one lock. Same semantics as the SQLite store, including conflicts."""
 
     url = "memory"
@@ -88,6 +89,7 @@ class MemoryStore(MemoryUserMethods, MemoryTurnMethods):
             self.get_conversation(conversation_id)
             del self._conversations[conversation_id]
             del self._messages[conversation_id]
+            self._forget_conversation_records(conversation_id)
 
     def append(
         self,

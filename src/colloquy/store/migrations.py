@@ -122,6 +122,84 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX conversations_by_activity ON conversations (updated_at);
         """,
     ),
+    Migration(
+        # Derived memory records (issue 3): summaries cover a seq range of one conversation and
+        # go with it; facts belong to a user and outlive conversations (no foreign key);
+        # cursors remember how far fact extraction has read each conversation.
+        "0100_memory_records",
+        sqlite="""
+        CREATE TABLE summaries (
+            id               TEXT PRIMARY KEY,
+            conversation_id  TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            start_seq        INTEGER NOT NULL,
+            end_seq          INTEGER NOT NULL,
+            text             TEXT NOT NULL,
+            model            TEXT,
+            previous_id      TEXT,
+            created_at       REAL NOT NULL,
+            meta             TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX summaries_by_end ON summaries (conversation_id, end_seq);
+        CREATE TABLE facts (
+            id                   TEXT PRIMARY KEY,
+            user_id              TEXT NOT NULL,
+            subject              TEXT NOT NULL,
+            statement            TEXT NOT NULL,
+            norm                 TEXT NOT NULL,
+            source_conversation  TEXT,
+            source_seq           INTEGER,
+            valid_from           REAL NOT NULL,
+            valid_until          REAL,
+            superseded_by        TEXT,
+            origin               TEXT NOT NULL DEFAULT 'extracted',
+            created_at           REAL NOT NULL,
+            meta                 TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX facts_by_user ON facts (user_id, norm);
+        CREATE TABLE memory_cursors (
+            conversation_id  TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            kind             TEXT NOT NULL,
+            seq              INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, kind)
+        );
+        """,
+        postgres="""
+        CREATE TABLE summaries (
+            id               TEXT PRIMARY KEY,
+            conversation_id  TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            start_seq        BIGINT NOT NULL,
+            end_seq          BIGINT NOT NULL,
+            text             TEXT NOT NULL,
+            model            TEXT,
+            previous_id      TEXT,
+            created_at       DOUBLE PRECISION NOT NULL,
+            meta             TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX summaries_by_end ON summaries (conversation_id, end_seq);
+        CREATE TABLE facts (
+            id                   TEXT PRIMARY KEY,
+            user_id              TEXT NOT NULL,
+            subject              TEXT NOT NULL,
+            statement            TEXT NOT NULL,
+            norm                 TEXT NOT NULL,
+            source_conversation  TEXT,
+            source_seq           BIGINT,
+            valid_from           DOUBLE PRECISION NOT NULL,
+            valid_until          DOUBLE PRECISION,
+            superseded_by        TEXT,
+            origin               TEXT NOT NULL DEFAULT 'extracted',
+            created_at           DOUBLE PRECISION NOT NULL,
+            meta                 TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX facts_by_user ON facts (user_id, norm);
+        CREATE TABLE memory_cursors (
+            conversation_id  TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            kind             TEXT NOT NULL,
+            seq              BIGINT NOT NULL,
+            PRIMARY KEY (conversation_id, kind)
+        );
+        """,
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..usage import Usage
 from .base import Conversation, NewMessage, new_id
+from .memory_records import SQLRecordMethods
 from .turns import SQLiteTurnMethods
 from .users import SQLUserMethods
 from .migrations import MIGRATIONS, Migration, split_sql
@@ -98,7 +99,7 @@ def apply_migrations(
     return applied
 
 
-class SQLiteStore(SQLUserMethods, SQLiteTurnMethods):
+class SQLiteStore(SQLUserMethods, SQLiteTurnMethods, SQLRecordMethods):
     """A store in one SQLite file. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: str | Path, *, migrate: bool = True) -> None:

@@ -1,0 +1,175 @@
+"""The CLI's memory commands and policy flags (wired into colloquy.cli with one line each).
+
+    colloquy chat --policy memory [--policy-config FILE] [--extract-facts every|N|off]
+                  [--memory-model M] ...
+    colloquy memory list   --user ID [--all] [--json] [--db PATH]
+    colloquy memory add    --user ID [--subject S] TEXT [--db PATH]
+    colloquy memory forget --user ID (FACT_ID ... | --all) [--db PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..context.base import ContextPolicy
+from ..context.presets import POLICY_NAMES, load_policy_config, make_extraction, make_policy
+from ..errors import ConfigError
+from ..store import open_store
+from .extract import FactExtraction
+from .records import Fact
+
+
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    """``--policy``, ``--policy-config``, ``--extract-facts``, ``--memory-model``."""
+    p.add_argument("--policy", choices=POLICY_NAMES, metavar="NAME",
+                   help=f"context policy: {', '.join(POLICY_NAMES)} (with --max-input-tokens as "
+                        "its budget and --window as its cap on recent turns)")
+    p.add_argument("--policy-config", metavar="FILE",
+                   help="a TOML or JSON file naming and tuning the policy (see docs/memory.md)")
+    p.add_argument("--extract-facts", metavar="every|N|off",
+                   help="extract facts about --user after every turn, every N turns, or never "
+                        "(default: every turn with the facts and memory policies)")
+    p.add_argument("--memory-model", metavar="M",
+                   help="model that writes summaries and extracts facts (default "
+                        "claude-haiku-4-5; offline-summariser/offline-facts for offline chats)")
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    path = getattr(args, "policy_config", None)
+    return load_policy_config(path) if path else {}
+
+
+def _chat_model_name(args: argparse.Namespace) -> str | None:
+    """The chat's model name: the flag, else the stored session's (so defaults fit it)."""
+    if getattr(args, "model", None):
+        return str(args.model)
+    session = getattr(args, "session", None) or getattr(args, "id", None)
+    if session:
+        conv = open_store(getattr(args, "db", None)).find_conversation(session)
+        if conv is not None and conv.model:
+            return conv.model
+    return None
+
+
+def wants_named_policy(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "policy", None) or getattr(args, "policy_config", None))
+
+
+def policy_from_cli_args(args: argparse.Namespace) -> ContextPolicy:
+    if getattr(args, "full", False):
+        raise ConfigError("--full cannot be combined with --policy/--policy-config: "
+                          "use --policy full")
+    config = _config(args)
+    memory_model = getattr(args, "memory_model", None)
+    if memory_model:
+        config.setdefault("summary", {}).setdefault("model", memory_model)
+    return make_policy(getattr(args, "policy", None), config=config,
+                       max_input_tokens=getattr(args, "max_input_tokens", None),
+                       window=getattr(args, "window", None), chat_model=_chat_model_name(args))
+
+
+def _every(value: str | None) -> int | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in {"off", "never", "no", "0"}:
+        return 0
+    if v in {"every", "each", "on", "1"}:
+        return 1
+    if v.isdigit():
+        return int(v)
+    raise ConfigError(f"--extract-facts takes every, off or a number of turns, not {value!r}")
+
+
+def extraction_from_args(args: argparse.Namespace) -> FactExtraction | None:
+    every = _every(getattr(args, "extract_facts", None))
+    if every is None and not wants_named_policy(args):
+        return None
+    return make_extraction(getattr(args, "policy", None), every=every, config=_config(args),
+                           model=getattr(args, "memory_model", None),
+                           chat_model=_chat_model_name(args))
+
+
+# -- colloquy memory ---------------------------------------------------------------------------
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _fact_row(f: Fact) -> str:
+    origin = (f"from {f.source_conversation}#{f.source_seq}" if f.source_conversation
+              else "added by hand" if f.origin == "user" else "extracted")
+    state = "" if f.active else f"\tretired {_when(f.valid_until)}" + (
+        f" -> {f.superseded_by}" if f.superseded_by else "")
+    return f"{f.id}\t{f.subject}\t{f.statement}\tsince {_when(f.valid_from)}\t{origin}{state}"
+
+
+def cmd_memory_list(args: argparse.Namespace) -> int:
+    facts = open_store(args.db).list_facts(args.user, include_retired=args.all)
+    if args.json:
+        sys.stdout.write(json.dumps([f.model_dump(mode="json") for f in facts], indent=2,
+                                    ensure_ascii=False) + "\n")
+        return 0
+    if not facts:
+        sys.stderr.write(f"no facts for user {args.user!r}\n")
+    for f in facts:
+        sys.stdout.write(_fact_row(f) + "\n")
+    return 0
+
+
+def cmd_memory_add(args: argparse.Namespace) -> int:
+    text = " ".join(args.text).strip()
+    if not text:
+        raise ConfigError("memory add needs the fact's text")
+    new = Fact(user_id=args.user, subject=(args.subject or "general").strip(), statement=text,
+               origin="user")
+    stored = open_store(args.db).add_fact(new)
+    if stored.id != new.id:
+        sys.stderr.write(f"already known as {stored.id}\n")
+    sys.stdout.write(stored.id + "\n")
+    return 0
+
+
+def cmd_memory_forget(args: argparse.Namespace) -> int:
+    if args.all == bool(args.ids):
+        raise ConfigError("memory forget needs fact ids or --all (not both)")
+    store = open_store(args.db)
+    n = store.forget_facts(args.user, None if args.all else list(args.ids))
+    sys.stderr.write(f"forgot {n} fact{'s' if n != 1 else ''} of user {args.user!r}\n")
+    if args.ids and n < len(args.ids):
+        known = {f.id for f in store.list_facts(args.user, include_retired=True)}
+        missing = [i for i in args.ids if i not in known]
+        raise ConfigError(f"no such fact for user {args.user!r}: {', '.join(missing)}")
+    return 0
+
+
+def add_memory_commands(
+    sub: Any, add_db: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """``colloquy memory list|add|forget``."""
+    memory = sub.add_parser("memory", help="list, add and forget facts remembered about a user")
+    msub = memory.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
+    p = msub.add_parser("list", help="the user's facts (active ones unless --all)")
+    p.add_argument("--user", metavar="ID", required=True)
+    p.add_argument("--all", action="store_true", help="include retired facts")
+    p.add_argument("--json", action="store_true")
+    add_db(p)
+    p.set_defaults(func=cmd_memory_list)
+    p = msub.add_parser("add", help="remember a fact about the user")
+    p.add_argument("--user", metavar="ID", required=True)
+    p.add_argument("--subject", metavar="S", help="what it is about (default: general)")
+    p.add_argument("text", nargs="+", metavar="TEXT")
+    add_db(p)
+    p.set_defaults(func=cmd_memory_add)
+    p = msub.add_parser("forget", help="delete facts for good")
+    p.add_argument("--user", metavar="ID", required=True)
+    p.add_argument("ids", nargs="*", metavar="FACT_ID")
+    p.add_argument("--all", action="store_true", help="forget every fact of the user")
+    add_db(p)
+    p.set_defaults(func=cmd_memory_forget)

@@ -1,0 +1,38 @@
+"""The engine's memory hooks, kept out of chat.py so the turn there stays readable.
+
+* :func:`persist_derived`: a policy returns derived records (summaries) in ``Context.derived``;
+  the engine persists them right after building the context, before the model call, so a failed
+  call does not waste the summariser's work. Each record persists itself (``persist(store)``).
+* :func:`extract_after_turn`: after the reply is stored, run the chat's fact extraction (if
+  any). Both return warning notes and never raise: memory is a best effort that must never cost
+  a turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def persist_derived(store: Any, records: Iterable[Any]) -> list[str]:
+    notes: list[str] = []
+    for record in records:
+        persist = getattr(record, "persist", None)
+        if persist is None:
+            notes.append(f"cannot persist a derived {type(record).__name__}: it has no persist()")
+            continue
+        try:
+            persist(store)
+        except Exception as e:  # noqa: BLE001 - a lost summary costs money, not the turn
+            notes.append(f"could not store a derived {type(record).__name__} "
+                         f"({type(e).__name__}: {e}); it will be rebuilt")
+    return notes
+
+
+def extract_after_turn(chat: Any) -> list[str]:
+    """Run ``chat.extract_facts`` on the messages since the last extraction."""
+    extraction = getattr(chat, "extract_facts", None)
+    if extraction is None:
+        return []
+    _, notes = extraction.run(chat.store, chat.user_id, chat.session_id, chat._log)
+    return notes
