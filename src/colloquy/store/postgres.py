@@ -42,6 +42,7 @@ from ..errors import ConflictError, ConversationBusy, ConversationNotFound, Stor
 from ..messages import StoredMessage
 from .base import Conversation, NewMessage, new_id
 from .locks import DEFAULT_LOCK_TIMEOUT, lock_key
+from .memory_records import SQLRecordMethods
 from .migrations import MIGRATIONS, Migration
 from .sqlite import _CONV_COLS, _MSG_COLS, _conversation, _message_row, _stored
 from .users import SQLUserMethods
@@ -95,7 +96,7 @@ def apply_pg_migrations(
         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-class PostgresStore(SQLUserMethods):
+class PostgresStore(SQLUserMethods, SQLRecordMethods):
     """A store in a PostgreSQL database (``postgresql://user:password@host:port/dbname``).
 
     Thread-safe (the pool hands each unit of work its own connection). Do not share one across
@@ -105,6 +106,7 @@ class PostgresStore(SQLUserMethods):
     dialect = "postgres"
     #: The shared SQL mixins (users, memory records) are written with ``?``; psycopg takes ``%s``.
     _user_param = "%s"
+    _record_param = "%s"
 
     def __init__(
         self,
