@@ -25,6 +25,7 @@ from .context.policies import RollingWindow
 from .context.validate import repair, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
+from .continuity import auto_title, key_meta, prior_turn, turn_lock
 from .errors import ColloquyError, ModelError, ToolError
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
@@ -110,6 +111,7 @@ class Chat:
         temperature: float | None = None,
         max_tokens: int = 1024,
         max_tool_rounds: int = 10,
+        title_model: Model | str | bool | None = None,
         counter: TokenCounter | None = None,
         extract_facts: FactExtraction | None = None,
         guards: Sequence[Guard | Callable[..., Any]] = (),
@@ -132,6 +134,8 @@ class Chat:
         self.counter = counter or default_counter
         #: Fact extraction after turns (colloquy.memory); None: off.
         self.extract_facts = extract_facts
+        #: Titles new conversations (see colloquy.continuity.title_model_for); False: first words.
+        self.title_model = title_model
         self.guards = GuardSet(guards)
         self._conversation = existing
         self._log: list[StoredMessage] = []
@@ -191,7 +195,9 @@ class Chat:
                     break
 
     def _append(self, *items: NewMessage) -> list[StoredMessage]:
-        stored = self.store.append(self.session_id, items)
+        # Under the turn lock the log is current; expected_seq catches a writer that bypassed it.
+        last = self._log[-1].seq if self._log else 0
+        stored = self.store.append(self.session_id, items, expected_seq=last)
         if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
             self._sync_full()
         else:
@@ -251,23 +257,30 @@ class Chat:
 
     # -- turns ---------------------------------------------------------------------------------
 
-    def send(self, content: UserInput) -> Reply:
-        """One turn: store the message, call the model (and tools), store and return the reply."""
+    def send(self, content: UserInput, *, idempotency_key: str | None = None) -> Reply:
+        """One turn: store the message, call the model (and tools), store and return the reply.
+
+        A retry with the same ``idempotency_key`` (after a network drop, say) stores nothing new
+        and returns the stored reply (see colloquy.continuity)."""
         reply: Reply | None = None
-        for event in self._turn(content, streaming=False):
+        for event in self._turn(content, streaming=False, idempotency_key=idempotency_key):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
         return reply
 
-    def stream(self, content: UserInput) -> Iterator[str | Reply]:
+    def stream(
+        self, content: UserInput, *, idempotency_key: str | None = None
+    ) -> Iterator[str | Reply]:
         """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`."""
-        yield from self._turn(content, streaming=True)
+        yield from self._turn(content, streaming=True, idempotency_key=idempotency_key)
 
-    async def asend(self, content: UserInput) -> Reply:
-        return await asyncio.to_thread(self.send, content)
+    async def asend(self, content: UserInput, *, idempotency_key: str | None = None) -> Reply:
+        return await asyncio.to_thread(self.send, content, idempotency_key=idempotency_key)
 
-    async def astream(self, content: UserInput) -> AsyncIterator[str | Reply]:
+    async def astream(
+        self, content: UserInput, *, idempotency_key: str | None = None
+    ) -> AsyncIterator[str | Reply]:
         """The async twin of :meth:`stream`: the sync turn runs in a worker thread and hands
         events over through a queue, so the event loop never blocks on the model or the store."""
         loop = asyncio.get_running_loop()
@@ -275,7 +288,7 @@ class Chat:
 
         def work() -> None:
             try:
-                for event in self.stream(content):
+                for event in self.stream(content, idempotency_key=idempotency_key):
                     loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
@@ -295,18 +308,29 @@ class Chat:
         finally:
             await worker
 
-    def _turn(self, content: UserInput, streaming: bool) -> Iterator[str | Reply]:
+    def _turn(
+        self, content: UserInput, streaming: bool, idempotency_key: str | None = None
+    ) -> Iterator[str | Reply]:
         message = _user_message(content)
-        with self._lock:
+        extra_meta = key_meta(idempotency_key)
+        # One turn at a time per conversation, across processes (colloquy.continuity).
+        with self._lock, turn_lock(self.store, self.session_id):
             self._ensure_conversation()
             self._sync()
+            prior = prior_turn(self, idempotency_key)
+            if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
+                if streaming and prior.text:
+                    yield prior.text
+                yield prior
+                return
             checked = self._guard("input", message.text)
             if checked.changed:
                 message = replace_text(message, checked.text)
             if checked.blocked is not None:
                 yield from self._blocked_turn(message, checked)
                 return
-            self._append(NewMessage(message=message, meta=checked.meta()))
+            if prior is None:  # else: a retry whose first attempt died before answering
+                self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
             total = Usage()
             notes: list[str] = []
             rounds = 0
@@ -335,6 +359,7 @@ class Chat:
                         yield response.text  # output guards ran on the whole text first
                     (stored,) = self._append(reply_row)
                     notes.extend(extract_after_turn(self))  # never raises
+                    auto_title(self, response.text)  # never raises
                     yield Reply(
                         text=response.text, message=response.message, conversation_id=self.session_id,
                         seq=stored.seq, usage=total, cost_usd=cost_of(self.model.price_key, total),
