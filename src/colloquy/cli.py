@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-o", "--output", metavar="FILE", help="file to write (default stdout)")
         _add_db(p)
         p.set_defaults(func=func)
+    from .rights_cli import add_purge_command, add_rename_command, add_user_data_commands
+
+    add_rename_command(ssub, _add_db)
 
     p = sub.add_parser("context", help="the exact request the next turn of a session would send")
     p.add_argument("id", metavar="ID")
@@ -338,9 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .server.commands import add_serve_command, add_users_commands
 
     add_serve_command(sub, _add_db, _add_policy)
-    users = sub.add_parser("users", help="users of the HTTP service: add, list, revoke")
+    users = sub.add_parser("users", help="users: add, list, revoke; export, import, delete")
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add_users_commands(usub, _add_db)
+    add_user_data_commands(usub, _add_db)  # users export|import|delete (colloquy.rights_cli)
+    add_purge_command(sub, _add_db)
     add_memory_commands(sub, _add_db)
     return parser
 

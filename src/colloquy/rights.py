@@ -1,0 +1,468 @@
+"""Data rights: export everything held about a user, import it back, delete it for good, and
+purge old conversations (retention).
+
+Why tables are discovered, not listed: other parts of colloquy keep derived records beside the
+log (summaries, facts, cursors, usage, users of the service), and more will come. A table that
+follows the convention is covered the moment its migration runs:
+
+* a ``user_id`` column: its rows with that user id belong to the user;
+* a ``conversation_id`` column: its rows of the user's conversations belong to the user;
+* anything else registers with :func:`register_user_table` (``users`` is keyed by ``id``).
+
+A table with neither (``schema_migrations``) holds nothing about anyone.
+
+Why "for good" needs more than DELETE: databases keep deleted bytes around. SQLite leaves them
+in free pages and in the write-ahead log; PostgreSQL leaves dead tuples in the table's pages. So
+deletion here is followed by erasure: on SQLite ``secure_delete`` (zeroes freed content), a WAL
+checkpoint that truncates the log file, and ``VACUUM`` (rewrites the file from live rows only);
+on PostgreSQL ``VACUUM FULL`` of every touched table (rewrites it into new files; the old ones are
+truncated). What a database engine cannot erase: PostgreSQL's own WAL segments and any backups
+or replicas keep the bytes until they are recycled (see docs/postgres.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, StoreError
+from .messages import Message
+from .store import NewMessage, Store
+from .usage import Usage
+
+EXPORT_FORMAT = "colloquy.user-export"
+EXPORT_VERSION = 1
+#: Tables that never hold anything about a user.
+SKIP_TABLES = {"schema_migrations"}
+_ALL = 10**9
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """How a table's rows are tied to a user: a column holding the user id, and/or a column
+    holding a conversation id."""
+
+    user_column: str | None = None
+    conversation_column: str | None = None
+
+
+_REGISTRY: dict[str, UserTable] = {
+    "users": UserTable(user_column="id"),
+    "conversations": UserTable(user_column="user_id", conversation_column="id"),
+}
+
+
+def register_user_table(
+    table: str, *, user_column: str | None = None, conversation_column: str | None = None
+) -> None:
+    """Tell export, delete and purge how ``table`` ties to a user when it does not follow the
+    ``user_id`` / ``conversation_id`` column convention."""
+    if not (user_column or conversation_column):
+        raise ConfigError("register_user_table needs a user_column or a conversation_column")
+    _REGISTRY[table] = UserTable(user_column, conversation_column)
+
+
+# -- reports --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeleteReport:
+    user_id: str | None
+    #: Rows deleted per table.
+    rows: dict[str, int] = field(default_factory=dict)
+    conversations: int = 0
+    #: What was done to erase the bytes, in order.
+    erasure: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+@dataclass
+class ImportReport:
+    user_id: str
+    rows: dict[str, int] = field(default_factory=dict)
+    conversations: int = 0
+    skipped_tables: list[str] = field(default_factory=list)
+
+
+# -- SQL dialects ---------------------------------------------------------------------------------
+
+
+def _is_sql(store: Store) -> bool:
+    return callable(getattr(store, "transaction", None)) and _dialect(store) is not None
+
+
+def _dialect(store: Store) -> str | None:
+    if getattr(store, "dialect", None) == "postgres":
+        return "postgres"
+    from .store.sqlite import SQLiteStore
+
+    return "sqlite" if isinstance(store, SQLiteStore) else None
+
+
+def _q(dialect: str, sql: str) -> str:
+    return sql.replace("?", "%s") if dialect == "postgres" else sql
+
+
+def _ident(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise StoreError(f"unexpected table or column name {name!r}")
+    return f'"{name}"'
+
+
+def discover_tables(store: Store) -> dict[str, list[str]]:
+    """Every table of the store's database that can hold rows, with its columns (SQLite FTS
+    shadow tables and internal tables excluded)."""
+    dialect = _dialect(store)
+    with store.transaction(write=False) as conn:  # type: ignore[attr-defined]
+        if dialect == "sqlite":
+            rows = conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+            ).fetchall()
+            virtual = [n for n, s in rows if (s or "").upper().startswith("CREATE VIRTUAL TABLE")]
+            out: dict[str, list[str]] = {}
+            for name, _ in rows:
+                if any(name.startswith(f"{v}_") for v in virtual):
+                    continue  # an FTS shadow table: changed through its virtual table
+                out[name] = [c[1] for c in conn.execute(f"PRAGMA table_info({_ident(name)})")]
+            return out
+        rows = conn.execute(
+            "SELECT c.table_name, c.column_name FROM information_schema.columns c "
+            "JOIN information_schema.tables t ON t.table_schema = c.table_schema "
+            "AND t.table_name = c.table_name "
+            "WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' "
+            "ORDER BY c.table_name, c.ordinal_position"
+        ).fetchall()
+        pg: dict[str, list[str]] = {}
+        for table, column in rows:
+            pg.setdefault(table, []).append(column)
+        return pg
+
+
+def _virtual_tables(conn: Any) -> list[str]:
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def user_tables(tables: dict[str, list[str]]) -> dict[str, UserTable]:
+    """The tables that hold rows about users, and how (registry first, then the convention)."""
+    out: dict[str, UserTable] = {}
+    for name, cols in tables.items():
+        if name in SKIP_TABLES:
+            continue
+        if name in _REGISTRY:
+            spec = _REGISTRY[name]
+            if (spec.user_column is None or spec.user_column in cols) and (
+                spec.conversation_column is None or spec.conversation_column in cols
+            ):
+                out[name] = spec
+            continue
+        spec = UserTable(
+            user_column="user_id" if "user_id" in cols else None,
+            conversation_column="conversation_id" if "conversation_id" in cols else None,
+        )
+        if spec.user_column or spec.conversation_column:
+            out[name] = spec
+    return out
+
+
+def _where(spec: UserTable, scope: str) -> str:
+    """The WHERE clause selecting a table's rows in a scope: ``user`` (one ? = the user id) or
+    ``stale`` (one ? = the cutoff time). Conversations are matched by sub-select, so the
+    ``conversations`` rows must be deleted last."""
+    parts: list[str] = []
+    if scope == "user":
+        if spec.user_column:
+            parts.append(f"{_ident(spec.user_column)} = ?")
+        if spec.conversation_column:
+            parts.append(f"{_ident(spec.conversation_column)} IN "
+                         "(SELECT id FROM conversations WHERE user_id = ?)")
+    else:
+        if spec.conversation_column:
+            parts.append(f"{_ident(spec.conversation_column)} IN "
+                         "(SELECT id FROM conversations WHERE updated_at < ?)")
+    return " OR ".join(parts)
+
+
+def _order(tables: Iterable[str]) -> list[str]:
+    """Dependent rows first: conversations and users last (others reference them)."""
+    last = ["conversations", "users"]
+    return [t for t in tables if t not in last] + [t for t in last if t in tables]
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$base64"}:
+        return base64.b64decode(value["$base64"])
+    return value
+
+
+def export_user(store: Store, user_id: str) -> dict[str, Any]:
+    """Everything held about ``user_id``: readable sessions, and every row of every table that
+    holds user data (``tables``, what :func:`import_user` restores from)."""
+    convs = store.list_conversations(user_id=user_id, limit=_ALL)
+    sessions = [
+        {
+            "conversation": c.model_dump(mode="json"),
+            "messages": [sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
+                         for sm in store.load(c.id)],
+        }
+        for c in convs
+    ]
+    data: dict[str, Any] = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "user_id": user_id,
+        "exported_at": time.time(), "sessions": sessions,
+    }
+    if _is_sql(store):
+        dialect = _dialect(store)
+        assert dialect is not None
+        tables: dict[str, Any] = {}
+        specs = user_tables(discover_tables(store))
+        all_cols = discover_tables(store)
+        with store.transaction(write=False) as conn:  # type: ignore[attr-defined]
+            for name in ["users", "conversations", *[t for t in specs if t not in ("users", "conversations")]]:
+                if name not in specs:
+                    continue
+                where = _where(specs[name], "user")
+                cols = all_cols[name]
+                rows = conn.execute(
+                    _q(dialect, f"SELECT {', '.join(_ident(c) for c in cols)} FROM {_ident(name)} "
+                                f"WHERE {where}"),
+                    (user_id,) * where.count("?"),
+                ).fetchall()
+                tables[name] = {"columns": cols, "rows": [[_jsonable(v) for v in r] for r in rows]}
+        data["tables"] = tables
+    else:
+        facts = getattr(store, "list_facts", None)
+        if callable(facts):
+            data["facts"] = [f.model_dump(mode="json") for f in facts(user_id, include_retired=True)]
+    return data
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+def import_user(store: Store, data: dict[str, Any], *, replace: bool = False) -> ImportReport:
+    """Restore an export. Refuses to overwrite: if the user already has conversations (or an id
+    is taken), it fails unless ``replace`` (which first deletes everything held about the user)."""
+    if data.get("format") != EXPORT_FORMAT:
+        raise ConfigError("not a colloquy user export (expected format "
+                          f"{EXPORT_FORMAT!r}, got {data.get('format')!r})")
+    if int(data.get("version", 0)) > EXPORT_VERSION:
+        raise ConfigError(f"export version {data.get('version')} is newer than this colloquy reads")
+    user_id = str(data["user_id"])
+    if store.list_conversations(user_id=user_id, limit=1):
+        if not replace:
+            raise StoreError(f"user {user_id!r} already has conversations here; "
+                             "use --replace to overwrite them")
+        delete_user(store, user_id, erase=False)
+    for s in data.get("sessions", []):
+        if store.find_conversation(s["conversation"]["id"]) is not None:
+            raise StoreError(f"conversation {s['conversation']['id']!r} already exists "
+                             "(it belongs to another user)")
+    report = ImportReport(user_id=user_id)
+    if _is_sql(store) and "tables" in data:
+        _import_tables(store, data["tables"], report)
+    else:
+        _import_sessions(store, data, report)
+    report.conversations = len(data.get("sessions", []))
+    return report
+
+
+def _import_tables(store: Store, tables: dict[str, Any], report: ImportReport) -> None:
+    dialect = _dialect(store)
+    assert dialect is not None
+    have = discover_tables(store)
+    ordered = [t for t in ("users", "conversations") if t in tables] + [
+        t for t in tables if t not in ("users", "conversations")
+    ]
+    with store.transaction() as conn:  # type: ignore[attr-defined]
+        for name in ordered:
+            if name not in have:
+                report.skipped_tables.append(name)
+                continue
+            cols = [c for c in tables[name]["columns"] if c in have[name]]
+            idx = [tables[name]["columns"].index(c) for c in cols]
+            rows = [tuple(_from_json(r[i]) for i in idx) for r in tables[name]["rows"]]
+            if not rows:
+                continue
+            conflict = " ON CONFLICT DO NOTHING" if name == "users" else ""
+            sql = _q(dialect, f"INSERT INTO {_ident(name)} ({', '.join(_ident(c) for c in cols)}) "
+                              f"VALUES ({', '.join('?' * len(cols))}){conflict}")
+            if dialect == "postgres":
+                with conn.cursor() as cur:
+                    cur.executemany(sql, rows)
+            else:
+                conn.executemany(sql, rows)
+            report.rows[name] = len(rows)
+
+
+def _import_sessions(store: Store, data: dict[str, Any], report: ImportReport) -> None:
+    """Through the Store interface (any store): conversations and their messages."""
+    for s in data.get("sessions", []):
+        c = s["conversation"]
+        store.create_conversation(id=c["id"], user_id=c.get("user_id"), persona=c.get("persona", ""),
+                                  model=c.get("model", ""), title=c.get("title"), meta=c.get("meta") or {})
+        rows = [
+            NewMessage(message=Message.model_validate(m["message"]),
+                       usage=Usage.model_validate(m["usage"]) if m.get("usage") else None,
+                       model=m.get("model"), cost_usd=m.get("cost_usd"), meta=m.get("meta") or {})
+            for m in s["messages"]
+        ]
+        if rows:
+            store.append(c["id"], rows)
+        report.rows["messages"] = report.rows.get("messages", 0) + len(rows)
+    report.rows["conversations"] = len(data.get("sessions", []))
+    add_fact = getattr(store, "add_fact", None)
+    if data.get("facts") and callable(add_fact):
+        from .memory.records import Fact
+
+        for f in data["facts"]:
+            add_fact(Fact.model_validate(f))
+        report.rows["facts"] = len(data["facts"])
+
+
+# -- delete and purge -----------------------------------------------------------------------------
+
+
+def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteReport:
+    """Remove every row about ``user_id`` from every table (derived ones included) and, with
+    ``erase``, make the bytes unrecoverable from the database files (see the module docstring)."""
+    report = DeleteReport(user_id=user_id)
+    if not _is_sql(store):
+        convs = store.list_conversations(user_id=user_id, limit=_ALL)
+        for c in convs:
+            n = len(store.load(c.id))
+            store.delete_conversation(c.id)
+            report.rows["messages"] = report.rows.get("messages", 0) + n
+        report.rows["conversations"] = report.conversations = len(convs)
+        forget = getattr(store, "forget_facts", None)
+        if callable(forget):
+            report.rows["facts"] = int(forget(user_id))
+        remove = getattr(store, "remove_user", None)
+        if callable(remove):
+            report.rows["users"] = int(bool(remove(user_id)))
+        return report
+    _delete_sql(store, "user", user_id, report)
+    if erase:
+        erase_deleted(store, [t for t, n in report.rows.items() if n], report)
+    return report
+
+
+def purge(store: Store, older_than: float, *, now: float | None = None, erase: bool = True) -> DeleteReport:
+    """Delete every conversation with no activity for ``older_than`` seconds, with everything
+    derived from it (messages, summaries, cursors, indexes). Facts stay with their user."""
+    cutoff = (time.time() if now is None else now) - older_than
+    report = DeleteReport(user_id=None)
+    if not _is_sql(store):
+        stale = [c for c in store.list_conversations(limit=_ALL) if c.updated_at < cutoff]
+        for c in stale:
+            report.rows["messages"] = report.rows.get("messages", 0) + len(store.load(c.id))
+            store.delete_conversation(c.id)
+        report.rows["conversations"] = report.conversations = len(stale)
+        return report
+    _delete_sql(store, "stale", cutoff, report)
+    if erase and report.total:
+        erase_deleted(store, [t for t, n in report.rows.items() if n], report)
+    return report
+
+
+def _delete_sql(store: Store, scope: str, arg: Any, report: DeleteReport) -> None:
+    dialect = _dialect(store)
+    assert dialect is not None
+    specs = user_tables(discover_tables(store))
+    if scope == "stale":
+        specs = {t: s for t, s in specs.items() if s.conversation_column}
+        specs["conversations"] = UserTable(conversation_column="id")
+    if dialect == "sqlite":
+        store._conn().execute("PRAGMA secure_delete = ON")  # type: ignore[attr-defined]
+    with store.transaction() as conn:  # type: ignore[attr-defined]
+        if dialect == "sqlite":
+            virtual = set(_virtual_tables(conn))
+        else:
+            virtual = set()
+        for name in _order(specs):
+            spec = specs[name]
+            if scope == "stale" and name == "conversations":
+                where = "updated_at < ?"
+            else:
+                where = _where(spec, scope)
+            if name == "conversations":
+                key = "user_id = ?" if scope == "user" else "updated_at < ?"
+                report.conversations = conn.execute(
+                    _q(dialect, f"SELECT count(*) FROM conversations WHERE {key}"), (arg,)
+                ).fetchone()[0]
+            cur = conn.execute(
+                _q(dialect, f"DELETE FROM {_ident(name)} WHERE {where}"), (arg,) * where.count("?")
+            )
+            report.rows[name] = max(cur.rowcount, 0)
+            if name in virtual and report.rows[name]:
+                # FTS5 keeps deleted terms in its segments until they are merged away.
+                conn.execute(f"INSERT INTO {_ident(name)}({_ident(name)}) VALUES ('optimize')")
+
+
+def erase_deleted(store: Store, tables: Sequence[str], report: DeleteReport | None = None) -> list[str]:
+    """Make deleted rows unrecoverable from the database files; returns what was done."""
+    done: list[str] = []
+    dialect = _dialect(store)
+    if dialect == "sqlite":
+        conn = store._conn()  # type: ignore[attr-defined]
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute("VACUUM")  # rebuild the file from live rows only
+        done.append("VACUUM")
+        for _ in range(50):
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                done.append("wal_checkpoint(TRUNCATE)")
+                break
+            time.sleep(0.1)  # another connection is reading; its snapshot pins the WAL
+        else:
+            done.append("wal_checkpoint(TRUNCATE) incomplete: readers kept the WAL busy")
+    elif dialect == "postgres":
+        from psycopg import sql
+
+        with store.pool.connection() as conn:  # type: ignore[attr-defined]
+            for table in tables:
+                conn.execute(sql.SQL("VACUUM (FULL, ANALYZE) {}").format(sql.Identifier(table)))
+                done.append(f"VACUUM FULL {table}")
+            try:
+                conn.execute("CHECKPOINT")
+                done.append("CHECKPOINT")
+            except Exception:  # noqa: BLE001 - needs superuser or pg_checkpoint; optional
+                pass
+    if report is not None:
+        report.erasure.extend(done)
+    return done
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 86400.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s`` (a bare number is days) -> seconds."""
+    m = _AGE.match(text)
+    if not m:
+        raise ConfigError(f"invalid age {text!r}: use a number and a unit, like 30d, 12h or 2w")
+    return float(m.group(1)) * _UNITS[m.group(2)]

@@ -1,0 +1,133 @@
+"""CLI commands for data rights and continuity (wired into :mod:`colloquy.cli`):
+
+    colloquy users export ID [-o FILE]          everything held about a user, as JSON
+    colloquy users import FILE [--replace]      restore an export
+    colloquy users delete ID --yes              delete every row about a user, bytes erased
+    colloquy purge --older-than 30d [--dry-run] retention: drop conversations idle that long
+    colloquy sessions rename ID TITLE           edit a conversation's title
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+from .rights import DeleteReport, delete_user, export_user, import_user, parse_age, purge
+from .store import open_store
+
+AddDb = Callable[[argparse.ArgumentParser], None]
+
+
+def _summary(report: DeleteReport) -> str:
+    rows = ", ".join(f"{t} {n}" for t, n in report.rows.items() if n) or "nothing"
+    erased = f"; erased with {', '.join(report.erasure)}" if report.erasure else ""
+    return f"{report.conversations} conversations ({rows}){erased}"
+
+
+def cmd_users_export(args: argparse.Namespace) -> int:
+    data = export_user(open_store(args.db), args.id)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if args.output and args.output != "-":
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        sys.stderr.write(f"exported {len(data['sessions'])} conversations of {args.id} "
+                         f"to {args.output}\n")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_users_import(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin as f:
+            data: dict[str, Any] = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read export {args.file}: {e}") from e
+    report = import_user(open_store(args.db), data, replace=args.replace)
+    rows = ", ".join(f"{t} {n}" for t, n in report.rows.items())
+    skipped = f"; skipped tables this database lacks: {', '.join(report.skipped_tables)}" \
+        if report.skipped_tables else ""
+    sys.stderr.write(f"imported {report.conversations} conversations of {report.user_id} "
+                     f"({rows}){skipped}\n")
+    return 0
+
+
+def cmd_users_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise ConfigError(f"this deletes everything held about {args.id!r} for good; "
+                          "add --yes to confirm")
+    report = delete_user(open_store(args.db), args.id, erase=not args.keep_bytes)
+    sys.stderr.write(f"deleted user {args.id}: {_summary(report)}\n")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    age = parse_age(args.older_than)
+    store = open_store(args.db)
+    if args.dry_run:
+        cutoff = time.time() - age
+        stale = [c for c in store.list_conversations(limit=10**9) if c.updated_at < cutoff]
+        for c in stale:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
+            sys.stdout.write(f"{c.id}\t{when}\tuser={c.user_id or '-'}\t{c.title or ''}\n")
+        sys.stderr.write(f"{len(stale)} conversations idle for more than {args.older_than} "
+                         "(dry run: nothing deleted)\n")
+        return 0
+    report = purge(store, age, erase=not args.keep_bytes)
+    sys.stderr.write(f"purged {_summary(report)}\n")
+    return 0
+
+
+def cmd_sessions_rename(args: argparse.Namespace) -> int:
+    title = " ".join(args.title.split())
+    if not title:
+        raise ConfigError("the title is empty")
+    conv = open_store(args.db).update_conversation(args.id, title=title)
+    sys.stderr.write(f"renamed {conv.id}: {conv.title}\n")
+    return 0
+
+
+def add_user_data_commands(usub: Any, add_db: AddDb) -> None:
+    """``users export|import|delete`` under the existing ``users`` command group."""
+    p = usub.add_parser("export", help="write everything held about a user as JSON")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default stdout)")
+    add_db(p)
+    p.set_defaults(func=cmd_users_export)
+
+    p = usub.add_parser("import", help="restore a user from an export")
+    p.add_argument("file", metavar="FILE", help="an export written by 'users export' (- for stdin)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete what the database holds about the user first")
+    add_db(p)
+    p.set_defaults(func=cmd_users_import)
+
+    p = usub.add_parser("delete", help="delete every row about a user, for good")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--yes", action="store_true", help="confirm")
+    p.add_argument("--keep-bytes", action="store_true",
+                   help="skip the erasure (VACUUM etc.): faster, but deleted bytes may linger")
+    add_db(p)
+    p.set_defaults(func=cmd_users_delete)
+
+
+def add_purge_command(sub: Any, add_db: AddDb) -> None:
+    p = sub.add_parser("purge", help="retention: delete conversations idle for longer than an age")
+    p.add_argument("--older-than", required=True, metavar="AGE", help="30d, 12h, 2w, 90m ...")
+    p.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    p.add_argument("--keep-bytes", action="store_true", help="skip the erasure (VACUUM etc.)")
+    add_db(p)
+    p.set_defaults(func=cmd_purge)
+
+
+def add_rename_command(ssub: Any, add_db: AddDb) -> None:
+    p = ssub.add_parser("rename", help="set a session's title")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("title", metavar="TITLE")
+    add_db(p)
+    p.set_defaults(func=cmd_sessions_rename)
