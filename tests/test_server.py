@@ -406,3 +406,66 @@ def test_the_page_is_served_with_a_strict_content_security_policy(env: Env) -> N
     assert env.client.get("/static/app.js").status_code == 200
     assert env.client.get("/static/style.css").status_code == 200
 
+
+
+# -- idempotency -------------------------------------------------------------------------------------
+
+
+def test_a_retried_request_with_the_same_key_is_answered_once(env: Env) -> None:
+    cid = env.new()
+    first = env.say(cid, "book the table", idempotency_key="k-1")
+    again = env.say(cid, "book the table", idempotency_key="k-1")
+    assert first.status_code == again.status_code == 200
+    assert again.json()["seq"] == first.json()["seq"] and again.json()["text"] == first.json()["text"]
+    assert first.json()["replayed"] is False and again.json()["replayed"] is True
+    assert again.headers["idempotent-replayed"] == "true"
+    events = parse_sse(env.say(cid, "book the table", idempotency_key="k-1", stream=True).text)
+    assert events[-1][0] == "done" and events[-1][1]["replayed"] is True
+    assert len(env.store.load(cid)) == 2 and len(env.model.requests) == 1
+    # A new key is a new turn.
+    assert env.say(cid, "book the table", idempotency_key="k-2").json()["seq"] == 4
+
+
+# -- memory (facts) ----------------------------------------------------------------------------------
+
+
+def test_facts_can_be_listed_added_and_forgotten(env: Env) -> None:
+    h = env.as_("ada")
+    r = env.client.post("/v1/memory", json={"statement": "prefers metric units", "subject": "units"},
+                        headers=h)
+    assert r.status_code == 201
+    fact = r.json()
+    assert (fact["subject"], fact["statement"], fact["origin"]) == ("units", "prefers metric units", "user")
+    again = env.client.post("/v1/memory", json={"statement": "Prefers metric units"}, headers=h)
+    assert again.json()["id"] == fact["id"]  # the same fact twice is kept once
+    assert [f["id"] for f in env.client.get("/v1/memory", headers=h).json()["facts"]] == [fact["id"]]
+    assert env.client.post("/v1/memory", json={"statement": ""}, headers=h).status_code == 422
+    assert env.client.delete(f"/v1/memory/{fact['id']}", headers=h).status_code == 204
+    assert env.client.get("/v1/memory", headers=h).json() == {"facts": []}
+    r = env.client.delete(f"/v1/memory/{fact['id']}", headers=h)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+def test_another_users_facts_are_out_of_reach(env: Env) -> None:
+    fact = env.client.post("/v1/memory", json={"statement": "ada's secret fact"},
+                           headers=env.as_("ada")).json()
+    assert env.client.get("/v1/memory", headers=env.as_("bob")).json() == {"facts": []}
+    r = env.client.delete(f"/v1/memory/{fact['id']}", headers=env.as_("bob"))
+    assert r.status_code == 404 and "secret" not in r.text
+    assert r.json() == {"error": {"type": "not_found", "message": f"no fact with id {fact['id']!r}"}}
+    assert [f["statement"] for f in env.client.get("/v1/memory", headers=env.as_("ada")).json()["facts"]] \
+        == ["ada's secret fact"]
+
+
+def test_facts_reach_the_model_through_the_memory_policy(store: SQLiteStore) -> None:
+    from colloquy.context.presets import make_policy
+
+    env = Env(store, policy=make_policy("memory", chat_model="echo"), rate_limit=None)
+    env.client.post("/v1/memory", json={"statement": "is allergic to peanuts", "subject": "health"},
+                    headers=env.as_("ada"))
+    env.client.post("/v1/memory", json={"statement": "likes jazz"}, headers=env.as_("bob"))
+    r = env.client.post("/v1/chat/completions", headers={**env.as_("ada"), "X-Colloquy-Conversation": "m1"},
+                        json={"messages": [{"role": "user", "content": "suggest a snack with peanuts"}]})
+    assert r.status_code == 200
+    sent = json.dumps(env.model.last_request.to_anthropic())
+    assert "allergic to peanuts" in sent and "jazz" not in sent

@@ -36,6 +36,9 @@ from .schemas import (
     ConversationOut,
     ConversationPatch,
     ErrorBody,
+    FactCreate,
+    FactList,
+    FactOut,
     Health,
     Me,
     MessageCreate,
@@ -296,6 +299,24 @@ def create_app(
         request, tokens = service.context(user, conversation_id, message)
         return ContextOut(request=request, input_tokens=tokens)
 
+    FACT_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorBody, "description": "no such fact (or not yours)"}}
+
+    @api.get("/memory", response_model=FactList, summary="the facts remembered about the caller")
+    def list_facts(user: CurrentUser) -> FactList:
+        return FactList(facts=[FactOut.of(f) for f in service.facts(user)])
+
+    @api.post("/memory", status_code=201, response_model=FactOut,
+              summary="remember a fact (the same fact twice is kept once)")
+    def add_fact(body: FactCreate, user: CurrentUser) -> FactOut:
+        return FactOut.of(service.add_fact(user, body.statement, body.subject))
+
+    @api.delete("/memory/{fact_id}", status_code=204, responses=FACT_NOT_FOUND,
+                summary="forget a fact for good")
+    def forget_fact(fact_id: str, user: CurrentUser) -> Response:
+        service.forget_fact(user, fact_id)
+        return Response(status_code=204)
+
     from .openai_compat import add_openai_routes
 
     add_openai_routes(_Routes(app, prefix="/v1", responses=AUTH_ERRORS, tags=["openai-compatible"]),
@@ -352,7 +373,7 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
         _log_error(exc, redactor)
         headers: dict[str, str] = {}
         wait = E.retry_after(exc)
-        if wait is not None and status in (429, 503):
+        if wait is not None and status in (409, 429, 503):
             headers["Retry-After"] = str(wait)
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"

@@ -109,7 +109,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
         "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
+        "policy": args.policy, "policy_config": args.policy_config,
+        "extract_facts": args.extract_facts, "memory_model": args.memory_model,
     }
+    _policy_and_extraction(settings)  # a bad policy fails here, once, in one line
     os.environ[SETTINGS_VAR] = json.dumps(settings)
     if args.host not in LOOPBACK:
         sys.stderr.write(f"colloquy: serving on {args.host}: bearer tokens travel in the clear "
@@ -124,29 +127,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def app_from_env() -> Any:
     """The app factory uvicorn calls in each worker (settings come from ``serve``)."""
-    from ..context.base import ContextPolicy
-    from ..context.policies import FullHistory, RollingWindow, TokenBudget
     from .app import create_app
     from .ratelimit import RateLimit
 
     raw = json.loads(os.environ.get(SETTINGS_VAR, "{}"))
-    policy: ContextPolicy | None = None
-    if raw.get("full"):
-        policy = FullHistory()
-    elif raw.get("window"):
-        policy = RollingWindow(turns=int(raw["window"]))
-    elif raw.get("max_input_tokens"):
-        policy = TokenBudget(max_input_tokens=int(raw["max_input_tokens"]))
+    policy, extraction = _policy_and_extraction(raw)
     options: dict[str, Any] = {
         "system": raw.get("system", ""),
         "allowed_models": raw.get("allowed_models", []),
         "rate_limit": RateLimit.parse(raw.get("rate_limit", "120/minute")),
         "policy": policy,
+        "extract_facts": extraction,
     }
     for key in ("max_message_chars", "max_body_bytes"):
         if raw.get(key):
             options[key] = int(raw[key])
     return create_app(db=raw.get("db"), model=raw.get("model"), **options)
+
+
+def _policy_and_extraction(raw: dict[str, Any]) -> tuple[Any, Any]:
+    """The context policy and fact extraction from serve's flags, as ``colloquy chat`` builds
+    them (``--policy memory`` gives facts, summaries and recall; see docs/memory.md)."""
+    from ..cli import policy_from_args
+    from ..memory.cli import extraction_from_args
+
+    args = argparse.Namespace(**{k: raw.get(k) for k in (
+        "window", "max_input_tokens", "full", "policy", "policy_config", "extract_facts",
+        "memory_model", "model", "db")})
+    args.full = bool(args.full)
+    return policy_from_args(args), extraction_from_args(args)
 
 
 def add_serve_command(
@@ -161,7 +170,7 @@ def add_serve_command(
     p.add_argument("--allow-model", action="append", metavar="M",
                    help="another model conversations may choose (repeatable)")
     p.add_argument("--system", metavar="TEXT", help="persona of conversations created without one")
-    add_policy(p)
+    add_policy(p)  # also --policy NAME, --policy-config FILE, --extract-facts, --memory-model
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes over the same database (default 1)")
     p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",

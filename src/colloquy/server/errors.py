@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from ..store.memory_records import FactNotFound
 from ..errors import (
     AuthenticationError,
     BadRequestError,
@@ -25,6 +26,7 @@ from ..errors import (
     ConfigError,
     ConflictError,
     ContextTooLongError,
+    ConversationBusy,
     ConversationNotFound,
     InvalidConversationError,
     MissingAPIKeyError,
@@ -76,11 +78,13 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     NotAuthenticated: (401, "unauthenticated"),
     NotFound: (404, "not_found"),
     ConversationNotFound: (404, "not_found"),
+    FactNotFound: (404, "not_found"),
     TooManyRequests: (429, "rate_limited"),
     PayloadTooLarge: (413, "payload_too_large"),
     InvalidRequest: (400, "invalid_request"),
     Busy: (409, "conflict"),
     ConflictError: (409, "conflict"),
+    ConversationBusy: (409, "conversation_busy"),
     InvalidConversationError: (409, "invalid_conversation"),
     MissingAPIKeyError: (503, "model_not_configured"),
     ConfigError: (400, "invalid_request"),
@@ -108,7 +112,8 @@ def status_for(error: BaseException) -> tuple[int, str]:
 def retry_after(error: BaseException) -> int | None:
     """Seconds for a Retry-After header, when the error says when to come back."""
     value = getattr(error, "retry_after", None)
-    if value is None and isinstance(error, ModelError) and error.retryable:
+    if value is None and (isinstance(error, ConversationBusy)
+                          or (isinstance(error, ModelError) and error.retryable)):
         value = 1.0
     return None if value is None else max(1, math.ceil(value))
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat import Reply
+from ..memory.records import Fact
 from ..messages import StoredMessage
 from ..store import Conversation
 from ..usage import Usage
@@ -127,6 +128,33 @@ class ContextOut(BaseModel):
 
     request: dict[str, Any] = Field(description="the request body, Anthropic Messages shape")
     input_tokens: int = Field(description="estimated input tokens of that request")
+
+
+class FactCreate(_Body):
+    statement: str = Field(min_length=1, max_length=1000, description="the fact, short")
+    subject: str | None = Field(None, max_length=100, description="what it is about")
+
+
+class FactOut(BaseModel):
+    id: str
+    subject: str
+    statement: str
+    origin: str
+    #: Where it was learnt (None when added by hand).
+    source_conversation: str | None = None
+    source_seq: int | None = None
+    valid_from: float
+    created_at: float
+
+    @classmethod
+    def of(cls, f: Fact) -> FactOut:
+        return cls(id=f.id, subject=f.subject, statement=f.statement, origin=f.origin,
+                   source_conversation=f.source_conversation, source_seq=f.source_seq,
+                   valid_from=f.valid_from, created_at=f.created_at)
+
+
+class FactList(BaseModel):
+    facts: list[FactOut]
 
 
 class Health(BaseModel):

@@ -8,9 +8,9 @@ persistence goes through the store's methods.
 Ownership: a conversation that does not exist and a conversation of another user raise the same
 :class:`ConversationNotFound`, so a caller cannot even learn that someone else's id exists.
 
-Turns on one conversation are serialised within the process by an asyncio lock (two browser
-tabs sending at once take turns instead of interleaving); across processes the store's own
-append semantics apply.
+Turns on one conversation are serialised by Chat's turn lock (across processes too); an
+asyncio lock per conversation queues them inside the process first, so waiting turns do not
+each hold a worker thread.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ from typing import Any
 
 from ..chat import Chat, Reply
 from ..context.base import ContextPolicy
+from ..memory.extract import FactExtraction
+from ..memory.records import Fact
 from ..errors import ConversationNotFound, StoreError
 from ..messages import StoredMessage
 from ..models import Model, get_model
 from ..store import Conversation, Store
+from ..store.memory_records import FactNotFound
 from ..store.users import User
-from ..usage import Usage
-from .errors import Busy, InvalidRequest, PayloadTooLarge, Redactor
+from .errors import InvalidRequest, PayloadTooLarge, Redactor
 from .ratelimit import RateLimit
 
-#: How far back an idempotency key is looked for (messages), so a lookup stays O(1) in the
-#: conversation's length.
-IDEMPOTENCY_WINDOW = 200
+#: The note Chat puts on a reply that answers an idempotency key seen before.
+REPLAYED_NOTE = "replayed"
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
@@ -50,6 +51,8 @@ class ServerSettings:
     #: The persona of conversations created without one.
     system: str = ""
     policy: ContextPolicy | None = None
+    #: Fact extraction after turns (colloquy.memory); None: off.
+    extract_facts: FactExtraction | None = None
     max_tokens: int = 1024
     #: Per-user request rate; None disables the limit.
     rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(requests=120, per=60.0))
@@ -141,6 +144,7 @@ class ChatService:
             self.model_for(conv.model), store=self.store, session_id=conv.id, user_id=user.id,
             policy=self.settings.policy, temperature=temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
+            extract_facts=self.settings.extract_facts,
         )
 
     def check_content(self, content: str) -> str:
@@ -157,82 +161,24 @@ class ChatService:
             lock = self._locks[conversation_id] = asyncio.Lock()
         return lock
 
-    def _after_turn(self, conversation_id: str, content: str) -> None:
-        """Give an untitled conversation the first words of its first message as a title."""
-        conv = self.store.find_conversation(conversation_id)
-        if conv is not None and conv.title is None:
-            words = " ".join(content.split())
-            title = words if len(words) <= 60 else words[:59].rstrip() + "…"
-            self.store.update_conversation(conversation_id, title=title)
-
     async def send(self, chat: Chat, content: str, key: str | None = None) -> tuple[Reply, bool]:
-        """One turn; returns the reply and whether it was replayed from an earlier request."""
+        """One turn; returns the reply and whether it was replayed from an earlier request with
+        the same idempotency key (Chat stores the key with the message and answers a retry with
+        the stored reply)."""
         async with self._lock(chat.session_id):
-            replay = await asyncio.to_thread(self.replay, chat.session_id, key)
-            if replay is not None:
-                return replay, True
-            reply = await chat.asend(self._input(chat, content, key))
-            await asyncio.to_thread(self._after_turn, chat.session_id, content)
-            return reply, False
+            reply = await chat.asend(content, idempotency_key=key)
+            return reply, _replayed(reply)
 
     async def stream(self, chat: Chat, content: str, key: str | None = None
                      ) -> AsyncIterator[str | tuple[Reply, bool]]:
         """Text deltas, then ``(reply, replayed)``."""
         async with self._lock(chat.session_id):
-            replay = await asyncio.to_thread(self.replay, chat.session_id, key)
-            if replay is not None:
-                if replay.text:
-                    yield replay.text
-                yield replay, True
-                return
-            async for event in chat.astream(self._input(chat, content, key)):
+            async for event in chat.astream(content, idempotency_key=key):
                 if isinstance(event, str):
                     if event:
                         yield event
                 else:
-                    await asyncio.to_thread(self._after_turn, chat.session_id, content)
-                    yield event, False
-
-    def _input(self, chat: Chat, content: str, key: str | None) -> Any:
-        return content
-
-    def replay(self, conversation_id: str, key: str | None) -> Reply | None:
-        """The stored answer to an earlier request with this idempotency key, if any.
-
-        Raises :class:`Busy` when the keyed message is stored but has no answer (the first
-        request is still running, or its model call failed): the caller retries later, or with
-        a new key to send again.
-        """
-        if key is None:
-            return None
-        conv = self.store.get_conversation(conversation_id)
-        log = self.store.load(conversation_id, after_seq=max(0, conv.last_seq - IDEMPOTENCY_WINDOW))
-        for i, sm in enumerate(log):
-            if sm.role == "user" and sm.meta.get("idempotency_key") == key:
-                return self._reply_after(conv, log, i, key)
-        return None
-
-    def _reply_after(self, conv: Conversation, log: list[StoredMessage], i: int, key: str) -> Reply:
-        turn: list[StoredMessage] = []
-        for sm in log[i + 1:]:
-            if sm.message.starts_turn:
-                break
-            turn.append(sm)
-        answers = [sm for sm in turn if sm.role == "assistant"]
-        if not answers or answers[-1].message.tool_uses:
-            raise Busy(
-                f"a message with idempotency key {key!r} is stored but not answered yet (still "
-                "running, or its model call failed); retry later, or send with a new key"
-            )
-        final = answers[-1]
-        costs = [sm.cost_usd for sm in answers]
-        return Reply(
-            text=final.message.text, message=final.message, conversation_id=conv.id,
-            seq=final.seq, usage=Usage.total(sm.usage for sm in answers),
-            cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
-            model=final.model or conv.model, stop_reason=final.meta.get("stop_reason"),
-            rounds=len(answers),
-        )
+                    yield event, _replayed(event)
 
     # -- context --------------------------------------------------------------------------------
 
@@ -247,6 +193,21 @@ class ChatService:
             )
         request = chat.next_request(message)
         return request.to_anthropic(), chat.count_tokens(request)
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    def facts(self, user: User) -> list[Fact]:
+        return self.store.list_facts(user.id)  # type: ignore[attr-defined, no-any-return]
+
+    def add_fact(self, user: User, statement: str, subject: str | None) -> Fact:
+        fact = Fact(user_id=user.id, subject=(subject or "general").strip() or "general",
+                    statement=statement.strip(), origin="user")
+        return self.store.add_fact(fact)  # type: ignore[attr-defined, no-any-return]
+
+    def forget_fact(self, user: User, fact_id: str) -> None:
+        """Delete one of the caller's facts; another user's id is not found, like a bad id."""
+        if not self.store.forget_facts(user.id, [fact_id]):  # type: ignore[attr-defined]
+            raise FactNotFound(fact_id)
 
     # -- OpenAI-compatible ------------------------------------------------------------------------
 
@@ -270,3 +231,6 @@ class ChatService:
             # Created concurrently by another request: re-check whose it is.
             return self.owned(user, conversation_id)
 
+
+def _replayed(reply: Reply) -> bool:
+    return any(n.startswith(REPLAYED_NOTE) for n in reply.notes)

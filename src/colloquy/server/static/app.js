@@ -346,10 +346,11 @@
     state.user = me.user_id;
     localStorage.setItem(TOKEN_KEY, token);
     $("whoami").textContent = me.user_id;
-    $("signin").hidden = true;
-    $("app").hidden = false;
     await detectFeatures();
     await loadConversations();
+    // Show the app only once it is ready, so nothing typed early is wiped by the first render.
+    $("signin").hidden = true;
+    $("app").hidden = false;
     var wanted = decodeURIComponent(location.hash.slice(1));
     if (wanted) await openConversation(wanted); else newChat();
   }

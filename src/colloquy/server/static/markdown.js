@@ -9,7 +9,9 @@
 (function () {
   "use strict";
 
-  var INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+?\*\*)|(__[^_\n]+?__)|(\*[^*\s][^*\n]*?\*)|(_[^_\s][^_\n]*?_)|(\[[^\]\n]+\]\([^)\s]+\))/;
+  // `code`, **strong**, *em*, [label](url). Underscores are left alone: in chat they are far
+  // more often part of a name (snake_case, __init__) than emphasis.
+  var INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+?\*\*)|(\*[^*\s][^*\n]*?\*)|(\[[^\]\n]+\]\([^)\s]+\))/;
   var SAFE_URL = /^(https?:\/\/|mailto:)[^\s"'<>`]+$/i;
 
   function el(tag, text) {
@@ -30,11 +32,11 @@
       var token = m[0];
       if (m[1]) {
         parent.appendChild(el("code", token.slice(1, -1)));
-      } else if (m[2] || m[3]) {
+      } else if (m[2]) {
         var strong = el("strong");
         inline(strong, token.slice(2, -2), depth + 1);
         parent.appendChild(strong);
-      } else if (m[4] || m[5]) {
+      } else if (m[3]) {
         var em = el("em");
         inline(em, token.slice(1, -1), depth + 1);
         parent.appendChild(em);

@@ -1,0 +1,202 @@
+"""The web chat page in a real browser: Playwright driving Debian's chromium (never a browser of
+Playwright's own), headless, against a server started here on loopback with the echo model.
+
+In CI (``CI=true``) this test must run: a missing chromium is a failure, not a skip. Locally it
+skips only when no chromium is installed (``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colloquy import EchoModel, SQLiteStore
+from colloquy.memory.records import Fact
+from colloquy.server import create_app
+from colloquy.store.users import issue_token
+from server_helpers import serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+XSS = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>"
+
+
+def chromium_path() -> str:
+    path = os.environ.get("COLLOQUY_TEST_CHROMIUM") or shutil.which("chromium") \
+        or shutil.which("chromium-browser")
+    if path and Path(path).exists():
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI must run the browser test: install Debian's chromium and export "
+                    "COLLOQUY_TEST_CHROMIUM=/usr/bin/chromium")
+    pytest.skip("no chromium installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Site:
+    def __init__(self, url: str, store: SQLiteStore, token: str) -> None:
+        self.url, self.store, self.token = url, store, token
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    store = SQLiteStore(tmp_path / "web.db")
+    token = issue_token(store, "ada")
+    # A small delay between streamed words, so the page visibly streams.
+    app = create_app(store=store, model=EchoModel(delay=0.04), environ={}, rate_limit=None)
+    with serve_in_thread(app) as url:
+        yield Site(url, store, token)
+    store.close()
+
+
+def sign_in(page: Any, site: Site) -> None:
+    page.goto(site.url + "/")
+    page.fill("#token", site.token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("#app:not([hidden])")
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'input'")
+
+
+def send(page: Any, text: str) -> Any:
+    """Type and press Enter; wait for the reply's token line; return the reply element."""
+    before = page.locator(".message.assistant").count()
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+    reply = page.locator(".message.assistant").nth(before)
+    reply.locator(".turn-meta").filter(has_text="tokens").wait_for()
+    return reply
+
+
+def test_chat_in_the_browser(browser: Any, site: Site) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    # Sign in: a wrong token is refused, the right one opens the app with the input focused.
+    page.goto(site.url + "/")
+    page.fill("#token", "cq_wrong")
+    page.click("#signin-button")
+    page.locator("#signin-error").filter(has_text="not accepted").wait_for()
+    errors.clear()  # the refused sign-in logs its 401 to the console
+    page.fill("#token", site.token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("#app:not([hidden])")
+    assert page.inner_text("#whoami") == "ada"
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'input'")
+
+    # Send: the reply streams in (seen mid-stream), then shows its tokens and cost.
+    page.fill("#input", "Plan **a trip** to `Lisbon`")
+    page.press("#input", "Enter")
+    page.wait_for_function(
+        "() => { const m = document.querySelector('.message.assistant.streaming .body');"
+        " return m && m.textContent.length > 0 && m.textContent.length < 40; }")
+    reply = page.locator(".message.assistant").first
+    reply.locator(".turn-meta").filter(has_text="tokens").wait_for()
+    assert "last user text" in reply.locator(".body").inner_text()
+    assert "$0.000000" in reply.locator(".turn-meta").inner_text()
+    user = page.locator(".message.user").first
+    assert user.locator("strong").inner_text() == "a trip"
+    assert user.locator("code").inner_text() == "Lisbon"
+    page.locator(".conversation .title", has_text="Plan").wait_for()
+
+    # Markdown is rendered safely: markup from the user or the model stays text.
+    reply = send(page, XSS)
+    assert page.locator("#messages img, #messages script").count() == 0
+    assert page.evaluate("window.__xss") is None
+    assert "<img src=x" in page.locator(".message.user").nth(1).inner_text()
+    assert "<script>" in reply.locator(".body").inner_text()
+
+    # Shift+Enter is a new line, Enter sends.
+    page.fill("#input", "line one")
+    page.press("#input", "Shift+Enter")
+    page.type("#input", "line two")
+    assert page.input_value("#input") == "line one\nline two"
+    page.press("#input", "Enter")
+    page.locator(".message.assistant").nth(2).locator(".turn-meta").filter(has_text="tokens").wait_for()
+    assert page.locator(".message.user").nth(2).inner_text().splitlines()[-2:] == ["line one", "line two"]
+
+    # A second conversation; switching back shows the first one's history.
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+    send(page, "Second conversation here")
+    page.locator(".conversation").nth(1).wait_for()
+    assert page.locator(".conversation").count() == 2
+    page.locator(".conversation", has_text="Plan").click()
+    page.locator(".message.user", has_text="a trip").wait_for()
+    assert page.locator(".message.user").count() == 3
+
+    # Reload: still signed in, same conversation, history from the server.
+    page.reload()
+    page.locator(".message.user", has_text="a trip").wait_for()
+    assert page.locator(".message.assistant .turn-meta", has_text="tokens").count() == 3
+    assert "tokens" in page.inner_text("#session-cost")
+
+    # A second device (a fresh browser context) sees the same list.
+    other = browser.new_context(viewport={"width": 1000, "height": 700}).new_page()
+    sign_in(other, site)
+    other.locator(".conversation").nth(1).wait_for()
+    assert sorted(other.locator(".conversation .title").all_inner_texts()) == sorted(
+        page.locator(".conversation .title").all_inner_texts())
+    other.context.close()
+
+    # What the model remembers: facts listed, one added by hand, one forgotten.
+    site.store.add_fact(Fact(user_id="ada", subject="travel", statement="prefers trains to planes"))
+    page.click("#show-memory")
+    page.locator("#facts li", has_text="prefers trains to planes").wait_for()
+    page.fill("#fact-subject", "food")
+    page.fill("#fact-statement", "is vegetarian")
+    page.press("#fact-statement", "Enter")
+    page.locator("#facts li", has_text="is vegetarian").wait_for()
+    page.click("button[aria-label='Forget: prefers trains to planes']")
+    page.locator("#facts li", has_text="prefers trains").wait_for(state="detached")
+    assert [f.statement for f in site.store.list_facts("ada")] == ["is vegetarian"]
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-chat.png"))
+    if os.environ.get("COLLOQUY_UPDATE_SCREENSHOT") == "1":
+        page.screenshot(path=str(ROOT / "docs" / "screenshot-chat.png"))
+    assert errors == []
+    context.close()
+
+
+def test_phone_sized_screen(browser: Any, site: Site) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    sign_in(page, site)
+    send(page, "hello from a phone")
+    # Nothing overflows sideways; the sidebar is a drawer behind a toggle.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert not page.locator("#sidebar").is_visible()  # a drawer, closed until opened
+    page.click("#toggle-sidebar")
+    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().x >= 0")
+    page.locator(".conversation", has_text="hello from a phone").wait_for()
+    assert page.get_attribute("#toggle-sidebar", "aria-expanded") == "true"
+    page.locator(".conversation", has_text="hello from a phone").click()
+    page.wait_for_function("() => getComputedStyle(document.getElementById('sidebar')).visibility"
+                           " === 'hidden'")
+    box = page.locator("#send").bounding_box()
+    assert box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-phone.png"))
+    context.close()
