@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from colloquy import FunctionModel, ModelRequest
+from colloquy import FunctionModel, ModelRequest, Price, set_price
 from colloquy.evals import judge_reply
 
 FOOD = re.compile(r"\b(cook|recipe|dinner|lunch|soup|pasta|bake|bread|oven|salt|sauce|eat|"
@@ -30,6 +30,9 @@ FACTS = [
 ]
 ASKS = {"name": r"\bmy name\b", "allergy": r"\ballergic\b", "city": r"\bwhere do i live\b",
         "favourite": r"\bfavou?rite\b"}
+
+
+set_price("toy-", Price(input=0.0, output=0.0, cache_write=0.0, cache_read=0.0))  # offline: free
 
 
 def _facts(request: ModelRequest) -> dict[str, str]:
@@ -82,6 +85,9 @@ def _score(criterion: str, transcript: str) -> tuple[int, str]:
     replies = re.findall(r"\] assistant: (.*)", transcript)
     if not replies:
         return 1, "no replies"
+    parroted = sum(r.startswith("echo:") for r in replies) / len(replies)
+    if parroted > 0.5 and criterion in ("coherence", "helpfulness"):
+        return 1, "repeats the user's words back instead of answering"
     if criterion == "persona":
         in_voice = sum(bool(FOOD.search(r)) for r in replies) / len(replies)
         return (5 if in_voice > 0.7 else 3 if in_voice > 0.3 else 1), f"{in_voice:.0%} replies in the chef's voice"

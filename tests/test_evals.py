@@ -126,6 +126,7 @@ def test_policy_changes_recall_and_cost() -> None:
     # no judge: judged evaluators are errors (no score), never zeros
     s = window.cases[0].score("coherence")
     assert s is not None and s.score is None and "--judge" in (s.error or "")
+    assert window.summary["coherence"] is None and "n/a" in render_html(run)
 
 
 def test_scripted_leak_and_judge_garbage() -> None:

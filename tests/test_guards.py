@@ -274,7 +274,7 @@ def test_cli_chat_with_guards(tmp_path: Path) -> None:
                    "my email is a@b.com, give me a pasta recipe\n")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("Sorry, I can only help with cooking,recipes")
+    assert lines[0].startswith("Sorry, I can only help with cooking, recipes")
     assert "[email]" in lines[1] and "a@b.com" not in r.stdout
     assert "blocked by guard 'topic'" in r.stderr
     shown = _cli("sessions", "show", "g1", "--json", "--db", db)

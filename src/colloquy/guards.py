@@ -671,9 +671,10 @@ def guard_from_spec(spec: str, *, judge: Any = None) -> Guard:
     kind = kind.strip().lower()
     arg = arg.strip().strip("\"'")
     if kind == "topic":
-        if not arg:
+        topics = ", ".join(t.strip() for t in arg.split(",") if t.strip())
+        if not topics:
             raise ConfigError("--guard topic needs topics: --guard topic:\"cooking,recipes\"")
-        return guard_from_config({"type": "topic", "topics": arg}, judge=judge)
+        return guard_from_config({"type": "topic", "topics": topics}, judge=judge)
     if kind == "pii":
         kinds = [k.strip() for k in arg.split(",") if k.strip()] or list(PII_KINDS)
         return guard_from_config({"type": "pii", "kinds": kinds})

@@ -20,8 +20,8 @@ th{background:#f9fafb;font-weight:600}td.num{text-align:right;font-variant-numer
 .good{background:#dcfce7}.mid{background:#fef9c3}.bad{background:#fee2e2}.na{color:#9ca3af}
 .banner{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
 .banner.reg{background:#fee2e2;color:#991b1b}.banner.ok{background:#dcfce7;color:#166534}
-.charts{display:flex;gap:16px;flex-wrap:wrap}.chart{border:1px solid #e5e7eb;border-radius:6px;
-padding:8px}details{margin:4px 0}summary{cursor:pointer}.turn{margin:2px 0 2px 12px}
+.charts{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}.chart{border:1px solid
+#e5e7eb;border-radius:6px;padding:8px;flex:0 0 auto}.legend{max-width:620px;font-size:12px}details{margin:4px 0}summary{cursor:pointer}.turn{margin:2px 0 2px 12px}
 .u{color:#1d4ed8}.a{color:#374151}.err{color:#b91c1c}small{color:#6b7280}
 """
 
@@ -40,7 +40,7 @@ def evaluator_names(run: EvalRun) -> list[str]:
     return list(dict.fromkeys(k for r in run.runs for k in r.summary))
 
 
-def bar_chart(run: EvalRun, width: int = 640, height: int = 300) -> str:
+def bar_chart(run: EvalRun, width: int = 620, height: int = 300) -> str:
     """Grouped bars: one group per evaluator, one bar per model x policy run; y is 0..1."""
     names = evaluator_names(run)
     left, bottom, top, right = 40, 40, 16, 10
@@ -59,13 +59,13 @@ def bar_chart(run: EvalRun, width: int = 640, height: int = 300) -> str:
         x0 = left + g * group_w + (group_w - bar_w * n_runs) / 2
         for r, res in enumerate(run.runs):
             v = res.summary.get(name)
-            h = max(plot_h * v, 1.5)  # a zero still shows as a line
             x = x0 + r * bar_w
             color = PALETTE[r % len(PALETTE)]
             if v is None:
                 parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - 4:.1f}" '
                              f'font-size="10" text-anchor="middle" fill="#9ca3af">n/a</text>')
                 continue
+            h = max(plot_h * v, 1.5)  # a zero still shows as a line
             parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" '
                          f'height="{h:.1f}" fill="{color}"><title>{escape(res.label)} · '
                          f'{escape(name)}: {v:.2f}</title></rect>')
@@ -73,6 +73,14 @@ def bar_chart(run: EvalRun, width: int = 640, height: int = 300) -> str:
                      f'font-size="12" text-anchor="middle">{escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _nice(x: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above ``x`` (tidy axis ends)."""
+    import math
+
+    base = 10 ** math.floor(math.log10(x))
+    return next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= x)
 
 
 def _cost_axis(runs: list[RunResult]) -> tuple[str, list[float]]:
@@ -87,7 +95,7 @@ def scatter(run: EvalRun, width: int = 400, height: int = 300) -> str:
     left, bottom, top, right = 48, 44, 16, 16
     plot_w, plot_h = width - left - right, height - top - bottom
     label, xs = _cost_axis(run.runs)
-    x_max = max(xs) * 1.1 if xs and max(xs) > 0 else 1.0
+    x_max = _nice(max(xs) * 1.05) if xs and max(xs) > 0 else 1.0
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'role="img" aria-label="cost vs recall">',
              f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
@@ -96,9 +104,9 @@ def scatter(run: EvalRun, width: int = 400, height: int = 300) -> str:
         y = top + plot_h - plot_h * i / 5
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" '
                      f'fill="#6b7280">{i / 5:.1f}</text>')
-    for i in range(5):
-        x = left + plot_w * i / 4
-        v = x_max * i / 4
+    for i in range(6):
+        x = left + plot_w * i / 5
+        v = x_max * i / 5
         txt = f"{v:.2g}" if v < 10 else f"{v:,.0f}" if v < 1000 else f"{v / 1000:.1f}k"
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 14}" font-size="10" '
                      f'text-anchor="middle" fill="#6b7280">{txt}</text>')
@@ -120,9 +128,9 @@ def scatter(run: EvalRun, width: int = 400, height: int = 300) -> str:
 
 def _legend(run: EvalRun) -> str:
     return " ".join(
-        f'<span style="display:inline-block;width:10px;height:10px;background:'
-        f'{PALETTE[i % len(PALETTE)]};margin:0 4px 0 10px"></span>{escape(r.label)}'
-        for i, r in enumerate(run.runs))
+        f'<span style="white-space:nowrap"><span style="display:inline-block;width:10px;'
+        f'height:10px;background:{PALETTE[i % len(PALETTE)]};margin:0 4px 0 10px"></span>'
+        f'{escape(r.label)}</span>' for i, r in enumerate(run.runs))
 
 
 def _summary_table(run: EvalRun) -> str:
@@ -152,11 +160,16 @@ def _comparison(run: EvalRun) -> str:
     else:
         banner = (f'<div class="banner ok">No regression against run {escape(c.previous_id)} '
                   f"(tolerance {c.tolerance})</div>")
+    shown = [ch for ch in c.changes if ch.regression or ch.delta != 0]
     rows = "".join(
-        f"<tr class='{'bad' if ch.regression else ''}'><td>{escape(ch.label)}</td>"
+        f"<tr class='{'bad' if ch.regression else 'good' if (ch.delta or 0) > 0 else ''}'>"
+        f"<td>{escape(ch.label)}</td>"
         f"<td>{escape(ch.evaluator)}</td><td class='num'>{_fmt(ch.before)}</td>"
         f"<td class='num'>{_fmt(ch.after)}</td><td class='num'>"
-        f"{'–' if ch.delta is None else f'{ch.delta:+.2f}'}</td></tr>" for ch in c.changes)
+        f"{'–' if ch.delta is None else f'{ch.delta:+.2f}'}</td></tr>" for ch in shown)
+    if len(shown) < len(c.changes):
+        rows += (f"<tr><td colspan='5' class='na'>{len(c.changes) - len(shown)} score(s) "
+                 "unchanged</td></tr>")
     fails = "".join(f"<li>{escape(f.label)} · {escape(f.case_id)} · {escape(f.evaluator)}: "
                     f"passed before, fails now</li>" for f in c.newly_failing)
     return (f"<h2>Compared with {escape(c.previous_id)}</h2>{banner}<table><tr><th>model · policy"
@@ -206,8 +219,9 @@ def render_html(run: EvalRun) -> str:
 <h2>Scores</h2>
 {_summary_table(run)}
 <div class="charts">
-<div class="chart"><b>Score per evaluator and policy</b><br>{bar_chart(run)}<div>{_legend(run)}</div></div>
-<div class="chart"><b>Cost vs recall</b><br>{scatter(run)}</div>
+<div class="chart"><b>Score per evaluator and policy</b><br>{bar_chart(run)}<div class="legend">{_legend(run)}</div></div>
+<div class="chart"><b>Cost vs recall</b> <small>(colours as in the bar chart)</small><br>
+{scatter(run)}</div>
 </div>
 <h2>Cases</h2>
 {_cases(run)}
