@@ -23,7 +23,7 @@ from colloquy.rights import (
     export_user,
     import_user,
     parse_age,
-    purge,
+    purge_conversations,
     register_user_table,
     user_tables,
 )
@@ -218,7 +218,7 @@ def test_purge_drops_idle_conversations_with_their_derived_rows(store: Store) ->
     new.send("a fresh one")
     a, b = store.get_conversation("c_old").updated_at, store.get_conversation("c_new").updated_at
     now = b + 1.0
-    report = purge(store, older_than=now - (a + b) / 2, now=now)
+    report = purge_conversations(store, older_than=now - (a + b) / 2, now=now)
     assert report.conversations == 1 and report.rows["messages"] == 2
     assert store.find_conversation("c_old") is None and store.find_conversation("c_new")
     assert store.list_summaries("c_old") == []

@@ -65,6 +65,7 @@ from .models import (
     tool_call,
 )
 from .store import Conversation, MemoryStore, SQLiteStore, Store, open_store
+from .rights import delete_user, export_user, import_user, purge_conversations
 from .tokens import TokenCounter
 from .tools import Tool, tool
 from .usage import Price, Usage, cost_of, set_price
@@ -104,6 +105,7 @@ __all__ = [
     "ModelResponse",
     "OverloadedError",
     "PIIRedactor",
+    "PostgresStore",
     "Price",
     "RateLimitError",
     "Reply",
@@ -127,10 +129,23 @@ __all__ = [
     "Verdict",
     "as_guard",
     "cost_of",
+    "delete_user",
+    "export_user",
     "get_model",
+    "import_user",
     "open_store",
+    "purge_conversations",
     "set_price",
     "to_openai_messages",
     "tool",
     "tool_call",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``PostgresStore`` is imported on first use: it needs the postgres extra (psycopg)."""
+    if name == "PostgresStore":
+        from .store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'colloquy' has no attribute {name!r}")

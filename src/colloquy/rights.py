@@ -370,7 +370,7 @@ def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteRepo
     return report
 
 
-def purge(store: Store, older_than: float, *, now: float | None = None, erase: bool = True) -> DeleteReport:
+def purge_conversations(store: Store, older_than: float, *, now: float | None = None, erase: bool = True) -> DeleteReport:
     """Delete every conversation with no activity for ``older_than`` seconds, with everything
     derived from it (messages, summaries, cursors, indexes). Facts stay with their user."""
     cutoff = (time.time() if now is None else now) - older_than
@@ -455,6 +455,21 @@ def erase_deleted(store: Store, tables: Sequence[str], report: DeleteReport | No
         report.erasure.extend(done)
     return done
 
+
+__all__ = [
+    "DeleteReport",
+    "ImportReport",
+    "UserTable",
+    "delete_user",
+    "discover_tables",
+    "erase_deleted",
+    "export_user",
+    "import_user",
+    "parse_age",
+    "purge_conversations",
+    "register_user_table",
+    "user_tables",
+]
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 86400.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
-from .rights import DeleteReport, delete_user, export_user, import_user, parse_age, purge
+from .rights import (
+    DeleteReport,
+    delete_user,
+    export_user,
+    import_user,
+    parse_age,
+    purge_conversations,
+)
 from .store import open_store
 
 AddDb = Callable[[argparse.ArgumentParser], None]
@@ -78,7 +85,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{len(stale)} conversations idle for more than {args.older_than} "
                          "(dry run: nothing deleted)\n")
         return 0
-    report = purge(store, age, erase=not args.keep_bytes)
+    report = purge_conversations(store, age, erase=not args.keep_bytes)
     sys.stderr.write(f"purged {_summary(report)}\n")
     return 0
 
