@@ -469,3 +469,39 @@ def test_facts_reach_the_model_through_the_memory_policy(store: SQLiteStore) -> 
     assert r.status_code == 200
     sent = json.dumps(env.model.last_request.to_anthropic())
     assert "allergic to peanuts" in sent and "jazz" not in sent
+
+
+# -- the caller's own data -----------------------------------------------------------------------------
+
+
+def test_export_holds_the_callers_data_and_nobody_elses(env: Env) -> None:
+    ada_conv = env.new(title="ada's")
+    env.say(ada_conv, "ada's unique words 7781")
+    bob_conv = env.new("bob")
+    env.say(bob_conv, "bob's unique words 9923", who="bob")
+    env.client.post("/v1/memory", json={"statement": "ada likes rain"}, headers=env.as_("ada"))
+    r = env.client.get("/v1/me/export", headers=env.as_("ada"))
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    data = r.json()
+    assert data["user_id"] == "ada"
+    assert [s["conversation"]["id"] for s in data["sessions"]] == [ada_conv]
+    assert "7781" in r.text and "ada likes rain" in r.text
+    assert "9923" not in r.text and bob_conv not in r.text and env.ada not in r.text
+
+
+def test_delete_me_removes_the_callers_data_and_account_only(env: Env) -> None:
+    ada_conv = env.new()
+    env.say(ada_conv, "forget me 4471")
+    env.client.post("/v1/memory", json={"statement": "ada likes rain"}, headers=env.as_("ada"))
+    bob_conv = env.new("bob")
+    env.say(bob_conv, "keep me", who="bob")
+    r = env.client.delete("/v1/me", headers=env.as_("ada"))
+    assert r.status_code == 200
+    report = r.json()
+    assert report["user_id"] == "ada" and report["conversations"] == 1
+    assert report["rows"]["messages"] == 2 and report["rows"]["users"] == 1
+    assert env.store.find_conversation(ada_conv) is None and env.store.list_facts("ada") == []
+    # The account went too: the token is refused; bob is untouched.
+    assert env.client.get("/v1/conversations", headers=env.as_("ada")).status_code == 401
+    assert [m.message.text for m in env.store.load(bob_conv)][0] == "keep me"
+    assert env.client.get("/v1/me", headers=env.as_("bob")).json() == {"user_id": "bob"}

@@ -7,6 +7,7 @@ skips only when no chromium is installed (``apt-get install chromium``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -176,6 +177,25 @@ def test_chat_in_the_browser(browser: Any, site: Site) -> None:
     if os.environ.get("COLLOQUY_UPDATE_SCREENSHOT") == "1":
         page.screenshot(path=str(ROOT / "docs" / "screenshot-chat.png"))
     assert errors == []
+    # Export my data: a JSON download of everything held about the user.
+    with page.expect_download() as download:
+        page.click("#export-data")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["user_id"] == "ada" and len(exported["sessions"]) == 2
+    assert "is vegetarian" in json.dumps(exported)
+
+    # Delete my data: a confirmation that must be typed, then everything (and the token) is gone.
+    page.click("#delete-data")
+    assert page.locator("#confirm-ok").is_disabled()
+    page.fill("#confirm-input", "delete")
+    page.click("#confirm-ok")
+    page.locator("#signin-error", has_text="All your data was deleted").wait_for()
+    assert site.store.list_conversations(user_id="ada") == []
+    assert site.store.list_facts("ada") == []
+    page.fill("#token", site.token)
+    page.press("#token", "Enter")
+    page.locator("#signin-error", has_text="not accepted").wait_for()
+    assert [e for e in errors if "401" not in e] == []
     context.close()
 
 

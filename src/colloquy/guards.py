@@ -475,22 +475,49 @@ def _keywords(text: str) -> set[str]:
     return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
 
 
-def default_embedder() -> Callable[[list[str]], list[list[float]]] | None:
-    """The embedding function of ``colloquy[embeddings]`` when it is installed, else None."""
-    try:
-        from . import embeddings  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    for name in ("default_embedder", "get_embedder"):
-        factory = getattr(embeddings, name, None)
-        if callable(factory):
-            try:
-                emb = factory()
-            except Exception:  # noqa: BLE001 - the extra's backend is not usable here
+class SentenceEmbedder:
+    """The sentence-embedding model of ``colloquy[embeddings]`` (shared with dense recall),
+    loaded in a background thread: loading takes seconds, so until it is ready the topic guard
+    judges by keywords instead of holding the turn."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._model: Any = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._load, name="topic-embedder", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            from .context.recall import sentence_model
+
+            self._model = sentence_model()
+        except Exception as e:  # noqa: BLE001 - reported by ready()/error, never raised
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self._ready.set()
+
+    def ready(self, wait: float | None = 0) -> bool:
+        return self._ready.wait(wait) and self._model is not None
+
+    def __call__(self, texts: list[str]) -> list[list[float]]:
+        if not self.ready(None):
+            raise RuntimeError(f"the embedding model could not be loaded: {self.error}")
+        return self._model.encode(list(texts), normalize_embeddings=True,
+                                  show_progress_bar=False).tolist()
+
+
+def default_embedder() -> SentenceEmbedder | None:
+    """A :class:`SentenceEmbedder` when ``colloquy[embeddings]`` is installed, else None (checked
+    without importing it, so this is cheap)."""
+    import importlib.util
+
+    for module in ("sentence_transformers", "colloquy.context.recall"):
+        try:
+            if importlib.util.find_spec(module) is None:
                 return None
-            fn = getattr(emb, "embed", emb)
-            return fn if callable(fn) else None
-    return None
+        except (ImportError, ValueError):
+            return None
+    return SentenceEmbedder()
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -510,7 +537,7 @@ class TopicGuard(Guard):
         ``embeddings``  cosine similarity of the message to the topic description, above
                         ``threshold`` (``embed`` or ``colloquy[embeddings]``)
         ``keywords``    the message shares a word with the topics (offline, crude)
-        ``auto``        embeddings when available, else the judge model when given, else keywords
+        ``auto``        the judge model when given, else embeddings when available, else keywords
     """
 
     name = "topic"
@@ -522,7 +549,7 @@ class TopicGuard(Guard):
         method: Literal["auto", "model", "embeddings", "keywords"] = "auto",
         judge: Any = None,
         embed: Callable[[list[str]], list[list[float]]] | None = None,
-        threshold: float = 0.3,
+        threshold: float = 0.2,
         steer: str | None = None,
         short_ok: int = 3,
         on_error: OnError = "open",
@@ -531,9 +558,12 @@ class TopicGuard(Guard):
         if not topics.strip():
             raise ConfigError("topic guard: describe the allowed topics")
         self.topics = topics.strip()
-        if method == "auto":
-            embed = embed or default_embedder()
-            method = "embeddings" if embed else ("model" if judge is not None else "keywords")
+        if method == "auto":  # a judge given is a judge wanted; else embeddings when installed
+            if judge is not None:
+                method = "model"
+            else:
+                embed = embed or default_embedder()
+                method = "embeddings" if embed else "keywords"
         if method == "embeddings":
             embed = embed or default_embedder()
             if embed is None:
@@ -574,6 +604,10 @@ class TopicGuard(Guard):
 
     def _by_embeddings(self, text: str, ctx: GuardContext) -> tuple[bool, str]:
         assert self.embed is not None
+        if isinstance(self.embed, SentenceEmbedder) and not self.embed.ready():
+            on_topic, why = self._by_keywords(text, ctx)
+            state = f"failed: {self.embed.error}" if self.embed.error else "still loading"
+            return on_topic, f"embedding model {state}; by keywords: {why}"
         with self._lock:
             if self._topic_vec is None:
                 self._topic_vec = list(self.embed([self.topics])[0])
@@ -752,6 +786,7 @@ __all__ = [
     "GuardSet",
     "LengthGuard",
     "PIIRedactor",
+    "SentenceEmbedder",
     "TopicGuard",
     "Verdict",
     "as_guard",

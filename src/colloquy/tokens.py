@@ -10,6 +10,7 @@ count_tokens endpoint).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -29,6 +30,7 @@ REQUEST_OVERHEAD = 8
 IMAGE_TOKENS = 1_600
 
 
+@functools.lru_cache(maxsize=4_096)
 def estimate_text(text: str) -> int:
     """Rough BPE token count: most words are one token, long words and symbols cost more.
 
@@ -60,8 +62,25 @@ def estimate_tools(tools: Sequence[Any]) -> int:
     return sum(estimate_text(json.dumps(t.to_anthropic())) for t in tools)
 
 
+_MEMO: dict[int, tuple[Message, int]] = {}
+_MEMO_MAX = 8_192
+
+
 def estimate_message(message: Message) -> int:
-    return MESSAGE_OVERHEAD + sum(estimate_block(b) for b in message.content)
+    """Raw token estimate of one message, memoised by identity.
+
+    Messages are frozen values and the engine keeps the same objects in its log from turn to
+    turn, so a window of 40 messages is estimated once, not on every turn. The memo holds the
+    message itself, so an id is never reused for another object while its entry lives.
+    """
+    hit = _MEMO.get(id(message))
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    value = MESSAGE_OVERHEAD + sum(estimate_block(b) for b in message.content)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[id(message)] = (message, value)
+    return value
 
 
 class TokenCounter:

@@ -24,11 +24,26 @@ from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock
 INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
 
 
+def _plainly_valid(messages: Sequence[Message]) -> bool:
+    """The common case, checked in one cheap pass: text only, user first, roles alternating."""
+    expected = "user"
+    for m in messages:
+        if m.role != expected or not m.content:
+            return False
+        for b in m.content:
+            if type(b) is not TextBlock or not b.text.strip():
+                return False
+        expected = "assistant" if expected == "user" else "user"
+    return bool(messages)
+
+
 def problems(messages: Sequence[Message]) -> list[str]:
     """Every rule the message list breaks, as readable sentences (empty if valid)."""
     out: list[str] = []
     if not messages:
         return ["the request has no messages"]
+    if _plainly_valid(messages):
+        return out
     if messages[0].role != "user":
         out.append("the first message is not from the user")
     for i, m in enumerate(messages):
@@ -136,6 +151,8 @@ def repair(
     """
     msgs = list(messages)
     srcs = [list(s) for s in sources] if sources is not None else [[] for _ in msgs]
+    if _plainly_valid(msgs):
+        return msgs, srcs, []
     notes: list[str] = []
     changed = True
     while changed:  # each round removes something, so this ends

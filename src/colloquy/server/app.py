@@ -35,6 +35,7 @@ from .schemas import (
     ConversationList,
     ConversationOut,
     ConversationPatch,
+    DeleteOut,
     ErrorBody,
     FactCreate,
     FactList,
@@ -298,6 +299,22 @@ def create_app(
     ) -> ContextOut:
         request, tokens = service.context(user, conversation_id, message)
         return ContextOut(request=request, input_tokens=tokens)
+
+    @api.get("/me/export", summary="everything held about the caller, as JSON",
+             response_description="the colloquy.user-export document (what `colloquy users "
+             "import` restores)")
+    def export_me(user: CurrentUser) -> JSONResponse:
+        return JSONResponse(service.export(user), headers={
+            "Content-Disposition": f'attachment; filename="colloquy-{user.id}.json"',
+            "Cache-Control": "no-store"})
+
+    @api.delete("/me", response_model=DeleteOut,
+                summary="delete every conversation, message and fact of the caller, and the "
+                "caller's account (the token stops working)")
+    def delete_me(user: CurrentUser) -> DeleteOut:
+        report = service.delete_me(user)
+        return DeleteOut(user_id=user.id, conversations=report.conversations, rows=report.rows,
+                         erasure=report.erasure)
 
     FACT_NOT_FOUND: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorBody, "description": "no such fact (or not yours)"}}

@@ -157,6 +157,17 @@ class FactList(BaseModel):
     facts: list[FactOut]
 
 
+class DeleteOut(BaseModel):
+    """What ``DELETE /v1/me`` removed; the caller's token no longer works afterwards."""
+
+    user_id: str
+    conversations: int
+    #: Rows deleted per table.
+    rows: dict[str, int]
+    #: How the deleted bytes were erased from the database files.
+    erasure: list[str]
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str

@@ -28,6 +28,7 @@ from ..memory.records import Fact
 from ..errors import ConversationNotFound, StoreError
 from ..messages import StoredMessage
 from ..models import Model, get_model
+from ..rights import DeleteReport, delete_user, export_user
 from ..store import Conversation, Store
 from ..store.memory_records import FactNotFound
 from ..store.users import User
@@ -208,6 +209,17 @@ class ChatService:
         """Delete one of the caller's facts; another user's id is not found, like a bad id."""
         if not self.store.forget_facts(user.id, [fact_id]):  # type: ignore[attr-defined]
             raise FactNotFound(fact_id)
+
+    # -- the caller's own data ----------------------------------------------------------------
+
+    def export(self, user: User) -> dict[str, Any]:
+        """Everything held about the caller (colloquy.rights.export_user)."""
+        return export_user(self.store, user.id)
+
+    def delete_me(self, user: User) -> DeleteReport:
+        """Delete every row about the caller, their user record (and so their token) included,
+        and erase the bytes (colloquy.rights.delete_user)."""
+        return delete_user(self.store, user.id)
 
     # -- OpenAI-compatible ------------------------------------------------------------------------
 

@@ -319,12 +319,26 @@
   async function onDeleteDialogClose() {
     if ($("confirm-delete").returnValue !== "delete") return;
     try {
-      await api("DELETE", "/v1/me");
-      newChat();
-      await loadConversations();
-      if (!$("memory").hidden) await loadFacts();
-      showError("chat-error", "");
-      $("session-cost").textContent = "All your data was deleted.";
+      var report = await api("DELETE", "/v1/me");
+      // The account went with the data: the token no longer works.
+      history.replaceState(null, "", location.pathname);
+      $("memory").hidden = true;
+      signOut("All your data was deleted (" + report.conversations + " conversations).");
+    } catch (e) { showError("chat-error", e.message); }
+  }
+
+  async function exportData() {
+    try {
+      var r = await fetch("/v1/me/export", { headers: { "Authorization": "Bearer " + state.token } });
+      if (!r.ok) throw new ApiError(r.status, "http_error", "export failed: HTTP " + r.status);
+      var url = URL.createObjectURL(await r.blob());
+      var a = document.createElement("a");
+      a.href = url;
+      a.download = "colloquy-" + state.user + ".json";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
     } catch (e) { showError("chat-error", e.message); }
   }
 
@@ -335,9 +349,11 @@
       var doc = await (await fetch("/openapi.json")).json();
       state.features.memory = !!doc.paths["/v1/memory"];
       state.features.deleteMe = !!(doc.paths["/v1/me"] && doc.paths["/v1/me"]["delete"]);
+      state.features.exportMe = !!doc.paths["/v1/me/export"];
     } catch (e) { /* optional features stay hidden */ }
     $("show-memory").hidden = !state.features.memory;
     $("delete-data").hidden = !state.features.deleteMe;
+    $("export-data").hidden = !state.features.exportMe;
   }
 
   async function signIn(token) {
@@ -402,6 +418,7 @@
       } catch (e) { showError("chat-error", e.message); }
     });
     $("delete-data").addEventListener("click", askDeleteData);
+    $("export-data").addEventListener("click", exportData);
     $("confirm-input").addEventListener("input", function () {
       $("confirm-ok").disabled = $("confirm-input").value.trim().toLowerCase() !== "delete";
     });
