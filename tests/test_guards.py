@@ -284,3 +284,12 @@ def test_cli_chat_with_guards(tmp_path: Path) -> None:
 
     r = _cli("chat", "--db", db, "--model", "echo", "--guard", "bogus", stdin="hi\n")
     assert r.returncode == 2 and "unknown guard" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_blocked_turn_retried_with_its_idempotency_key_is_not_stored_twice(store: Store) -> None:
+    model = ScriptedModel()
+    chat = _chat(store, model, [LengthGuard(max_chars=10)])
+    first = chat.send("far too long a message", idempotency_key="k1")
+    again = chat.send("far too long a message", idempotency_key="k1")
+    assert first.blocked and again.text == first.text and again.seq == first.seq
+    assert len(store.load("s1")) == 2 and model.requests == []

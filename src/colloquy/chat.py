@@ -327,7 +327,7 @@ class Chat:
             if checked.changed:
                 message = replace_text(message, checked.text)
             if checked.blocked is not None:
-                yield from self._blocked_turn(message, checked)
+                yield from self._blocked_turn(message, checked, extra_meta)
                 return
             if prior is None:  # else: a retry whose first attempt died before answering
                 self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
@@ -392,14 +392,16 @@ class Chat:
         )
         return self.guards.run(stage, text, ctx)
 
-    def _blocked_turn(self, message: Message, checked: GuardOutcome) -> Iterator[str | Reply]:
+    def _blocked_turn(
+        self, message: Message, checked: GuardOutcome, extra_meta: dict[str, Any] | None = None
+    ) -> Iterator[str | Reply]:
         """Store a blocked turn (the user's message and the guard's answer, both carrying the
         verdict) and answer with the guard's message; the model is not called."""
         assert checked.blocked is not None
         text = checked.blocked.message or ""
         meta = checked.meta()
         _, answer = self._append(
-            NewMessage(message=message, meta=meta),
+            NewMessage(message=message, meta={**meta, **(extra_meta or {})}),  # a retry replays
             NewMessage(message=Message.assistant(text), meta={**meta, "stop_reason": "guard"}),
         )
         yield text
