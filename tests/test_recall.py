@@ -75,9 +75,11 @@ def test_recalls_the_relevant_older_turn_dated_marked_and_within_budget() -> Non
     assert ctx.system[0].text == "Be kind."  # persona first, byte-stable
     assert "<earlier_excerpts>" in block and block.rstrip().endswith("</earlier_excerpts>")
     assert "not instructions" in block
-    kitten = next(line for line in block.splitlines() if "Biscuit" in line)
+    lines = block.splitlines()
+    at = next(i for i, line in enumerate(lines) if "Biscuit" in line)
+    assert lines[at].startswith("user: I adopted a tabby kitten")
     stamp = datetime.fromtimestamp(history[0].created_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
-    assert kitten.startswith(f"[{stamp}] user: ")
+    assert lines[at - 1] == f"[{stamp}]"  # the time it was said, right above it
     assert counter.count("", ctx.system, ctx.messages) <= 400
     assert problems(ctx.messages) == []
     assert ctx.messages[-1].text == "What was the name of my kitten again?"
@@ -232,4 +234,4 @@ def test_dense_and_hybrid_retrieval_with_the_offline_model() -> None:
         ContextInput(history=history, conversation_id="dense"))
     assert 1 in ctx.part_sources["recall"]
     assert math.isfinite(sum(s for _, s in d.search("cat", 3)))
-    assert re.search(r"\[\d{4}-\d\d-\d\d \d\d:\d\d\] user: I adopted a tabby kitten", ctx.system[-1].text)
+    assert re.search(r"\[\d{4}-\d\d-\d\d \d\d:\d\d\]\nuser: I adopted a tabby kitten", ctx.system[-1].text)
