@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "length[:N], hook:module:function (repeatable; see docs/quality.md)")
     p.add_argument("--guards", metavar="FILE", help="guards and persona from a TOML/JSON file")
     p.add_argument("--guard-model", metavar="M",
-                   help="model that judges the topic guard (default: keyword match offline)")
+                   help="model that judges the topic guard (default: embeddings when "
+                   "colloquy[embeddings] is installed, else keyword match)")
     _add_db(p)
     p.set_defaults(func=cmd_chat)
 
