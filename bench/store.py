@@ -110,7 +110,7 @@ def main() -> int:
         for sync in (True, False):
             for n in counts:
                 schema = f"bench_{uuid.uuid4().hex[:10]}"
-                store = PostgresStore(args.postgres, schema=schema, max_size=2 * n + 4,
+                store = PostgresStore(args.postgres, schema=schema, max_size=n + 4,
                                       synchronous_commit=sync)
                 name = "postgres" if sync else "postgres*"
                 try:

@@ -144,3 +144,32 @@ def test_cli_chats_on_postgres_and_resumes_in_another_process(url: str, schema: 
         assert conv.id == "c_cli" and conv.title == "plan a trip to Porto" and conv.last_seq == 4
     finally:
         store.close()
+
+
+def test_more_concurrent_turns_than_pooled_connections(url: str, schema: str) -> None:
+    """Turn locks hold their own connections, so lock holders never starve the writes."""
+    from colloquy.messages import Message
+    from colloquy.store import NewMessage
+
+    store = PostgresStore(url, schema=schema, max_size=2)
+    errors: list[BaseException] = []
+
+    def turn(i: int) -> None:
+        try:
+            store.create_conversation(id=f"c_{i}")
+            with store.lock(f"c_{i}", timeout=20):
+                store.append(f"c_{i}", [NewMessage(message=Message.user("q"))])
+                store.load(f"c_{i}")
+                store.append(f"c_{i}", [NewMessage(message=Message.assistant("a"))])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=turn, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [] and all(len(store.load(f"c_{i}")) == 2 for i in range(6))
+    finally:
+        store.close()

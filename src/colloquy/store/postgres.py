@@ -138,8 +138,15 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
             url, min_size=min_size, max_size=max_size, open=False, name="colloquy",
             kwargs={"autocommit": True}, configure=self._configure,
         )
+        # Turn locks are held for a whole turn (model call included) on connections of their
+        # own, so many concurrent turns can never starve the pool the turns write through.
+        self.lock_pool: ConnectionPool[Any] = ConnectionPool(
+            url, min_size=0, max_size=max_size, open=False, name="colloquy-locks",
+            kwargs={"autocommit": True},
+        )
         try:
             self.pool.open(wait=True, timeout=connect_timeout)
+            self.lock_pool.open()
         except PoolTimeout as e:  # pragma: no cover - the direct connect above succeeded
             self.pool.close()
             raise StoreError(f"cannot open a connection pool to {redact(url)}: {e}") from e
@@ -180,6 +187,7 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
             raise StoreError(f"PostgreSQL failed: {e}") from e
 
     def close(self) -> None:
+        self.lock_pool.close()
         self.pool.close()
 
     # -- conversations -------------------------------------------------------------------------
@@ -322,7 +330,7 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
         connection) until the block ends; :class:`ConversationBusy` after ``timeout``."""
         key = lock_key(conversation_id, f"colloquy:{self.schema or ''}")
         try:
-            conn = self.pool.getconn(timeout=timeout)
+            conn = self.lock_pool.getconn(timeout=timeout)
         except PoolTimeout as e:
             raise ConversationBusy(conversation_id, timeout) from e
         try:
@@ -335,11 +343,11 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
                 finally:
                     conn.execute("SELECT set_config('lock_timeout', '0', false)")
         except psycopg.errors.LockNotAvailable as e:
-            self.pool.putconn(conn)
+            self.lock_pool.putconn(conn)
             raise ConversationBusy(conversation_id, timeout) from e
         except BaseException:
             conn.close()
-            self.pool.putconn(conn)
+            self.lock_pool.putconn(conn)
             raise
         try:
             yield
@@ -348,7 +356,7 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
             except psycopg.Error:
                 conn.close()  # never hand back a connection that may still hold the lock
-            self.pool.putconn(conn)
+            self.lock_pool.putconn(conn)
 
     def find_by_idempotency_key(self, conversation_id: str, key: str) -> StoredMessage | None:
         """The message stored with this idempotency key in this conversation, if any."""
