@@ -240,3 +240,47 @@ def test_memory_composite_in_a_chat_end_to_end(counter: TokenCounter) -> None:
     texts = [b.text for b in echo.last_request.system]
     assert texts[1].startswith("<user_facts>") and texts[2].startswith("<conversation_summary")
     assert store.list_summaries("s")
+
+
+def test_unused_allowance_passes_down_the_priority_order() -> None:
+    counter = TokenCounter()
+    history = stored(conversation(20, 7, tools=False))
+    inp = ContextInput(history=history, system=PERSONA, counter=counter)
+    empty, recall = Filler("facts", size=0), Filler("recall")
+    ComposedPolicy(2000, parts=[empty, recall], recent=RecentTurns(turns=1),
+                   caps={"facts": 300, "recent": 100, "recall": 400}).build(inp)
+    # recall gets its own 400, the 300 facts left, and the 100 of a window that could not grow
+    # past the newest turn (which is always there, outside any allowance).
+    assert recall.calls[-1][1] == 800
+
+
+def test_named_policies_and_config() -> None:
+    from colloquy.context import make_policy
+    from colloquy.context.policies import FullHistory, RollingWindow, TokenBudget
+    from colloquy.context.presets import PRESETS, preset
+
+    assert isinstance(make_policy("window", window=3), RollingWindow)
+    assert isinstance(make_policy("budget", max_input_tokens=500), TokenBudget)
+    assert isinstance(make_policy("full"), FullHistory)
+    memory = make_policy("memory", max_input_tokens=3000, chat_model="echo")
+    assert isinstance(memory, ComposedPolicy) and memory.max_input_tokens == 3000
+    assert [p.name for p in memory.parts] == ["facts", "summary", "recall"]
+    assert memory.stages == ["facts", "recent", "summary", "recall", "window"]
+    assert len(memory.transforms) == 1  # tool-output pruning
+    summary = memory.parts[1]
+    assert isinstance(summary, SummaryPart) and summary.summariser.model_name == "offline-summariser"
+    real = make_policy("summary", chat_model="claude-sonnet-4-6")
+    assert real.parts[0].summariser.model_name == "claude-haiku-4-5"  # type: ignore[attr-defined]
+    tuned = make_policy(None, config={"policy": "summary", "max_input_tokens": 1200, "window": 4,
+                                      "caps": {"summary": 0.5}, "min_recent_turns": 2,
+                                      "summary": {"model": "offline-summariser", "min_new_turns": 3}})
+    assert isinstance(tuned, ComposedPolicy) and tuned.cap("summary") == 600
+    assert tuned.min_recent_turns == 2 and tuned.parts[0].min_new_turns == 3  # type: ignore[attr-defined]
+    assert tuned.recent == RecentTurns(turns=4)
+    with pytest.raises(ConfigError, match="unknown policy"):
+        make_policy("nope")
+    with pytest.raises(ConfigError, match=r"bad \[summary\] options"):
+        make_policy("summary", config={"summary": {"bogus": 1}})
+    assert set(PRESETS) == {"window", "budget", "full", "summary", "facts", "recall", "memory"}
+    bench = preset("summary", max_input_tokens=900)
+    assert bench.parts[0].summariser.model_name == "offline-summariser"  # type: ignore[attr-defined]

@@ -152,3 +152,12 @@ def test_policy_budget_and_window_names(run: Run, db: str) -> None:
     assert 0 < len(body["messages"]) < 10
     bad = run("context", "s", "--policy", "memory", "--full", "--db", db, check=False)
     assert bad.returncode == 2 and "--policy full" in bad.stderr
+
+
+def test_the_docs_offline_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "memory.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "MemoryStore()" in b]
+    exec(compile(snippet, "docs/memory.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "['prefers metric units', 'lives in Porto']"

@@ -174,7 +174,8 @@ def test_summary_respects_its_allowance(store: Store, counter: TokenCounter) -> 
     long_summary = "\n".join(f"- [#{i}] point number {i} about Lisbon" for i in range(200))
     echo = EchoModel()
     part = SummaryPart(Summariser(ScriptedModel([long_summary])), min_new_turns=1)
-    policy = ComposedPolicy(1000, parts=[part], recent=RecentTurns(turns=1), caps={"summary": 300})
+    policy = ComposedPolicy(1000, parts=[part], recent=RecentTurns(turns=1),
+                            caps={"recent": 0, "summary": 300})  # nothing spills over to it
     chat = Chat(echo, system=PERSONA, store=store, session_id="s1", policy=policy, counter=counter)
     chat.send("one")
     reply = chat.send("two")

@@ -66,6 +66,31 @@ from .models import (
 )
 from .store import Conversation, MemoryStore, SQLiteStore, Store, open_store
 from .rights import delete_user, export_user, import_user, purge_conversations
+# Memory (issue 3): composition under one budget, summaries, facts about the user.
+from .context import (
+    ComposedPolicy,
+    ContextPart,
+    FactsPart,
+    MessageTransform,
+    PartResult,
+    RecentTurns,
+    RecentWindow,
+    Summariser,
+    SummaryPart,
+    load_policy_config,
+    make_extraction,
+    make_policy,
+)
+from .memory import (
+    ExtractionError,
+    ExtractiveSummariser,
+    Fact,
+    FactExtraction,
+    FactExtractor,
+    RuleFactExtractor,
+    Summary,
+)
+from .store.memory_records import FactNotFound, MemoryRecordStore
 from .tokens import TokenCounter
 from .tools import Tool, tool
 from .usage import Price, Usage, cost_of, set_price
@@ -139,6 +164,31 @@ __all__ = [
     "to_openai_messages",
     "tool",
     "tool_call",
+]
+
+# Memory (issue 3).
+__all__ += [
+    "ComposedPolicy",
+    "ContextPart",
+    "ExtractionError",
+    "ExtractiveSummariser",
+    "Fact",
+    "FactExtraction",
+    "FactExtractor",
+    "FactNotFound",
+    "FactsPart",
+    "MemoryRecordStore",
+    "MessageTransform",
+    "PartResult",
+    "RecentTurns",
+    "RecentWindow",
+    "RuleFactExtractor",
+    "Summariser",
+    "Summary",
+    "SummaryPart",
+    "load_policy_config",
+    "make_extraction",
+    "make_policy",
 ]
 
 

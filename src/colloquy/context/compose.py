@@ -21,7 +21,7 @@ Priority order (default, highest first)::
     newest turn  >  facts  >  recent turns  >  summary  >  recall  >  older recent turns
     (always)        (part)    ("recent")       (part)      (part)     ("window")
 
-Each stage gets ``min(its cap, what is left)``. "recent" is the verbatim window chosen by
+Each stage gets ``min(its cap + what earlier stages left unused of theirs, what is left)``. "recent" is the verbatim window chosen by
 ``recent`` within its cap (at least ``min_recent_turns`` turns when they fit the budget);
 "window" then extends the verbatim window backwards with whatever budget is left, stopping at the
 first older turn that a part already carries (no turn is sent twice). Parts ranked above
@@ -247,16 +247,19 @@ class ComposedPolicy:
         window_known = False
         by_name = {p.name: p for p in self.parts}
 
+        spill = 0  # allowance a stage left unused passes to the next one
         for stage in self.stages:
             left = limit - cal(used)
             if stage == "recent":
-                start, used = self._recent(inp, turns, start, used, cal, limit)
+                before = cal(used)
+                start, used = self._recent(inp, turns, start, used, cal, limit, spill)
+                spill = max(0, self.cap("recent") + spill - (cal(used) - before))
                 window_known = True
             elif stage == "window":
                 start, used = self._extend(turns, start, used, cal, limit, carried, history)
             else:
                 part = by_name[stage]
-                budget = max(0, min(self.cap(stage), left))
+                budget = max(0, min(self.cap(stage) + spill, left))
                 res = part.render(inp, start if window_known else provisional, budget)
                 raw = sum(estimate_text(b.text) for b in res.blocks)
                 res.tokens = cal(raw)
@@ -264,7 +267,9 @@ class ComposedPolicy:
                     notes.append(f"{stage}: left out, its ~{res.tokens} tokens are over its "
                                  f"{budget}-token allowance")
                     res = PartResult(derived=res.derived, notes=res.notes)
+                    spill = budget
                 else:
+                    spill = max(0, budget - res.tokens)
                     used += raw
                     if getattr(part, "covers_turns", True):
                         carried.update(res.sources)
@@ -296,7 +301,8 @@ class ComposedPolicy:
                        derived=derived, part_sources=part_sources)
 
     def _recent(
-        self, inp: ContextInput, turns: _Turns, start: int, used: int, cal: Any, limit: int
+        self, inp: ContextInput, turns: _Turns, start: int, used: int, cal: Any, limit: int,
+        spill: int = 0,
     ) -> tuple[int, int]:
         """The verbatim window: ``recent``'s choice within the "recent" cap, clamped to the
         budget, then grown to ``min_recent_turns`` turns if they fit."""
@@ -304,7 +310,7 @@ class ComposedPolicy:
         if newest is None:
             return start, used
         base = used - newest[2]  # raw tokens without any turn
-        allowance = cal(newest[2]) + max(0, min(self.cap("recent"), limit - cal(used)))
+        allowance = cal(newest[2]) + max(0, min(self.cap("recent") + spill, limit - cal(used)))
         chosen = min(self.recent.window_start(inp, allowance), start)
         n = turns.index_of_start(chosen)
         # Clamp to the budget: drop the oldest chosen turns until the window fits.

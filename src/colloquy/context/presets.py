@@ -147,17 +147,48 @@ def make_policy(
         stepped = _stepped(cache)
         if stepped is not None:
             recent = stepped
+    caps = {**PRESET_CAPS.get(name, {}), **_table(config, "caps")}
     try:
         policy: ContextPolicy = ComposedPolicy(
             int(budget or DEFAULT_MAX_INPUT_TOKENS), parts=parts, recent=recent,
             transforms=transforms, min_recent_turns=int(config.get("min_recent_turns", 1)),
-            priority=config.get("priority"), caps=_table(config, "caps") or None,
+            priority=config.get("priority"), caps=caps or None,
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"policy config: {e}") from e
     if use_cache:
         policy = _breakpoints(policy)
     return policy
+
+
+#: Budget shares per named policy (stages: the parts, "recent"); unused shares pass down the
+#: priority order, and whatever is left at the end extends the verbatim window.
+PRESET_CAPS: dict[str, dict[str, float | int]] = {
+    "summary": {"recent": 0.7, "summary": 0.3},
+    "facts": {"facts": 0.2, "recent": 0.8},
+    "recall": {"recent": 0.5, "recall": 0.5},
+    "memory": {"facts": 0.1, "recent": 0.3, "summary": 0.15, "recall": 0.45},
+}
+
+#: The named policies, with what each holds (for --help, benches and docs).
+PRESETS: dict[str, str] = {
+    "window": "the last N turns",
+    "budget": "the newest turns under the token budget",
+    "full": "the whole history",
+    "summary": "summary of older turns + recent turns",
+    "facts": "facts about the user + recent turns",
+    "recall": "recalled older turns + recent turns",
+    "memory": "facts + summary + recalled turns + recent turns + tool-output pruning",
+}
+
+
+def preset(name: str, *, max_input_tokens: int | None = None, offline: bool = True,
+           **options: Any) -> ContextPolicy:
+    """A named policy for benches and tests: like :func:`make_policy`, but with the OFFLINE
+    memory models by default (deterministic, no network; ``offline=False`` for Haiku).
+    ``options`` are config-file keys (``min_recent_turns``, ``summary={...}``, ...)."""
+    return make_policy(name, max_input_tokens=max_input_tokens, config=options,
+                       chat_model="echo" if offline else None)
 
 
 def make_extraction(
@@ -222,6 +253,8 @@ def _breakpoints(policy: ContextPolicy) -> ContextPolicy:
 __all__ = [
     "DEFAULT_MAX_INPUT_TOKENS",
     "POLICY_NAMES",
+    "PRESETS",
+    "preset",
     "load_policy_config",
     "make_extraction",
     "make_policy",

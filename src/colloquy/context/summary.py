@@ -15,6 +15,7 @@ one, else to nothing (the plain window), and says so in a note.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ class SummaryPart:
                 return res
             res.notes.append("the summary was cut to fit its token allowance (newest points kept)")
         res.blocks.append(TextBlock(text=block))
-        res.sources.extend(summary.seqs)
+        res.sources.extend(carried_seqs(summary))
         res.tokens = math.ceil(estimate_text(block) * scale)
         return res
 
@@ -166,6 +167,18 @@ class SummaryPart:
         if self.min_new_tokens:
             return sum(estimate_message(sm.message) for sm in new) >= self.min_new_tokens
         return False
+
+
+_CITED = re.compile(r"\[(#\d+(?:\s*,\s*#?\d+)*)\]")
+
+
+def carried_seqs(summary: Summary) -> list[int]:
+    """The seqs a summary carries: those its lines cite (``[#12]``, ``[#3, #4]``) within its
+    range, or its whole range when it cites none. Citing is what the instructions ask for, so
+    a bench can tell which turns a summary really kept."""
+    cited = {int(n) for tags in _CITED.findall(summary.text) for n in re.findall(r"\d+", tags)}
+    cited = {s for s in cited if summary.start_seq <= s <= summary.end_seq}
+    return sorted(cited) if cited else list(summary.seqs)
 
 
 def _after(old: Sequence[StoredMessage], seq: int) -> list[StoredMessage]:
@@ -191,5 +204,5 @@ def _fit(summary: Summary, budget: int, scale: float) -> str | None:
     return None
 
 
-__all__ = ["SUMMARY_INSTRUCTIONS", "Summariser", "SummaryPart", "render_summary"]
+__all__ = ["SUMMARY_INSTRUCTIONS", "Summariser", "SummaryPart", "carried_seqs", "render_summary"]
 
