@@ -1,0 +1,66 @@
+"""``colloquy users`` and ``colloquy serve`` as an operator types them (real subprocesses)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from colloquy.store import SQLiteStore
+from colloquy.store.users import authenticate, hash_token
+from server_helpers import bearer, clean_env, colloquy, serve_subprocess
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "colloquy", *args], capture_output=True,
+                          text=True, env=clean_env(), timeout=60)
+
+
+def test_users_add_list_rotate_revoke(tmp_path: Path) -> None:
+    db = str(tmp_path / "users.db")
+    added = colloquy("users", "add", "ada", "--db", db)
+    token = added.stdout.strip()
+    assert token.startswith("cq_") and len(token) > 40 and "\n" not in token
+    assert "shown only this once" in added.stderr
+    assert colloquy("users", "list", "--db", db).stdout.split("\t")[0] == "ada"
+
+    again = run("users", "add", "ada", "--db", db)
+    assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    bad = run("users", "add", "no spaces please", "--db", db)
+    assert bad.returncode == 2 and "invalid user name" in bad.stderr
+
+    rotated = colloquy("users", "add", "ada", "--rotate", "--db", db).stdout.strip()
+    store = SQLiteStore(db)
+    try:
+        assert authenticate(store, token) is None and authenticate(store, rotated) is not None
+        colloquy("users", "revoke", "ada", "--db", db)
+        assert authenticate(store, rotated) is None
+    finally:
+        store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("users.db*"))
+    assert rotated.encode() not in raw and token.encode() not in raw
+    assert hash_token(rotated).encode() not in raw  # revoked: the hash went too
+
+
+def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    no_key = run("serve", "--model", "claude-sonnet-4-6", "--db", db)
+    assert no_key.returncode == 2 and "ANTHROPIC_API_KEY" in no_key.stderr
+    assert "Traceback" not in no_key.stderr
+    bad_rate = run("serve", "--model", "echo", "--rate-limit", "lots", "--db", db)
+    assert bad_rate.returncode == 2 and "invalid rate limit" in bad_rate.stderr
+
+
+def test_serve_answers_on_loopback_with_a_cli_token(tmp_path: Path) -> None:
+    db = str(tmp_path / "live.db")
+    token = colloquy("users", "add", "ada", "--db", db).stdout.strip()
+    with serve_subprocess(db, "--rate-limit", "5/minute", log=tmp_path / "serve.log") as url:
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and "colloquy" in page.text
+        codes = [httpx.get(url + "/v1/conversations", headers=bearer(token)).status_code
+                 for _ in range(6)]
+        assert codes == [200] * 5 + [429]
+    log = (tmp_path / "serve.log").read_text()
+    assert "http://127.0.0.1:" in log and token not in log
