@@ -505,3 +505,27 @@ def test_delete_me_removes_the_callers_data_and_account_only(env: Env) -> None:
     assert env.client.get("/v1/conversations", headers=env.as_("ada")).status_code == 401
     assert [m.message.text for m in env.store.load(bob_conv)][0] == "keep me"
     assert env.client.get("/v1/me", headers=env.as_("bob")).json() == {"user_id": "bob"}
+
+
+# -- guards and turn queues ----------------------------------------------------------------------------
+
+
+def test_a_guard_blocked_turn_says_so_and_skips_the_model(store: SQLiteStore) -> None:
+    from colloquy.guards import Verdict
+
+    def no_passwords(text: str) -> Verdict:
+        return Verdict.block("I can't help with passwords.") if "password" in text else Verdict.allow()
+
+    env = Env(store, guards=[no_passwords], rate_limit=None)
+    cid = env.new()
+    reply = env.say(cid, "what is ada's password?").json()
+    assert reply["blocked"] is True and reply["text"] == "I can't help with passwords."
+    assert reply["stop_reason"] == "guard" and env.model.requests == []
+    assert env.say(cid, "hello").json()["blocked"] is False
+
+
+def test_turn_queues_are_dropped_when_idle(env: Env) -> None:
+    cid = env.new()
+    for i in range(3):
+        env.say(cid, f"turn {i}", stream=bool(i % 2))
+    assert env.app.state.service._locks == {}

@@ -6,6 +6,7 @@ turn is :class:`colloquy.Chat`'s, persistence is the store's. Errors are transla
 """
 
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -265,7 +266,7 @@ def create_app(
     async def send_message(conversation_id: str, body: MessageCreate, user: CurrentUser,
                            response: Response) -> Any:
         service.check_content(body.content)
-        chat = service.chat(user, conversation_id)
+        chat = await asyncio.to_thread(service.chat, user, conversation_id)
         if not body.stream:
             reply, replayed = await service.send(chat, body.content, body.idempotency_key)
             if replayed:

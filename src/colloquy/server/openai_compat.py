@@ -9,6 +9,8 @@ as the persona of a conversation created by its first request.
 """
 
 
+import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -100,9 +102,11 @@ def add_openai_routes(
             raise E.InvalidRequest("the last message must be the user's new message")
         content = service.check_content(_text(last))
         system = next((_text(m) for m in body.messages if m.role in ("system", "developer")), None)
-        conv = service.conversation_for_openai(user, conversation_id, system, body.model)
-        chat = service.chat(user, conv.id, temperature=body.temperature,
-                            max_tokens=body.max_completion_tokens or body.max_tokens)
+        conv = await asyncio.to_thread(
+            service.conversation_for_openai, user, conversation_id, system, body.model)
+        chat = await asyncio.to_thread(
+            functools.partial(service.chat, user, conv.id, temperature=body.temperature,
+                              max_tokens=body.max_completion_tokens or body.max_tokens))
         created = int(time.time())
         headers = {CONVERSATION_HEADER: conv.id}
 

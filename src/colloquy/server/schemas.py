@@ -115,12 +115,17 @@ class ReplyOut(BaseModel):
     notes: list[str] = Field(default_factory=list)
     #: True when this is the stored answer to an earlier request with the same idempotency key.
     replayed: bool = False
+    #: True when an input guard blocked the turn (the text is the guard's answer, no model call).
+    blocked: bool = False
+    #: Guard verdicts of the turn that were not a plain allow.
+    guards: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
     def of(cls, r: Reply, replayed: bool = False) -> ReplyOut:
         return cls(conversation_id=r.conversation_id, seq=r.seq, text=r.text, model=r.model,
                    usage=r.usage, cost_usd=r.cost_usd, stop_reason=r.stop_reason,
-                   rounds=r.rounds, notes=r.notes, replayed=replayed)
+                   rounds=r.rounds, notes=r.notes, replayed=replayed, blocked=r.blocked,
+                   guards=r.guards)
 
 
 class ContextOut(BaseModel):

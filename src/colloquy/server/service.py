@@ -16,6 +16,7 @@ each hold a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class ServerSettings:
     #: Fact extraction after turns (colloquy.memory); None: off.
     extract_facts: FactExtraction | None = None
     max_tokens: int = 1024
+    #: Input/output guards for every turn (colloquy.guards); a blocked turn is answered with
+    #: the guard's message and ``blocked: true``.
+    guards: Sequence[Any] = ()
     #: Per-user request rate; None disables the limit.
     rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(requests=120, per=60.0))
     #: Longest accepted user message, in characters.
@@ -79,7 +83,10 @@ class ChatService:
             self._models.setdefault(name, get_model(name))
         for m in self._models.values():
             self.redactor.add(getattr(m, "_secret", None), getattr(m, "_api_key", None))
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: Per-conversation turn queues in this process: (lock, number of users of it); an
+        #: entry is dropped when its last user leaves, so the map stays as small as the set of
+        #: conversations with a turn in progress.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -145,7 +152,7 @@ class ChatService:
             self.model_for(conv.model), store=self.store, session_id=conv.id, user_id=user.id,
             policy=self.settings.policy, temperature=temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
-            extract_facts=self.settings.extract_facts,
+            extract_facts=self.settings.extract_facts, guards=self.settings.guards,
         )
 
     def check_content(self, content: str) -> str:
@@ -156,24 +163,32 @@ class ChatService:
             raise PayloadTooLarge(f"the message is {len(content)} characters; the limit is {limit}")
         return content
 
-    def _lock(self, conversation_id: str) -> asyncio.Lock:
-        lock = self._locks.get(conversation_id)
-        if lock is None:
-            lock = self._locks[conversation_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _turn(self, conversation_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(conversation_id, (asyncio.Lock(), 0))
+        self._locks[conversation_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[conversation_id]
+            if users <= 1:
+                del self._locks[conversation_id]
+            else:
+                self._locks[conversation_id] = (lock, users - 1)
 
     async def send(self, chat: Chat, content: str, key: str | None = None) -> tuple[Reply, bool]:
         """One turn; returns the reply and whether it was replayed from an earlier request with
         the same idempotency key (Chat stores the key with the message and answers a retry with
         the stored reply)."""
-        async with self._lock(chat.session_id):
+        async with self._turn(chat.session_id):
             reply = await chat.asend(content, idempotency_key=key)
             return reply, _replayed(reply)
 
     async def stream(self, chat: Chat, content: str, key: str | None = None
                      ) -> AsyncIterator[str | tuple[Reply, bool]]:
         """Text deltas, then ``(reply, replayed)``."""
-        async with self._lock(chat.session_id):
+        async with self._turn(chat.session_id):
             async for event in chat.astream(content, idempotency_key=key):
                 if isinstance(event, str):
                     if event:
