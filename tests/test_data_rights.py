@@ -76,6 +76,7 @@ def test_export_holds_everything_about_the_user_and_nothing_else(store: Store) -
         assert "schema_migrations" not in tables
     else:
         assert data["facts"][0]["statement"] == "their secret is zqalicemarker"
+        assert data["summaries"][0]["text"] == "the user said zqalicemarker"
 
 
 def test_delete_removes_every_row_about_the_user_and_import_restores_them(store: Store) -> None:
@@ -103,6 +104,7 @@ def test_delete_removes_every_row_about_the_user_and_import_restores_them(store:
             return {s["conversation"]["id"]: (s["conversation"]["title"], [m["message"] for m in s["messages"]])
                     for s in d["sessions"]}
         assert content(again) == content(exported)
+        assert again["facts"] == exported["facts"] and again["summaries"] == exported["summaries"]
     chat = Chat(EchoModel(), store=store, session_id="c_alice_0")  # and it continues
     assert chat.send("still there?").seq == 6
 

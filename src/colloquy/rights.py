@@ -257,6 +257,9 @@ def export_user(store: Store, user_id: str) -> dict[str, Any]:
         facts = getattr(store, "list_facts", None)
         if callable(facts):
             data["facts"] = [f.model_dump(mode="json") for f in facts(user_id, include_retired=True)]
+        summaries = getattr(store, "list_summaries", None)
+        if callable(summaries):
+            data["summaries"] = [s.model_dump(mode="json") for c in convs for s in summaries(c.id)]
     return data
 
 
@@ -341,6 +344,13 @@ def _import_sessions(store: Store, data: dict[str, Any], report: ImportReport) -
         for f in data["facts"]:
             add_fact(Fact.model_validate(f))
         report.rows["facts"] = len(data["facts"])
+    save_summary = getattr(store, "save_summary", None)
+    if data.get("summaries") and callable(save_summary):
+        from .memory.records import Summary
+
+        for sm in data["summaries"]:
+            save_summary(Summary.model_validate(sm))
+        report.rows["summaries"] = len(data["summaries"])
 
 
 # -- delete and purge -----------------------------------------------------------------------------
