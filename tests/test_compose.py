@@ -284,3 +284,39 @@ def test_named_policies_and_config() -> None:
     assert set(PRESETS) == {"window", "budget", "full", "summary", "facts", "recall", "memory"}
     bench = preset("summary", max_input_tokens=900)
     assert bench.parts[0].summariser.model_name == "offline-summariser"  # type: ignore[attr-defined]
+
+
+def test_user_placement_keeps_the_system_prompt_stable() -> None:
+    counter = TokenCounter()
+    history = stored(conversation(12, 8))
+    inp = ContextInput(history=history, system=PERSONA, counter=counter)
+    facts, recall = Filler("facts", 30), Filler("recall", 30, covers=[1])
+    ctx = ComposedPolicy(3000, parts=[facts, recall], placement={"recall": "user"}).build(inp)
+    assert [b.text.split("]")[0] for b in ctx.system] == [PERSONA.split("]")[0], "[facts"]
+    last = ctx.messages[-1]
+    assert last.content[0].text.startswith("[recall]")  # type: ignore[union-attr]
+    assert last.content[-1].text == "the newest question about turn 3"  # type: ignore[union-attr]
+    assert problems(ctx.messages) == []
+    with pytest.raises(ConfigError):
+        ComposedPolicy(100, parts=[facts], placement={"facts": "middle"})
+
+
+def test_the_cache_aware_memory_preset_trims_in_steps() -> None:
+    from colloquy.context import make_policy
+
+    history = stored(conversation(150, 9, tools=False))
+    policy = make_policy("memory", max_input_tokens=3000, chat_model="claude-sonnet-4-6",
+                         config={"summary": {"model": "offline-summariser"}})
+    starts = []
+    for n in range(201, len(history) + 1, 2):
+        if not history[n - 1].message.starts_turn:
+            continue
+        inp = ContextInput(history=history[:n], system=PERSONA, model="claude-sonnet-4-6",
+                           counter=TokenCounter(), conversation_id="c_test")
+        ctx = policy.build(inp)
+        assert problems(ctx.messages) == [] and total_tokens(ctx, inp) <= 3000
+        assert ctx.system[0].text == PERSONA
+        assert all(not b.text.startswith("Earlier excerpts") for b in ctx.system)  # recall: in the message
+        starts.append(ctx.sources[0][0])
+    moves = sum(1 for a, b in zip(starts, starts[1:]) if a != b)
+    assert starts == sorted(starts) and 0 < moves <= len(starts) // 3  # stepped, not per turn

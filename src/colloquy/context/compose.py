@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError, InvalidConversationError
-from ..messages import Message, TextBlock
+from ..messages import Message, TextBlock, ToolResultBlock
 from ..tokens import estimate_message, estimate_text, estimate_tools
 from .base import Context, ContextInput, iter_turns_backwards, persona_blocks, turn_start_index
 
@@ -182,6 +182,15 @@ class ComposedPolicy:
     min_recent_turns: int = 1
     priority: Sequence[str] | None = None
     caps: Mapping[str, float | int] | None = None
+    #: Where each part's blocks go: "system" (default, after the persona) or "user" (at the
+    #: start of the newest user message, after any tool results), which keeps the system
+    #: prompt and the replayed history byte-stable for prompt caching when a part changes
+    #: every turn (recall).
+    placement: Mapping[str, str] | None = None
+    #: For prompt caching (with a stepped ``recent`` such as cache.SteppedWindow): the window
+    #: gets exactly its cap (nothing spills into it) and is never extended with leftovers, so
+    #: its start moves only when the stepped strategy trims.
+    stable_window: bool = False
 
     def __post_init__(self) -> None:
         if self.max_input_tokens < 1:
@@ -195,6 +204,10 @@ class ComposedPolicy:
             if n in {"recent", "window", "newest"}:
                 raise ConfigError(f"{n!r} is a reserved stage name, not a part name")
         self.stages: list[str] = self._stages(names)
+        for part_name, where in (self.placement or {}).items():
+            if part_name not in names or where not in ("system", "user"):
+                raise ConfigError(f"placement {part_name!r}: {where!r}: name a part and say "
+                                  "'system' or 'user'")
 
     def _stages(self, names: list[str]) -> list[str]:
         base = list(self.priority) if self.priority is not None else list(DEFAULT_PRIORITY)
@@ -252,10 +265,13 @@ class ComposedPolicy:
             left = limit - cal(used)
             if stage == "recent":
                 before = cal(used)
-                start, used = self._recent(inp, turns, start, used, cal, limit, spill)
+                start, used = self._recent(inp, turns, start, used, cal, limit,
+                                           0 if self.stable_window else spill)
                 spill = max(0, self.cap("recent") + spill - (cal(used) - before))
                 window_known = True
             elif stage == "window":
+                if self.stable_window:
+                    continue
                 start, used = self._extend(turns, start, used, cal, limit, carried, history)
             else:
                 part = by_name[stage]
@@ -277,11 +293,15 @@ class ComposedPolicy:
 
         # Assemble: persona, then part blocks in part order, then the verbatim turns.
         system = list(persona)
+        tail: list[TextBlock] = []
         derived: list[Any] = []
         part_sources: dict[str, list[int]] = {}
         for part in self.parts:
             res = results.get(part.name) or PartResult()
-            system.extend(res.blocks)
+            if (self.placement or {}).get(part.name, "system") == "user":
+                tail.extend(res.blocks)
+            else:
+                system.extend(res.blocks)
             derived.extend(res.derived)
             notes.extend(n if n.startswith(f"{part.name}:") else f"{part.name}: {n}" for n in res.notes)
             if res.blocks:
@@ -297,6 +317,11 @@ class ComposedPolicy:
                     "message transform must rewrite messages in place, not add or drop them"
                 )
             messages = list(out)
+        if tail and messages:
+            last = messages[-1]  # the newest user message: tool results must stay first
+            results_first = [b for b in last.content if isinstance(b, ToolResultBlock)]
+            rest = [b for b in last.content if not isinstance(b, ToolResultBlock)]
+            messages[-1] = Message(role=last.role, content=[*results_first, *tail, *rest])
         return Context(system=system, messages=messages, sources=sources, notes=notes,
                        derived=derived, part_sources=part_sources)
 

@@ -19,6 +19,8 @@ A config file (TOML or JSON) names a policy and tunes it::
     priority = ["facts", "recent", "summary", "recall", "window"]
     [caps]        # per stage: share of the budget (<= 1.0) or tokens
     facts = 0.15
+    [placement]   # per part: "system" (after the persona) or "user" (in the newest message)
+    recall = "user"
     [summary]     # model, min_new_turns, min_new_tokens, max_tokens
     model = "claude-haiku-4-5"
     [facts]       # max_facts, only_relevant
@@ -43,7 +45,14 @@ from ..memory.extract import FactExtraction, FactExtractor
 from ..memory.models import default_memory_models
 from ..models.base import Model
 from .base import ContextPolicy
-from .compose import ComposedPolicy, ContextPart, MessageTransform, RecentTurns, RecentWindow
+from .compose import (
+    DEFAULT_CAPS,
+    ComposedPolicy,
+    ContextPart,
+    MessageTransform,
+    RecentTurns,
+    RecentWindow,
+)
 from .facts import FactsPart
 from .policies import FullHistory, RollingWindow, TokenBudget
 from .summary import Summariser, SummaryPart
@@ -52,7 +61,7 @@ POLICY_NAMES = ("window", "budget", "full", "summary", "facts", "recall", "memor
 DEFAULT_MAX_INPUT_TOKENS = 8000
 DEFAULT_WINDOW = 20
 _KNOWN_KEYS = {"policy", "max_input_tokens", "window", "min_recent_turns", "priority", "caps",
-               "summary", "facts", "extract", "recall", "pruning", "cache"}
+               "placement", "summary", "facts", "extract", "recall", "pruning", "cache"}
 
 
 def load_policy_config(path: str | Path) -> dict[str, Any]:
@@ -143,16 +152,27 @@ def make_policy(
     cache = _table(config, "cache")
     use_cache = bool(cache.pop("enabled", name == "memory" and _is_anthropic(chat_model)))
     recent: RecentWindow = RecentTurns(turns=int(turns) if turns else None)
+    placement = dict(_table(config, "placement"))
+    caps = {**PRESET_CAPS.get(name, {}), **_table(config, "caps")}
+    limit = int(budget or DEFAULT_MAX_INPUT_TOKENS)
     if use_cache:
+        # A fixed high-water mark and grid, so the cut points do not move with the turn's size.
+        share = caps.get("recent", DEFAULT_CAPS["recent"])
+        high = int(limit * share) if isinstance(share, float) and share <= 1.0 else int(share)
+        cache.setdefault("high_water", max(1, high))
+        cache.setdefault("step_tokens", max(1, high // 2))
         stepped = _stepped(cache)
         if stepped is not None:
             recent = stepped
-    caps = {**PRESET_CAPS.get(name, {}), **_table(config, "caps")}
+        if any(p.name == "recall" for p in parts):
+            # Recall changes every turn: in the newest message it leaves the cached prefix alone.
+            placement.setdefault("recall", "user")
     try:
         policy: ContextPolicy = ComposedPolicy(
-            int(budget or DEFAULT_MAX_INPUT_TOKENS), parts=parts, recent=recent,
+            limit, parts=parts, recent=recent,
             transforms=transforms, min_recent_turns=int(config.get("min_recent_turns", 1)),
-            priority=config.get("priority"), caps=caps or None,
+            priority=config.get("priority"), caps=caps or None, placement=placement or None,
+            stable_window=use_cache and not isinstance(recent, RecentTurns),
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"policy config: {e}") from e
