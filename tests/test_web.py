@@ -106,13 +106,22 @@ def test_chat_in_the_browser(browser: Any, site: Site) -> None:
     page.wait_for_function("() => document.activeElement && document.activeElement.id === 'input'")
 
     # Send: the reply streams in (seen mid-stream), then shows its tokens and cost.
+    page.evaluate("""() => {
+        window.__lengths = [];
+        new MutationObserver(() => {
+            const body = document.querySelector('.message.assistant.streaming .body');
+            if (body) window.__lengths.push(body.textContent.length);
+        }).observe(document.getElementById('messages'),
+                   {childList: true, subtree: true, characterData: true});
+    }""")
     page.fill("#input", "Plan **a trip** to `Lisbon`")
     page.press("#input", "Enter")
-    page.wait_for_function(
-        "() => { const m = document.querySelector('.message.assistant.streaming .body');"
-        " return m && m.textContent.length > 0 && m.textContent.length < 40; }")
     reply = page.locator(".message.assistant").first
     reply.locator(".turn-meta").filter(has_text="tokens").wait_for()
+    # The reply grew piece by piece on screen before it was complete.
+    lengths = sorted(set(page.evaluate("() => window.__lengths")) - {0})
+    final = len(reply.locator(".body").inner_text())
+    assert len(lengths) >= 3 and lengths[0] < final / 2, lengths
     assert "last user text" in reply.locator(".body").inner_text()
     assert "$0.000000" in reply.locator(".turn-meta").inner_text()
     user = page.locator(".message.user").first
