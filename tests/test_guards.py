@@ -240,7 +240,13 @@ def test_specs_and_config_file(tmp_path: Path) -> None:
     assert guard_from_spec("pii:email,card").kinds == ("email", "card")
     assert guard_from_spec("length:50").max_chars == 50
     assert guard_from_spec("hook:colloquy.guards:luhn_ok").name == "luhn_ok"
-    for bad in ("nope", "topic", "length:abc", "hook:nomodule"):
+    hook_file = tmp_path / "my_moderation.py"
+    hook_file.write_text("from colloquy import Verdict\n"
+                         "def check(text):\n"
+                         "    return Verdict.block('no spam') if 'spam' in text else None\n")
+    hook = guard_from_spec(f"hook:{hook_file}:check")
+    assert hook.check("buy spam", GuardContext(stage="input")).message == "no spam"
+    for bad in ("nope", "topic", "length:abc", "hook:nomodule", f"hook:{tmp_path}/none.py:x"):
         with pytest.raises(ConfigError):
             guard_from_spec(bad)
 

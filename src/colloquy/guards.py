@@ -477,14 +477,22 @@ def _keywords(text: str) -> set[str]:
 
 class SentenceEmbedder:
     """The sentence-embedding model of ``colloquy[embeddings]`` (shared with dense recall),
-    loaded in a background thread: loading takes seconds, so until it is ready the topic guard
-    judges by keywords instead of holding the turn."""
+    loaded in a background thread from the first check on: loading takes seconds, so until it is
+    ready the topic guard judges by keywords instead of holding the turn (and a guard that is
+    built but never used loads nothing)."""
 
     def __init__(self) -> None:
         self.error: str | None = None
         self._model: Any = None
         self._ready = threading.Event()
-        threading.Thread(target=self._load, name="topic-embedder", daemon=True).start()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._load, name="topic-embedder", daemon=True).start()
 
     def _load(self) -> None:
         try:
@@ -497,6 +505,7 @@ class SentenceEmbedder:
             self._ready.set()
 
     def ready(self, wait: float | None = 0) -> bool:
+        self.start()
         return self._ready.wait(wait) and self._model is not None
 
     def __call__(self, texts: list[str]) -> list[list[float]]:
@@ -633,19 +642,10 @@ class TopicGuard(Guard):
 
 
 def load_hook(path: str) -> Any:
-    """``module:attribute`` -> the object (a Guard, a Guard class, or a callable)."""
-    import importlib
+    """``module:attribute`` or ``file.py:attribute`` -> a Guard, a Guard class, or a callable."""
+    from .plugins import load_object
 
-    module, sep, attr = path.partition(":")
-    if not sep or not module or not attr:
-        raise ConfigError(f"hook {path!r}: write it as module:function or module:Class")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"hook {path!r} cannot be loaded: {e}") from e
-    return obj
+    return load_object(path, "hook")
 
 
 def guard_from_config(cfg: dict[str, Any], *, judge: Any = None) -> Guard:
@@ -699,7 +699,7 @@ def guard_from_spec(spec: str, *, judge: Any = None) -> Guard:
     ``topic:cooking,recipes``   topic guard (judge: ``--guard-model``, else keywords)
     ``pii`` / ``pii:email,card`` PII redactor (all kinds, or the listed ones)
     ``length:4000``             length/abuse guard with that many characters at most
-    ``hook:pkg.mod:function``   your own callable or Guard class
+    ``hook:pkg.mod:function``   your own callable or Guard class (or ``hook:file.py:function``)
     """
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()

@@ -6,7 +6,6 @@ cost accounting), in a fresh in-memory store, so an eval measures exactly what u
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 import uuid
@@ -20,6 +19,7 @@ from ..context.policies import FullHistory, RollingWindow, TokenBudget
 from ..errors import ColloquyError, ConfigError
 from ..guards import Guard
 from ..models import Model, get_model
+from ..plugins import load_object
 from ..store import MemoryStore
 from .dataset import Dataset
 from .evaluators import EVALUATORS, RUBRICS, EvaluatorFn, evaluate_case
@@ -54,24 +54,7 @@ def parse_policy(spec: str) -> tuple[str, ContextPolicy | None]:
 
 
 def _load(path: str) -> Any:
-    """``module:attr`` or ``path/to/file.py:attr``."""
-    module, _, attr = path.rpartition(":") if path.count(":") > 1 else path.partition(":")
-    try:
-        if module.endswith(".py"):
-            import importlib.util
-
-            spec = importlib.util.spec_from_file_location(Path(module).stem, module)
-            if spec is None or spec.loader is None or not Path(module).is_file():
-                raise ImportError(f"no Python file {module!r}")
-            obj: Any = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(obj)
-        else:
-            obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load {path!r}: {e}") from e
-    return obj
+    return load_object(path, "eval plugin")
 
 
 def resolve_model(spec: Model | str | None) -> Model:
