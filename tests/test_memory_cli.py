@@ -99,6 +99,11 @@ def test_chat_policy_memory_extracts_facts_that_follow_the_user(run: Run, db: st
     assert "lives in Berlin" not in body["system"][1]["text"]
 
 
+def test_facts_need_a_user(run: Run, db: str) -> None:
+    out = run("chat", "--model", "echo", "--policy", "memory", "--db", db, stdin="I live in Rome.\n")
+    assert "pass --user ID" in out.stderr and "echo: received" in out.stdout
+
+
 def test_extract_facts_off(run: Run, db: str) -> None:
     run("chat", "--model", "echo", "--user", "ana", "--policy", "facts", "--extract-facts", "off",
         "--db", db, stdin="I live in Berlin.\n")

@@ -62,6 +62,8 @@ def test_summaries_are_incremental_and_record_their_range(store: Store, counter:
     (first,) = store.list_summaries("s1")
     assert (first.start_seq, first.end_seq, first.previous_id) == (1, 4, None)
     assert first.model == "fake-summariser"
+    assert first.meta["usage"]["input_tokens"] > 0  # what the summary cost is kept with it
+    assert "cost_usd" in first.meta
     # The summary sits after the persona, before the verbatim recent turns.
     request = model.last_request
     assert request.system[0].text == PERSONA

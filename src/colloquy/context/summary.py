@@ -27,6 +27,7 @@ from ..memory.records import Summary
 from ..memory.transcript import transcript
 from ..models.base import Model, ModelRequest
 from ..tokens import estimate_message, estimate_text
+from ..usage import Usage, cost_of
 from .base import ContextInput
 from .compose import PartResult
 
@@ -78,10 +79,17 @@ class Summariser:
         )
 
     def summarise(self, previous: str | None, messages: Sequence[StoredMessage]) -> str:
-        text = self.model.request(self.request(previous, messages)).text.strip()
+        return self.summarise_with_usage(previous, messages)[0]
+
+    def summarise_with_usage(
+        self, previous: str | None, messages: Sequence[StoredMessage]
+    ) -> tuple[str, Usage]:
+        """The summary and what the call cost in tokens (kept in the record's meta)."""
+        response = self.model.request(self.request(previous, messages))
+        text = response.text.strip()
         if not text:
             raise ValueError("the summariser returned an empty summary")
-        return text
+        return text, response.usage
 
 
 def render_summary(summary: Summary) -> str:
@@ -132,7 +140,7 @@ class SummaryPart:
         summary = prev
         if new and self._due(new):
             try:
-                text = self.summariser.summarise(prev.text if prev else None, new)
+                text, usage = self.summariser.summarise_with_usage(prev.text if prev else None, new)
             except Exception as e:  # noqa: BLE001 - any failure falls back, with a note
                 what = "the previous summary" if prev else "the plain window"
                 res.notes.append(f"summariser failed ({type(e).__name__}: {e}); using {what}")
@@ -141,6 +149,8 @@ class SummaryPart:
                     conversation_id=inp.conversation_id or "", text=text,
                     start_seq=prev.start_seq if prev else old[0].seq, end_seq=new[-1].seq,
                     model=self.summariser.model_name, previous_id=prev.id if prev else None,
+                    meta={"usage": usage.model_dump(),
+                          "cost_usd": cost_of(self.summariser.model.price_key, usage)},
                 )
                 with self._lock:
                     self._made[inp.conversation_id or ""] = summary

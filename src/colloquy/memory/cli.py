@@ -90,9 +90,13 @@ def extraction_from_args(args: argparse.Namespace) -> FactExtraction | None:
     every = _every(getattr(args, "extract_facts", None))
     if every is None and not wants_named_policy(args):
         return None
-    return make_extraction(getattr(args, "policy", None), every=every, config=_config(args),
-                           model=getattr(args, "memory_model", None),
-                           chat_model=_chat_model_name(args))
+    extraction = make_extraction(getattr(args, "policy", None), every=every, config=_config(args),
+                                 model=getattr(args, "memory_model", None),
+                                 chat_model=_chat_model_name(args))
+    if extraction is not None and not getattr(args, "user", None):
+        sys.stderr.write("colloquy: note: facts are kept per user; pass --user ID to extract "
+                         "and use them\n")
+    return extraction
 
 
 # -- colloquy memory ---------------------------------------------------------------------------
