@@ -320,3 +320,42 @@ def test_the_cache_aware_memory_preset_trims_in_steps() -> None:
         starts.append(ctx.sources[0][0])
     moves = sum(1 for a, b in zip(starts, starts[1:]) if a != b)
     assert starts == sorted(starts) and 0 < moves <= len(starts) // 3  # stepped, not per turn
+
+
+def test_the_memory_preset_with_tools_through_the_engine(counter: TokenCounter) -> None:
+    """Facts, summary, recall, recent turns and tool-output pruning in one chat with tool rounds:
+    every request is valid, within budget, with the persona first and old tool outputs stubbed."""
+    from colloquy import tool, tool_call
+    from colloquy.context import make_policy
+    from colloquy.memory import FactExtraction, FactExtractor
+
+    @tool
+    def lookup(city: str) -> str:
+        """Weather report for a city."""
+        return f"Weather in {city}: " + "sunny and warm with light wind " * 40
+
+    script: list[object] = []
+    for i in range(12):
+        script += [tool_call("lookup", {"city": f"City{i}"}), f"It is sunny in City{i}."]
+    model = ScriptedModel(script)
+    store = MemoryStore()
+    policy = make_policy("memory", max_input_tokens=2500, chat_model="echo",
+                         config={"pruning": {"keep_rounds": 2}, "summary": {"min_new_turns": 3}})
+    chat = Chat(model, system=PERSONA, store=store, session_id="t", user_id="ana", tools=[lookup],
+                policy=policy, counter=counter,
+                extract_facts=FactExtraction(FactExtractor("offline-facts")))
+    for i in range(12):
+        chat.send(f"I live in City{i}. What's the weather in City{i}?")
+    for request in model.requests:
+        assert problems(request.messages) == []
+        assert request.system[0].text == PERSONA
+        assert counter.count("scripted", request.system, request.messages,
+                             extra=estimate_tools(request.tools)) <= 2500
+    last = model.requests[-1]
+    results = [b for m in last.messages for b in m.tool_results]
+    assert results and len(results[-1].text) > 1000  # the newest tool output is whole
+    assert all(len(r.text) < 1000 for r in results[:-2])  # older ones are stubs
+    assert [f.statement for f in store.list_facts("ana")] == ["lives in City11"]
+    assert len(store.list_facts("ana", include_retired=True)) == 12
+    assert store.list_summaries("t")
+    assert len(store.load("t")) == 12 * 4  # user, tool call, tool result, answer: all kept
