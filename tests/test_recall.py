@@ -103,6 +103,9 @@ def test_budget_is_respected_at_every_size(budget: int) -> None:
     ctx = RecallPolicy(budget).build(ContextInput(history=history, system="Be kind.",
                                                   conversation_id="c1", counter=counter))
     assert counter.count("", ctx.system, ctx.messages) <= budget
+    if budget >= 500:  # room for excerpts: they are there, and they are what matched
+        recalled = ctx.part_sources["recall"]
+        assert {1, 83} <= set(recalled)  # the kitten and Ingrid turns
 
 
 def test_index_grows_by_the_new_turns_only() -> None:
@@ -116,10 +119,10 @@ def test_index_grows_by_the_new_turns_only() -> None:
     added_before = idx.retriever.added
     for i in range(30):
         chat.send(f"filler message number {i} about the weather and films")
-        # Every unit is added exactly once: the total ever added equals the units held.
-        assert idx.retriever.added == len(idx.units)
+        # Every unit is added exactly once: all the units held but the newest, which waits
+        # for its next neighbour (its context) before it goes into the index.
+        assert idx.retriever.added == max(0, len(idx.units) - 1)
         assert idx.retriever.added - added_before <= 2 * (i + 1)
-        assert idx.retriever.updated <= idx.retriever.added  # at most one context update per batch
     keys = idx.keys
     assert keys == sorted(set(keys))  # no seq indexed twice
     assert idx.retriever.added > added_before  # it did grow
@@ -192,7 +195,7 @@ def test_bm25_ranks_by_relevance_and_respects_before() -> None:
     assert [k for k, _ in r.search("kitten", 10, before=3)] == [1] or \
         set(k for k, _ in r.search("kitten", 10, before=3)) == {1}
     assert r.search("", 5) == []
-    r.set_context(2, "the kitten was in the film")
+    r.set_context(2, "a film about sailors", "the kitten was in the film")
     assert 2 in [k for k, _ in r.search("kitten", 10)]  # found through its context column
 
 

@@ -91,6 +91,10 @@ from .memory import (
     Summary,
 )
 from .store.memory_records import FactNotFound, MemoryRecordStore
+# Memory (issue 3B): recall of older turns, tool-output pruning, prompt-cache-aware trimming.
+from .context.cache import CacheAwareWindow, CacheBreakpoints, SteppedWindow
+from .context.pruning import ToolOutputPruning
+from .context.recall import RecallPart, RecallPolicy
 from .tokens import TokenCounter
 from .tools import Tool, tool
 from .usage import Price, Usage, cost_of, set_price
@@ -189,6 +193,16 @@ __all__ += [
     "load_policy_config",
     "make_extraction",
     "make_policy",
+]
+
+# Memory (issue 3B).
+__all__ += [
+    "CacheAwareWindow",
+    "CacheBreakpoints",
+    "RecallPart",
+    "RecallPolicy",
+    "SteppedWindow",
+    "ToolOutputPruning",
 ]
 
 

@@ -14,8 +14,17 @@ from .policies import FullHistory, RollingWindow, TokenBudget
 from .presets import load_policy_config, make_extraction, make_policy
 from .summary import Summariser, SummaryPart
 from .validate import problems, repair, validate
+from .cache import CacheAwareWindow, CacheBreakpoints, SteppedWindow
+from .pruning import ToolOutputPruning
+from .recall import RecallPart, RecallPolicy
 
 __all__ = [
+    "CacheAwareWindow",
+    "CacheBreakpoints",
+    "RecallPart",
+    "RecallPolicy",
+    "SteppedWindow",
+    "ToolOutputPruning",
     "ComposedPolicy",
     "Context",
     "ContextInput",

@@ -39,6 +39,8 @@ from ..tokens import REQUEST_OVERHEAD, estimate_message, estimate_text, estimate
 from .base import Context, ContextInput, ContextPolicy, from_stored
 
 EPHEMERAL: dict[str, Any] = {"type": "ephemeral"}
+#: Grid steps derived from a varying budget are rounded down to a multiple of this (raw tokens).
+GRID_QUANTUM = 512
 #: The API refuses a request with more breakpoints than this.
 MAX_BREAKPOINTS = 4
 
@@ -208,7 +210,7 @@ class SteppedWindow:
     #: in varies from turn to turn, so the grid (and the cut points) stay put.
     step_tokens: int | None = None
     max_conversations: int = 64
-    _positions: OrderedDict[str, _Positions] = field(default_factory=OrderedDict, repr=False)
+    _positions: OrderedDict[str, Any] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -223,6 +225,10 @@ class SteppedWindow:
         low = int(high * self.low_water) if self.low_water <= 1.0 else int(self.low_water)
         if not 0 < low < high:
             raise ConfigError(f"low_water ({low}) must be below high_water ({high})")
+        if self.high_water is None:
+            # The budget handed in may wobble from turn to turn (other parts take more or
+            # less): a coarse grid keeps the cut points put through small changes.
+            return max(GRID_QUANTUM, (high - low) // GRID_QUANTUM * GRID_QUANTUM)
         return high - low
 
     def _positions_for(self, inp: ContextInput) -> _Positions:

@@ -67,7 +67,7 @@ class Retriever(Protocol):
         ``context`` is the text of the neighbouring units, which a retriever may weigh less."""
         ...
 
-    def set_context(self, key: int, context: str) -> None:
+    def set_context(self, key: int, text: str, context: str) -> None:
         """Replace a unit's context (the unit before a new one learns its next neighbour)."""
         ...
 
@@ -117,9 +117,12 @@ class BM25Retriever:
             self._db.executemany("INSERT INTO units (rowid, body, context) VALUES (?, ?, ?)", items)
             self.added += len(items)
 
-    def set_context(self, key: int, context: str) -> None:
+    def set_context(self, key: int, text: str, context: str) -> None:
+        # DELETE + INSERT: an FTS5 UPDATE of one column costs ~50x more on a large index.
         with self._lock:
-            self._db.execute("UPDATE units SET context = ? WHERE rowid = ?", (context, key))
+            self._db.execute("DELETE FROM units WHERE rowid = ?", (key,))
+            self._db.execute("INSERT INTO units (rowid, body, context) VALUES (?, ?, ?)",
+                             (key, text, context))
             self.updated += 1
 
     def search(self, query: str, limit: int, before: int | None = None) -> list[tuple[int, float]]:
@@ -213,7 +216,7 @@ class DenseRetriever:
                 _QUERY_CACHE.popitem(last=False)
         return vec
 
-    def set_context(self, key: int, context: str) -> None:
+    def set_context(self, key: int, text: str, context: str) -> None:
         """Embeddings are of the unit's own text: a neighbour's words would blur them."""
 
     def add(self, items: Sequence[tuple[int, str, str]]) -> None:
@@ -264,9 +267,9 @@ class HybridRetriever:
         for r in self.retrievers:
             r.add(items)
 
-    def set_context(self, key: int, context: str) -> None:
+    def set_context(self, key: int, text: str, context: str) -> None:
         for r in self.retrievers:
-            r.set_context(key, context)
+            r.set_context(key, text, context)
 
     def search(self, query: str, limit: int, before: int | None = None) -> list[tuple[int, float]]:
         fused: dict[int, float] = {}
@@ -347,8 +350,10 @@ class ConversationIndex:
         self.retriever = retriever
         self.units: dict[int, Unit] = {}
         self.keys: list[int] = []
-        #: Seq of the last message already inside an indexed unit.
+        #: Seq of the last message already inside a unit.
         self.indexed_seq = 0
+        #: Key of the newest unit, held back from the retriever until its next neighbour comes.
+        self.pending: int | None = None
         self.lock = threading.Lock()
 
     def update(self, history: Sequence[StoredMessage], upto: int) -> int:
@@ -368,21 +373,24 @@ class ConversationIndex:
         new = [_unit(history[a:b]) for a, b in zip(bounds, bounds[1:]) if a < b]
         new = [u for u in new if u.lines]
         if new:
-            prev = [self.units[k] for k in self.keys[-2:]]  # the last indexed unit and its previous
-            chain = [*prev, *new]
-            first = len(prev)
+            # A unit is indexed once its next neighbour is known (its context column needs it),
+            # so the newest unit waits as ``pending``: inserts only, never an update (an FTS5
+            # row update costs far more than an insert on a large index).
+            chain: list[Unit] = []
+            if self.pending is not None:  # the unit before it (context only), then itself
+                chain = [self.units[k] for k in self.keys[-2:]]
+            first = max(0, len(chain) - 1) if chain else 0
+            chain += new
             docs = []
-            for i in range(first, len(chain)):
+            for i in range(first, len(chain) - 1):
                 around = [chain[j].text[:CONTEXT_CHARS] for j in (i - 1, i + 1) if 0 <= j < len(chain)]
                 docs.append((chain[i].key, chain[i].text, " ".join(around)))
-            self.retriever.add(docs)
-            if prev:  # the unit before learns its next neighbour: one row updated, not a rebuild
-                i = first - 1
-                around = [chain[j].text[:CONTEXT_CHARS] for j in (i - 1, i + 1) if 0 <= j < len(chain)]
-                self.retriever.set_context(chain[i].key, " ".join(around))
+            if docs:
+                self.retriever.add(docs)
             for u in new:
                 self.units[u.key] = u
                 self.keys.append(u.key)
+            self.pending = chain[-1].key
         self.indexed_seq = history[upto - 1].seq
         return len(new)
 
@@ -435,8 +443,8 @@ class RecallPart:
 
     retriever: str | Callable[[], Retriever] = "bm25"
     name: str = "recall"
-    #: Turns before and after a hit shown with it, for context.
-    neighbours: int = 0
+    #: Units before and after a hit shown with it (e.g. the question a reply answered).
+    neighbours: int = 1
     #: Candidates fetched from the index before packing into the budget.
     candidates: int = 128
     #: Conversations whose index is kept in memory (least recently used are dropped).
@@ -480,10 +488,15 @@ class RecallPart:
             before = history[window_start].seq if window_start < len(history) else None
             hits = idx.retriever.search(inp.query, self.candidates, before)
             chosen = self._pack(idx, hits, before, budget, inp)
+        scale = inp.counter.factor(inp.model)
+        text = render_excerpts(chosen, self.header) if chosen else ""
+        tokens = math.ceil(estimate_text(text) * scale)
+        while chosen and tokens > budget:  # the packing estimate was a sum of parts: re-check
+            chosen.pop()  # the lowest-ranked unit goes first
+            text = render_excerpts(chosen, self.header) if chosen else ""
+            tokens = math.ceil(estimate_text(text) * scale)
         if not chosen:
             return PartResult()
-        text = render_excerpts(chosen, self.header)
-        tokens = math.ceil(estimate_text(text) * inp.counter.factor(inp.model))
         seqs = sorted(s for u in chosen for s in u.seqs)
         return PartResult(blocks=[TextBlock(text=text)], sources=seqs, tokens=tokens)
 

