@@ -297,6 +297,12 @@ def test_user_placement_keeps_the_system_prompt_stable() -> None:
     assert last.content[0].text.startswith("[recall]")  # type: ignore[union-attr]
     assert last.content[-1].text == "the newest question about turn 3"  # type: ignore[union-attr]
     assert problems(ctx.messages) == []
+    # A log that ends with a reply (a preview): the blocks go to the system prompt instead.
+    ended = ContextInput(history=history[:-1], system=PERSONA, counter=counter)
+    ctx = ComposedPolicy(3000, parts=[facts, recall], placement={"recall": "user"}).build(ended)
+    assert [b.text.split("]")[0] for b in ctx.system[1:]] == ["[facts", "[recall"]
+    assert all(not b.text.startswith("[recall]") for m in ctx.messages for b in m.content
+               if isinstance(b, TextBlock))
     with pytest.raises(ConfigError):
         ComposedPolicy(100, parts=[facts], placement={"facts": "middle"})
 

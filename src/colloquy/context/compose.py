@@ -317,11 +317,18 @@ class ComposedPolicy:
                     "message transform must rewrite messages in place, not add or drop them"
                 )
             messages = list(out)
-        if tail and messages:
-            last = messages[-1]  # the newest user message: tool results must stay first
-            results_first = [b for b in last.content if isinstance(b, ToolResultBlock)]
-            rest = [b for b in last.content if not isinstance(b, ToolResultBlock)]
-            messages[-1] = Message(role=last.role, content=[*results_first, *tail, *rest])
+        if tail:
+            # Into the newest user message (tool results must stay first); a log that ends with
+            # a reply (a preview of the stored log) has none after it: use the system prompt.
+            at = next((i for i in range(len(messages) - 1, -1, -1)
+                       if messages[i].role == "user"), None)
+            if at is None or at != len(messages) - 1:
+                system.extend(tail)
+            else:
+                last = messages[at]
+                results_first = [b for b in last.content if isinstance(b, ToolResultBlock)]
+                rest = [b for b in last.content if not isinstance(b, ToolResultBlock)]
+                messages[at] = Message(role="user", content=[*results_first, *tail, *rest])
         return Context(system=system, messages=messages, sources=sources, notes=notes,
                        derived=derived, part_sources=part_sources)
 
