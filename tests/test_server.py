@@ -396,6 +396,8 @@ def test_unknown_routes_and_methods_use_the_error_shape(env: Env) -> None:
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
     r = env.client.put("/v1/conversations", headers=env.as_("ada"))
     assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+    assert r.headers["allow"] == "GET, POST"  # every method of the path, not the first route's
+    assert env.client.options("/v1/me").headers["allow"] == "DELETE, GET"
 
 
 def test_the_page_is_served_with_a_strict_content_security_policy(env: Env) -> None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -54,6 +55,8 @@ STATIC = Path(__file__).with_name("static")
 
 #: Error responses documented on every authenticated route.
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed request (e.g. a body that is not UTF-8 "
+          "JSON) or one the server refuses (e.g. a model it does not offer)"},
     401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
     413: {"model": ErrorBody, "description": "body or message over the size limit"},
     422: {"model": ErrorBody, "description": "invalid request body or parameters"},
@@ -223,7 +226,7 @@ def create_app(
         return Me(user_id=user.id)
 
     @api.post("/conversations", status_code=201, response_model=ConversationOut,
-              summary="start a conversation", responses={400: {"model": ErrorBody}})
+              summary="start a conversation")
     def create_conversation(body: ConversationCreate, user: CurrentUser) -> ConversationOut:
         return ConversationOut.of(service.create(
             user, title=body.title, system=body.system, model=body.model))
@@ -408,9 +411,16 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {400: "invalid_request", 404: "not_found",
+                405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names only the first route matching the path; list them all.
+            headers["Allow"] = ", ".join(sorted({
+                m for r in request.app.routes if isinstance(r, APIRoute)
+                and r.path_regex.match(request.url.path) for m in r.methods}))
         return JSONResponse({"error": {"type": kind, "message": str(exc.detail)}},
-                            status_code=exc.status_code, headers=exc.headers)
+                            status_code=exc.status_code, headers=headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s: %s", request.method, request.url.path,
