@@ -469,13 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"Cache-aware trimming vs naive rolling window, same budget, {rows[0]['turns']}-turn replay "
           f"of {longest.id} (weighted = uncached + 1.25 x write + 0.1 x read, in tokens):")
-    h2 = f"{'budget':>7} {'timing':<14}{'naive weighted':>15}{'stepped weighted':>17}{'read':>9}{'write':>9}{'ratio':>7}"
+    h2 = (f"{'budget':>7} {'timing':<14}{'naive weighted':>15}{'stepped weighted':>17}"
+          f"{'stepped read':>13}{'write':>10}{'ratio':>7}")
     print(h2)
     print("-" * len(h2))
     for row in rows:
         s = row["stepped"]
         print(f"{row['budget']:>7} {row['timing']:<14}{weighted(row['naive']):>15,.0f}"
-              f"{weighted(s):>17,.0f}{s.cache_read_tokens:>9,}{s.cache_write_tokens:>9,}"
+              f"{weighted(s):>17,.0f}{s.cache_read_tokens:>13,}{s.cache_write_tokens:>10,}"
               f"{row['ratio']:>6.1f}x")
     print()
     print("Recall index upkeep (BM25/FTS5): per turn, incremental vs rebuilding from the log")

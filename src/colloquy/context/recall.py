@@ -308,14 +308,13 @@ class Unit:
     seqs: tuple[int, ...]
     created_at: float
     lines: tuple[str, ...]
+    #: The lines joined, and their estimated tokens: computed once, packed every turn.
+    text: str = ""
+    tokens: int = 0
 
     @property
     def key(self) -> int:
         return self.seqs[0]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def message_lines(sm: StoredMessage, tool_head: int = TOOL_HEAD_CHARS) -> list[str]:
@@ -340,7 +339,9 @@ def _unit(msgs: Sequence[StoredMessage]) -> Unit:
     lines: list[str] = []
     for sm in msgs:
         lines.extend(message_lines(sm))
-    return Unit(seqs=tuple(sm.seq for sm in msgs), created_at=msgs[0].created_at, lines=tuple(lines))
+    text = "\n".join(lines)
+    return Unit(seqs=tuple(sm.seq for sm in msgs), created_at=msgs[0].created_at,
+                lines=tuple(lines), text=text, tokens=estimate_text(text))
 
 
 class ConversationIndex:
@@ -516,7 +517,7 @@ class RecallPart:
             if not group:
                 continue
             new_hours = {int(idx.units[k].created_at // SAME_TIME_SECONDS) for k in group} - hours
-            cost = sum(estimate_text(idx.units[k].text) + 2 for k in group) + 10 * len(new_hours)
+            cost = sum(idx.units[k].tokens + 2 for k in group) + 10 * len(new_hours)
             if math.ceil((used + cost) * scale) > budget:
                 continue  # a smaller unit further down may still fit
             used += cost
