@@ -213,6 +213,36 @@ def test_unknown_retriever_is_a_config_error() -> None:
         RecallPolicy(100, recall_share=1.5)
 
 
+class _Ranked:
+    """A fixed ranking standing in for one retriever's output (the fusion is under test)."""
+
+    def __init__(self, keys: list[int]) -> None:
+        self.keys = keys
+        self.added = 0
+
+    def add(self, items: object) -> None: ...
+
+    def set_context(self, key: int, text: str, context: str) -> None: ...
+
+    def search(self, query: str, limit: int, before: int | None = None) -> list[tuple[int, float]]:
+        return [(k, 1.0) for k in self.keys if before is None or k < before][:limit]
+
+
+def test_hybrid_fusion_is_weighted_reciprocal_rank() -> None:
+    lexical, dense = _Ranked([1, 2, 3]), _Ranked([3, 2, 1])
+    # Equal weights: 2 is second in both lists and wins ties by key order after 1 and 3 tie.
+    equal = HybridRetriever(lexical, dense, k=1)
+    assert [k for k, _ in equal.search("q", 3)] == [1, 3, 2]
+    # The dense ranking at half weight: the lexical order wins.
+    half = HybridRetriever(lexical, dense, k=1, weights=(1.0, 0.5))
+    scores = dict(half.search("q", 3))
+    assert [k for k, _ in half.search("q", 3)] == [1, 2, 3]
+    assert scores[1] == pytest.approx(1 / 2 + 0.5 / 4)
+    assert [k for k, _ in half.search("q", 3, before=3)] == [1, 2]
+    with pytest.raises(ConfigError):
+        HybridRetriever(lexical, dense, weights=(1.0,))
+
+
 def test_dense_and_hybrid_retrieval_with_the_offline_model() -> None:
     """The embeddings extra, for real: all-MiniLM-L6-v2 from its offline package."""
     try:

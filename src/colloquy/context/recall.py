@@ -249,13 +249,22 @@ class DenseRetriever:
 
 
 class HybridRetriever:
-    """BM25 and dense rankings fused by reciprocal rank fusion: score = sum 1 / (k + rank).
+    """BM25 and dense rankings fused by weighted reciprocal rank fusion:
+    score = sum of weight / (k + rank) over the retrievers.
 
     RRF needs no score calibration between the two (BM25 scores are unbounded, cosines are not),
-    which is why it is the usual default for hybrid search."""
+    which is why it is the usual default for hybrid search. The dense ranking counts half by
+    default: a small sentence model matches topics, while questions about a conversation name
+    specific people and events; on LoCoMo at 4k tokens, weights (1, 0.5) give 0.854 evidence
+    recall where equal weights give 0.846 and BM25 alone 0.842 (``bench/memory.py``)."""
 
-    def __init__(self, *retrievers: Retriever, k: int = 60, depth: int = 50) -> None:
+    def __init__(self, *retrievers: Retriever, k: int = 60, depth: int = 50,
+                 weights: Sequence[float] | None = None) -> None:
         self.retrievers = retrievers or (BM25Retriever(), DenseRetriever())
+        self.weights = tuple(weights) if weights is not None else (
+            (1.0, 0.5) if not retrievers else (1.0,) * len(self.retrievers))
+        if len(self.weights) != len(self.retrievers) or min(self.weights) < 0:
+            raise ConfigError("hybrid recall needs one non-negative weight per retriever")
         self.k = k
         self.depth = depth
 
@@ -273,9 +282,9 @@ class HybridRetriever:
 
     def search(self, query: str, limit: int, before: int | None = None) -> list[tuple[int, float]]:
         fused: dict[int, float] = {}
-        for r in self.retrievers:
+        for weight, r in zip(self.weights, self.retrievers):
             for rank, (key, _) in enumerate(r.search(query, max(limit, self.depth), before), 1):
-                fused[key] = fused.get(key, 0.0) + 1.0 / (self.k + rank)
+                fused[key] = fused.get(key, 0.0) + weight / (self.k + rank)
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
 
