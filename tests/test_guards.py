@@ -298,4 +298,5 @@ def test_a_blocked_turn_retried_with_its_idempotency_key_is_not_stored_twice(sto
     first = chat.send("far too long a message", idempotency_key="k1")
     again = chat.send("far too long a message", idempotency_key="k1")
     assert first.blocked and again.text == first.text and again.seq == first.seq
+    assert again.blocked and again.guards == first.guards  # the replay says what happened
     assert len(store.load("s1")) == 2 and model.requests == []

@@ -197,6 +197,7 @@ def test_load_after_seq_and_limit(store: Store) -> None:
     assert seqs(store.load("c", after_seq=4, limit=2)) == [5, 6]
     assert seqs(store.load("c", after_seq=9, limit=5)) == [10]
     assert store.load("c", after_seq=10) == []
+    assert seqs(store.load("c", after_seq=-3, limit=2)) == [1, 2]  # no slicing from the end
     assert store.load("c", after_seq=50) == []
     assert store.load("c", limit=0) == []
     store.create_conversation(id="empty")

@@ -102,6 +102,7 @@ def prior_turn(chat: Chat, idempotency_key: str | None) -> Reply | StoredMessage
                     cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
                     model=sm.model or chat.model.name, stop_reason=sm.meta.get("stop_reason"),
                     rounds=len(used), notes=["replayed: this idempotency key was already answered"],
+                    blocked=bool(sm.meta.get("blocked")), guards=list(sm.meta.get("guards", [])),
                 )
     return found
 

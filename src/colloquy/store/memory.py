@@ -122,7 +122,7 @@ class MemoryStore(MemoryUserMethods, MemoryTurnMethods, MemoryRecordMethods):
             self.get_conversation(conversation_id)
             log = self._messages[conversation_id]
             # seq n sits at index n - 1: the log is dense and append-only.
-            out = log[after_seq:]
+            out = log[max(0, after_seq):]  # a negative seq must not slice from the end
             return out[:limit] if limit is not None else list(out)
 
     def close(self) -> None:
