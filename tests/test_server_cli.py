@@ -64,3 +64,27 @@ def test_serve_answers_on_loopback_with_a_cli_token(tmp_path: Path) -> None:
         assert codes == [200] * 5 + [429]
     log = (tmp_path / "serve.log").read_text()
     assert "http://127.0.0.1:" in log and token not in log
+
+
+def test_serve_applies_the_guard_flags_to_every_conversation(tmp_path: Path) -> None:
+    db = str(tmp_path / "guarded.db")
+    bad = run("serve", "--model", "echo", "--guard", "bogus", "--db", db)
+    assert bad.returncode == 2 and "unknown guard" in bad.stderr and "Traceback" not in bad.stderr
+    token = colloquy("users", "add", "ada", "--db", db).stdout.strip()
+    with serve_subprocess(db, "--guard", "topic:cooking,recipes", "--guard", "pii") as url:
+        created = httpx.post(url + "/v1/conversations", headers=bearer(token), json={})
+        cid = created.json()["id"]
+        send = lambda text: httpx.post(  # noqa: E731
+            f"{url}/v1/conversations/{cid}/messages", headers=bearer(token),
+            json={"content": text}, timeout=30).json()
+        off = send("Who will win the football world cup this year?")
+        assert off["blocked"] is True and "cooking" in off["text"]
+        on = send("Which pancake recipe works for ada@example.com's brunch?")
+        assert on["blocked"] is False and "[email]" in on["text"] and "ada@example.com" not in on["text"]
+    store = SQLiteStore(db)
+    try:
+        texts = [sm.message.text for sm in store.load(cid)]
+    finally:
+        store.close()
+    assert not any("ada@example.com" in t for t in texts)  # redacted before it was stored
+    assert len(texts) == 4

@@ -146,6 +146,17 @@ def _lines(interactive: bool) -> Any:
             yield line.rstrip("\n")
 
 
+def _add_guards(p: argparse.ArgumentParser) -> None:
+    """The guard flags, shared by ``chat`` and ``serve`` (built by :func:`build_guards`)."""
+    p.add_argument("--guard", action="append", metavar="SPEC",
+                   help="add a guard: topic:\"cooking,recipes\", pii[:email,phone,card], "
+                   "length[:N], hook:module:function (repeatable; see the README's Guards)")
+    p.add_argument("--guards", metavar="FILE", help="guards and persona from a TOML/JSON file")
+    p.add_argument("--guard-model", metavar="M",
+                   help="model that judges the topic guard (default: embeddings when "
+                   "colloquy[embeddings] is installed, else keyword match)")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     store = open_store(args.db)
     existing = store.find_conversation(args.session) if args.session else None
@@ -286,13 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, metavar="T")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="reply length cap")
     p.add_argument("--no-stream", action="store_true", help="print each reply when complete")
-    p.add_argument("--guard", action="append", metavar="SPEC",
-                   help="add a guard: topic:\"cooking,recipes\", pii[:email,phone,card], "
-                   "length[:N], hook:module:function (repeatable; see docs/quality.md)")
-    p.add_argument("--guards", metavar="FILE", help="guards and persona from a TOML/JSON file")
-    p.add_argument("--guard-model", metavar="M",
-                   help="model that judges the topic guard (default: embeddings when "
-                   "colloquy[embeddings] is installed, else keyword match)")
+    _add_guards(p)
     _add_db(p)
     p.set_defaults(func=cmd_chat)
 
@@ -341,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .server.commands import add_serve_command, add_users_commands
 
-    add_serve_command(sub, _add_db, _add_policy)
+    add_serve_command(sub, _add_db, _add_policy, _add_guards)
     users = sub.add_parser("users", help="users: add, list, revoke; export, import, delete")
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add_users_commands(usub, _add_db)

@@ -111,8 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
         "policy": args.policy, "policy_config": args.policy_config,
         "extract_facts": args.extract_facts, "memory_model": args.memory_model,
+        "guard": args.guard or [], "guards_file": args.guards, "guard_model": args.guard_model,
     }
     _policy_and_extraction(settings)  # a bad policy fails here, once, in one line
+    _guards(settings)  # and so does a bad guard spec or file
     os.environ[SETTINGS_VAR] = json.dumps(settings)
     if args.host not in LOOPBACK:
         sys.stderr.write(f"colloquy: serving on {args.host}: bearer tokens travel in the clear "
@@ -132,8 +134,10 @@ def app_from_env() -> Any:
 
     raw = json.loads(os.environ.get(SETTINGS_VAR, "{}"))
     policy, extraction = _policy_and_extraction(raw)
+    guards, persona = _guards(raw)
     options: dict[str, Any] = {
-        "system": raw.get("system", ""),
+        "system": raw.get("system") or persona.get("system") or "",
+        "guards": guards,
         "allowed_models": raw.get("allowed_models", []),
         "rate_limit": RateLimit.parse(raw.get("rate_limit", "120/minute")),
         "policy": policy,
@@ -145,9 +149,17 @@ def app_from_env() -> Any:
     return create_app(db=raw.get("db"), model=raw.get("model"), **options)
 
 
+def _guards(raw: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Guards and the guard file's persona from serve's flags, as ``colloquy chat`` builds them:
+    every conversation of the service gets the same input and output guards."""
+    from ..guards import build_guards
+
+    return build_guards(raw.get("guard") or [], raw.get("guards_file"), judge=raw.get("guard_model"))
+
+
 def _policy_and_extraction(raw: dict[str, Any]) -> tuple[Any, Any]:
     """The context policy and fact extraction from serve's flags, as ``colloquy chat`` builds
-    them (``--policy memory`` gives facts, summaries and recall; see docs/memory.md)."""
+    them (``--policy memory`` gives facts, summaries and recall)."""
     from ..cli import policy_from_args
     from ..memory.cli import extraction_from_args
 
@@ -162,6 +174,7 @@ def add_serve_command(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     add_db: Any,
     add_policy: Any,
+    add_guards: Any,
 ) -> None:
     p = sub.add_parser("serve", help="run the HTTP API and the web chat page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
@@ -171,6 +184,7 @@ def add_serve_command(
                    help="another model conversations may choose (repeatable)")
     p.add_argument("--system", metavar="TEXT", help="persona of conversations created without one")
     add_policy(p)  # also --policy NAME, --policy-config FILE, --extract-facts, --memory-model
+    add_guards(p)  # --guard SPEC, --guards FILE, --guard-model M: as for colloquy chat
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes over the same database (default 1)")
     p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",
