@@ -14,7 +14,7 @@ Columns:
   recall all / any   share of questions (categories 1-4) whose evidence turns are all / any
                      present in the context, verbatim (recent turns or recalled excerpts)
   c1..c5             "all" recall per LoCoMo category (5 = adversarial)
-  via parts          "all" recall counting turns carried by a summary or facts (3A's parts)
+  parts              "all" recall counting turns carried by a summary or facts too
   prompt Mtok        total input tokens over the replay (uncached + cache write + cache read)
   weighted Mtok      cost-weighted input tokens: uncached + 1.25 x write + 0.1 x read
   cost $             the replay's input cost at claude-sonnet-4-6 prices ($3/M input)
@@ -27,7 +27,7 @@ cached one (looking back up to 20 blocks from a breakpoint) reads it at 0.1x; th
 hit to the last breakpoint are written at 1.25x; the rest is uncached input. A request with no
 breakpoint is billed at the plain input price.
 
-Summaries and facts (3A's parts), when present, run with the deterministic offline
+Summaries and facts (the named presets' parts) run with the deterministic offline
 summariser/extractor, not a model.
 """
 
@@ -150,7 +150,7 @@ USER_ID = "locomo-user"
 
 @dataclass
 class Env:
-    """Per (policy, conversation): the token counter, and a store for 3A's facts/summaries."""
+    """Per (policy, conversation): the token counter, and a store for facts and summaries."""
 
     counter: TokenCounter
     store: Any = None
@@ -308,25 +308,23 @@ def dense_available() -> bool:
 
 @dataclass
 class Setup:
-    """How to run one named policy: its factory, and (3A's facts) an extraction hook."""
+    """How to run one named policy: its factory, and (for facts) an extraction hook."""
 
     make: Callable[[int], ContextPolicy]
     extraction: Any = None
 
 
 def composite_presets() -> dict[str, Setup]:
-    """3A's named composite presets (summary, facts, recall, memory) with the deterministic
-    offline summariser/extractor, when that module exists."""
-    try:
-        from colloquy.context import presets
-    except ImportError:
-        return {}
+    """The named composite presets of ``--policy`` (summary, facts, recall, memory), with the
+    deterministic offline summariser/extractor."""
+    from colloquy.context import presets
+
     out: dict[str, Setup] = {}
-    for name in getattr(presets, "PRESETS", {}):
+    for name in presets.PRESETS:
         if name in {"window", "budget", "full"}:
             continue
         ext = presets.make_extraction(name, chat_model="echo")
-        out[f"3A:{name}"] = Setup(lambda b, n=name: presets.preset(n, max_input_tokens=b), ext)
+        out[f"preset:{name}"] = Setup(lambda b, n=name: presets.preset(n, max_input_tokens=b), ext)
     return out
 
 
@@ -425,9 +423,6 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"model priced: {MODEL}")
     if not dense:
         print("dense/hybrid recall: skipped (pip install 'colloquy[embeddings]' to include them)")
-    if not composite_presets():
-        print("summary/facts composite presets (issue 3A): not present in this tree; "
-              "'via parts' equals verbatim recall")
     results: list[Result] = []
     for name, setup in table.items():
         for b in budgets:

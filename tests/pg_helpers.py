@@ -35,7 +35,7 @@ def require_postgres_url() -> str:
         return url
     message = (
         f"{POSTGRES_URL_VAR} is not set: PostgreSQL tests need a server "
-        "(.ci/run starts one; locally see docs/postgres.md)"
+        "(.ci/run starts one; locally see the README, PostgreSQL)"
     )
     if in_ci():
         pytest.fail(message + " — in CI these tests must run, not be skipped")

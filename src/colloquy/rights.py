@@ -17,7 +17,7 @@ deletion here is followed by erasure: on SQLite ``secure_delete`` (zeroes freed 
 checkpoint that truncates the log file, and ``VACUUM`` (rewrites the file from live rows only);
 on PostgreSQL ``VACUUM FULL`` of every touched table (rewrites it into new files; the old ones are
 truncated). What a database engine cannot erase: PostgreSQL's own WAL segments and any backups
-or replicas keep the bytes until they are recycled (see docs/postgres.md).
+or replicas keep the bytes until they are recycled (see the README, PostgreSQL).
 """
 
 from __future__ import annotations

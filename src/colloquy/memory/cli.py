@@ -30,7 +30,7 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
                    help=f"context policy: {', '.join(POLICY_NAMES)} (with --max-input-tokens as "
                         "its budget and --window as its cap on recent turns)")
     p.add_argument("--policy-config", metavar="FILE",
-                   help="a TOML or JSON file naming and tuning the policy (see docs/memory.md)")
+                   help="a TOML or JSON file naming and tuning the policy (see the README, Memory)")
     p.add_argument("--extract-facts", metavar="every|N|off",
                    help="extract facts about --user after every turn, every N turns, or never "
                         "(default: every turn with the facts and memory policies)")

@@ -122,7 +122,7 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
         """``synchronous_commit=False`` stops waiting for the server's WAL flush at each commit:
         a server crash may forget the last moments of commits (never corrupt anything), the
         durability SQLite's WAL mode with ``synchronous=NORMAL`` gives. Turns get several
-        milliseconds faster where fsync is slow (see docs/postgres.md)."""
+        milliseconds faster where fsync is slow (see the README, PostgreSQL)."""
         self.url = url
         self.schema = schema
         self.synchronous_commit = synchronous_commit
