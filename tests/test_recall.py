@@ -268,3 +268,21 @@ def test_dense_and_hybrid_retrieval_with_the_offline_model() -> None:
     assert 1 in ctx.part_sources["recall"]
     assert math.isfinite(sum(s for _, s in d.search("cat", 3)))
     assert re.search(r"\[\d{4}-\d\d-\d\d \d\d:\d\d\]\nuser: I adopted a tabby kitten", ctx.system[-1].text)
+
+
+def test_the_shipped_retrieval_heavy_config_builds_what_it_says() -> None:
+    """examples/recall-heavy.toml (quoted in the README with its LoCoMo figure)."""
+    from pathlib import Path
+
+    from colloquy import load_policy_config, make_policy
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "recall-heavy.toml"
+    policy = make_policy(config=load_policy_config(path))
+    assert isinstance(policy, ComposedPolicy) and policy.max_input_tokens == 4000
+    assert policy.caps == {"recent": 0.1, "recall": 0.9}
+    (part,) = policy.parts
+    assert isinstance(part, RecallPart) and part.retriever == "hybrid"
+    history = with_question(log(conversation(40)), "what was the name of my cat?")
+    ctx = policy.build(ContextInput(history=history, conversation_id="heavy"))
+    assert problems(ctx.messages) == []
+    assert "Biscuit" in ctx.system[-1].text  # recalled from far outside the small window
