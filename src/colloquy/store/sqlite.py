@@ -4,7 +4,10 @@ Why these settings: WAL lets readers run while a turn is being written and keeps
 small append to the log file; ``synchronous=NORMAL`` in WAL mode never corrupts the database on a
 crash (at worst a power loss forgets the newest commits); ``BEGIN IMMEDIATE`` takes the write lock
 up front, so two processes appending to one conversation serialise instead of deadlocking, and
-``busy_timeout`` makes the second one wait rather than fail.
+``busy_timeout`` makes the second one wait rather than fail. Within one process, writers also
+queue on a lock of their own first: SQLite's busy handler polls by sleeping in growing steps, so
+32 threads contending for the write lock saw a p99 of half a second, where a queue hands the lock
+straight on (``bench/store.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,16 @@ from .users import SQLUserMethods
 from .migrations import MIGRATIONS, Migration, split_sql
 
 _CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta"
+
+_WRITERS: dict[str, threading.RLock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.RLock:
+    """The process-wide writer queue of one database file (shared by every store on it)."""
+    key = str(path.resolve())
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(key, threading.RLock())
 _MSG_COLS = (
     "conversation_id, seq, role, content, created_at, model, input_tokens, output_tokens, "
     "cache_write_tokens, cache_read_tokens, cost_usd, meta"
@@ -109,6 +122,7 @@ class SQLiteStore(SQLUserMethods, SQLiteTurnMethods, SQLRecordMethods):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._writer = _writer_lock(self.path)
         if migrate:
             apply_migrations(self._conn())
 
@@ -136,14 +150,15 @@ class SQLiteStore(SQLUserMethods, SQLiteTurnMethods, SQLRecordMethods):
     def transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One atomic unit of work; ``BEGIN IMMEDIATE`` for writers (see the module docstring)."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._writer if write else nullcontext():
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._all_lock:
