@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
@@ -531,3 +532,32 @@ def test_turn_queues_are_dropped_when_idle(env: Env) -> None:
     for i in range(3):
         env.say(cid, f"turn {i}", stream=bool(i % 2))
     assert env.app.state.service._locks == {}
+
+
+def test_turns_wait_on_the_model_concurrently_beyond_the_default_thread_pool(store: SQLiteStore) -> None:
+    """16 turns on 16 conversations at once, against a model that answers only when all 16
+    calls are in flight together: asyncio's default pool (cores + 4 threads) would time out."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server_helpers import serve_in_thread
+
+    n = 16
+    barrier = threading.Barrier(n, timeout=20)
+
+    def together(request: ModelRequest) -> str:
+        barrier.wait()  # raises BrokenBarrierError unless n calls wait at the same time
+        return "answered together"
+
+    env = Env(store, FunctionModel(together), rate_limit=None, threads=32)
+    cids = [env.new() for _ in range(n)]
+    with serve_in_thread(env.app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        def turn(cid: str) -> httpx.Response:
+            return http.post(f"/v1/conversations/{cid}/messages", json={"content": "hi"},
+                             headers=env.as_("ada"))
+
+        with ThreadPoolExecutor(n) as pool:
+            replies = list(pool.map(turn, cids))
+    assert [r.status_code for r in replies] == [200] * n
+    assert {r.json()["text"] for r in replies} == {"answered together"}
+    assert not barrier.broken

@@ -51,6 +51,8 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in no_key.stderr
     bad_rate = run("serve", "--model", "echo", "--rate-limit", "lots", "--db", db)
     assert bad_rate.returncode == 2 and "invalid rate limit" in bad_rate.stderr
+    no_threads = run("serve", "--model", "echo", "--threads", "0", "--db", db)
+    assert no_threads.returncode == 2 and "--threads must be at least 1" in no_threads.stderr
 
 
 def test_serve_answers_on_loopback_with_a_cli_token(tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ twins run it in a worker thread, so there is one implementation of the turn, not
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -115,6 +117,7 @@ class Chat:
         counter: TokenCounter | None = None,
         extract_facts: FactExtraction | None = None,
         guards: Sequence[Guard | Callable[..., Any]] = (),
+        executor: Executor | None = None,
     ) -> None:
         self.store: Store = store if store is not None else open_store()
         self.session_id = session_id or new_id()
@@ -137,6 +140,9 @@ class Chat:
         #: Titles new conversations (see colloquy.continuity.title_model_for); False: first words.
         self.title_model = title_model
         self.guards = GuardSet(guards)
+        #: Where the async twins run the turn (None: the event loop's default executor, whose
+        #: few threads cap how many turns can wait on a model at once; a server passes its own).
+        self.executor = executor
         self._conversation = existing
         self._log: list[StoredMessage] = []
         self._lock = threading.RLock()
@@ -276,7 +282,9 @@ class Chat:
         yield from self._turn(content, streaming=True, idempotency_key=idempotency_key)
 
     async def asend(self, content: UserInput, *, idempotency_key: str | None = None) -> Reply:
-        return await asyncio.to_thread(self.send, content, idempotency_key=idempotency_key)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, functools.partial(self.send, content, idempotency_key=idempotency_key))
 
     async def astream(
         self, content: UserInput, *, idempotency_key: str | None = None
@@ -295,7 +303,7 @@ class Chat:
             else:
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
 
-        worker = loop.run_in_executor(None, work)
+        worker = loop.run_in_executor(self.executor, work)
         try:
             while True:
                 kind, value = await queue.get()

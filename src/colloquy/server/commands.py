@@ -98,6 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be 0-65535, not {args.port}")
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, not {args.threads}")
     RateLimit.parse(args.rate_limit)  # a clear error now, not in every worker
     get_model(args.model)  # fails here, in one line, on a missing API key or unknown model
     for name in args.allow_model or ():
@@ -108,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "db": db, "model": args.model, "system": args.system or "",
         "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
         "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
+        "threads": args.threads,
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
         "policy": args.policy, "policy_config": args.policy_config,
         "extract_facts": args.extract_facts, "memory_model": args.memory_model,
@@ -143,7 +146,7 @@ def app_from_env() -> Any:
         "policy": policy,
         "extract_facts": extraction,
     }
-    for key in ("max_message_chars", "max_body_bytes"):
+    for key in ("max_message_chars", "max_body_bytes", "threads"):
         if raw.get(key):
             options[key] = int(raw[key])
     return create_app(db=raw.get("db"), model=raw.get("model"), **options)
@@ -187,6 +190,9 @@ def add_serve_command(
     add_guards(p)  # --guard SPEC, --guards FILE, --guard-model M: as for colloquy chat
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes over the same database (default 1)")
+    p.add_argument("--threads", type=int, default=64, metavar="N",
+                   help="turns each worker runs at once, each waiting on the model in a thread "
+                   "(default 64)")
     p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",
                    help="per-user request rate per process, e.g. 60/minute, 5/s, off "
                    "(default 120/minute)")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,9 @@ class ServerSettings:
     max_message_chars: int = 32_000
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 256 * 1024
+    #: Turns one process runs at once. A turn mostly waits on the model, in a thread of its own:
+    #: asyncio's default pool (cores + 4 threads) would cap a 2-core server at 6 turns in flight.
+    threads: int = 64
 
 
 class ChatService:
@@ -87,6 +91,10 @@ class ChatService:
         #: entry is dropped when its last user leaves, so the map stays as small as the set of
         #: conversations with a turn in progress.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        if settings.threads < 1:
+            raise ValueError(f"threads must be at least 1, not {settings.threads}")
+        #: The turns' own threads (see ServerSettings.threads); idle threads cost nothing.
+        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="colloquy-turn")
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -153,6 +161,7 @@ class ChatService:
             policy=self.settings.policy, temperature=temperature,
             max_tokens=max_tokens or self.settings.max_tokens,
             extract_facts=self.settings.extract_facts, guards=self.settings.guards,
+            executor=self.executor,
         )
 
     def check_content(self, content: str) -> str:
