@@ -31,6 +31,10 @@ from .users import SQLUserMethods
 from .migrations import MIGRATIONS, Migration, split_sql
 
 _CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta"
+_MSG_COLS = (
+    "conversation_id, seq, role, content, created_at, model, input_tokens, output_tokens, "
+    "cache_write_tokens, cache_read_tokens, cost_usd, meta"
+)
 
 _WRITERS: dict[str, threading.RLock] = {}
 _WRITERS_LOCK = threading.Lock()
@@ -41,10 +45,6 @@ def _writer_lock(path: Path) -> threading.RLock:
     key = str(path.resolve())
     with _WRITERS_LOCK:
         return _WRITERS.setdefault(key, threading.RLock())
-_MSG_COLS = (
-    "conversation_id, seq, role, content, created_at, model, input_tokens, output_tokens, "
-    "cache_write_tokens, cache_read_tokens, cost_usd, meta"
-)
 
 
 def _conversation(row: sqlite3.Row | tuple[Any, ...]) -> Conversation:
