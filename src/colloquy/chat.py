@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -436,7 +436,7 @@ class Chat:
             meta["output_blocked"] = True
         return response, row.model_copy(update={"message": response.message, "meta": meta}), checked
 
-    def _call(self, request: ModelRequest, streaming: bool) -> Iterator[str | ModelResponse]:
+    def _call(self, request: ModelRequest, streaming: bool) -> Generator[str, None, ModelResponse]:
         """Call the model; yields text deltas when streaming, returns the final response."""
         try:
             if not streaming:
@@ -456,8 +456,6 @@ class Chat:
             raise ModelError(
                 f"model call failed: {type(e).__name__}: {e}", provider=self.model.provider
             ) from e
-        # A generator function that returns on the first path still needs a yield somewhere.
-        yield ""  # pragma: no cover
 
     def _calibrate(self, request: ModelRequest, response: ModelResponse) -> int:
         """Fold the billed prompt size into the estimator; return the raw estimate (stored with

@@ -134,7 +134,7 @@ class FunctionGuard(Guard):
         block_message: str = "Sorry, I can't help with that.",
     ) -> None:
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.name = name or str(getattr(fn, "__name__", type(fn).__name__))
         self.stages = tuple(stages)
         self.on_error = on_error
         self.timeout = timeout

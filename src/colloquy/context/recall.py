@@ -59,8 +59,10 @@ RECALL_HEADER = (
 class Retriever(Protocol):
     """An incremental index of text units keyed by an int (the unit's first stored seq)."""
 
-    #: How many units were ever added (tests use it to check indexing is incremental).
-    added: int
+    @property
+    def added(self) -> int:
+        """How many units were ever added (tests use it to check indexing is incremental)."""
+        ...
 
     def add(self, items: Sequence[tuple[int, str, str]]) -> None:
         """Index new units as (key, text, context); keys are increasing and never re-added.
@@ -194,7 +196,7 @@ class DenseRetriever:
         dim_of = getattr(self._model, "get_embedding_dimension", None) or \
             self._model.get_sentence_embedding_dimension
         self._keys: list[int] = []
-        self._vecs = np.zeros((64, int(dim_of())), dtype="float32")  # grows by doubling
+        self._vecs: Any = np.zeros((64, int(dim_of())), dtype="float32")  # grows by doubling
         self._lock = threading.Lock()
         self.added = 0
 
@@ -226,7 +228,7 @@ class DenseRetriever:
         with self._lock:
             n = len(self._keys)
             if n + len(vecs) > len(self._vecs):
-                grown = self._np.zeros((max(2 * len(self._vecs), n + len(vecs)), self._vecs.shape[1]),
+                grown: Any = self._np.zeros((max(2 * len(self._vecs), n + len(vecs)), self._vecs.shape[1]),
                                        dtype="float32")
                 grown[:n] = self._vecs[:n]
                 self._vecs = grown

@@ -160,10 +160,11 @@ class SummaryPart:
         block = render_summary(summary)
         scale = inp.counter.factor(inp.model)
         if math.ceil(estimate_text(block) * scale) > budget:
-            block = _fit(summary, budget, scale)
-            if block is None:
+            fitted = _fit(summary, budget, scale)
+            if fitted is None:
                 res.notes.append(f"the summary does not fit its {budget}-token allowance; left out")
                 return res
+            block = fitted
             res.notes.append("the summary was cut to fit its token allowance (newest points kept)")
         res.blocks.append(TextBlock(text=block))
         res.sources.extend(carried_seqs(summary))

@@ -87,7 +87,7 @@ def _clean(m: Message) -> Message | None:
         return None
     results = [b for b in blocks if isinstance(b, ToolResultBlock)]
     others = [b for b in blocks if not isinstance(b, ToolResultBlock)]
-    ordered: list[ContentBlock] = [*results, *others] if m.role == "user" else others
+    ordered: list[ContentBlock] = [*results, *others] if m.role == "user" else [*others]
     if not ordered:
         return None
     return m if ordered == m.content else Message(role=m.role, content=ordered)
@@ -168,7 +168,9 @@ def repair(
         if not missing:
             continue
         notes.append("answered interrupted tool calls with an error result")
-        fill = [ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True) for u in missing]
+        fill: list[ContentBlock] = [
+            ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True) for u in missing
+        ]
         if nxt is None:
             msgs.append(Message(role="user", content=fill))
             srcs.append([])

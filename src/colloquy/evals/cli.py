@@ -47,13 +47,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     previous = EvalRun.load(args.compare) if args.compare else None
     guards, _ = build_guards(args.guard or [], args.guards, judge=args.judge)
     err = sys.stderr
+
+    def progress(msg: str) -> None:
+        err.write(f"  {msg}\n")
+
     run = run_eval(
         dataset, args.model or [None], args.policy or ["default"], judge=args.judge,
-        guards=guards, progress=lambda msg: err.write(f"  {msg}\n"),
+        guards=guards, progress=progress,
     )
     target = write_run(run, args.out, previous, args.tolerance)
     if args.json:
-        out = {"id": run.id, "dir": str(target), "runs": [
+        out: dict[str, Any] = {"id": run.id, "dir": str(target), "runs": [
             {k: getattr(r, k) for k in ("label", "summary", "cost_usd", "input_tokens",
                                         "output_tokens", "errors")} for r in run.runs]}
         if run.comparison is not None:

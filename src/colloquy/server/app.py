@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import ColloquyError
 from ..models import Model
 from ..store import Store, open_store
-from ..store.users import User, authenticate
+from ..store.users import User, UserStore, authenticate
 from . import errors as E
 from .ratelimit import RateLimiter
 from .schemas import (
@@ -198,6 +198,7 @@ def create_app(
             response.headers.setdefault(k, v)
         return response
 
+    users = cast(UserStore, store)  # every shipped store keeps the service's users
     bearer = HTTPBearer(auto_error=False, description="a token from `colloquy users add NAME`")
 
     def current_user(
@@ -205,7 +206,7 @@ def create_app(
     ) -> User:
         if creds is None:
             raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        user = authenticate(store, creds.credentials)
+        user = authenticate(users, creds.credentials)
         if user is None:
             raise E.NotAuthenticated("invalid bearer token")
         if limiter is not None:
@@ -237,7 +238,7 @@ def create_app(
         user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 100
     ) -> ConversationList:
         return ConversationList(
-            conversations=[ConversationOut.of(c) for c in service.list(user, limit)])
+            conversations=[ConversationOut.of(c) for c in service.conversations(user, limit)])
 
     @api.get("/conversations/{conversation_id}", response_model=ConversationDetail,
              responses=NOT_FOUND, summary="a conversation with its messages")
@@ -418,7 +419,7 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
             # The router names only the first route matching the path; list them all.
             headers["Allow"] = ", ".join(sorted({
                 m for r in request.app.routes if isinstance(r, APIRoute)
-                and r.path_regex.match(request.url.path) for m in r.methods}))
+                and r.path_regex.match(request.url.path) for m in (r.methods or ())}))
         return JSONResponse({"error": {"type": kind, "message": str(exc.detail)}},
                             status_code=exc.status_code, headers=headers)
 

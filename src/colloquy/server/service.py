@@ -136,7 +136,7 @@ class ChatService:
             model=m.name, title=title,
         )
 
-    def list(self, user: User, limit: int = 100) -> list[Conversation]:
+    def conversations(self, user: User, limit: int = 100) -> list[Conversation]:
         return self.store.list_conversations(user_id=user.id, limit=limit)
 
     def detail(self, user: User, conversation_id: str) -> tuple[Conversation, list[StoredMessage]]:

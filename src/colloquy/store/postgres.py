@@ -253,7 +253,8 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
         model: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Conversation:
-        sets, args = ["updated_at = %s"], [time.time()]
+        sets: list[str] = ["updated_at = %s"]
+        args: list[Any] = [time.time()]
         for col, value in (("title", title), ("persona", persona), ("model", model)):
             if value is not None:
                 sets.append(f"{col} = %s")

@@ -231,7 +231,8 @@ class SQLiteStore(SQLUserMethods, SQLiteTurnMethods, SQLRecordMethods):
         model: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Conversation:
-        sets, args = ["updated_at = ?"], [time.time()]
+        sets: list[str] = ["updated_at = ?"]
+        args: list[Any] = [time.time()]
         for col, value in (("title", title), ("persona", persona), ("model", model)):
             if value is not None:
                 sets.append(f"{col} = ?")
