@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -535,3 +536,48 @@ def test_scripted_model_steps() -> None:
     assert tool_call("f", id="fixed").id == "fixed"
     with pytest.raises(LookupError):
         _ = EchoModel().last_request
+
+
+def test_side_calls_summaries_facts_and_titles_are_billed_to_the_session(store: Store) -> None:
+    """A session's cost counts the cheaper model's calls too, and keeps them across processes."""
+    from colloquy import (ComposedPolicy, FactExtraction, FactExtractor, FactsPart, RecentTurns,
+                          Summariser, SummaryPart)
+    from colloquy.usage import price_for
+
+    haiku, sonnet = "claude-haiku-4-5", "claude-sonnet-4-6"
+    side = Usage(input_tokens=100, output_tokens=20)
+
+    def scripted(name: str, blocks: list[list[Any]], usage: Usage) -> ScriptedModel:
+        return ScriptedModel([ModelResponse(content=b, usage=usage, model=name) for b in blocks],
+                             name=name)
+
+    summariser = scripted(haiku, [[TextBlock(text=f"- point {i}")] for i in range(20)], side)
+    extractor = scripted(haiku, [[tool_call("record_memory", {"operations": []})]] * 20, side)
+    titler = scripted(haiku, [[TextBlock(text="Leek dinners")]], side)
+    chat_model = scripted(sonnet, [[TextBlock(text=f"a{i}")] for i in range(8)],
+                          Usage(input_tokens=50, output_tokens=10))
+    policy = ComposedPolicy(
+        400, parts=[FactsPart(), SummaryPart(Summariser(summariser), min_new_turns=2)],
+        recent=RecentTurns(turns=2), min_recent_turns=1)
+    chat = Chat(chat_model, store=store, session_id="s", user_id="ana", policy=policy,
+                counter=TokenCounter(), title_model=titler,
+                extract_facts=FactExtraction(FactExtractor(extractor)))
+    for i in range(8):
+        chat.send(f"message {i} about leeks " + "detail " * 30)
+
+    cost = chat.cost()
+    calls = {s.purpose: s for s in cost.side_calls}
+    assert set(calls) == {"summary", "facts", "title"}
+    assert calls["title"].calls == 1 and calls["facts"].calls == 8
+    assert calls["summary"].calls == len(summariser.requests) >= 2
+    price = price_for(haiku)
+    assert price is not None
+    for s in calls.values():
+        assert s.model == haiku
+        assert s.usage == Usage(input_tokens=100 * s.calls, output_tokens=20 * s.calls)
+        assert s.cost_usd == pytest.approx(s.calls * price.cost(side))
+    turns = sum(t.cost_usd or 0.0 for t in cost.turns)
+    assert cost.cost_usd == pytest.approx(turns + sum(s.cost_usd or 0.0 for s in calls.values()))
+    assert cost.usage.input_tokens == 8 * 50 + 100 * sum(s.calls for s in calls.values())
+    # Kept with the conversation: another process (a new Chat on the store) sees the same bill.
+    assert Chat(EchoModel(), store=store, session_id="s").cost() == cost

@@ -166,3 +166,10 @@ def test_the_docs_offline_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "lives in Porto" in b]
     exec(compile(snippet, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "['prefers metric units', 'lives in Porto']"
+
+
+def test_cost_lists_the_memory_models_calls(run: Run, db: str) -> None:
+    out = run("chat", "--model", "echo", "--session", "s", "--user", "ana", "--policy", "memory",
+              "--db", db, stdin="I live in Lisbon\nmy name is Ana\n/cost\n").stdout
+    assert "[facts] offline-facts: 2 calls" in out
+    assert "session: 4 calls" in out and "price unknown" not in out

@@ -8,7 +8,7 @@ The small public API::
     print(chat.send("hello").text)
 """
 
-from .chat import Chat, Reply, SessionCost, TurnCost
+from .chat import Chat, Reply, SessionCost, SideCost, TurnCost
 from .context import (
     Context,
     ContextInput,
@@ -142,6 +142,7 @@ __all__ = [
     "SQLiteStore",
     "ScriptedModel",
     "SessionCost",
+    "SideCost",
     "Store",
     "StoreError",
     "StoredMessage",

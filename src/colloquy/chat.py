@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
@@ -71,14 +72,31 @@ class TurnCost(BaseModel):
     cost_usd: float | None
 
 
+class SideCost(BaseModel):
+    """Model calls a session made besides its turns (summaries, fact extraction, titles), per
+    purpose and model: they are billed too, usually by a cheaper model."""
+
+    purpose: str
+    model: str
+    calls: int
+    usage: Usage
+    cost_usd: float | None
+
+
 class SessionCost(BaseModel):
     turns: list[TurnCost]
+    side_calls: list[SideCost] = Field(default_factory=list)
+    #: Turns and side calls together.
     usage: Usage
-    #: None when a turn used a model whose price is unknown.
+    #: Turns and side calls together; None when a call used a model whose price is unknown.
     cost_usd: float | None
 
 
 UserInput = str | Message | Sequence[ContentBlock]
+
+log = logging.getLogger("colloquy")
+#: Conversation meta key of the side calls' running totals (see Chat.record_side_call).
+SIDE_CALLS = "side_calls"
 
 
 def _user_message(content: UserInput) -> Message:
@@ -346,6 +364,8 @@ class Chat:
                 rounds += 1
                 ctx = self.build_context(self._log)
                 notes.extend(persist_derived(self.store, ctx.derived))
+                for record in ctx.derived:  # e.g. a summary written for this turn: billed too
+                    self._account_derived(record)
                 notes.extend(n for n in ctx.notes if n not in notes)
                 request = self._request(ctx)
                 buffered = streaming and bool(self.guards.stage("output"))
@@ -487,8 +507,44 @@ class Chat:
                      cost_usd=sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage))
             for sm in self.history() if sm.usage is not None
         ]
-        costs = [t.cost_usd for t in turns]
+        conv = self.store.find_conversation(self.session_id)
+        side = [SideCost.model_validate(v) for v in ((conv.meta if conv else {}).get(SIDE_CALLS) or {}).values()]
+        costs = [t.cost_usd for t in turns] + [s.cost_usd for s in side]
         return SessionCost(
-            turns=turns, usage=Usage.total(t.usage for t in turns),
+            turns=turns, side_calls=side,
+            usage=Usage.total([*(t.usage for t in turns), *(s.usage for s in side)]),
             cost_usd=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
         )
+
+    def _account_derived(self, record: Any) -> None:
+        meta = getattr(record, "meta", None) or {}
+        if isinstance(meta, dict) and meta.get("usage"):
+            self.record_side_call(
+                type(record).__name__.lower(), str(getattr(record, "model", "") or "unknown"),
+                Usage.model_validate(meta["usage"]), meta.get("cost_usd"))
+
+    def record_side_call(self, purpose: str, model: str, usage: Usage, cost_usd: float | None) -> None:
+        """Add a side call's usage to the session's totals (kept in the conversation record's
+        meta, one entry per purpose and model, so it stays small). Called inside the turn, under
+        its lock, so the read-modify-write cannot race another turn. Never raises."""
+        try:
+            conv = self.store.find_conversation(self.session_id)
+            if conv is None:
+                return
+            meta = dict(conv.meta)
+            table = dict(meta.get(SIDE_CALLS) or {})
+            key = f"{purpose} {model}"
+            old = table.get(key)
+            if old is None:
+                entry = SideCost(purpose=purpose, model=model, calls=1, usage=usage, cost_usd=cost_usd)
+            else:
+                prev = SideCost.model_validate(old)
+                entry = SideCost(
+                    purpose=purpose, model=model, calls=prev.calls + 1, usage=prev.usage + usage,
+                    cost_usd=None if prev.cost_usd is None or cost_usd is None
+                    else prev.cost_usd + cost_usd)
+            table[key] = entry.model_dump(mode="json")
+            meta[SIDE_CALLS] = table
+            self._conversation = self.store.update_conversation(self.session_id, meta=meta)
+        except Exception as e:  # noqa: BLE001 - accounting must never fail the turn
+            log.warning("could not record a %s call for %s: %s", purpose, self.session_id, e)

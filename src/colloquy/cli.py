@@ -108,8 +108,13 @@ def _print_cost(chat: Chat, out: TextIO) -> None:
         out.write(f"[{t.seq}] {t.model}: in {u.input_tokens} · out {u.output_tokens} · "
                   f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
                   f"{_money(t.cost_usd)}\n")
+    for s in cost.side_calls:  # summaries, fact extraction, titles
+        u = s.usage
+        out.write(f"[{s.purpose}] {s.model}: {s.calls} call{'s' if s.calls != 1 else ''} · "
+                  f"in {u.input_tokens} · out {u.output_tokens} · {_money(s.cost_usd)}\n")
     u = cost.usage
-    out.write(f"session: {len(cost.turns)} calls · in {u.input_tokens} · out {u.output_tokens} · "
+    calls = len(cost.turns) + sum(s.calls for s in cost.side_calls)
+    out.write(f"session: {calls} calls · in {u.input_tokens} · out {u.output_tokens} · "
               f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
               f"{_money(cost.cost_usd)}\n")
 

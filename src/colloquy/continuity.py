@@ -193,15 +193,9 @@ def auto_title(chat: Chat, reply_text: str) -> str | None:
             return None
         model = title_model_for(chat.model, getattr(chat, "title_model", None))
         title, usage = make_title(first_user, reply_text, model)
-        meta = dict(fresh.meta)
+        chat._conversation = chat.store.update_conversation(chat.session_id, title=title)
         if usage is not None and model is not None:
-            meta["title_usage"] = {
-                "model": model[1], **usage.model_dump(),
-                "cost_usd": cost_of(model[1], usage),
-            }
-            chat._conversation = chat.store.update_conversation(chat.session_id, title=title, meta=meta)
-        else:
-            chat._conversation = chat.store.update_conversation(chat.session_id, title=title)
+            chat.record_side_call("title", model[1], usage, cost_of(model[1], usage))
         return title
     except Exception as e:  # noqa: BLE001 - a title must never fail the turn
         log.warning("could not title conversation %s: %s", chat.session_id, e)

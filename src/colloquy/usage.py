@@ -94,6 +94,7 @@ PRICES: dict[str, Price] = {
     "echo": Price(input=0, output=0, cache_write=0, cache_read=0),
     "scripted": Price(input=0, output=0, cache_write=0, cache_read=0),
     "function": Price(input=0, output=0, cache_write=0, cache_read=0),
+    "offline-": Price(input=0, output=0, cache_write=0, cache_read=0),  # summariser, facts
 }
 
 

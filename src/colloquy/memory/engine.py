@@ -34,5 +34,7 @@ def extract_after_turn(chat: Any) -> list[str]:
     extraction = getattr(chat, "extract_facts", None)
     if extraction is None:
         return []
-    _, notes = extraction.run(chat.store, chat.user_id, chat.session_id, chat._log)
+    applied, notes = extraction.run(chat.store, chat.user_id, chat.session_id, chat._log)
+    if applied is not None and applied.usage is not None:
+        chat.record_side_call("facts", applied.model or "unknown", applied.usage, applied.cost_usd)
     return notes

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import ColloquyError
 from ..messages import Message, StoredMessage, TextBlock
 from ..models.base import Model, ModelRequest, ToolSpec
+from ..usage import Usage, cost_of
 from .models import DEFAULT_MEMORY_MODEL, resolve_model
 from .records import Fact, normalise
 from .transcript import transcript
@@ -119,13 +120,22 @@ class FactExtractor:
         )
 
     def extract(self, known: Sequence[Fact], messages: Sequence[StoredMessage]) -> list[FactOp]:
+        return self.extract_with_usage(known, messages)[0]
+
+    def extract_with_usage(
+        self, known: Sequence[Fact], messages: Sequence[StoredMessage]
+    ) -> tuple[list[FactOp], Usage]:
+        """The operations and what the call cost in tokens (the chat accounts for it)."""
         response = self.model.request(self.request(known, messages))
+        return self._ops(response.text, response.tool_uses), response.usage
+
+    def _ops(self, text: str, tool_uses: Sequence[Any]) -> list[FactOp]:
         raw: list[Any] | None = None
-        for call in response.tool_uses:
+        for call in tool_uses:
             if call.name == TOOL_NAME:
                 raw = [*(raw or []), *list(call.input.get("operations") or [])]
         if raw is None:
-            raw = _ops_from_text(response.text)
+            raw = _ops_from_text(text)
         try:
             return [FactOp.model_validate(item) for item in raw]
         except ValidationError as e:
@@ -157,6 +167,10 @@ class Applied:
     updated: list[tuple[Fact, Fact]] = field(default_factory=list)  # (old, new)
     retired: list[Fact] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: What the extraction call cost, and with which model (None: not reported).
+    usage: Usage | None = None
+    model: str | None = None
+    cost_usd: float | None = None
 
 
 def apply_ops(
@@ -245,8 +259,18 @@ class FactExtraction:
             new = self.due(store, conversation_id, history)
             if not new:
                 return None, []
-            ops = self.extractor.extract(store.list_facts(user_id), new)
+            known = store.list_facts(user_id)
+            with_usage = getattr(self.extractor, "extract_with_usage", None)
+            usage: Usage | None = None
+            if with_usage is not None:  # an extractor of your own may only have extract()
+                ops, usage = with_usage(known, new)
+            else:
+                ops = self.extractor.extract(known, new)
             applied = apply_ops(store, user_id, ops, conversation_id=conversation_id, messages=new)
+            if usage is not None:
+                model = self.extractor.model
+                applied.usage, applied.model = usage, model.name
+                applied.cost_usd = cost_of(model.price_key, usage)
             store.set_memory_cursor(conversation_id, CURSOR, new[-1].seq)
         except Exception as e:  # noqa: BLE001 - extraction never fails a turn
             return None, [f"fact extraction failed ({type(e).__name__}: {e}); "
