@@ -300,3 +300,20 @@ def test_a_blocked_turn_retried_with_its_idempotency_key_is_not_stored_twice(sto
     assert first.blocked and again.text == first.text and again.seq == first.seq
     assert again.blocked and again.guards == first.guards  # the replay says what happened
     assert len(store.load("s1")) == 2 and model.requests == []
+
+
+def test_the_topic_judges_calls_are_billed_to_the_session(store: Store) -> None:
+    from colloquy.usage import price_for
+
+    verdicts = iter(['{"on_topic": false, "reason": "sports"}', '{"on_topic": true, "reason": "food"}'])
+    judge = FunctionModel(lambda request: next(verdicts), name="claude-haiku-4-5")
+    chat = _chat(store, ScriptedModel(["Roast the leeks."]), [TopicGuard("cooking", judge=judge)])
+    assert chat.send("Who won the football match last night?").blocked
+    assert not chat.send("How long should I roast leeks for?").blocked
+    (side,) = chat.cost().side_calls
+    assert (side.purpose, side.model, side.calls) == ("guard", "claude-haiku-4-5", 2)
+    assert len(judge.requests) == 2 and side.usage.input_tokens > 0
+    price = price_for("claude-haiku-4-5")
+    assert price is not None
+    assert side.cost_usd == pytest.approx(price.cost(side.usage))
+    assert chat.cost().usage.input_tokens > side.usage.input_tokens  # the turn's call counted too

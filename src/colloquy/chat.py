@@ -418,7 +418,11 @@ class Chat:
             stage=stage, system=self.system, conversation_id=self.session_id,
             user_id=self.user_id, recent=self.guards.visible(self._log)[-6:], model=self.model,
         )
-        return self.guards.run(stage, text, ctx)
+        outcome = self.guards.run(stage, text, ctx)
+        for model, usage in list(ctx.calls):  # e.g. a topic judge: a cheap model, billed too
+            if usage is not None:
+                self.record_side_call("guard", model.name, usage, cost_of(model.price_key, usage))
+        return outcome
 
     def _blocked_turn(
         self, message: Message, checked: GuardOutcome, extra_meta: dict[str, Any] | None = None

@@ -97,6 +97,8 @@ class GuardContext:
     recent: Sequence[StoredMessage] = ()
     #: The chat's model, for guards that may reuse it.
     model: Any = None
+    #: Model calls a guard made, as (model, usage): the chat bills them to the session.
+    calls: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 class Guard(ABC):
@@ -635,6 +637,7 @@ class TopicGuard(Guard):
             system=[TextBlock(text=TOPIC_JUDGE_SYSTEM.format(topics=self.topics))],
             messages=[Message.user(prompt)], max_tokens=100, temperature=0.0,
         ))
+        ctx.calls.append((self.judge, response.usage))
         return parse_topic_verdict(response.text)
 
 
