@@ -561,3 +561,18 @@ def test_turns_wait_on_the_model_concurrently_beyond_the_default_thread_pool(sto
     assert [r.status_code for r in replies] == [200] * n
     assert {r.json()["text"] for r in replies} == {"answered together"}
     assert not barrier.broken
+
+
+def test_a_conversation_lists_its_side_calls(store: SQLiteStore) -> None:
+    """A topic judge's calls are billed to the conversation, and its detail says so."""
+    from colloquy import TopicGuard
+
+    judge = FunctionModel(lambda request: '{"on_topic": false, "reason": "sports"}',
+                          name="claude-haiku-4-5")
+    env = Env(store, rate_limit=None, guards=[TopicGuard("cooking", judge=judge)])
+    cid = env.new()
+    assert env.say(cid, "Who won the football match last night?").json()["blocked"] is True
+    detail = env.client.get(f"/v1/conversations/{cid}", headers=env.as_("ada")).json()
+    (side,) = detail["side_calls"]
+    assert (side["purpose"], side["model"], side["calls"]) == ("guard", "claude-haiku-4-5", 1)
+    assert side["usage"]["input_tokens"] > 0 and side["cost_usd"] > 0

@@ -72,6 +72,11 @@ class TurnCost(BaseModel):
     cost_usd: float | None
 
 
+log = logging.getLogger("colloquy")
+#: Conversation meta key of the side calls' running totals (see Chat.record_side_call).
+SIDE_CALLS = "side_calls"
+
+
 class SideCost(BaseModel):
     """Model calls a session made besides its turns (summaries, fact extraction, titles), per
     purpose and model: they are billed too, usually by a cheaper model."""
@@ -81,6 +86,12 @@ class SideCost(BaseModel):
     calls: int
     usage: Usage
     cost_usd: float | None
+
+
+def side_calls_of(conversation: Conversation | None) -> list[SideCost]:
+    """The side calls billed to a conversation so far (see :meth:`Chat.record_side_call`)."""
+    table = (conversation.meta if conversation is not None else {}).get(SIDE_CALLS) or {}
+    return [SideCost.model_validate(v) for v in table.values()]
 
 
 class SessionCost(BaseModel):
@@ -93,10 +104,6 @@ class SessionCost(BaseModel):
 
 
 UserInput = str | Message | Sequence[ContentBlock]
-
-log = logging.getLogger("colloquy")
-#: Conversation meta key of the side calls' running totals (see Chat.record_side_call).
-SIDE_CALLS = "side_calls"
 
 
 def _user_message(content: UserInput) -> Message:
@@ -511,8 +518,7 @@ class Chat:
                      cost_usd=sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage))
             for sm in self.history() if sm.usage is not None
         ]
-        conv = self.store.find_conversation(self.session_id)
-        side = [SideCost.model_validate(v) for v in ((conv.meta if conv else {}).get(SIDE_CALLS) or {}).values()]
+        side = side_calls_of(self.store.find_conversation(self.session_id))
         costs = [t.cost_usd for t in turns] + [s.cost_usd for s in side]
         return SessionCost(
             turns=turns, side_calls=side,

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..chat import side_calls_of
 from ..errors import ColloquyError
 from ..models import Model
 from ..store import Store, open_store
@@ -245,7 +246,8 @@ def create_app(
     def get_conversation(conversation_id: str, user: CurrentUser) -> ConversationDetail:
         conv, messages = service.detail(user, conversation_id)
         return ConversationDetail(**ConversationOut.of(conv).model_dump(),
-                                  messages=[MessageOut.of(m) for m in messages])
+                                  messages=[MessageOut.of(m) for m in messages],
+                                  side_calls=side_calls_of(conv))
 
     @api.patch("/conversations/{conversation_id}", response_model=ConversationOut,
                responses=NOT_FOUND, summary="rename a conversation")

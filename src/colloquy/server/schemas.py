@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat import Reply
+from ..chat import Reply, SideCost
 from ..memory.records import Fact
 from ..messages import StoredMessage
 from ..store import Conversation
@@ -95,6 +95,9 @@ class MessageOut(BaseModel):
 
 class ConversationDetail(ConversationOut):
     messages: list[MessageOut]
+    #: Model calls besides the turns (summaries, fact extraction, title, topic judge), billed to
+    #: this conversation: each reply's cost plus these is what it cost.
+    side_calls: list[SideCost] = Field(default_factory=list)
 
 
 class ConversationList(BaseModel):

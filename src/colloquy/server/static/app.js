@@ -178,8 +178,9 @@
     detail.messages.forEach(function (m) {
       if (m.text) messageItem(m.role, m.text, m.usage, m.cost_usd);
     });
-    state.currentMessages = detail.messages;
-    renderSessionCost(detail.messages);
+    // Side calls (summaries, fact extraction, title) carry usage and cost like replies do.
+    state.currentMessages = detail.messages.concat(detail.side_calls || []);
+    renderSessionCost(state.currentMessages);
     showConversationHeader();
     renderConversations();
     $("input").focus();
