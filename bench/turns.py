@@ -460,8 +460,8 @@ def print_report(result: Result, args: argparse.Namespace) -> None:
     print(f"colloquy turn cost: EchoModel, SQLiteStore (WAL), {pol}; "
           f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "
           f"{os.cpu_count()} CPUs")
-    print(f"each row times the last turns before the checkpoint (window column), not the "
-          f"average since turn 1\n")
+    print("each row times the last turns before the checkpoint (window column), not the "
+          "average since turn 1\n")
     head = (f"{'turns':>7} | {'window':>6} | {'ms/turn p50':>11} {'mean':>6} | "
             f"{'engine p50':>10} {'mean':>6} {'max':>6} {'best':>5} | {'store':>5} {'policy':>6} "
             f"{'count':>5} {'gc':>5} | {'bytes/turn':>10} | {'db size':>10} {'(/turn)':>8} | "

@@ -22,7 +22,7 @@ from colloquy.context.recall import (
     query_terms,
 )
 from colloquy.errors import ConfigError
-from colloquy.messages import Message, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
+from colloquy.messages import Message, StoredMessage, ToolResultBlock, ToolUseBlock
 from colloquy.models import EchoModel
 from colloquy.tokens import TokenCounter
 

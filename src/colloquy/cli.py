@@ -19,7 +19,7 @@ from .context.base import ContextPolicy
 from .context.policies import FullHistory, RollingWindow, TokenBudget
 from .errors import ColloquyError, ConfigError, ModelError
 from .guards import build_guards
-from .messages import Message, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
+from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, open_store
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)

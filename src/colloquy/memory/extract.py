@@ -27,7 +27,7 @@ from ..errors import ColloquyError
 from ..messages import Message, StoredMessage, TextBlock
 from ..models.base import Model, ModelRequest, ToolSpec
 from ..usage import Usage, cost_of
-from .models import DEFAULT_MEMORY_MODEL, resolve_model
+from .models import DEFAULT_MEMORY_MODEL, MemoryModelUser
 from .records import Fact, normalise
 from .transcript import transcript
 
@@ -92,22 +92,15 @@ def render_known(facts: Sequence[Fact]) -> str:
                      for f in facts)
 
 
-class FactExtractor:
+class FactExtractor(MemoryModelUser):
     """Asks a model for fact operations. Any colloquy model works (default ``claude-haiku-4-5``;
     ``offline-facts`` is a deterministic rule-based one). The model is built on first use."""
 
     def __init__(self, model: Model | str = DEFAULT_MEMORY_MODEL, *, max_tokens: int = 800,
                  instructions: str = EXTRACT_INSTRUCTIONS) -> None:
-        self._model_spec = model
-        self._model: Model | None = model if isinstance(model, Model) else None
+        super().__init__(model)
         self.max_tokens = max_tokens
         self.instructions = instructions
-
-    @property
-    def model(self) -> Model:
-        if self._model is None:
-            self._model = resolve_model(self._model_spec)
-        return self._model
 
     def request(self, known: Sequence[Fact], messages: Sequence[StoredMessage]) -> ModelRequest:
         body = (f"<known_facts>\n{render_known(known)}\n</known_facts>\n\n"

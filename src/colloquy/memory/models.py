@@ -27,6 +27,26 @@ def resolve_model(spec: Model | str) -> Model:
     return get_model(spec)
 
 
+class MemoryModelUser:
+    """Holds a memory model given by name or object and builds it on first use, so a missing
+    API key shows as a warning note of the first summary or extraction (which never fail a
+    turn), not as an error when the policy is created."""
+
+    def __init__(self, model: Model | str = DEFAULT_MEMORY_MODEL) -> None:
+        self._model_spec = model
+        self._model: Model | None = model if isinstance(model, Model) else None
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            self._model = resolve_model(self._model_spec)
+        return self._model
+
+    @property
+    def model_name(self) -> str:
+        return self._model.name if self._model is not None else str(self._model_spec)
+
+
 def is_offline(chat_model: Model | str | None) -> bool:
     if isinstance(chat_model, Model):
         return chat_model.provider == "offline"
