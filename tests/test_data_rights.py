@@ -293,3 +293,34 @@ def test_cli_export_delete_import_purge_rename(tmp_path: Path, capsys: pytest.Ca
     assert "purged 1 conversations" in capsys.readouterr().err
     assert main(["purge", "--older-than", "soon", "--db", db]) == 2
     assert main(["sessions", "rename", "c_nope", "x", "--db", db]) == 1
+
+
+def test_deleted_conversations_leave_nothing_in_the_processs_memory(store: Store) -> None:
+    """Recall indexes and summary caches of a running process forget deleted conversations,
+    whichever way they are deleted: users delete, purge, or one conversation."""
+    from colloquy import ComposedPolicy, RecallPart, RecentTurns, Summariser, SummaryPart
+    from colloquy.models import ScriptedModel
+
+    recall = RecallPart()
+    summary = SummaryPart(Summariser(ScriptedModel([f"- point {i}" for i in range(100)])),
+                          min_new_turns=1)
+    policy = ComposedPolicy(300, parts=[summary, recall], recent=RecentTurns(turns=1))
+
+    def chat(session: str, user: str) -> str:
+        c = Chat(EchoModel(), store=store, session_id=session, user_id=user, policy=policy)
+        for i in range(6):
+            c.send(f"UNIQUE-{session} message {i} " + "words " * 20)
+        return session
+
+    ann, bob, old = chat("ann-1", "ann"), chat("bob-1", "bob"), chat("old-1", "carl")
+    assert {ann, bob, old} <= set(recall._indexes) and {ann, bob, old} <= set(summary._made)
+
+    delete_user(store, "ann")
+    assert ann not in recall._indexes and ann not in summary._made
+    assert bob in recall._indexes and bob in summary._made  # others keep theirs
+
+    store.delete_conversation(bob)
+    assert bob not in recall._indexes and bob not in summary._made
+
+    purge_conversations(store, older_than=0, now=time.time() + 10)
+    assert old not in recall._indexes and old not in summary._made

@@ -32,6 +32,7 @@ from typing import Any
 from .errors import ConfigError, StoreError
 from .messages import Message
 from .store import NewMessage, Store
+from .store.base import forget_cached
 from .usage import Usage
 
 EXPORT_FORMAT = "colloquy.user-export"
@@ -374,7 +375,9 @@ def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteRepo
         if callable(remove):
             report.rows["users"] = int(bool(remove(user_id)))
         return report
+    gone = [c.id for c in store.list_conversations(user_id=user_id, limit=_ALL)]
     _delete_sql(store, "user", user_id, report)
+    forget_cached(gone)  # the running process's recall indexes and summary caches too
     if erase:
         erase_deleted(store, [t for t, n in report.rows.items() if n], report)
     return report
@@ -392,7 +395,9 @@ def purge_conversations(store: Store, older_than: float, *, now: float | None = 
             store.delete_conversation(c.id)
         report.rows["conversations"] = report.conversations = len(stale)
         return report
+    gone = [c.id for c in store.list_conversations(limit=_ALL) if c.updated_at < cutoff]
     _delete_sql(store, "stale", cutoff, report)
+    forget_cached(gone)
     if erase and report.total:
         erase_deleted(store, [t for t, n in report.rows.items() if n], report)
     return report

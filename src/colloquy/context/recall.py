@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..messages import ImageBlock, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
+from ..store.base import register_cache
 from ..tokens import estimate_message, estimate_text, estimate_tools
 from .base import Context, ContextInput, iter_turns_backwards, persona_blocks
 from .compose import PartResult
@@ -472,6 +473,13 @@ class RecallPart:
             raise ConfigError(
                 f"unknown retriever {self.retriever!r}; choose one of {sorted(RETRIEVERS)}"
             )
+        register_cache(self)
+
+    def forget_conversations(self, ids: set[str]) -> None:
+        """Deleted conversations leave no index behind in memory (see store.register_cache)."""
+        with self._lock:
+            for cid in ids:
+                self._indexes.pop(cid, None)
 
     def index_for(self, inp: ContextInput) -> ConversationIndex:
         """This conversation's index (a new one if the log no longer extends the indexed one)."""

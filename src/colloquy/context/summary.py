@@ -25,6 +25,7 @@ from ..memory.models import DEFAULT_MEMORY_MODEL, MemoryModelUser
 from ..memory.records import Summary
 from ..memory.transcript import transcript
 from ..models.base import Model, ModelRequest
+from ..store.base import register_cache
 from ..tokens import estimate_message, estimate_text
 from ..usage import Usage, cost_of
 from .base import ContextInput
@@ -105,6 +106,13 @@ class SummaryPart:
         #: Summaries this part made, per conversation, until the engine has persisted them
         #: (and for callers that never persist, e.g. a bench replaying a log).
         self._made: dict[str, Summary] = {}
+        register_cache(self)
+
+    def forget_conversations(self, ids: set[str]) -> None:
+        """Deleted conversations leave no summary behind in memory (see store.register_cache)."""
+        with self._lock:
+            for cid in ids:
+                self._made.pop(cid, None)
 
     def _previous(self, inp: ContextInput, up_to: int) -> Summary | None:
         conv = inp.conversation_id or ""

@@ -9,9 +9,12 @@ sit beside the log and never replace it.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +22,31 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..messages import Message, StoredMessage
 from ..usage import Usage
 from .memory_records import MemoryRecordStore
+
+
+#: Objects that keep conversation data in this process's memory (recall indexes, summary
+#: caches): a deleted conversation must leave nothing behind here either, not just on disk.
+_CACHES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_CACHE_KEYS = itertools.count()
+_CACHES_LOCK = threading.Lock()
+
+
+def register_cache(cache: Any) -> None:
+    """Register an object with a ``forget_conversations(ids)`` method; it is called whenever
+    conversations are deleted (by any store, or by ``users delete`` and ``purge``). Held weakly."""
+    with _CACHES_LOCK:
+        _CACHES[next(_CACHE_KEYS)] = cache
+
+
+def forget_cached(conversation_ids: Iterable[str]) -> None:
+    """Drop what in-memory caches hold about these conversations."""
+    ids = set(conversation_ids)
+    if not ids:
+        return
+    with _CACHES_LOCK:
+        caches = list(_CACHES.values())
+    for cache in caches:
+        cache.forget_conversations(ids)
 
 
 def new_id(prefix: str = "c") -> str:

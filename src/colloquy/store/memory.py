@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import StoredMessage
-from .base import Conversation, NewMessage, new_id
+from .base import Conversation, NewMessage, forget_cached, new_id
 from .memory_records import MemoryRecordMethods
 from .turns import MemoryTurnMethods
 from .users import MemoryUserMethods
@@ -90,6 +90,7 @@ class MemoryStore(MemoryUserMethods, MemoryTurnMethods, MemoryRecordMethods):
             del self._conversations[conversation_id]
             del self._messages[conversation_id]
             self._forget_conversation_records(conversation_id)
+        forget_cached([conversation_id])
 
     def append(
         self,

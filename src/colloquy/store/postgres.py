@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 
 from ..errors import ConflictError, ConversationBusy, ConversationNotFound, StoreError
 from ..messages import StoredMessage
-from .base import Conversation, NewMessage, new_id
+from .base import Conversation, NewMessage, forget_cached, new_id
 from .locks import DEFAULT_LOCK_TIMEOUT, lock_key
 from .memory_records import SQLRecordMethods
 from .migrations import MIGRATIONS, Migration
@@ -277,6 +277,7 @@ class PostgresStore(SQLUserMethods, SQLRecordMethods):
             cur = conn.execute("DELETE FROM conversations WHERE id = %s", (conversation_id,))
             if cur.rowcount == 0:
                 raise ConversationNotFound(conversation_id)
+        forget_cached([conversation_id])
 
     # -- the log -------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..usage import Usage
-from .base import Conversation, NewMessage, new_id
+from .base import Conversation, NewMessage, forget_cached, new_id
 from .memory_records import SQLRecordMethods
 from .turns import SQLiteTurnMethods
 from .users import SQLUserMethods
@@ -254,6 +254,7 @@ class SQLiteStore(SQLUserMethods, SQLiteTurnMethods, SQLRecordMethods):
             cur = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
             if cur.rowcount == 0:
                 raise ConversationNotFound(conversation_id)
+        forget_cached([conversation_id])
 
     # -- the log -------------------------------------------------------------------------------
 
