@@ -576,3 +576,41 @@ def test_a_conversation_lists_its_side_calls(store: SQLiteStore) -> None:
     (side,) = detail["side_calls"]
     assert (side["purpose"], side["model"], side["calls"]) == ("guard", "claude-haiku-4-5", 1)
     assert side["usage"]["input_tokens"] > 0 and side["cost_usd"] > 0
+
+
+def test_the_service_keeps_a_conversations_chat_and_reads_only_what_is_new(env: Env) -> None:
+    """Turns reuse the conversation's Chat (a new one per request would reload the whole log
+    each turn); what another process appends is still seen, and a deletion drops it."""
+    from colloquy.messages import Message
+    from colloquy.store import NewMessage
+
+    service = env.app.state.service
+    cid = env.new()
+    env.say(cid, "first")
+    cached = service._chats[cid]
+    env.say(cid, "second")
+    assert service._chats[cid] is cached
+    # Another process appends a turn to the same conversation.
+    env.store.append(cid, [NewMessage(message=Message.user("from another device")),
+                           NewMessage(message=Message.assistant("noted"))])
+    env.say(cid, "third")
+    texts = [m.text for m in env.model.last_request.messages]
+    assert texts[-3:] == ["from another device", "noted", "third"]
+    log = [sm.message.text for sm in cached.history()]
+    assert log[-4:-1] == ["from another device", "noted", "third"] and len(log) == 8
+    assert env.client.delete(f"/v1/conversations/{cid}", headers=env.as_("ada")).status_code == 204
+    assert cid not in service._chats
+
+
+def test_a_requests_sampling_options_apply_to_its_own_turn_only(env: Env) -> None:
+    def ask(**extra: Any) -> None:
+        r = env.client.post("/v1/chat/completions", headers={
+            **env.as_("ada"), "X-Colloquy-Conversation": "opts"},
+            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}], **extra})
+        assert r.status_code == 200, r.text
+
+    ask(temperature=0.3, max_tokens=77)
+    assert (env.model.last_request.temperature, env.model.last_request.max_tokens) == (0.3, 77)
+    ask()
+    assert env.model.last_request.temperature is None
+    assert env.model.last_request.max_tokens == 1024  # the server's default again

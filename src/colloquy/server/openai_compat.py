@@ -10,7 +10,6 @@ as the persona of a conversation created by its first request.
 
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -104,14 +103,14 @@ def add_openai_routes(
         system = next((_text(m) for m in body.messages if m.role in ("system", "developer")), None)
         conv = await asyncio.to_thread(
             service.conversation_for_openai, user, conversation_id, system, body.model)
-        chat = await asyncio.to_thread(
-            functools.partial(service.chat, user, conv.id, temperature=body.temperature,
-                              max_tokens=body.max_completion_tokens or body.max_tokens))
+        chat = await asyncio.to_thread(service.chat, user, conv.id)
+        temperature, max_tokens = body.temperature, body.max_completion_tokens or body.max_tokens
         created = int(time.time())
         headers = {CONVERSATION_HEADER: conv.id}
 
         if not body.stream:
-            reply, _ = await service.send(chat, content)
+            reply, _ = await service.send(chat, content, temperature=temperature,
+                                          max_tokens=max_tokens)
             response.headers.update(headers)
             return {
                 "id": f"chatcmpl-{conv.id}-{reply.seq}", "object": "chat.completion",
@@ -135,7 +134,8 @@ def add_openai_routes(
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
             try:
-                async for event in service.stream(chat, content):
+                async for event in service.stream(chat, content, temperature=temperature,
+                                                  max_tokens=max_tokens):
                     if isinstance(event, str):
                         yield chunk({"content": event})
                         continue
