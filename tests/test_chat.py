@@ -581,3 +581,17 @@ def test_side_calls_summaries_facts_and_titles_are_billed_to_the_session(store: 
     assert cost.usage.input_tokens == 8 * 50 + 100 * sum(s.calls for s in calls.values())
     # Kept with the conversation: another process (a new Chat on the store) sees the same bill.
     assert Chat(EchoModel(), store=store, session_id="s").cost() == cost
+
+
+def test_a_turns_own_sampling_options_override_the_chats_for_that_turn_only(store: Store) -> None:
+    model = EchoModel()
+    chat = Chat(model, store=store, temperature=0.7, max_tokens=300)
+    chat.send("one", temperature=0.1, max_tokens=50)
+    assert (model.last_request.temperature, model.last_request.max_tokens) == (0.1, 50)
+    chat.send("two")
+    assert (model.last_request.temperature, model.last_request.max_tokens) == (0.7, 300)
+    list(chat.stream("three", max_tokens=20))
+    assert (model.last_request.temperature, model.last_request.max_tokens) == (0.7, 20)
+    asyncio.run(chat.asend("four", temperature=0.0))
+    assert model.last_request.temperature == 0.0
+    assert chat.next_request("five").max_tokens == 300  # nothing left behind

@@ -14,6 +14,7 @@ twins run it in a worker thread, so there is one implementation of the turn, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -171,6 +172,9 @@ class Chat:
         self._conversation = existing
         self._log: list[StoredMessage] = []
         self._lock = threading.RLock()
+        #: One turn's own sampling options (send(..., temperature=, max_tokens=)), set and
+        #: cleared under the turn's lock, so a Chat shared by requests never mixes them up.
+        self._turn_options: tuple[float | None, int | None] = (None, None)
 
     # -- the log -------------------------------------------------------------------------------
 
@@ -243,7 +247,7 @@ class Chat:
     def _context_input(self, history: Sequence[StoredMessage]) -> ContextInput:
         return ContextInput(
             history=history, system=self.system, model=self.model.name,
-            tools=[t.spec for t in self.tools.values()], max_tokens=self.max_tokens,
+            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(),
             user_id=self.user_id, conversation_id=self.session_id, counter=self.counter,
             store=self.store,
         )
@@ -265,9 +269,13 @@ class Chat:
         validate(ctx.messages)
         return ModelRequest(
             model=self.model.name, system=ctx.system, messages=ctx.messages,
-            tools=[t.spec for t in self.tools.values()], max_tokens=self.max_tokens,
-            temperature=self.temperature,
+            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(),
+            temperature=self._turn_options[0] if self._turn_options[0] is not None
+            else self.temperature,
         )
+
+    def _max_tokens(self) -> int:
+        return self._turn_options[1] or self.max_tokens
 
     def next_request(self, text: str | None = None) -> ModelRequest:
         """Exactly the request the next turn would send, without sending or storing anything.
@@ -288,31 +296,37 @@ class Chat:
 
     # -- turns ---------------------------------------------------------------------------------
 
-    def send(self, content: UserInput, *, idempotency_key: str | None = None) -> Reply:
+    def send(self, content: UserInput, *, idempotency_key: str | None = None,
+             temperature: float | None = None, max_tokens: int | None = None) -> Reply:
         """One turn: store the message, call the model (and tools), store and return the reply.
 
         A retry with the same ``idempotency_key`` (after a network drop, say) stores nothing new
-        and returns the stored reply (see colloquy.continuity)."""
+        and returns the stored reply (see colloquy.continuity). ``temperature`` and
+        ``max_tokens`` override the chat's own for this turn only."""
         reply: Reply | None = None
-        for event in self._turn(content, streaming=False, idempotency_key=idempotency_key):
+        for event in self._turn(content, False, idempotency_key, (temperature, max_tokens)):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
         return reply
 
     def stream(
-        self, content: UserInput, *, idempotency_key: str | None = None
+        self, content: UserInput, *, idempotency_key: str | None = None,
+        temperature: float | None = None, max_tokens: int | None = None,
     ) -> Iterator[str | Reply]:
         """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`."""
-        yield from self._turn(content, streaming=True, idempotency_key=idempotency_key)
+        yield from self._turn(content, True, idempotency_key, (temperature, max_tokens))
 
-    async def asend(self, content: UserInput, *, idempotency_key: str | None = None) -> Reply:
+    async def asend(self, content: UserInput, *, idempotency_key: str | None = None,
+                    temperature: float | None = None, max_tokens: int | None = None) -> Reply:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor, functools.partial(self.send, content, idempotency_key=idempotency_key))
+        return await loop.run_in_executor(self.executor, functools.partial(
+            self.send, content, idempotency_key=idempotency_key, temperature=temperature,
+            max_tokens=max_tokens))
 
     async def astream(
-        self, content: UserInput, *, idempotency_key: str | None = None
+        self, content: UserInput, *, idempotency_key: str | None = None,
+        temperature: float | None = None, max_tokens: int | None = None,
     ) -> AsyncIterator[str | Reply]:
         """The async twin of :meth:`stream`: the sync turn runs in a worker thread and hands
         events over through a queue, so the event loop never blocks on the model or the store."""
@@ -321,7 +335,8 @@ class Chat:
 
         def work() -> None:
             try:
-                for event in self.stream(content, idempotency_key=idempotency_key):
+                for event in self.stream(content, idempotency_key=idempotency_key,
+                                         temperature=temperature, max_tokens=max_tokens):
                     loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
@@ -342,12 +357,13 @@ class Chat:
             await worker
 
     def _turn(
-        self, content: UserInput, streaming: bool, idempotency_key: str | None = None
+        self, content: UserInput, streaming: bool, idempotency_key: str | None = None,
+        options: tuple[float | None, int | None] = (None, None),
     ) -> Iterator[str | Reply]:
         message = _user_message(content)
         extra_meta = key_meta(idempotency_key)
         # One turn at a time per conversation, across processes (colloquy.continuity).
-        with self._lock, turn_lock(self.store, self.session_id):
+        with self._lock, turn_lock(self.store, self.session_id), self._options(options):
             self._ensure_conversation()
             self._sync()
             prior = prior_turn(self, idempotency_key)
@@ -430,6 +446,14 @@ class Chat:
             if usage is not None:
                 self.record_side_call("guard", model.name, usage, cost_of(model.price_key, usage))
         return outcome
+
+    @contextlib.contextmanager
+    def _options(self, options: tuple[float | None, int | None]) -> Iterator[None]:
+        self._turn_options = options
+        try:
+            yield
+        finally:
+            self._turn_options = (None, None)
 
     def _blocked_turn(
         self, message: Message, checked: GuardOutcome, extra_meta: dict[str, Any] | None = None

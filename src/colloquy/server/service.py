@@ -20,7 +20,7 @@ import contextlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,16 +192,6 @@ class ChatService:
             for cid in ids:
                 self._chats.pop(cid, None)
 
-    @contextlib.contextmanager
-    def _options(self, chat: Chat, temperature: float | None, max_tokens: int | None
-                 ) -> Iterator[None]:
-        """A request's sampling options, for its own turn only (the Chat is shared)."""
-        chat.temperature, chat.max_tokens = temperature, max_tokens or self.settings.max_tokens
-        try:
-            yield
-        finally:
-            chat.temperature, chat.max_tokens = None, self.settings.max_tokens
-
     def check_content(self, content: str) -> str:
         if not content.strip():
             raise InvalidRequest("the message is empty")
@@ -231,8 +221,8 @@ class ChatService:
         the same idempotency key (Chat stores the key with the message and answers a retry with
         the stored reply)."""
         async with self._turn(chat.session_id):
-            with self._options(chat, temperature, max_tokens):
-                reply = await chat.asend(content, idempotency_key=key)
+            reply = await chat.asend(content, idempotency_key=key, temperature=temperature,
+                                     max_tokens=max_tokens)
             return reply, _replayed(reply)
 
     async def stream(self, chat: Chat, content: str, key: str | None = None, *,
@@ -240,13 +230,13 @@ class ChatService:
                      ) -> AsyncIterator[str | tuple[Reply, bool]]:
         """Text deltas, then ``(reply, replayed)``."""
         async with self._turn(chat.session_id):
-            with self._options(chat, temperature, max_tokens):
-                async for event in chat.astream(content, idempotency_key=key):
-                    if isinstance(event, str):
-                        if event:
-                            yield event
-                    else:
-                        yield event, _replayed(event)
+            async for event in chat.astream(content, idempotency_key=key,
+                                            temperature=temperature, max_tokens=max_tokens):
+                if isinstance(event, str):
+                    if event:
+                        yield event
+                else:
+                    yield event, _replayed(event)
 
     # -- context --------------------------------------------------------------------------------
 
