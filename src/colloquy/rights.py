@@ -33,6 +33,7 @@ from .errors import ConfigError, StoreError
 from .messages import Message
 from .store import NewMessage, Store
 from .store.base import forget_cached
+from .store.queries import POSTGRES, SQLITE, Dialect
 from .usage import Usage
 
 EXPORT_FORMAT = "colloquy.user-export"
@@ -100,15 +101,12 @@ def _is_sql(store: Store) -> bool:
 
 
 def _dialect(store: Store) -> str | None:
-    if getattr(store, "dialect", None) == "postgres":
-        return "postgres"
-    from .store.sqlite import SQLiteStore
-
-    return "sqlite" if isinstance(store, SQLiteStore) else None
+    d = getattr(store, "dialect", None)
+    return d.name if isinstance(d, Dialect) else None
 
 
 def _q(dialect: str, sql: str) -> str:
-    return sql.replace("?", "%s") if dialect == "postgres" else sql
+    return (POSTGRES if dialect == "postgres" else SQLITE).q(sql)
 
 
 def _ident(name: str) -> str:

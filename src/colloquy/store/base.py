@@ -9,6 +9,7 @@ sit beside the log and never replace it.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..usage import Usage
 from .memory_records import MemoryRecordStore
@@ -149,3 +151,89 @@ class Store(MemoryRecordStore, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class StoreBase:
+    """What every back end shares of the Store contract: argument handling and errors are
+    written here once; a back end supplies the three storage steps (``_insert_conversation``,
+    ``_update_conversation``, ``_delete_conversation``) and ``find_conversation``."""
+
+    def find_conversation(self, conversation_id: str) -> Conversation | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _insert_conversation(self, conv: Conversation) -> bool:  # pragma: no cover
+        """Store a new record; False when the id is taken (nothing is changed then)."""
+        raise NotImplementedError
+
+    def _update_conversation(
+        self, conversation_id: str, changes: dict[str, Any], now: float
+    ) -> Conversation | None:  # pragma: no cover
+        """Apply ``changes`` (column -> value) and ``updated_at = now``; None if not found."""
+        raise NotImplementedError
+
+    def _delete_conversation(self, conversation_id: str) -> bool:  # pragma: no cover
+        """Remove the record, its log and its derived records; False if not found."""
+        raise NotImplementedError
+
+    def _append(
+        self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
+        now: float,
+    ) -> list[StoredMessage]:  # pragma: no cover
+        """Append in one transaction (see :meth:`Store.append`), stamped ``now``."""
+        raise NotImplementedError
+
+    def create_conversation(
+        self,
+        *,
+        id: str | None = None,
+        user_id: str | None = None,
+        persona: str = "",
+        model: str = "",
+        title: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Conversation:
+        conv = Conversation(
+            id=id or new_id(), user_id=user_id, persona=persona, model=model, title=title,
+            meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict
+        )
+        if not self._insert_conversation(conv):
+            raise StoreError(f"conversation {conv.id!r} already exists")
+        return conv
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        conv = self.find_conversation(conversation_id)
+        if conv is None:
+            raise ConversationNotFound(conversation_id)
+        return conv
+
+    def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        persona: str | None = None,
+        model: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Conversation:
+        changes: dict[str, Any] = {
+            k: v for k, v in (("title", title), ("persona", persona), ("model", model),
+                              ("meta", copy.deepcopy(meta))) if v is not None
+        }
+        conv = self._update_conversation(conversation_id, changes, time.time())
+        if conv is None:
+            raise ConversationNotFound(conversation_id)
+        return conv
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        if not self._delete_conversation(conversation_id):
+            raise ConversationNotFound(conversation_id)
+        forget_cached([conversation_id])
+
+    def append(
+        self,
+        conversation_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        expected_seq: int | None = None,
+    ) -> list[StoredMessage]:
+        return self._append(conversation_id, messages, expected_seq, time.time())

@@ -1,10 +1,9 @@
 """Store methods for derived memory records: summaries (per conversation), facts (per user) and
 extraction cursors (per conversation).
 
-Why mixins: each back end gains these with a one-line change to its class bases, and PostgreSQL
-reuses the SQL of :class:`SQLRecordMethods` through its own ``transaction()`` (psycopg takes
-``%s`` placeholders: it sets ``_record_param``). The SQL is portable (``ON CONFLICT``, no
-dialect functions); the tables come from migration ``0100_memory_records``.
+The protocol is here with the in-memory implementation; the SQL stores implement it once for
+both databases in ``sqlbase.py`` (statements in ``queries.py``, tables from migration
+``0100_memory_records``).
 
 Facts live per user, apart from the log: deleting a conversation keeps the facts learnt in it
 (``forget_facts`` is how a user removes them). Summaries and cursors belong to their
@@ -13,11 +12,9 @@ conversation and go with it.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import StoreError
@@ -81,7 +78,8 @@ class MemoryRecordStore(Protocol):
     def set_memory_cursor(self, conversation_id: str, kind: str, seq: int) -> None: ...
 
 
-def _retired(fact: Fact, at: float, by: str | None) -> Fact:
+def retired(fact: Fact, at: float, by: str | None) -> Fact:
+    """``fact`` as it reads once retired at ``at`` (replaced by ``by``, if any)."""
     return fact.model_copy(update={"valid_until": at, "superseded_by": by})
 
 
@@ -153,7 +151,7 @@ class MemoryRecordMethods:
                 return old  # type: ignore[no-any-return]
             current = self._active_duplicate(d, new, skip=old_id) or new
             d["facts"][current.id] = current
-            d["facts"][old_id] = _retired(old, new.valid_from, current.id)
+            d["facts"][old_id] = retired(old, new.valid_from, current.id)
             return current  # type: ignore[no-any-return]
 
     def retire_fact(self, fact_id: str, *, at: float | None = None) -> Fact:
@@ -164,7 +162,7 @@ class MemoryRecordMethods:
                 raise FactNotFound(fact_id)
             if not old.active:
                 return old  # type: ignore[no-any-return]
-            d["facts"][fact_id] = _retired(old, at if at is not None else time.time(), None)
+            d["facts"][fact_id] = retired(old, at if at is not None else time.time(), None)
             return d["facts"][fact_id]  # type: ignore[no-any-return]
 
     def get_fact(self, fact_id: str) -> Fact | None:
@@ -197,172 +195,3 @@ class MemoryRecordMethods:
         lock, d = self._records()
         with lock:
             d["cursors"][(conversation_id, kind)] = seq
-
-
-# -- SQL (SQLite, PostgreSQL) --------------------------------------------------------------------
-
-_SUM_COLS = "id, conversation_id, start_seq, end_seq, text, model, previous_id, created_at, meta"
-_FACT_COLS = ("id, user_id, subject, statement, norm, source_conversation, source_seq, valid_from, "
-              "valid_until, superseded_by, origin, created_at, meta")
-
-
-def _summary(row: Sequence[Any]) -> Summary:
-    return Summary(id=row[0], conversation_id=row[1], start_seq=row[2], end_seq=row[3],
-                   text=row[4], model=row[5] or "", previous_id=row[6], created_at=row[7],
-                   meta=json.loads(row[8]))
-
-
-def _fact(row: Sequence[Any]) -> Fact:
-    return Fact(id=row[0], user_id=row[1], subject=row[2], statement=row[3],
-                source_conversation=row[5], source_seq=row[6], valid_from=row[7],
-                valid_until=row[8], superseded_by=row[9], origin=row[10], created_at=row[11],
-                meta=json.loads(row[12]))
-
-
-def _fact_row(f: Fact) -> tuple[Any, ...]:
-    return (f.id, f.user_id, f.subject, f.statement, f.key, f.source_conversation, f.source_seq,
-            f.valid_from, f.valid_until, f.superseded_by, f.origin, f.created_at,
-            json.dumps(f.meta))
-
-
-class SQLRecordMethods:
-    """Record methods over SQL for stores with ``transaction()`` yielding a connection whose
-    ``execute`` takes ``?`` placeholders; psycopg back ends set ``_record_param = "%s"``."""
-
-    _record_param = "?"
-
-    def transaction(self, write: bool = True) -> AbstractContextManager[Any]:  # pragma: no cover
-        raise NotImplementedError
-
-    def _rq(self, sql: str) -> str:
-        return sql.replace("?", self._record_param)
-
-    def save_summary(self, summary: Summary) -> Summary:
-        s = summary
-        with self.transaction() as conn:
-            conn.execute(
-                self._rq(f"INSERT INTO summaries ({_SUM_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                         "ON CONFLICT (id) DO NOTHING"),
-                (s.id, s.conversation_id, s.start_seq, s.end_seq, s.text, s.model, s.previous_id,
-                 s.created_at, json.dumps(s.meta)),
-            )
-        return summary
-
-    def latest_summary(self, conversation_id: str, up_to_seq: int | None = None) -> Summary | None:
-        with self.transaction(write=False) as conn:
-            row = conn.execute(
-                self._rq(f"SELECT {_SUM_COLS} FROM summaries WHERE conversation_id = ? "
-                         "AND end_seq <= ? ORDER BY end_seq DESC, created_at DESC LIMIT 1"),
-                (conversation_id, up_to_seq if up_to_seq is not None else 2**62),
-            ).fetchone()
-        return _summary(row) if row else None
-
-    def list_summaries(self, conversation_id: str) -> list[Summary]:
-        with self.transaction(write=False) as conn:
-            rows = conn.execute(
-                self._rq(f"SELECT {_SUM_COLS} FROM summaries WHERE conversation_id = ? "
-                         "ORDER BY end_seq, created_at"), (conversation_id,),
-            ).fetchall()
-        return [_summary(r) for r in rows]
-
-    def _active_by_norm(self, conn: Any, user_id: str, norm: str, skip: str = "") -> Fact | None:
-        row = conn.execute(
-            self._rq(f"SELECT {_FACT_COLS} FROM facts WHERE user_id = ? AND norm = ? "
-                     "AND valid_until IS NULL AND id <> ? ORDER BY created_at LIMIT 1"),
-            (user_id, norm, skip),
-        ).fetchone()
-        return _fact(row) if row else None
-
-    def _insert_fact(self, conn: Any, fact: Fact) -> None:
-        conn.execute(
-            self._rq(f"INSERT INTO facts ({_FACT_COLS}) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-            _fact_row(fact),
-        )
-
-    def add_fact(self, fact: Fact) -> Fact:
-        with self.transaction() as conn:
-            dup = self._active_by_norm(conn, fact.user_id, fact.key)
-            if dup is not None:
-                return dup
-            self._insert_fact(conn, fact)
-        return fact
-
-    def _get_fact(self, conn: Any, fact_id: str) -> Fact | None:
-        row = conn.execute(
-            self._rq(f"SELECT {_FACT_COLS} FROM facts WHERE id = ?"), (fact_id,)
-        ).fetchone()
-        return _fact(row) if row else None
-
-    def supersede_fact(self, old_id: str, new: Fact) -> Fact:
-        with self.transaction() as conn:
-            old = self._get_fact(conn, old_id)
-            if old is None or old.user_id != new.user_id:
-                raise FactNotFound(old_id)
-            if not old.active:
-                raise StoreError(f"fact {old_id!r} is already retired")
-            if old.key == new.key:
-                return old
-            current = self._active_by_norm(conn, new.user_id, new.key, skip=old_id)
-            if current is None:
-                self._insert_fact(conn, new)
-                current = new
-            conn.execute(
-                self._rq("UPDATE facts SET valid_until = ?, superseded_by = ? WHERE id = ?"),
-                (new.valid_from, current.id, old_id),
-            )
-        return current
-
-    def retire_fact(self, fact_id: str, *, at: float | None = None) -> Fact:
-        with self.transaction() as conn:
-            old = self._get_fact(conn, fact_id)
-            if old is None:
-                raise FactNotFound(fact_id)
-            if not old.active:
-                return old
-            when = at if at is not None else time.time()
-            conn.execute(self._rq("UPDATE facts SET valid_until = ? WHERE id = ?"), (when, fact_id))
-        return _retired(old, when, None)
-
-    def get_fact(self, fact_id: str) -> Fact | None:
-        with self.transaction(write=False) as conn:
-            return self._get_fact(conn, fact_id)
-
-    def list_facts(self, user_id: str, *, include_retired: bool = False) -> list[Fact]:
-        where = "" if include_retired else " AND valid_until IS NULL"
-        with self.transaction(write=False) as conn:
-            rows = conn.execute(
-                self._rq(f"SELECT {_FACT_COLS} FROM facts WHERE user_id = ?{where} "
-                         "ORDER BY valid_from, created_at"), (user_id,),
-            ).fetchall()
-        return [_fact(r) for r in rows]
-
-    def forget_facts(self, user_id: str, fact_ids: Sequence[str] | None = None) -> int:
-        with self.transaction() as conn:
-            if fact_ids is None:
-                cur = conn.execute(self._rq("DELETE FROM facts WHERE user_id = ?"), (user_id,))
-                return int(cur.rowcount)
-            n = 0
-            for fid in fact_ids:
-                cur = conn.execute(
-                    self._rq("DELETE FROM facts WHERE user_id = ? AND id = ?"), (user_id, fid)
-                )
-                n += int(cur.rowcount)
-            return n
-
-    def get_memory_cursor(self, conversation_id: str, kind: str) -> int:
-        with self.transaction(write=False) as conn:
-            row = conn.execute(
-                self._rq("SELECT seq FROM memory_cursors WHERE conversation_id = ? AND kind = ?"),
-                (conversation_id, kind),
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    def set_memory_cursor(self, conversation_id: str, kind: str, seq: int) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                self._rq("INSERT INTO memory_cursors (conversation_id, kind, seq) VALUES (?, ?, ?) "
-                         "ON CONFLICT (conversation_id, kind) DO UPDATE SET seq = excluded.seq"),
-                (conversation_id, kind, seq),
-            )
-

@@ -8,9 +8,8 @@ is issued, and never stored or logged.
 The user's *name* is the ``user_id`` that conversations (and facts) are filed under, so a user
 created here owns what the CLI's ``--user NAME`` wrote, and vice versa.
 
-The store methods live in small mixins here so that each back end gains them with a one-line
-change to its class bases; PostgreSQL reuses the SQL of the SQLite mixin through its own
-connection helper (see :class:`SQLUserMethods`).
+The protocol is here with the in-memory implementation; the SQL stores implement it once for
+both databases in ``sqlbase.py`` (statements in ``queries.py``).
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ import re
 import secrets
 import threading
 import time
-from contextlib import AbstractContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -88,58 +86,6 @@ def authenticate(store: UserStore, token: str) -> User | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     return store.user_for_token_hash(hash_token(token))
-
-
-class SQLUserMethods:
-    """User methods over SQL, for stores with a ``transaction()`` context manager yielding a
-    connection whose ``execute`` takes ``?`` placeholders (SQLite). A back end with another
-    placeholder style sets :attr:`_user_param` (``"%s"`` for psycopg)."""
-
-    _user_param = "?"
-
-    def transaction(self, write: bool = True) -> AbstractContextManager[Any]:  # pragma: no cover
-        raise NotImplementedError
-
-    def _user_sql(self, sql: str) -> str:
-        return sql.replace("?", self._user_param)
-
-    def add_user(self, user_id: str, token_hash: str, *, replace: bool = False) -> User:
-        now = time.time()
-        with self.transaction() as conn:
-            row = conn.execute(
-                self._user_sql("SELECT created_at FROM users WHERE id = ?"), (user_id,)
-            ).fetchone()
-            if row is not None and not replace:
-                raise StoreError(f"user {user_id!r} already exists (rotate with --rotate)")
-            if row is not None:
-                conn.execute(
-                    self._user_sql("UPDATE users SET token_hash = ? WHERE id = ?"),
-                    (token_hash, user_id),
-                )
-                return User(id=user_id, created_at=row[0])
-            conn.execute(
-                self._user_sql("INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)"),
-                (user_id, token_hash, now),
-            )
-        return User(id=user_id, created_at=now)
-
-    def user_for_token_hash(self, token_hash: str) -> User | None:
-        with self.transaction(write=False) as conn:
-            row = conn.execute(
-                self._user_sql("SELECT id, created_at FROM users WHERE token_hash = ?"),
-                (token_hash,),
-            ).fetchone()
-        return User(id=row[0], created_at=row[1]) if row else None
-
-    def list_users(self) -> list[User]:
-        with self.transaction(write=False) as conn:
-            rows = conn.execute("SELECT id, created_at FROM users ORDER BY id").fetchall()
-        return [User(id=r[0], created_at=r[1]) for r in rows]
-
-    def remove_user(self, user_id: str) -> bool:
-        with self.transaction() as conn:
-            cur = conn.execute(self._user_sql("DELETE FROM users WHERE id = ?"), (user_id,))
-            return bool(cur.rowcount)
 
 
 class MemoryUserMethods:

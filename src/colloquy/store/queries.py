@@ -1,0 +1,232 @@
+"""Every SQL statement of the SQL stores, written once, and the row mappers that read them.
+
+Why one module: SQLite and PostgreSQL run the same statements; only the placeholder style and a
+few expressions differ. A statement here is written with ``?`` placeholders (as SQLite takes
+them) and :meth:`Dialect.q` turns it into the driver's style (``%s`` for psycopg), so a fix to a
+query is made once for both back ends. What does differ is a named attribute of
+:class:`Dialect` (the JSON expression of the idempotency index, the row lock clause), never a
+second copy of a statement.
+
+Needs SQLite 3.35 or newer (``RETURNING``, March 2021); PostgreSQL 12 or newer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..memory.records import Fact, Summary
+from ..messages import Message, StoredMessage
+from ..usage import Usage
+from .base import Conversation, NewMessage
+from .users import User
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL back ends; everything else is shared text."""
+
+    name: str
+    #: The driver's placeholder: ``?`` (sqlite3) or ``%s`` (psycopg).
+    param: str
+    #: The JSON expression the idempotency index is built on (migration 0200): queries must
+    #: use exactly this expression for the index to serve them.
+    idempotency_expr: str
+    #: Appended to a SELECT that must lock the rows it reads until the transaction ends
+    #: (PostgreSQL's READ COMMITTED needs it; SQLite's write transactions are serial already).
+    for_update: str
+    #: Most variables one statement may carry (SQLite: 32,766 since 3.32).
+    max_params: int = 32_766
+
+    def q(self, sql: str) -> str:
+        """``sql`` with the driver's placeholders (statements here never quote a ``?``)."""
+        return sql if self.param == "?" else sql.replace("?", self.param)
+
+
+SQLITE = Dialect(
+    name="sqlite", param="?", for_update="",
+    idempotency_expr="json_extract(meta, '$.idempotency_key')",
+)
+POSTGRES = Dialect(
+    name="postgres", param="%s", for_update=" FOR UPDATE",
+    idempotency_expr="((meta::jsonb) ->> 'idempotency_key')",
+)
+
+
+def values(rows: int, cols: int) -> str:
+    """``(?, ?), (?, ?)`` for a multi-row INSERT: one statement, one round trip."""
+    one = "(" + ", ".join(["?"] * cols) + ")"
+    return ", ".join([one] * rows)
+
+
+# -- conversations ---------------------------------------------------------------------------------
+
+CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta"
+INSERT_CONVERSATION = (
+    f"INSERT INTO conversations ({CONV_COLS}) VALUES ({', '.join(['?'] * 9)}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+SELECT_CONVERSATION = f"SELECT {CONV_COLS} FROM conversations WHERE id = ?"
+_ACTIVITY_ORDER = "ORDER BY updated_at DESC, created_at DESC LIMIT ?"
+LIST_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations {_ACTIVITY_ORDER}"
+LIST_USER_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations WHERE user_id = ? {_ACTIVITY_ORDER}"
+#: The columns update_conversation may set (besides updated_at); the SET list is built from
+#: these names only.
+UPDATABLE = ("title", "persona", "model", "meta")
+
+
+def update_conversation_sql(columns: Sequence[str]) -> str:
+    """``UPDATE conversations SET updated_at = ?, <col> = ? ... WHERE id = ? RETURNING ...``."""
+    unknown = set(columns) - set(UPDATABLE)
+    if unknown:  # pragma: no cover - a programming error, never user input
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    sets = ", ".join(["updated_at = ?", *(f"{c} = ?" for c in columns)])
+    return f"UPDATE conversations SET {sets} WHERE id = ? RETURNING {CONV_COLS}"
+
+
+DELETE_MESSAGES = "DELETE FROM messages WHERE conversation_id = ?"
+DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = ?"
+
+
+def conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        id=row[0], user_id=row[1], title=row[2], persona=row[3], model=row[4],
+        created_at=row[5], updated_at=row[6], last_seq=row[7], meta=json.loads(row[8]),
+    )
+
+
+def conversation_row(c: Conversation) -> tuple[Any, ...]:
+    return (c.id, c.user_id, c.title, c.persona, c.model, c.created_at, c.updated_at, c.last_seq,
+            json.dumps(c.meta))
+
+
+# -- the log ---------------------------------------------------------------------------------------
+
+MSG_COLS = (
+    "conversation_id, seq, role, content, created_at, model, input_tokens, output_tokens, "
+    "cache_write_tokens, cache_read_tokens, cost_usd, meta"
+)
+MSG_NCOLS = 12
+#: One statement locks the conversation's row, numbers the batch and stamps the activity; the
+#: appender computes the first seq from the returned last_seq.
+ADVANCE_LAST_SEQ = (
+    "UPDATE conversations SET last_seq = last_seq + ?, updated_at = ? WHERE id = ? "
+    "RETURNING last_seq"
+)
+LOAD_MESSAGES = (
+    f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+CONVERSATION_EXISTS = "SELECT 1 FROM conversations WHERE id = ?"
+
+
+def insert_messages_sql(rows: int) -> str:
+    return f"INSERT INTO messages ({MSG_COLS}) VALUES {values(rows, MSG_NCOLS)}"
+
+
+def find_by_idempotency_key_sql(d: Dialect) -> str:
+    return f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND {d.idempotency_expr} = ?"
+
+
+def stored_message(row: Sequence[Any]) -> StoredMessage:
+    usage = None
+    if row[6] is not None or row[7] is not None:
+        usage = Usage(
+            input_tokens=row[6] or 0, output_tokens=row[7] or 0,
+            cache_write_tokens=row[8] or 0, cache_read_tokens=row[9] or 0,
+        )
+    return StoredMessage(
+        conversation_id=row[0], seq=row[1],
+        message=Message(role=row[2], content=json.loads(row[3])),
+        created_at=row[4], model=row[5], usage=usage, cost_usd=row[10], meta=json.loads(row[11]),
+    )
+
+
+def message_row(conversation_id: str, seq: int, m: NewMessage, now: float) -> tuple[Any, ...]:
+    u = m.usage
+    return (
+        conversation_id, seq, m.message.role,
+        json.dumps([b.model_dump(mode="json", exclude_none=True) for b in m.message.content]),
+        now, m.model,
+        u.input_tokens if u else None, u.output_tokens if u else None,
+        u.cache_write_tokens if u else None, u.cache_read_tokens if u else None,
+        m.cost_usd, json.dumps(m.meta),
+    )
+
+
+# -- users -----------------------------------------------------------------------------------------
+
+SELECT_USER_CREATED = "SELECT created_at FROM users WHERE id = ?"
+ROTATE_TOKEN = "UPDATE users SET token_hash = ? WHERE id = ?"
+INSERT_USER = "INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)"
+USER_FOR_TOKEN_HASH = "SELECT id, created_at FROM users WHERE token_hash = ?"
+LIST_USERS = "SELECT id, created_at FROM users ORDER BY id"
+DELETE_USER = "DELETE FROM users WHERE id = ?"
+
+
+def user(row: Sequence[Any]) -> User:
+    return User(id=row[0], created_at=row[1])
+
+
+# -- memory records: summaries, facts, cursors ------------------------------------------------------
+
+SUM_COLS = "id, conversation_id, start_seq, end_seq, text, model, previous_id, created_at, meta"
+INSERT_SUMMARY = (
+    f"INSERT INTO summaries ({SUM_COLS}) VALUES ({', '.join(['?'] * 9)}) ON CONFLICT (id) DO NOTHING"
+)
+LATEST_SUMMARY = (
+    f"SELECT {SUM_COLS} FROM summaries WHERE conversation_id = ? AND end_seq <= ? "
+    "ORDER BY end_seq DESC, created_at DESC LIMIT 1"
+)
+LIST_SUMMARIES = f"SELECT {SUM_COLS} FROM summaries WHERE conversation_id = ? ORDER BY end_seq, created_at"
+
+FACT_COLS = ("id, user_id, subject, statement, norm, source_conversation, source_seq, valid_from, "
+             "valid_until, superseded_by, origin, created_at, meta")
+INSERT_FACT = f"INSERT INTO facts ({FACT_COLS}) VALUES ({', '.join(['?'] * 13)})"
+ACTIVE_FACT_BY_NORM = (
+    f"SELECT {FACT_COLS} FROM facts WHERE user_id = ? AND norm = ? AND valid_until IS NULL "
+    "AND id <> ? ORDER BY created_at LIMIT 1"
+)
+SELECT_FACT = f"SELECT {FACT_COLS} FROM facts WHERE id = ?"
+RETIRE_FACT = "UPDATE facts SET valid_until = ?, superseded_by = ? WHERE id = ?"
+LIST_FACTS = f"SELECT {FACT_COLS} FROM facts WHERE user_id = ? ORDER BY valid_from, created_at"
+LIST_ACTIVE_FACTS = (
+    f"SELECT {FACT_COLS} FROM facts WHERE user_id = ? AND valid_until IS NULL "
+    "ORDER BY valid_from, created_at"
+)
+DELETE_USER_FACTS = "DELETE FROM facts WHERE user_id = ?"
+DELETE_FACT = "DELETE FROM facts WHERE user_id = ? AND id = ?"
+
+SELECT_CURSOR = "SELECT seq FROM memory_cursors WHERE conversation_id = ? AND kind = ?"
+UPSERT_CURSOR = (
+    "INSERT INTO memory_cursors (conversation_id, kind, seq) VALUES (?, ?, ?) "
+    "ON CONFLICT (conversation_id, kind) DO UPDATE SET seq = excluded.seq"
+)
+
+
+def summary(row: Sequence[Any]) -> Summary:
+    return Summary(id=row[0], conversation_id=row[1], start_seq=row[2], end_seq=row[3],
+                   text=row[4], model=row[5] or "", previous_id=row[6], created_at=row[7],
+                   meta=json.loads(row[8]))
+
+
+def summary_row(s: Summary) -> tuple[Any, ...]:
+    return (s.id, s.conversation_id, s.start_seq, s.end_seq, s.text, s.model, s.previous_id,
+            s.created_at, json.dumps(s.meta))
+
+
+def fact(row: Sequence[Any]) -> Fact:
+    return Fact(id=row[0], user_id=row[1], subject=row[2], statement=row[3],
+                source_conversation=row[5], source_seq=row[6], valid_from=row[7],
+                valid_until=row[8], superseded_by=row[9], origin=row[10], created_at=row[11],
+                meta=json.loads(row[12]))
+
+
+def fact_row(f: Fact) -> tuple[Any, ...]:
+    return (f.id, f.user_id, f.subject, f.statement, f.key, f.source_conversation, f.source_seq,
+            f.valid_from, f.valid_until, f.superseded_by, f.origin, f.created_at,
+            json.dumps(f.meta))
+
+
+__all__ = ["POSTGRES", "SQLITE", "Dialect"]

@@ -1,0 +1,235 @@
+"""The logic of the SQL stores, written once for SQLite and PostgreSQL.
+
+A back end (``sqlite.py``, ``postgres.py``) supplies only its connections: ``transaction()``
+(one atomic unit of work), ``_read()`` (a connection for single reading statements), its
+:class:`~colloquy.store.queries.Dialect` and its turn locks. Every statement comes from
+``queries.py``; every behaviour (conflicts, not-found errors, fact de-duplication) is decided
+here, so a fix is made once and holds for both databases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from ..errors import ConflictError, ConversationNotFound, StoreError
+from ..memory.records import Fact, Summary
+from ..messages import StoredMessage
+from . import queries as Q
+from .base import Conversation, NewMessage, StoreBase
+from .memory_records import FactNotFound, retired
+from .turns import LockMethods
+from .users import User
+
+_NO_LIMIT = 2**62
+
+
+class SQLStore(StoreBase, LockMethods):
+    """A store over a SQL database (see the module docstring for what a back end supplies)."""
+
+    dialect: Q.Dialect
+
+    def transaction(self, write: bool = True) -> AbstractContextManager[Any]:  # pragma: no cover
+        """One atomic unit of work, yielding a connection (``write=False``: reads only)."""
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Any]:  # pragma: no cover
+        """A connection for single reading statements (no transaction: one round trip)."""
+        raise NotImplementedError
+
+    def _one(self, sql: str, args: Sequence[Any]) -> Any:
+        with self._read() as conn:
+            return conn.execute(self.dialect.q(sql), args).fetchone()
+
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        with self._read() as conn:
+            return list(conn.execute(self.dialect.q(sql), args).fetchall())
+
+    # -- conversations -------------------------------------------------------------------------
+
+    def _insert_conversation(self, conv: Conversation) -> bool:
+        with self.transaction() as conn:
+            cur = conn.execute(self.dialect.q(Q.INSERT_CONVERSATION), Q.conversation_row(conv))
+            return bool(cur.rowcount)
+
+    def find_conversation(self, conversation_id: str) -> Conversation | None:
+        row = self._one(Q.SELECT_CONVERSATION, (conversation_id,))
+        return Q.conversation(row) if row else None
+
+    def list_conversations(self, user_id: str | None = None, limit: int = 100) -> list[Conversation]:
+        if user_id is None:
+            rows = self._rows(Q.LIST_CONVERSATIONS, (limit,))
+        else:
+            rows = self._rows(Q.LIST_USER_CONVERSATIONS, (user_id, limit))
+        return [Q.conversation(r) for r in rows]
+
+    def _update_conversation(
+        self, conversation_id: str, changes: dict[str, Any], now: float
+    ) -> Conversation | None:
+        if "meta" in changes:
+            changes = {**changes, "meta": json.dumps(changes["meta"])}
+        with self.transaction() as conn:
+            row = conn.execute(
+                self.dialect.q(Q.update_conversation_sql(list(changes))),
+                (now, *changes.values(), conversation_id),
+            ).fetchone()
+        return Q.conversation(row) if row else None
+
+    def _delete_conversation(self, conversation_id: str) -> bool:
+        with self.transaction() as conn:
+            conn.execute(self.dialect.q(Q.DELETE_MESSAGES), (conversation_id,))
+            cur = conn.execute(self.dialect.q(Q.DELETE_CONVERSATION), (conversation_id,))
+            return bool(cur.rowcount)
+
+    # -- the log -------------------------------------------------------------------------------
+
+    def _append(
+        self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
+        now: float,
+    ) -> list[StoredMessage]:
+        n = len(messages)
+        q = self.dialect.q
+        with self.transaction() as conn:
+            # A conflict raises inside the transaction, which rolls the update back.
+            row = conn.execute(q(Q.ADVANCE_LAST_SEQ), (n, now, conversation_id)).fetchone()
+            if row is None:
+                raise ConversationNotFound(conversation_id)
+            last = int(row[0]) - n
+            if expected_seq is not None and expected_seq != last:
+                raise ConflictError(conversation_id, expected_seq + 1)
+            rows = [Q.message_row(conversation_id, last + i, m, now) for i, m in enumerate(messages, 1)]
+            step = max(1, self.dialect.max_params // Q.MSG_NCOLS)
+            for i in range(0, len(rows), step):
+                chunk = rows[i:i + step]
+                conn.execute(q(Q.insert_messages_sql(len(chunk))), [v for r in chunk for v in r])
+        return [Q.stored_message(r) for r in rows]
+
+    def load(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> list[StoredMessage]:
+        q = self.dialect.q
+        with self._read() as conn:
+            rows = conn.execute(
+                q(Q.LOAD_MESSAGES), (conversation_id, after_seq, _NO_LIMIT if limit is None else limit)
+            ).fetchall()
+            if not rows and conn.execute(q(Q.CONVERSATION_EXISTS), (conversation_id,)).fetchone() is None:
+                raise ConversationNotFound(conversation_id)
+        return [Q.stored_message(r) for r in rows]
+
+    def find_by_idempotency_key(self, conversation_id: str, key: str) -> StoredMessage | None:
+        """The message stored with this idempotency key in this conversation, if any."""
+        row = self._one(Q.find_by_idempotency_key_sql(self.dialect), (conversation_id, key))
+        return Q.stored_message(row) if row else None
+
+    # -- users of the service ------------------------------------------------------------------
+
+    def add_user(self, user_id: str, token_hash: str, *, replace: bool = False) -> User:
+        now = time.time()
+        q = self.dialect.q
+        with self.transaction() as conn:
+            row = conn.execute(q(Q.SELECT_USER_CREATED), (user_id,)).fetchone()
+            if row is not None and not replace:
+                raise StoreError(f"user {user_id!r} already exists (rotate with --rotate)")
+            if row is not None:
+                conn.execute(q(Q.ROTATE_TOKEN), (token_hash, user_id))
+                return User(id=user_id, created_at=row[0])
+            conn.execute(q(Q.INSERT_USER), (user_id, token_hash, now))
+        return User(id=user_id, created_at=now)
+
+    def user_for_token_hash(self, token_hash: str) -> User | None:
+        row = self._one(Q.USER_FOR_TOKEN_HASH, (token_hash,))
+        return Q.user(row) if row else None
+
+    def list_users(self) -> list[User]:
+        return [Q.user(r) for r in self._rows(Q.LIST_USERS, ())]
+
+    def remove_user(self, user_id: str) -> bool:
+        with self.transaction() as conn:
+            return bool(conn.execute(self.dialect.q(Q.DELETE_USER), (user_id,)).rowcount)
+
+    # -- memory records: summaries ---------------------------------------------------------------
+
+    def save_summary(self, summary: Summary) -> Summary:
+        with self.transaction() as conn:
+            conn.execute(self.dialect.q(Q.INSERT_SUMMARY), Q.summary_row(summary))
+        return summary
+
+    def latest_summary(self, conversation_id: str, up_to_seq: int | None = None) -> Summary | None:
+        row = self._one(Q.LATEST_SUMMARY,
+                        (conversation_id, _NO_LIMIT if up_to_seq is None else up_to_seq))
+        return Q.summary(row) if row else None
+
+    def list_summaries(self, conversation_id: str) -> list[Summary]:
+        return [Q.summary(r) for r in self._rows(Q.LIST_SUMMARIES, (conversation_id,))]
+
+    # -- memory records: facts -------------------------------------------------------------------
+
+    def _active_by_norm(self, conn: Any, user_id: str, norm: str, skip: str = "") -> Fact | None:
+        row = conn.execute(self.dialect.q(Q.ACTIVE_FACT_BY_NORM), (user_id, norm, skip)).fetchone()
+        return Q.fact(row) if row else None
+
+    def _get_fact(self, conn: Any, fact_id: str) -> Fact | None:
+        row = conn.execute(self.dialect.q(Q.SELECT_FACT), (fact_id,)).fetchone()
+        return Q.fact(row) if row else None
+
+    def add_fact(self, fact: Fact) -> Fact:
+        with self.transaction() as conn:
+            dup = self._active_by_norm(conn, fact.user_id, fact.key)
+            if dup is not None:
+                return dup
+            conn.execute(self.dialect.q(Q.INSERT_FACT), Q.fact_row(fact))
+        return fact
+
+    def supersede_fact(self, old_id: str, new: Fact) -> Fact:
+        with self.transaction() as conn:
+            old = self._get_fact(conn, old_id)
+            if old is None or old.user_id != new.user_id:
+                raise FactNotFound(old_id)
+            if not old.active:
+                raise StoreError(f"fact {old_id!r} is already retired")
+            if old.key == new.key:
+                return old
+            current = self._active_by_norm(conn, new.user_id, new.key, skip=old_id)
+            if current is None:
+                conn.execute(self.dialect.q(Q.INSERT_FACT), Q.fact_row(new))
+                current = new
+            conn.execute(self.dialect.q(Q.RETIRE_FACT), (new.valid_from, current.id, old_id))
+        return current
+
+    def retire_fact(self, fact_id: str, *, at: float | None = None) -> Fact:
+        with self.transaction() as conn:
+            old = self._get_fact(conn, fact_id)
+            if old is None:
+                raise FactNotFound(fact_id)
+            if not old.active:
+                return old
+            when = at if at is not None else time.time()
+            conn.execute(self.dialect.q(Q.RETIRE_FACT), (when, None, fact_id))
+        return retired(old, when, None)
+
+    def get_fact(self, fact_id: str) -> Fact | None:
+        with self._read() as conn:
+            return self._get_fact(conn, fact_id)
+
+    def list_facts(self, user_id: str, *, include_retired: bool = False) -> list[Fact]:
+        rows = self._rows(Q.LIST_FACTS if include_retired else Q.LIST_ACTIVE_FACTS, (user_id,))
+        return [Q.fact(r) for r in rows]
+
+    def forget_facts(self, user_id: str, fact_ids: Sequence[str] | None = None) -> int:
+        q = self.dialect.q
+        with self.transaction() as conn:
+            if fact_ids is None:
+                return int(conn.execute(q(Q.DELETE_USER_FACTS), (user_id,)).rowcount)
+            return sum(int(conn.execute(q(Q.DELETE_FACT), (user_id, fid)).rowcount)
+                       for fid in fact_ids)
+
+    # -- memory records: cursors -----------------------------------------------------------------
+
+    def get_memory_cursor(self, conversation_id: str, kind: str) -> int:
+        row = self._one(Q.SELECT_CURSOR, (conversation_id, kind))
+        return int(row[0]) if row else 0
+
+    def set_memory_cursor(self, conversation_id: str, kind: str, seq: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(self.dialect.q(Q.UPSERT_CURSOR), (conversation_id, kind, seq))
