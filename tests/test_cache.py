@@ -177,8 +177,9 @@ def test_cache_reads_are_billed_at_a_tenth() -> None:
                                          cache_write_tokens=2000, cache_read_tokens=10_000))
 
     model = FunctionModel(answer, name=SONNET)
+    model.provider = "anthropic"  # stands in for Claude: priced as Claude (offline: $0)
     chat = Chat(model, system=LONG_PERSONA, store=MemoryStore(), session_id="cost",
-                policy=CacheAwareWindow(20_000))
+                policy=CacheAwareWindow(20_000), title_model=False)
     chat.send("first question " + "context " * 300)
     reply = chat.send("second question")
     price = price_for(SONNET)

@@ -116,6 +116,7 @@ def test_the_reply_is_stored_with_usage_cost_and_model(store: Store) -> None:
     usage = Usage(input_tokens=1200, output_tokens=300, cache_write_tokens=400, cache_read_tokens=9000)
     model = ScriptedModel([ModelResponse(
         content=[TextBlock(text="Arr.")], usage=usage, model=name, stop_reason="end_turn")], name=name)
+    model.provider = "anthropic"  # the double stands in for Claude: priced as Claude (offline: $0)
     chat = Chat(model, store=store, session_id="s", counter=TokenCounter())
     reply = chat.send("hello")
     expected = Price.anthropic(3.0, 15.0).cost(usage)
@@ -416,7 +417,8 @@ def test_chat_cost_sums_the_usage_of_every_turn(store: Store, monkeypatch: pytes
               Usage(input_tokens=60, output_tokens=30, cache_read_tokens=500)]
     model = ScriptedModel([ModelResponse(content=[TextBlock(text=f"a{i}")], usage=u, model=name)
                            for i, u in enumerate(usages)], name=name)
-    chat = Chat(model, store=store, counter=TokenCounter())
+    model.provider = "anthropic"  # stands in for Claude: priced as Claude (offline: $0)
+    chat = Chat(model, store=store, counter=TokenCounter(), title_model=False)
     replies = [chat.send(f"q{i}") for i in range(3)]
     price = Price.anthropic(1.0, 5.0)
     cost = chat.cost()
@@ -434,6 +436,7 @@ def test_chat_cost_is_unknown_when_a_price_is_unknown(store: Store) -> None:
     model = ScriptedModel([ModelResponse(content=[TextBlock(text="x")],
                                          usage=Usage(input_tokens=5, output_tokens=5))],
                           name="mystery-model-1")
+    model.provider = "acme"  # stands in for a paid provider colloquy has no price for
     chat = Chat(model, store=store, counter=TokenCounter())
     reply = chat.send("q")
     assert reply.cost_usd is None
@@ -548,8 +551,10 @@ def test_side_calls_summaries_facts_and_titles_are_billed_to_the_session(store: 
     side = Usage(input_tokens=100, output_tokens=20)
 
     def scripted(name: str, blocks: list[list[Any]], usage: Usage) -> ScriptedModel:
-        return ScriptedModel([ModelResponse(content=b, usage=usage, model=name) for b in blocks],
-                             name=name)
+        double = ScriptedModel([ModelResponse(content=b, usage=usage, model=name) for b in blocks],
+                               name=name)
+        double.provider = "anthropic"  # stands in for Claude: priced as Claude (offline: $0)
+        return double
 
     summariser = scripted(haiku, [[TextBlock(text=f"- point {i}")] for i in range(20)], side)
     extractor = scripted(haiku, [[tool_call("record_memory", {"operations": []})]] * 20, side)

@@ -78,3 +78,20 @@ def test_a_users_conversations_are_listed_newest_activity_first(store: Store) ->
     assert [c.id for c in convs] == ["c_1", "c_3", "c_2"]
     assert [c.title for c in convs] == ["about c_1", "about c_3", "about c_2"]
     assert convs[0].updated_at >= convs[1].updated_at >= convs[2].updated_at
+
+
+def test_a_local_models_title_call_is_free_not_price_unknown(store: Store) -> None:
+    """A title through a local server is priced by the model that made it (free), not by its
+    bare name (which no price table knows): the session's bill stays known, $0."""
+    from fake_openai import FakeOpenAI, Turn
+
+    with FakeOpenAI() as server:
+        server.push(Turn(text="Try a risotto."), Turn(text="Dinner Plans"))
+        model = get_model("ollama:llama3", base_url=server.base_url, environ={})
+        chat = Chat(model, store=store, session_id="c_local", user_id="u")
+        chat.send("what should we cook tonight?")
+        assert store.get_conversation("c_local").title == "Dinner Plans"
+        cost = chat.cost()
+        (side,) = cost.side_calls
+        assert side.purpose == "title" and side.model == "llama3"
+        assert side.cost_usd == 0.0 and cost.cost_usd == 0.0

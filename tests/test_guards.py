@@ -307,6 +307,7 @@ def test_the_topic_judges_calls_are_billed_to_the_session(store: Store) -> None:
 
     verdicts = iter(['{"on_topic": false, "reason": "sports"}', '{"on_topic": true, "reason": "food"}'])
     judge = FunctionModel(lambda request: next(verdicts), name="claude-haiku-4-5")
+    judge.provider = "anthropic"  # stands in for Claude: priced as Claude (offline: $0)
     chat = _chat(store, ScriptedModel(["Roast the leeks."]), [TopicGuard("cooking", judge=judge)])
     assert chat.send("Who won the football match last night?").blocked
     assert not chat.send("How long should I roast leeks for?").blocked

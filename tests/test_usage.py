@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 import threading
+from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -37,6 +42,23 @@ def test_usage_adds_and_totals() -> None:
 
 
 # -- prices -----------------------------------------------------------------------------------------
+# Figures are read from genai-prices' packaged snapshot (the source colloquy prices from), never
+# copied into these tests: the tests check that colloquy asks it the right question.
+
+
+def _snapshot_model(ref: str, provider_id: str | None = None) -> Any:
+    from genai_prices import data_snapshot
+
+    return data_snapshot.get_snapshot().find_provider_model(ref, None, provider_id, None)[1]
+
+
+def _snapshot_cost(ref: str, usage: Usage, provider_id: str | None = None) -> float:
+    import genai_prices
+
+    return float(genai_prices.calc_price(genai_prices.Usage(
+        input_tokens=usage.prompt_tokens, output_tokens=usage.output_tokens,
+        cache_write_tokens=usage.cache_write_tokens, cache_read_tokens=usage.cache_read_tokens,
+    ), ref, provider_id=provider_id).total_price)
 
 
 def test_anthropic_cache_prices_are_1_25x_and_0_1x_of_input() -> None:
@@ -45,7 +67,8 @@ def test_anthropic_cache_prices_are_1_25x_and_0_1x_of_input() -> None:
     assert p.cache_write == pytest.approx(3.75)
     assert p.cache_read == pytest.approx(0.3)
     for name in ("claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5", "claude-3-5-haiku"):
-        price = PRICES[name]
+        price = price_for(name)
+        assert price is not None, name
         assert price.cache_write == pytest.approx(1.25 * price.input)
         assert price.cache_read == pytest.approx(0.1 * price.input)
 
@@ -62,52 +85,112 @@ def test_price_cost_is_per_million_tokens_per_kind() -> None:
 
 
 def test_a_cache_read_prefix_costs_ten_times_less() -> None:
-    p = PRICES["claude-sonnet-4-6"]
-    assert p.cost(Usage(input_tokens=10_000)) == pytest.approx(10 * p.cost(Usage(cache_read_tokens=10_000)))
+    assert cost_of("claude-sonnet-4-6", Usage(input_tokens=10_000)) == pytest.approx(
+        10 * cost_of("claude-sonnet-4-6", Usage(cache_read_tokens=10_000)))  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(
-    ("model", "expected"),
+    ("model", "ref", "provider_id"),
     [
-        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
-        ("claude-sonnet-4-5", "claude-sonnet-4-5"),
-        ("claude-opus-4-5-20251101", "claude-opus-4-5"),  # not claude-opus-4: longest prefix wins
-        ("claude-opus-4-20250514", "claude-opus-4"),
-        ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
-        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
-        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
-        ("gpt-4o-2024-08-06", "gpt-4o"),
-        ("gpt-5-mini", "gpt-5-mini"),
-        ("gpt-5", "gpt-5"),
-        ("openai:gpt-4.1-mini", "gpt-4.1-mini"),
-        ("anthropic:claude-sonnet-4-6", "claude-sonnet-4-6"),
-        ("echo", "echo"),
+        ("claude-sonnet-4-6", "claude-sonnet-4-6", "anthropic"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929", "anthropic"),
+        ("claude-opus-4-5-20251101", "claude-opus-4-5-20251101", "anthropic"),
+        ("claude-haiku-4-5", "claude-haiku-4-5", "anthropic"),
+        ("anthropic:claude-sonnet-4-6", "claude-sonnet-4-6", "anthropic"),
+        ("gpt-4o", "gpt-4o", "openai"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18", "openai"),
+        ("gpt-5", "gpt-5", "openai"),
+        ("openai:gpt-4.1-mini", "gpt-4.1-mini", "openai"),
     ],
 )
-def test_price_by_longest_prefix(model: str, expected: str) -> None:
-    assert price_for(model) == PRICES[expected]
-    u = Usage(input_tokens=1000, output_tokens=100, cache_write_tokens=10, cache_read_tokens=5000)
-    assert cost_of(model, u) == pytest.approx(PRICES[expected].cost(u))
+def test_claude_and_openai_prices_come_from_the_genai_prices_snapshot(
+    model: str, ref: str, provider_id: str
+) -> None:
+    info = _snapshot_model(ref, provider_id)
+    listed = info.get_prices(datetime.now(timezone.utc))
+    price = price_for(model)
+    assert price is not None
+    assert price.input == pytest.approx(float(getattr(listed.input_mtok, "base", listed.input_mtok)))
+    assert price.output == pytest.approx(float(getattr(listed.output_mtok, "base", listed.output_mtok)))
+    assert price.cache_read == pytest.approx(float(getattr(
+        listed.cache_read_mtok, "base", listed.cache_read_mtok)))
+    # A call's cost is the snapshot's own calculation of its usage (cached tokens counted as
+    # input the way genai-prices expects: inside input_tokens).
+    u = Usage(input_tokens=1234, output_tokens=567, cache_write_tokens=890, cache_read_tokens=10_000)
+    assert cost_of(model, u) == pytest.approx(_snapshot_cost(ref, u, provider_id))
+    # ... which, below any tier, is the listed figures times the tokens of each kind.
+    assert cost_of(model, u) == pytest.approx(price.cost(u))
 
 
-def test_local_servers_are_free_and_unknown_models_have_no_price() -> None:
+def test_long_context_tiers_apply_per_call() -> None:
+    """Claude Sonnet 4.5 bills every token of a call above 200k input tokens at its higher tier
+    (genai-prices' tiers): the cost of a call is not base price x tokens."""
+    big = Usage(input_tokens=300_000, output_tokens=1000)
+    base = price_for("claude-sonnet-4-5")
+    assert base is not None
+    assert cost_of("claude-sonnet-4-5", big) == pytest.approx(_snapshot_cost("claude-sonnet-4-5", big))
+    assert cost_of("claude-sonnet-4-5", big) > base.cost(big)  # type: ignore[operator]
+
+
+def test_local_and_offline_models_are_free_and_unknown_models_have_no_price() -> None:
+    from colloquy import EchoModel, FunctionModel, ScriptedModel, get_model
+    from colloquy.memory.offline import ExtractiveSummariser, RuleFactExtractor
+
     u = Usage(input_tokens=10_000, output_tokens=1_000)
-    for local in ("ollama:llama3", "ollama:llama3:8b", "vllm:Qwen/Qwen2.5-7B", "llamacpp:model"):
-        assert cost_of(local, u) == 0.0
+    for local in ("ollama:llama3", "ollama:llama3:8b", "vllm:Qwen/Qwen2.5-7B", "llamacpp:model",
+                  "echo", "scripted", "function", "offline-facts", "offline:anything"):
+        assert cost_of(local, u) == 0.0, local
+        assert price_for(local) == usage_mod.FREE
+    # Priced by the model that made the call, never by a bare name: a local server's "gpt-4o"
+    # or an offline double called "claude-sonnet-4-6" costs nothing.
+    local_model = get_model("ollama:llama3", environ={})
+    for model in (local_model, get_model("vllm:gpt-4o", environ={}), EchoModel(),
+                  ScriptedModel(["x"]), FunctionModel(lambda r: "x", name="claude-sonnet-4-6"),
+                  ExtractiveSummariser(), RuleFactExtractor()):
+        assert model.cost(u) == 0.0, model
+        assert model.cost(u, "llama3") == 0.0, model
+    assert local_model.cost(u, "gpt-4o") == 0.0, "a title call through a local client"
     assert price_for("mystery-model") is None
     assert cost_of("mystery-model", u) is None
     assert cost_of(None, u) is None
     assert cost_of("", u) is None
     assert cost_of("claude-sonnet-4-5", None) is None
+    paid = get_model("claude-sonnet-4-6", api_key="sk-test", environ={})
+    assert paid.cost(u) == cost_of("claude-sonnet-4-6", u) and paid.cost(u)
+    assert paid.cost(u, "claude-haiku-4-5") == cost_of("claude-haiku-4-5", u)
 
 
-def test_set_price_registers_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_set_price_overrides_the_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(usage_mod, "PRICES", dict(PRICES))
     assert cost_of("acme-large-2", Usage(input_tokens=1)) is None
     set_price("acme-large", Price(input=1.0, output=2.0, cache_write=1.0, cache_read=0.5))
     assert cost_of("acme-large-2", Usage(input_tokens=1_000_000, output_tokens=1_000_000)) == 3.0
     set_price("claude-sonnet-4-5", Price.anthropic(100.0, 100.0))
     assert cost_of("claude-sonnet-4-5-20250929", Usage(input_tokens=1_000_000)) == 100.0
+    assert price_for("claude-sonnet-4-5") == Price.anthropic(100.0, 100.0)
+    set_price("ollama:llama3", Price(input=1.0, output=1.0, cache_write=1.0, cache_read=1.0))
+    assert cost_of("ollama:llama3", Usage(input_tokens=1_000_000)) == 1.0, "a local server priced by hand"
+
+
+def test_prices_need_no_network() -> None:
+    """genai-prices can download newer data (UpdatePrices); colloquy only reads the snapshot
+    packaged with it. A socket audit hook in a fresh interpreter proves no connection is tried
+    while importing and pricing."""
+    code = textwrap.dedent("""
+        import sys
+        def hook(event, args):
+            if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
+                raise SystemExit(f"network access: {event} {args}")
+        sys.addaudithook(hook)
+        from colloquy.usage import Usage, cost_of, price_for
+        u = Usage(input_tokens=1000, output_tokens=100)
+        for m in ("claude-sonnet-4-6", "gpt-4o", "claude-haiku-4-5-20251001", "mystery", "ollama:x"):
+            price_for(m); cost_of(m, u)
+        print("priced", cost_of("gpt-4o", u))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("priced 0.0")
 
 
 # -- token estimates --------------------------------------------------------------------------------

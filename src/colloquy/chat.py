@@ -381,6 +381,8 @@ class Chat:
             if prior is None:  # else: a retry whose first attempt died before answering
                 self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
             total = Usage()
+            #: Priced per call and added up: tiered prices apply to each call, not to the sum.
+            total_cost: float | None = 0.0
             notes: list[str] = []
             rounds = 0
             while True:
@@ -395,7 +397,8 @@ class Chat:
                 response = yield from self._call(request, streaming and not buffered)
                 raw_estimate = self._calibrate(request, response)
                 total = total + response.usage
-                cost = cost_of(self.model.price_key, response.usage)
+                cost = self.model.cost(response.usage)
+                total_cost = None if cost is None or total_cost is None else total_cost + cost
                 meta: dict[str, Any] = {"raw_input_estimate": raw_estimate}
                 if response.stop_reason:
                     meta["stop_reason"] = response.stop_reason
@@ -413,7 +416,7 @@ class Chat:
                     auto_title(self, response.text)  # never raises
                     yield Reply(
                         text=response.text, message=response.message, conversation_id=self.session_id,
-                        seq=stored.seq, usage=total, cost_usd=cost_of(self.model.price_key, total),
+                        seq=stored.seq, usage=total, cost_usd=total_cost,
                         model=response.model or self.model.name, stop_reason=response.stop_reason,
                         rounds=rounds, notes=notes,
                         guards=[v.record() for v in checked.verdicts + checked_out.verdicts],
@@ -444,7 +447,7 @@ class Chat:
         outcome = self.guards.run(stage, text, ctx)
         for model, usage in list(ctx.calls):  # e.g. a topic judge: a cheap model, billed too
             if usage is not None:
-                self.record_side_call("guard", model.name, usage, cost_of(model.price_key, usage))
+                self.record_side_call("guard", model.name, usage, model.cost(usage))
         return outcome
 
     @contextlib.contextmanager

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .messages import Message, StoredMessage, TextBlock
 from .models import LOCAL_SERVERS, Model, ModelRequest, get_model
 from .store.turns import IDEMPOTENCY_KEY
-from .usage import Usage, cost_of
+from .usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, Reply
@@ -195,7 +195,8 @@ def auto_title(chat: Chat, reply_text: str) -> str | None:
         title, usage = make_title(first_user, reply_text, model)
         chat._conversation = chat.store.update_conversation(chat.session_id, title=title)
         if usage is not None and model is not None:
-            chat.record_side_call("title", model[1], usage, cost_of(model[1], usage))
+            # Priced through the model that made the call: a local model's title is free.
+            chat.record_side_call("title", model[1], usage, model[0].cost(usage, model[1]))
         return title
     except Exception as e:  # noqa: BLE001 - a title must never fail the turn
         log.warning("could not title conversation %s: %s", chat.session_id, e)

@@ -1,6 +1,8 @@
 """Token usage and what it costs.
 
 Every stored reply carries a :class:`Usage`; a :class:`Price` per model turns it into dollars.
+Prices come from the `genai-prices` package's bundled data (never fetched at run time), with
+:func:`set_price` to override; local and offline models are free.
 Cache writes and cache reads are priced on their own because with prompt caching they are most
 of the bill: Anthropic bills a 5-minute cache write at 1.25x and a cache read at 0.1x of the
 input price, so the same replayed prefix can cost 10x less when it stays byte-identical.
@@ -8,7 +10,10 @@ input price, so the same replayed prefix can cost 10x less when it stays byte-id
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -70,59 +75,124 @@ class Price(BaseModel):
         ) / 1_000_000
 
 
-#: List prices (USD per million tokens) as published by the providers at the time of writing.
-#: Keys are model-id prefixes: ``claude-sonnet-4-5-20250929`` is priced as ``claude-sonnet-4-5``.
-#: Override or extend with :func:`set_price`.
+#: The price of models that run locally or in-process.
+FREE = Price(input=0, output=0, cache_write=0, cache_read=0)
+
+
+#: Prices registered with :func:`set_price` (USD per million tokens), by model-id prefix:
+#: they override the packaged price data. Offline doubles are listed here as free so that a
+#: stored row naming only its model (``echo``) is priced too.
 PRICES: dict[str, Price] = {
-    "claude-opus-4-6": Price.anthropic(5.0, 25.0),
-    "claude-opus-4-5": Price.anthropic(5.0, 25.0),
-    "claude-opus-4-1": Price.anthropic(15.0, 75.0),
-    "claude-opus-4": Price.anthropic(15.0, 75.0),
-    "claude-sonnet-4-6": Price.anthropic(3.0, 15.0),
-    "claude-sonnet-4-5": Price.anthropic(3.0, 15.0),
-    "claude-sonnet-4": Price.anthropic(3.0, 15.0),
-    "claude-3-7-sonnet": Price.anthropic(3.0, 15.0),
-    "claude-haiku-4-5": Price.anthropic(1.0, 5.0),
-    "claude-3-5-haiku": Price.anthropic(0.8, 4.0),
-    "gpt-5-mini": Price(input=0.25, output=2.0, cache_write=0.25, cache_read=0.025),
-    "gpt-5": Price(input=1.25, output=10.0, cache_write=1.25, cache_read=0.125),
-    "gpt-4.1-mini": Price(input=0.4, output=1.6, cache_write=0.4, cache_read=0.1),
-    "gpt-4.1": Price(input=2.0, output=8.0, cache_write=2.0, cache_read=0.5),
-    "gpt-4o-mini": Price(input=0.15, output=0.6, cache_write=0.15, cache_read=0.075),
-    "gpt-4o": Price(input=2.5, output=10.0, cache_write=2.5, cache_read=1.25),
-    # Offline and local models cost nothing.
-    "echo": Price(input=0, output=0, cache_write=0, cache_read=0),
-    "scripted": Price(input=0, output=0, cache_write=0, cache_read=0),
-    "function": Price(input=0, output=0, cache_write=0, cache_read=0),
-    "offline-": Price(input=0, output=0, cache_write=0, cache_read=0),  # summariser, facts
+    "echo": FREE,
+    "scripted": FREE,
+    "function": FREE,
+    "offline-": FREE,  # the offline summariser and fact extractor
 }
+
+#: Providers whose models run on the user's own machine or in-process: never billed. A model id
+#: ``ollama:llama3`` or a price key ``offline:my-double`` (see ``Model.price_key``) is free.
+FREE_PROVIDERS = frozenset({"offline", "ollama", "vllm", "llamacpp", "local"})
+
+#: colloquy's provider names as genai-prices' provider ids (others are matched by model id).
+_PROVIDER_IDS = {"anthropic": "anthropic", "openai": "openai"}
 
 
 def set_price(model_prefix: str, price: Price) -> None:
-    """Register or replace the price of a model (or of every model id with that prefix)."""
+    """Register or replace the price of a model (or of every model id with that prefix); it
+    takes precedence over the packaged price data."""
     PRICES[model_prefix] = price
 
 
-def price_for(model: str | None) -> Price | None:
-    """The price of a model id, by longest matching prefix; ``None`` when unknown.
+def _split(model: str) -> tuple[str, str]:
+    provider, sep, name = model.partition(":")
+    return (provider, name) if sep else ("", model)
 
-    A provider prefix such as ``openai:`` or ``ollama:`` is ignored; local servers (ollama,
-    vllm, llamacpp) are free.
+
+def _override(model: str, name: str) -> Price | None:
+    for key in (model, name):
+        best = max((k for k in PRICES if key.startswith(k)), key=len, default=None)
+        if best is not None:
+            return PRICES[best]
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _snapshot_model(provider: str, name: str) -> Any:
+    """genai-prices' ``(provider, model info)`` for a model id, or None when it has no price.
+
+    The package's bundled snapshot only: ``genai_prices.UpdatePrices`` (which downloads newer
+    data) is never started, so a lookup makes no network access (tests/test_usage.py checks).
+    Imported on first use: the snapshot takes about a second to load."""
+    from genai_prices import data_snapshot
+
+    try:
+        return data_snapshot.get_snapshot().find_provider_model(
+            name, None, _PROVIDER_IDS.get(provider), None)
+    except LookupError:
+        return None
+
+
+def _snapshot_price(info: Any) -> Price:
+    """The base prices (the lowest tier) in force now, with genai-prices' rule that a kind of
+    token with no price of its own is billed as input."""
+    model = info[1].get_prices(datetime.now(timezone.utc))
+
+    def per_mtok(value: Any) -> float | None:
+        if value is None:
+            return None
+        return float(getattr(value, "base", value))
+
+    input_ = per_mtok(model.input_mtok) or 0.0
+    write = per_mtok(model.cache_write_mtok)
+    read = per_mtok(model.cache_read_mtok)
+    return Price(input=input_, output=per_mtok(model.output_mtok) or 0.0,
+                 cache_write=input_ if write is None else write,
+                 cache_read=input_ if read is None else read)
+
+
+def price_for(model: str | None) -> Price | None:
+    """The price of a model id (``claude-sonnet-4-6``, ``openai:gpt-4o``, ``ollama:llama3``);
+    ``None`` when unknown.
+
+    In order: a price registered with :func:`set_price` (longest prefix); free for local and
+    offline providers (:data:`FREE_PROVIDERS`); else the packaged `genai-prices` snapshot
+    (maintained by Pydantic from the providers' price pages; base tier shown).
     """
     if not model:
         return None
-    provider, sep, name = model.partition(":")
-    if not sep:
-        provider, name = "", model
-    if provider in {"ollama", "vllm", "llamacpp", "local"}:
-        return PRICES["echo"]
-    best = max((k for k in PRICES if name.startswith(k)), key=len, default=None)
-    return PRICES[best] if best else None
+    provider, name = _split(model)
+    override = _override(model, name)
+    if override is not None:
+        return override
+    if provider in FREE_PROVIDERS:
+        return FREE
+    info = _snapshot_model(provider, name)
+    return _snapshot_price(info) if info is not None else None
 
 
 def cost_of(model: str | None, usage: Usage | None) -> float | None:
-    """Dollars for one usage record, or ``None`` if the model's price is unknown."""
-    if usage is None:
+    """Dollars for one model call's usage, or ``None`` if the model's price is unknown.
+
+    Priced like :func:`price_for`; with the packaged data the cost is genai-prices' own
+    calculation, so tiered prices (e.g. Claude's long-context rate above 200k input tokens)
+    apply per call: price each call, then add the dollars.
+    """
+    if usage is None or not model:
         return None
-    price = price_for(model)
-    return price.cost(usage) if price else None
+    provider, name = _split(model)
+    override = _override(model, name)
+    if override is not None:
+        return override.cost(usage)
+    if provider in FREE_PROVIDERS:
+        return 0.0
+    info = _snapshot_model(provider, name)
+    if info is None:
+        return None
+    from genai_prices import Usage as PricedUsage
+
+    priced = info[1].calc_price(PricedUsage(
+        # genai-prices counts cached tokens inside input_tokens, as OpenAI reports them
+        input_tokens=usage.prompt_tokens, output_tokens=usage.output_tokens,
+        cache_write_tokens=usage.cache_write_tokens, cache_read_tokens=usage.cache_read_tokens,
+    ), info[0])
+    return float(priced.total_price)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..messages import ContentBlock, Message, TextBlock, ToolUseBlock
-from ..usage import Usage
+from ..usage import FREE_PROVIDERS, Usage, cost_of
 
 StopReason = Literal[
     "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal", "error"
@@ -136,8 +136,19 @@ class Model(ABC):
 
     @property
     def price_key(self) -> str:
-        """The id used to look up this model's price."""
-        return self.name
+        """The id used to look up this model's price (see :meth:`price_key_for`)."""
+        return self.price_key_for(self.name)
+
+    def price_key_for(self, model: str) -> str:
+        """The id that prices ``model`` when called through this model's client (a Claude chat
+        titles with claude-haiku-4-5 through its own client): local and offline providers are
+        priced by provider (free, whatever the model is called), the others by model id."""
+        return f"{self.provider}:{model}" if self.provider in FREE_PROVIDERS else model
+
+    def cost(self, usage: Usage | None, model: str | None = None) -> float | None:
+        """USD for ``usage`` of ``model`` (default: this model) through this client; ``None``
+        when the price is unknown (see :func:`colloquy.usage.cost_of`)."""
+        return cost_of(self.price_key_for(model or self.name), usage)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -97,11 +97,6 @@ class OpenAIModel(Model):
         """True when talking to something other than api.openai.com (which always needs a key)."""
         return not self.base_url.rstrip("/").startswith("https://api.openai.com")
 
-    @property
-    def price_key(self) -> str:
-        """Local servers are priced by their provider prefix (free); OpenAI by model id."""
-        return self.name if self.provider == "openai" else f"{self.provider}:{self.name}"
-
     # -- requests ---------------------------------------------------------------------------
 
     def _params(self, req: ModelRequest) -> dict[str, Any]:
