@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import threading
@@ -35,6 +36,8 @@ from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_
 from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
 from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
 from .store import Conversation, NewMessage, Store, new_id, open_store
+from .telemetry import call_purpose, conversation, isolated
+from .telemetry.turns import context_attributes, store_system, turn_span, work_span
 from .tokens import TokenCounter, counter as default_counter, estimate_tools
 from .tools import Tool, as_tools, run_calls
 from .usage import Usage, cost_of
@@ -208,7 +211,10 @@ class Chat:
         if self._conversation is None and self.store.find_conversation(self.session_id) is None:
             return
         after = self._log[-1].seq if self._log else 0
-        new = self.store.load(self.session_id, after_seq=after)
+        with work_span("colloquy.store.load", **{"db.system.name": store_system(self.store),
+                                                 "colloquy.store.after_seq": after}) as span:
+            new = self.store.load(self.session_id, after_seq=after)
+            span.set_attribute("colloquy.store.messages", len(new))
         if new and new[0].seq != after + 1:  # a gap: someone rewrote history (e.g. import)
             self._log = self.store.load(self.session_id)
         else:
@@ -232,7 +238,9 @@ class Chat:
     def _append(self, *items: NewMessage) -> list[StoredMessage]:
         # Under the turn lock the log is current; expected_seq catches a writer that bypassed it.
         last = self._log[-1].seq if self._log else 0
-        stored = self.store.append(self.session_id, items, expected_seq=last)
+        with work_span("colloquy.store.append", **{"db.system.name": store_system(self.store),
+                                                   "colloquy.store.messages": len(items)}):
+            stored = self.store.append(self.session_id, items, expected_seq=last)
         if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
             self._sync_full()
         else:
@@ -259,10 +267,15 @@ class Chat:
                 self._sync()
                 history = self._log
             history = self.guards.visible(history)  # blocked turns are never replayed
-            ctx = self.policy.build(self._context_input(history))
-            messages, sources, notes = repair(ctx.messages, ctx.sources or None)
-            ctx.messages, ctx.sources = messages, sources
-            ctx.notes.extend(notes)
+            with work_span("colloquy.context") as span:
+                ctx = self.policy.build(self._context_input(history))
+                messages, sources, notes = repair(ctx.messages, ctx.sources or None)
+                ctx.messages, ctx.sources = messages, sources
+                ctx.notes.extend(notes)
+                if span.is_recording():
+                    context_attributes(span, self.policy, len(history), ctx, self.counter.count(
+                        self.model.name, ctx.system, ctx.messages,
+                        extra=estimate_tools([t.spec for t in self.tools.values()])))
             return ctx
 
     def _request(self, ctx: Context) -> ModelRequest:
@@ -320,7 +333,9 @@ class Chat:
     async def asend(self, content: UserInput, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None) -> Reply:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(
+        # The caller's context goes along (its current span parents the turn's).
+        return await loop.run_in_executor(self.executor, contextvars.copy_context().run,
+                                          functools.partial(
             self.send, content, idempotency_key=idempotency_key, temperature=temperature,
             max_tokens=max_tokens))
 
@@ -343,7 +358,7 @@ class Chat:
             else:
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
 
-        worker = loop.run_in_executor(self.executor, work)
+        worker = loop.run_in_executor(self.executor, contextvars.copy_context().run, work)
         try:
             while True:
                 kind, value = await queue.get()
@@ -360,10 +375,44 @@ class Chat:
         self, content: UserInput, streaming: bool, idempotency_key: str | None = None,
         options: tuple[float | None, int | None] = (None, None),
     ) -> Iterator[str | Reply]:
+        """The turn, traced: its span (colloquy.telemetry.turns) is current while the turn's
+        own code runs, in a private context, so the caller never sees it."""
+        return isolated(self._traced_turn(content, streaming, idempotency_key, options))
+
+    def _traced_turn(
+        self, content: UserInput, streaming: bool, idempotency_key: str | None,
+        options: tuple[float | None, int | None],
+    ) -> Generator[str | Reply, None, None]:
+        with turn_span(self.session_id, self.model, streaming) as scope, \
+                conversation(self.session_id):
+            for event in self._turn_steps(content, streaming, idempotency_key, options):
+                if isinstance(event, Reply):
+                    outcome = "blocked" if event.blocked else "replayed" if any(
+                        n.startswith("replayed") for n in event.notes) else "ok"
+                    scope.finished(usage=event.usage, cost_usd=event.cost_usd,
+                                   rounds=event.rounds, outcome=outcome)
+                elif event:
+                    scope.delta()
+                yield event
+
+    @contextlib.contextmanager
+    def _turn_locks(self, options: tuple[float | None, int | None]) -> Iterator[None]:
+        """This Chat's lock, then the conversation's turn lock (one turn at a time per
+        conversation, across processes: colloquy.continuity); the wait is a span of its own."""
+        with contextlib.ExitStack() as held:
+            with work_span("colloquy.turn_lock", **{"gen_ai.conversation.id": self.session_id}):
+                held.enter_context(self._lock)
+                held.enter_context(turn_lock(self.store, self.session_id))
+            held.enter_context(self._options(options))
+            yield
+
+    def _turn_steps(
+        self, content: UserInput, streaming: bool, idempotency_key: str | None,
+        options: tuple[float | None, int | None],
+    ) -> Iterator[str | Reply]:
         message = _user_message(content)
         extra_meta = key_meta(idempotency_key)
-        # One turn at a time per conversation, across processes (colloquy.continuity).
-        with self._lock, turn_lock(self.store, self.session_id), self._options(options):
+        with self._turn_locks(options):
             self._ensure_conversation()
             self._sync()
             prior = prior_turn(self, idempotency_key)
@@ -436,7 +485,7 @@ class Chat:
                         f"the model was still calling tools after {self.max_tool_rounds} rounds; "
                         "every call and result is stored, send a new message to go on"
                     )
-                results = run_calls(self.tools, calls)
+                results = run_calls(self.tools, calls)  # each an execute_tool span
                 self._append(NewMessage(message=Message(role="user", content=list(results))))
 
     def _guard(self, stage: Stage, text: str) -> GuardOutcome:
@@ -444,7 +493,8 @@ class Chat:
             stage=stage, system=self.system, conversation_id=self.session_id,
             user_id=self.user_id, recent=self.guards.visible(self._log)[-6:], model=self.model,
         )
-        outcome = self.guards.run(stage, text, ctx)
+        with call_purpose("guard"):  # e.g. a topic guard's judge
+            outcome = self.guards.run(stage, text, ctx)
         for model, usage in list(ctx.calls):  # e.g. a topic judge: a cheap model, billed too
             if usage is not None:
                 self.record_side_call("guard", model.name, usage, model.cost(usage))
@@ -496,6 +546,10 @@ class Chat:
 
     def _call(self, request: ModelRequest, streaming: bool) -> Generator[str, None, ModelResponse]:
         """Call the model; yields text deltas when streaming, returns the final response."""
+        with call_purpose("turn"):
+            return (yield from self._call_model(request, streaming))
+
+    def _call_model(self, request: ModelRequest, streaming: bool) -> Generator[str, None, ModelResponse]:
         try:
             if not streaming:
                 return self.model.request(request)

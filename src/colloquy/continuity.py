@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .messages import Message, StoredMessage, TextBlock
 from .models import LOCAL_SERVERS, Model, ModelRequest, get_model
 from .store.turns import IDEMPOTENCY_KEY
+from .telemetry import call_purpose
 from .usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -164,7 +165,8 @@ def make_title(
                 "</conversation>\nTitle:"
             )],
         )
-        response = m.request(request)
+        with call_purpose("title"):
+            response = m.request(request)
         return (_clean_title(response.text) or fallback), response.usage
     except Exception as e:  # noqa: BLE001 - a title must never fail the turn
         log.info("title model %s failed (%s); using the first words", name, e)

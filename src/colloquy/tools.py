@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from .errors import ToolError
 from .messages import ToolResultBlock, ToolUseBlock
 from .models.base import ToolSpec
+from .telemetry.turns import tool_result, tool_span
 
 
 def _input_model(fn: Callable[..., Any]) -> type[BaseModel]:
@@ -117,5 +118,8 @@ def run_calls(tools: dict[str, Tool], calls: Sequence[ToolUseBlock]) -> list[Too
                 content=f"no tool named {call.name!r}; available: {', '.join(sorted(tools)) or 'none'}",
             ))
         else:
-            results.append(t.run(call))
+            with tool_span(call, t.spec.description) as span:
+                result = t.run(call)
+                tool_result(span, result)
+            results.append(result)
     return results

@@ -28,6 +28,7 @@ from ..models.base import Model, ModelRequest
 from ..store.base import register_cache
 from ..tokens import estimate_message, estimate_text
 from ..usage import Usage, cost_of
+from ..telemetry import call_purpose
 from .base import ContextInput
 from .compose import PartResult
 
@@ -74,7 +75,8 @@ class Summariser(MemoryModelUser):
         self, previous: str | None, messages: Sequence[StoredMessage]
     ) -> tuple[str, Usage]:
         """The summary and what the call cost in tokens (kept in the record's meta)."""
-        response = self.model.request(self.request(previous, messages))
+        with call_purpose("summary"):
+            response = self.model.request(self.request(previous, messages))
         text = response.text.strip()
         if not text:
             raise ValueError("the summariser returned an empty summary")

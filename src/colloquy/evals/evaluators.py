@@ -17,6 +17,7 @@ from typing import Any
 
 from ..messages import Message, TextBlock
 from ..models import Model, ModelRequest
+from ..telemetry import call_purpose
 from .dataset import Case
 from .results import Score, TurnResult
 
@@ -148,13 +149,14 @@ def parse_judge(text: str) -> tuple[int, str]:
 def ask_judge(judge: Model, evaluator: str, case: Case, turns: Sequence[TurnResult]) -> Score:
     """One judge call with the evaluator's rubric; failures become an error, not a score."""
     try:
-        response = judge.request(ModelRequest(
-            model=judge.name,
-            system=[TextBlock(text=JUDGE_SYSTEM.format(rubric=RUBRICS[evaluator]))],
-            messages=[Message.user(
-                f"Criterion: {evaluator}\n<transcript>\n{transcript_text(case, turns)}\n</transcript>")],
-            max_tokens=200, temperature=0.0,
-        ))
+        with call_purpose("eval"):
+            response = judge.request(ModelRequest(
+                model=judge.name,
+                system=[TextBlock(text=JUDGE_SYSTEM.format(rubric=RUBRICS[evaluator]))],
+                messages=[Message.user(
+                    f"Criterion: {evaluator}\n<transcript>\n{transcript_text(case, turns)}\n</transcript>")],
+                max_tokens=200, temperature=0.0,
+            ))
         score, reason = parse_judge(response.text)
     except Exception as e:  # noqa: BLE001 - a judge failure is recorded, the run goes on
         return Score(evaluator=evaluator, score=None, error=f"{type(e).__name__}: {e}")

@@ -27,6 +27,7 @@ from ..errors import ColloquyError
 from ..messages import Message, StoredMessage, TextBlock
 from ..models.base import Model, ModelRequest, ToolSpec
 from ..usage import Usage, cost_of
+from ..telemetry import call_purpose
 from .models import DEFAULT_MEMORY_MODEL, MemoryModelUser
 from .records import Fact, normalise
 from .transcript import transcript
@@ -119,7 +120,8 @@ class FactExtractor(MemoryModelUser):
         self, known: Sequence[Fact], messages: Sequence[StoredMessage]
     ) -> tuple[list[FactOp], Usage]:
         """The operations and what the call cost in tokens (the chat accounts for it)."""
-        response = self.model.request(self.request(known, messages))
+        with call_purpose("extraction"):
+            response = self.model.request(self.request(known, messages))
         return self._ops(response.text, response.tool_uses), response.usage
 
     def _ops(self, text: str, tool_uses: Sequence[Any]) -> list[FactOp]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..messages import ContentBlock, Message, TextBlock, ToolUseBlock
+from ..telemetry.genai import instrument_class
 from ..usage import FREE_PROVIDERS, Usage, cost_of
 
 StopReason = Literal[
@@ -118,6 +119,13 @@ class Model(ABC):
     #: The provider's short name, used in errors and for the price table.
     provider: str = "unknown"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every model's entry points (``request``, ``stream``, and the async ``arequest`` /
+        ``astream``) are traced and measured in one place (colloquy.telemetry.genai), so no
+        adapter and no call site has to remember to."""
+        super().__init_subclass__(**kwargs)
+        instrument_class(cls)
+
     @abstractmethod
     def request(self, request: ModelRequest) -> ModelResponse:
         """Send one request and return the complete response."""
@@ -152,3 +160,6 @@ class Model(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+instrument_class(Model)  # its default stream(), for models that only implement request()

@@ -1,0 +1,362 @@
+"""Every model call as an OpenTelemetry span in the GenAI semantic conventions, in one place.
+
+:func:`instrument_class` wraps the entry points a model class defines (``request``, ``stream``,
+and the async ``arequest`` / ``astream`` where a class has them); ``Model.__init_subclass__``
+applies it to every adapter, so turns, tool rounds, summaries, fact extraction, titles and
+guard judges are all covered without touching their call sites. A call made by another
+instrumented entry point of the same model (the default ``stream`` calls ``request``) is not
+counted twice.
+
+The span (conventions v1.37+, "Inference" span; ``gen_ai.provider.name`` replaced the older
+``gen_ai.system`` there):
+
+* name ``{gen_ai.operation.name} {gen_ai.request.model}``, e.g. ``chat claude-sonnet-4-6``;
+  kind CLIENT, or INTERNAL for offline models (they run in the process, as the conventions
+  allow);
+* ``gen_ai.operation.name`` (``chat``), ``gen_ai.provider.name`` (colloquy's provider name:
+  ``anthropic`` and ``openai`` are the conventions' own values; ``ollama``, ``vllm``,
+  ``llamacpp`` and ``offline`` are custom ones), ``gen_ai.request.model``,
+  ``gen_ai.request.max_tokens``, ``gen_ai.request.temperature``, ``gen_ai.conversation.id``,
+  ``server.address`` / ``server.port``;
+* on success ``gen_ai.response.model``, ``gen_ai.response.id``,
+  ``gen_ai.response.finish_reasons`` (colloquy's stop_reason: ``end_turn``, ``tool_use``,
+  ``max_tokens``...), ``gen_ai.usage.input_tokens`` (all input, cached included, as the
+  conventions ask), ``gen_ai.usage.output_tokens``, ``gen_ai.usage.cache_creation.input_tokens``,
+  ``gen_ai.usage.cache_read.input_tokens``;
+* on failure ``error.type`` (the exception's class name: colloquy's ``RateLimitError``,
+  ``OverloadedError``, ``ContextTooLongError``, ``BadRequestError``, ``AuthenticationError``,
+  ``ModelConnectionError``, ``ModelError``, or any other exception's; ``cancelled`` when the
+  consumer dropped a stream) and status ERROR;
+* colloquy's own: ``colloquy.purpose`` (turn, summary, extraction, title, guard, eval, other)
+  and ``colloquy.cost_usd``.
+
+Content (``gen_ai.system_instructions``, ``gen_ai.input.messages``, ``gen_ai.output.messages``,
+as JSON strings in the conventions' schemas) is recorded only when the operator opts in, with the
+OpenTelemetry GenAI instrumentations' variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+(``true``, ``SPAN_ONLY`` or ``SPAN_AND_EVENT``) or :func:`capture_content`.
+
+Only ``opentelemetry-api`` is used: without an SDK installed by the application every span is
+a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import inspect
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from ..messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from . import events
+from .context import current_conversation, current_purpose
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("colloquy")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+        return None
+
+
+#: colloquy's tracer (a proxy until the application installs a TracerProvider).
+tracer = trace.get_tracer("colloquy", _version())
+
+OPERATION = "chat"
+CONTENT_VAR = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_CONTENT_ON = {"true", "1", "span_only", "span_and_event"}
+
+#: id() of the model whose instrumented call is running in this context (see module docstring).
+_inside: ContextVar[int | None] = ContextVar("colloquy_model_call", default=None)
+_capture: bool | None = None
+
+
+def capture_content(on: bool | None) -> None:
+    """Record message content on model-call spans (True), never (False), or as the
+    environment says (None, the default). Content may hold personal data: see the README."""
+    global _capture
+    _capture = on
+
+
+def capturing_content() -> bool:
+    if _capture is not None:
+        return _capture
+    return os.environ.get(CONTENT_VAR, "").strip().lower() in _CONTENT_ON
+
+
+def error_type(error: BaseException) -> str:
+    """The low-cardinality ``error.type`` of an exception: its class name."""
+    return "cancelled" if isinstance(error, GeneratorExit) else type(error).__name__
+
+
+# -- the span --------------------------------------------------------------------------------------
+
+
+class _Call:
+    """One instrumented call: its span, and the record handed to listeners at the end."""
+
+    def __init__(self, model: Any, request: Any, streaming: bool) -> None:
+        self.model, self.request, self.streaming = model, request, streaming
+        self.purpose = current_purpose()
+        self.conversation = current_conversation()
+        self.start = time.perf_counter()
+        self.first_chunk: float | None = None
+        provider = str(getattr(model, "provider", "unknown"))
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": OPERATION,
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": request.model,
+            "gen_ai.request.max_tokens": request.max_tokens,
+            "colloquy.purpose": self.purpose,
+        }
+        if request.temperature is not None:
+            attrs["gen_ai.request.temperature"] = request.temperature
+        if self.conversation:
+            attrs["gen_ai.conversation.id"] = self.conversation
+        base_url = getattr(model, "base_url", None)
+        if isinstance(base_url, str) and base_url:
+            parts = urlsplit(base_url)
+            if parts.hostname:
+                attrs["server.address"] = parts.hostname
+                attrs["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+        kind = SpanKind.INTERNAL if provider == "offline" else SpanKind.CLIENT
+        self.span: Span = tracer.start_span(f"{OPERATION} {request.model}", kind=kind,
+                                            attributes=attrs)
+        if self.span.is_recording() and capturing_content():
+            if request.system:
+                self.span.set_attribute("gen_ai.system_instructions", json.dumps(
+                    [{"type": "text", "content": b.text} for b in request.system],
+                    ensure_ascii=False))
+            self.span.set_attribute("gen_ai.input.messages", json.dumps(
+                [_message(m) for m in request.messages], ensure_ascii=False))
+
+    def chunk(self, event: Any) -> None:
+        text = "" if hasattr(event, "content") else str(getattr(event, "text", ""))
+        if self.first_chunk is None and text:
+            self.first_chunk = time.perf_counter() - self.start
+
+    def done(self, response: Any) -> None:
+        usage = response.usage
+        cost = self.model.cost(usage, self.request.model)
+        span = self.span
+        if span.is_recording():
+            attrs: dict[str, Any] = {
+                "gen_ai.response.model": response.model or self.request.model,
+                "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens,
+                "gen_ai.usage.cache_read.input_tokens": usage.cache_read_tokens,
+            }
+            if response.id:
+                attrs["gen_ai.response.id"] = response.id
+            if response.stop_reason:
+                attrs["gen_ai.response.finish_reasons"] = [response.stop_reason]
+            if cost is not None:
+                attrs["colloquy.cost_usd"] = cost
+            if getattr(usage, "estimated", False):
+                attrs["colloquy.usage.estimated"] = True
+            span.set_attributes(attrs)
+            if capturing_content():
+                out = _message(response.message)
+                out["finish_reason"] = _FINISH.get(response.stop_reason or "", "stop")
+                span.set_attribute("gen_ai.output.messages", json.dumps([out], ensure_ascii=False))
+        span.end()
+        self._emit(usage=usage, cost=cost, error=None)
+
+    def failed(self, error: BaseException) -> None:
+        kind = error_type(error)
+        self.span.set_attribute("error.type", kind)
+        if not isinstance(error, GeneratorExit):
+            self.span.record_exception(error)
+        self.span.set_status(Status(StatusCode.ERROR, kind))
+        self.span.end()
+        self._emit(usage=None, cost=None, error=kind)
+
+    def _emit(self, usage: Any, cost: float | None, error: str | None) -> None:
+        if not events.listening():
+            return
+        events.emit("model_call", events.ModelCall(
+            provider=str(getattr(self.model, "provider", "unknown")), model=self.request.model,
+            purpose=self.purpose, conversation_id=self.conversation,
+            duration=time.perf_counter() - self.start, streaming=self.streaming,
+            time_to_first_chunk=self.first_chunk, usage=usage, cost_usd=cost, error_type=error,
+            estimated=bool(getattr(usage, "estimated", False)),
+        ))
+
+
+#: colloquy's stop reasons as the conventions' output-message ``finish_reason`` values.
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+           "max_tokens": "length", "tool_use": "tool_call", "refusal": "content_filter",
+           "error": "error"}
+
+
+def _message(message: Message) -> dict[str, Any]:
+    """A message in the conventions' input/output message schema (role and typed parts)."""
+    parts: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            parts.append({"type": "text", "content": block.text})
+        elif isinstance(block, ToolUseBlock):
+            parts.append({"type": "tool_call", "id": block.id, "name": block.name,
+                          "arguments": block.input})
+        elif isinstance(block, ToolResultBlock):
+            content = block.content if isinstance(block.content, str) else "".join(
+                b.text for b in block.content if isinstance(b, TextBlock))
+            parts.append({"type": "tool_call_response", "id": block.tool_use_id,
+                          "response": content})
+        elif isinstance(block, ImageBlock):
+            source = block.source if isinstance(block.source, dict) else {}
+            if source.get("type") == "url":
+                parts.append({"type": "uri", "modality": "image", "uri": source.get("url", "")})
+            else:  # inline bytes are not copied into telemetry
+                parts.append({"type": "blob", "modality": "image",
+                              "mime_type": source.get("media_type"), "content": ""})
+    return {"role": message.role, "parts": parts}
+
+
+# -- wrapping the entry points ---------------------------------------------------------------------
+
+
+def _wrap_request(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def request(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _inside.get() == id(self):
+            return fn(self, request, *args, **kwargs)
+        call = _Call(self, request, streaming=False)
+        token = _inside.set(id(self))
+        try:
+            response = fn(self, request, *args, **kwargs)
+        except BaseException as e:
+            call.failed(e)
+            raise
+        finally:
+            _inside.reset(token)
+        call.done(response)
+        return response
+
+    request.__colloquy_instrumented__ = True  # type: ignore[attr-defined]
+    return request
+
+
+def _wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    @functools.wraps(fn)
+    def stream(self: Any, request: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        if _inside.get() == id(self):
+            yield from fn(self, request, *args, **kwargs)
+            return
+        call = _Call(self, request, streaming=True)
+        final: Any = None
+        try:
+            inner = fn(self, request, *args, **kwargs)
+            while True:
+                # Only the inner generator's own steps run "inside" this call: the flag is
+                # never left set in the consumer's context while a delta is handed out.
+                token = _inside.set(id(self))
+                try:
+                    event = next(inner)
+                except StopIteration:
+                    break
+                finally:
+                    _inside.reset(token)
+                call.chunk(event)
+                if hasattr(event, "content"):
+                    final = event
+                yield event
+        except BaseException as e:
+            call.failed(e)
+            raise
+        if final is None:
+            call.failed(RuntimeError("the stream ended without a final message"))
+        else:
+            call.done(final)
+
+    stream.__colloquy_instrumented__ = True  # type: ignore[attr-defined]
+    return stream
+
+
+def _wrap_arequest(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def arequest(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _inside.get() == id(self):
+            return await fn(self, request, *args, **kwargs)
+        call = _Call(self, request, streaming=False)
+        token = _inside.set(id(self))
+        try:
+            response = await fn(self, request, *args, **kwargs)
+        except BaseException as e:
+            call.failed(e)
+            raise
+        finally:
+            _inside.reset(token)
+        call.done(response)
+        return response
+
+    arequest.__colloquy_instrumented__ = True  # type: ignore[attr-defined]
+    return arequest
+
+
+def _wrap_astream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(fn)
+    async def astream(self: Any, request: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if _inside.get() == id(self):
+            async for event in fn(self, request, *args, **kwargs):
+                yield event
+            return
+        call = _Call(self, request, streaming=True)
+        final: Any = None
+        inner = fn(self, request, *args, **kwargs)
+        try:
+            while True:
+                token = _inside.set(id(self))
+                try:
+                    event = await inner.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    _inside.reset(token)
+                call.chunk(event)
+                if hasattr(event, "content"):
+                    final = event
+                yield event
+        except BaseException as e:
+            call.failed(e)
+            close = getattr(inner, "aclose", None)
+            if close is not None:
+                await close()
+            raise
+        if final is None:
+            call.failed(RuntimeError("the stream ended without a final message"))
+        else:
+            call.done(final)
+
+    astream.__colloquy_instrumented__ = True  # type: ignore[attr-defined]
+    return astream
+
+
+_WRAPPERS: dict[str, Callable[[Any], Any]] = {
+    "request": _wrap_request, "stream": _wrap_stream,
+    "arequest": _wrap_arequest, "astream": _wrap_astream,
+}
+
+
+def instrument_class(cls: type) -> None:
+    """Wrap the model entry points ``cls`` itself defines (called by
+    ``Model.__init_subclass__``). Abstract methods and already wrapped ones are left alone.
+    ``arequest`` is awaited; ``stream`` / ``astream`` may be generator functions or return any
+    (async) iterator."""
+    for name, wrap in _WRAPPERS.items():
+        fn = cls.__dict__.get(name)
+        if fn is None or not callable(fn) or getattr(fn, "__colloquy_instrumented__", False):
+            continue
+        if getattr(fn, "__isabstractmethod__", False):
+            continue
+        if (name == "arequest") != inspect.iscoroutinefunction(fn):
+            continue  # arequest must be a coroutine function; the others never are
+        setattr(cls, name, wrap(fn))
