@@ -1,5 +1,5 @@
 """Helpers for the service's tests: a real uvicorn server on loopback, in a thread or in a
-subprocess, and a small SSE parser. Nothing here replaces colloquy's own code."""
+subprocess, and SSE parsing (httpx-sse). Nothing here replaces colloquy's own code."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from httpx_sse import EventSource
 
 
 @contextmanager
@@ -66,13 +67,14 @@ def add_user(db: str | Path, name: str) -> str:
 
 
 @contextmanager
-def serve_subprocess(db: str | Path, *extra: str, log: Path | None = None) -> Iterator[str]:
+def serve_subprocess(db: str | Path, *extra: str, log: Path | None = None,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
     """``colloquy serve`` as a real process; yields its base URL once /healthz answers."""
     port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", str(db),
-         "--model", "echo", *extra], stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+         "--model", "echo", *extra], stdout=out, stderr=subprocess.STDOUT, env=env or clean_env())
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -97,21 +99,11 @@ def serve_subprocess(db: str | Path, *extra: str, log: Path | None = None) -> It
             out.close()  # type: ignore[union-attr]
 
 
-def parse_sse(text: str) -> list[tuple[str, Any]]:
-    """``[(event, data), ...]`` from a text/event-stream body (data parsed as JSON)."""
-    events: list[tuple[str, Any]] = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        raw = "\n".join(data)
-        events.append((name, raw if raw == "[DONE]" else json.loads(raw)))
-    return events
+def parse_sse(response: httpx.Response) -> list[tuple[str, Any]]:
+    """``[(event, data), ...]`` from a text/event-stream response (data parsed as JSON), read
+    by httpx-sse as a client of the service would (it checks the content type too)."""
+    return [(sse.event, sse.data if sse.data == "[DONE]" else json.loads(sse.data))
+            for sse in EventSource(response).iter_sse()]
 
 
 def bearer(token: str) -> dict[str, str]:

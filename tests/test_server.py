@@ -113,7 +113,7 @@ def test_streaming_turn_sends_deltas_then_the_reply_with_usage(env: Env) -> None
     env.say(cid, "first")
     r = env.say(cid, "second", stream=True)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = parse_sse(r.text)
+    events = parse_sse(r)
     kinds = [e for e, _ in events]
     assert kinds.count("done") == 1 and kinds[-1] == "done" and kinds.count("delta") > 3
     done = events[-1][1]
@@ -126,7 +126,7 @@ def test_streaming_turn_sends_deltas_then_the_reply_with_usage(env: Env) -> None
 def test_streaming_failure_is_an_error_event_and_keeps_the_message(store: SQLiteStore) -> None:
     env = Env(store, ScriptedModel([OverloadedError("busy", provider="x")]), rate_limit=None)
     cid = env.new()
-    events = parse_sse(env.say(cid, "hello?", stream=True).text)
+    events = parse_sse(env.say(cid, "hello?", stream=True))
     assert events == [("error", {"error": {"type": "model_overloaded", "message": "busy (x)"}})]
     assert [m.message.text for m in store.load(cid)] == ["hello?"]
 
@@ -422,7 +422,7 @@ def test_a_retried_request_with_the_same_key_is_answered_once(env: Env) -> None:
     assert again.json()["seq"] == first.json()["seq"] and again.json()["text"] == first.json()["text"]
     assert first.json()["replayed"] is False and again.json()["replayed"] is True
     assert again.headers["idempotent-replayed"] == "true"
-    events = parse_sse(env.say(cid, "book the table", idempotency_key="k-1", stream=True).text)
+    events = parse_sse(env.say(cid, "book the table", idempotency_key="k-1", stream=True))
     assert events[-1][0] == "done" and events[-1][1]["replayed"] is True
     assert len(env.store.load(cid)) == 2 and len(env.model.requests) == 1
     # A new key is a new turn.

@@ -57,7 +57,7 @@ def test_two_servers_over_one_database(db: str, tmp_path: Path) -> None:
         assert "received 1 message" in B.post(f"/v1/conversations/{cid}/messages",
                                               json={"content": "from B"}).json()["text"]
         events = parse_sse(A.post(f"/v1/conversations/{cid}/messages",
-                                  json={"content": "from A", "stream": True}).text)
+                                  json={"content": "from A", "stream": True}))
         assert "received 3 messages" in texts(events)
         detail = A.get(f"/v1/conversations/{cid}").json()
         assert [m["text"] for m in detail["messages"] if m["role"] == "user"] == ["from B", "from A"]

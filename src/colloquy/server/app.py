@@ -30,6 +30,8 @@ from ..models import Model
 from ..store import Store, open_store
 from ..store.users import User, UserStore, authenticate
 from . import errors as E
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import exposition, metrics, record_refusal, token_ok
 from .ratelimit import RateLimiter
 from .schemas import (
     ContextOut,
@@ -213,6 +215,7 @@ def create_app(
         if limiter is not None:
             wait = limiter.take(user.id)
             if wait > 0:
+                record_refusal()
                 raise E.TooManyRequests(
                     f"rate limit of {limiter.limit.requests} requests per "
                     f"{limiter.limit.per:g}s reached; retry in {wait:.1f}s", retry_after=wait)
@@ -345,6 +348,20 @@ def create_app(
 
     add_openai_routes(_Routes(app, prefix="/v1", responses=AUTH_ERRORS, tags=["openai-compatible"]),
                       service, current_user, redactor)
+
+    if settings.metrics or settings.metrics_token:
+        metrics()  # this process's series, subscribed to colloquy's telemetry
+    if settings.metrics_token:
+        token = settings.metrics_token
+
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus(request: Request) -> Response:
+            """The service's Prometheus series (colloquy.server.metrics), to the metrics token."""
+            if not token_ok(request.headers.get("authorization"), token):
+                return JSONResponse({"error": {"type": "not_authenticated", "message":
+                                               "send 'Authorization: Bearer <metrics token>'"}},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return Response(exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/healthz", response_model=Health, summary="liveness (no authentication)")
     def healthz() -> Health:

@@ -8,10 +8,14 @@ the same app the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -19,6 +23,7 @@ from ..store import open_store
 from ..store.users import UserStore, issue_token
 
 SETTINGS_VAR = "COLLOQUY_SERVER_SETTINGS"
+METRICS_TOKEN_VAR = "COLLOQUY_METRICS_TOKEN"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -87,7 +92,7 @@ def add_users_commands(
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, used by _run
     except ImportError as e:
         raise ConfigError("colloquy serve needs the server extra: pip install 'colloquy[server]'") from e
     from ..models import get_model
@@ -118,6 +123,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     _policy_and_extraction(settings)  # a bad policy fails here, once, in one line
     _guards(settings)  # and so does a bad guard spec or file
+    from .otel import exporters_wanted
+
+    exporters_wanted()  # a bad OTEL_* setting too
+    mode, host, port = parse_metrics(args.metrics)
+    settings["metrics"] = mode
+    if mode == "token" and not os.environ.get(METRICS_TOKEN_VAR):
+        raise ConfigError(f"--metrics token needs the token in {METRICS_TOKEN_VAR}")
+    with contextlib.ExitStack() as cleanup:
+        if mode != "off":
+            _metrics_directory(args.metrics_dir, cleanup)  # before any worker starts
+        if mode == "port":
+            from prometheus_client import start_http_server
+
+            from .metrics import service_registry
+
+            server, thread = start_http_server(port, addr=host, registry=service_registry())
+            cleanup.callback(server.shutdown)
+            sys.stderr.write(f"colloquy: metrics on http://{host}:{server.server_port}/metrics\n")
+        _run(args, settings)
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    import uvicorn
+
     os.environ[SETTINGS_VAR] = json.dumps(settings)
     if args.host not in LOOPBACK:
         sys.stderr.write(f"colloquy: serving on {args.host}: bearer tokens travel in the clear "
@@ -127,7 +157,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run("colloquy.server.commands:app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 proxy_headers=False, server_header=False)
-    return 0
+
+
+def parse_metrics(value: str) -> tuple[str, str, int]:
+    """``--metrics``: ``off``, ``token`` (``GET /metrics`` on the service's port, to
+    ``Authorization: Bearer $COLLOQUY_METRICS_TOKEN``), or ``[HOST:]PORT`` (open, on a port of
+    its own, loopback unless a host is given). Returns (mode, host, port)."""
+    value = value.strip().lower()
+    if value in ("off", "token"):
+        return value, "", 0
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--metrics {value!r}: use off, token, PORT or HOST:PORT")
+    return "port", host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _metrics_directory(path: str | None, cleanup: contextlib.ExitStack) -> None:
+    """The workers' shared directory for prometheus-client's multiprocess mode, set in
+    ``PROMETHEUS_MULTIPROC_DIR`` before they start. Default: a new private directory, removed
+    when ``serve`` exits. A given one (``--metrics-dir``, or the variable already set) is
+    locked for this ``serve`` (a second one on it would mix two services' figures: it is
+    refused) and emptied of an earlier run's files."""
+    from filelock import FileLock, Timeout
+
+    from .metrics import MULTIPROC_VAR, clean_directory
+
+    given = path or os.environ.get(MULTIPROC_VAR)
+    if not given:
+        directory = Path(tempfile.mkdtemp(prefix="colloquy-metrics-"))
+        cleanup.callback(shutil.rmtree, directory, True)
+    else:
+        directory = Path(given).resolve()
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = FileLock(f"{directory}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ConfigError(f"metrics directory {directory} is in use by another colloquy "
+                              "serve; give each service its own --metrics-dir") from None
+        cleanup.callback(lock.release)
+        clean_directory(directory)
+    os.environ[MULTIPROC_VAR] = str(directory)
 
 
 def app_from_env() -> Any:
@@ -149,7 +219,15 @@ def app_from_env() -> Any:
     for key in ("max_message_chars", "max_body_bytes", "threads"):
         if raw.get(key):
             options[key] = int(raw[key])
-    return create_app(db=raw.get("db"), model=raw.get("model"), **options)
+    mode = raw.get("metrics", "off")
+    options["metrics"] = mode != "off"
+    if mode == "token":
+        options["metrics_token"] = os.environ[METRICS_TOKEN_VAR]
+    app = create_app(db=raw.get("db"), model=raw.get("model"), **options)
+    from .otel import setup_tracing
+
+    setup_tracing(app)  # when the OTEL_* variables ask for export
+    return app
 
 
 def _guards(raw: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -198,6 +276,12 @@ def add_serve_command(
                    "(default 120/minute)")
     p.add_argument("--max-message-chars", type=int, default=32_000, metavar="N")
     p.add_argument("--max-body-bytes", type=int, default=256 * 1024, metavar="N")
+    p.add_argument("--metrics", default="off", metavar="MODE",
+                   help="Prometheus /metrics: off (default), token (on the service's port, to "
+                   f"'Authorization: Bearer ${METRICS_TOKEN_VAR}'), or [HOST:]PORT (open, on a "
+                   "port of its own; loopback unless HOST is given)")
+    p.add_argument("--metrics-dir", metavar="DIR",
+                   help="the workers' shared metrics directory (default: a new private one)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     add_db(p)

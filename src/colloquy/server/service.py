@@ -38,6 +38,7 @@ from ..store.base import register_cache
 from ..store.memory_records import FactNotFound
 from ..store.users import User
 from .errors import InvalidRequest, PayloadTooLarge, Redactor
+from ..usage import Usage
 from .ratelimit import RateLimit
 
 #: The note Chat puts on a reply that answers an idempotency key seen before.
@@ -77,6 +78,12 @@ class ServerSettings:
     #: each turn cost more than the last (850 ms per turn at 10,000 turns against 14 ms,
     #: bench/service.py).
     cached_chats: int = 256
+    #: Record Prometheus series in this process (colloquy.server.metrics).
+    metrics: bool = False
+    #: Serve ``GET /metrics`` on the app itself, to ``Authorization: Bearer <this token>``
+    #: (implies ``metrics``); None: no route (``colloquy serve --metrics PORT`` serves the
+    #: series on a port of its own instead).
+    metrics_token: str | None = None
 
 
 class ChatService:
@@ -95,6 +102,7 @@ class ChatService:
             self._models.setdefault(name, get_model(name))
         for m in self._models.values():
             self.redactor.add(getattr(m, "_secret", None), getattr(m, "_api_key", None))
+            m.cost(Usage())  # loads the price data now (about a second), not in a first turn
         #: Per-conversation turn queues in this process: (lock, number of users of it); an
         #: entry is dropped when its last user leaves, so the map stays as small as the set of
         #: conversations with a turn in progress.

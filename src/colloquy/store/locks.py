@@ -29,6 +29,11 @@ Two ways to take a lock, on every store (:class:`TurnLocks`):
   queue for the key (a threading lock, so waiting threads of one process do not poll), then by
   polling the cross-process lock with a growing pause (0.5 ms doubling to 20 ms).
 
+Why not the ``filelock`` package (used elsewhere, e.g. ``serve``'s metrics directory): it locks
+whole files, so a lock per conversation would need a lock file per conversation (files never
+safely deleted while another process may wait on them) or a fixed set of shared files (unrelated
+conversations queueing behind each other); one byte per conversation in one file has neither.
+
 POSIX record locks belong to the *process*, not to a file descriptor or thread, so within one
 process a per-key threading lock comes first, and all stores in a process on one database file
 share one descriptor (closing any descriptor of a file would drop all of the process's locks).
