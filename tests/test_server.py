@@ -569,6 +569,7 @@ def test_a_conversation_lists_its_side_calls(store: SQLiteStore) -> None:
 
     judge = FunctionModel(lambda request: '{"on_topic": false, "reason": "sports"}',
                           name="claude-haiku-4-5")
+    judge.provider = "anthropic"  # stands in for Claude: priced as Claude (offline: $0)
     env = Env(store, rate_limit=None, guards=[TopicGuard("cooking", judge=judge)])
     cid = env.new()
     assert env.say(cid, "Who won the football match last night?").json()["blocked"] is True
