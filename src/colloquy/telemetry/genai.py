@@ -48,6 +48,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
@@ -108,6 +109,7 @@ class _Call:
         self.conversation = current_conversation()
         self.start = time.perf_counter()
         self.first_chunk: float | None = None
+        self.final: Any = None
         provider = str(getattr(model, "provider", "unknown"))
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": OPERATION,
@@ -137,14 +139,26 @@ class _Call:
             self.span.set_attribute("gen_ai.input.messages", json.dumps(
                 [_message(m) for m in request.messages], ensure_ascii=False))
 
-    def chunk(self, event: Any) -> None:
-        text = "" if hasattr(event, "content") else str(getattr(event, "text", ""))
-        if self.first_chunk is None and text:
+    def event(self, event: Any) -> None:
+        """A stream event: a text delta (the first sets the time to first chunk) or the final
+        response (it has content blocks)."""
+        if hasattr(event, "content"):
+            self.final = event
+        elif self.first_chunk is None and bool(getattr(event, "text", None)):
             self.first_chunk = time.perf_counter() - self.start
+
+    def end_of_stream(self) -> None:
+        if self.final is None:
+            self.failed(RuntimeError("the stream ended without a final message"))
+        else:
+            self.done(self.final)
 
     def done(self, response: Any) -> None:
         usage = response.usage
-        cost = self.model.cost(usage, self.request.model)
+        try:
+            cost = self.model.cost(usage, self.request.model)
+        except Exception:  # noqa: BLE001 - a pricing fault must not fail a call that worked
+            cost = None
         span = self.span
         if span.is_recording():
             attrs: dict[str, Any] = {
@@ -224,20 +238,27 @@ def _message(message: Message) -> dict[str, Any]:
 # -- wrapping the entry points ---------------------------------------------------------------------
 
 
+@contextmanager
+def _calling(model: Any, request: Any) -> Iterator[_Call]:
+    """One request-response call: the span, the "inside" flag, failure recorded."""
+    call = _Call(model, request, streaming=False)
+    token = _inside.set(id(model))
+    try:
+        yield call
+    except BaseException as e:
+        call.failed(e)
+        raise
+    finally:
+        _inside.reset(token)
+
+
 def _wrap_request(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def request(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         if _inside.get() == id(self):
             return fn(self, request, *args, **kwargs)
-        call = _Call(self, request, streaming=False)
-        token = _inside.set(id(self))
-        try:
+        with _calling(self, request) as call:
             response = fn(self, request, *args, **kwargs)
-        except BaseException as e:
-            call.failed(e)
-            raise
-        finally:
-            _inside.reset(token)
         call.done(response)
         return response
 
@@ -252,7 +273,6 @@ def _wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any
             yield from fn(self, request, *args, **kwargs)
             return
         call = _Call(self, request, streaming=True)
-        final: Any = None
         try:
             inner = fn(self, request, *args, **kwargs)
             while True:
@@ -265,17 +285,12 @@ def _wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any
                     break
                 finally:
                     _inside.reset(token)
-                call.chunk(event)
-                if hasattr(event, "content"):
-                    final = event
+                call.event(event)
                 yield event
         except BaseException as e:
             call.failed(e)
             raise
-        if final is None:
-            call.failed(RuntimeError("the stream ended without a final message"))
-        else:
-            call.done(final)
+        call.end_of_stream()
 
     stream.__colloquy_instrumented__ = True  # type: ignore[attr-defined]
     return stream
@@ -286,15 +301,8 @@ def _wrap_arequest(fn: Callable[..., Any]) -> Callable[..., Any]:
     async def arequest(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         if _inside.get() == id(self):
             return await fn(self, request, *args, **kwargs)
-        call = _Call(self, request, streaming=False)
-        token = _inside.set(id(self))
-        try:
+        with _calling(self, request) as call:
             response = await fn(self, request, *args, **kwargs)
-        except BaseException as e:
-            call.failed(e)
-            raise
-        finally:
-            _inside.reset(token)
         call.done(response)
         return response
 
@@ -310,7 +318,6 @@ def _wrap_astream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncI
                 yield event
             return
         call = _Call(self, request, streaming=True)
-        final: Any = None
         inner = fn(self, request, *args, **kwargs)
         try:
             while True:
@@ -321,9 +328,7 @@ def _wrap_astream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncI
                     break
                 finally:
                     _inside.reset(token)
-                call.chunk(event)
-                if hasattr(event, "content"):
-                    final = event
+                call.event(event)
                 yield event
         except BaseException as e:
             call.failed(e)
@@ -331,10 +336,7 @@ def _wrap_astream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncI
             if close is not None:
                 await close()
             raise
-        if final is None:
-            call.failed(RuntimeError("the stream ended without a final message"))
-        else:
-            call.done(final)
+        call.end_of_stream()
 
     astream.__colloquy_instrumented__ = True  # type: ignore[attr-defined]
     return astream
