@@ -319,3 +319,30 @@ def test_async_entry_points_are_instrumented_in_the_same_place(
     assert [(c.streaming, c.usage) for c in recorder.calls] == [
         (False, Usage(input_tokens=3, output_tokens=1)), (True, Usage(input_tokens=3, output_tokens=1))]
     assert recorder.calls[1].time_to_first_chunk is not None
+
+
+class ThreadedDefault(Model):
+    """Only request() of its own; arequest hands the same request to request() in a pool
+    thread without the caller's context (as a default async entry point may)."""
+
+    name = "threaded"
+    provider = "offline"
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        return ModelResponse(content=[TextBlock(text="ok")], model=self.name)
+
+    async def arequest(self, request: ModelRequest) -> ModelResponse:
+        import concurrent.futures
+
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return await loop.run_in_executor(pool, self.request, request)
+
+
+def test_a_call_handed_to_another_thread_is_one_span(spans: InMemorySpanExporter) -> None:
+    m = ThreadedDefault()
+    req = ModelRequest(model="threaded", messages=[], max_tokens=5)
+    asyncio.run(m.arequest(req))
+    assert [s.name for s in spans.get_finished_spans()] == ["chat threaded"]
+    m.request(req)  # and the request itself, called directly, is a span of its own
+    assert len(spans.get_finished_spans()) == 2

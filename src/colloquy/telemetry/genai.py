@@ -46,6 +46,7 @@ import importlib.metadata
 import inspect
 import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -76,6 +77,31 @@ _CONTENT_ON = {"true", "1", "span_only", "span_and_event"}
 
 #: id() of the model whose instrumented call is running in this context (see module docstring).
 _inside: ContextVar[int | None] = ContextVar("colloquy_model_call", default=None)
+#: (id(model), id(request)) of every instrumented call in progress: an entry point that hands
+#: the same request to another one in a thread without the caller's context (the default
+#: ``arequest`` running ``request`` in a pool) is recognised there too.
+_in_flight: dict[tuple[int, int], int] = {}
+_in_flight_guard = threading.Lock()
+
+
+def _nested(model: Any, request: Any) -> bool:
+    """True when this call is made by an instrumented call of the same model and request."""
+    return _inside.get() == id(model) or (id(model), id(request)) in _in_flight
+
+
+@contextmanager
+def _registered(model: Any, request: Any) -> Iterator[None]:
+    key = (id(model), id(request))
+    with _in_flight_guard:
+        _in_flight[key] = _in_flight.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        with _in_flight_guard:
+            if _in_flight[key] <= 1:
+                del _in_flight[key]
+            else:
+                _in_flight[key] -= 1
 _capture: bool | None = None
 
 
@@ -244,7 +270,8 @@ def _calling(model: Any, request: Any) -> Iterator[_Call]:
     call = _Call(model, request, streaming=False)
     token = _inside.set(id(model))
     try:
-        yield call
+        with _registered(model, request):
+            yield call
     except BaseException as e:
         call.failed(e)
         raise
@@ -255,7 +282,7 @@ def _calling(model: Any, request: Any) -> Iterator[_Call]:
 def _wrap_request(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def request(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if _inside.get() == id(self):
+        if _nested(self, request):
             return fn(self, request, *args, **kwargs)
         with _calling(self, request) as call:
             response = fn(self, request, *args, **kwargs)
@@ -269,24 +296,25 @@ def _wrap_request(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     @functools.wraps(fn)
     def stream(self: Any, request: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        if _inside.get() == id(self):
+        if _nested(self, request):
             yield from fn(self, request, *args, **kwargs)
             return
         call = _Call(self, request, streaming=True)
         try:
-            inner = fn(self, request, *args, **kwargs)
-            while True:
-                # Only the inner generator's own steps run "inside" this call: the flag is
-                # never left set in the consumer's context while a delta is handed out.
-                token = _inside.set(id(self))
-                try:
-                    event = next(inner)
-                except StopIteration:
-                    break
-                finally:
-                    _inside.reset(token)
-                call.event(event)
-                yield event
+            with _registered(self, request):
+                inner = fn(self, request, *args, **kwargs)
+                while True:
+                    # Only the inner generator's own steps run "inside" this call: the flag
+                    # is never left set in the consumer's context while a delta is handed out.
+                    token = _inside.set(id(self))
+                    try:
+                        event = next(inner)
+                    except StopIteration:
+                        break
+                    finally:
+                        _inside.reset(token)
+                    call.event(event)
+                    yield event
         except BaseException as e:
             call.failed(e)
             raise
@@ -299,7 +327,7 @@ def _wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any
 def _wrap_arequest(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def arequest(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if _inside.get() == id(self):
+        if _nested(self, request):
             return await fn(self, request, *args, **kwargs)
         with _calling(self, request) as call:
             response = await fn(self, request, *args, **kwargs)
@@ -313,23 +341,24 @@ def _wrap_arequest(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap_astream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     @functools.wraps(fn)
     async def astream(self: Any, request: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        if _inside.get() == id(self):
+        if _nested(self, request):
             async for event in fn(self, request, *args, **kwargs):
                 yield event
             return
         call = _Call(self, request, streaming=True)
         inner = fn(self, request, *args, **kwargs)
         try:
-            while True:
-                token = _inside.set(id(self))
-                try:
-                    event = await inner.__anext__()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    _inside.reset(token)
-                call.event(event)
-                yield event
+            with _registered(self, request):
+                while True:
+                    token = _inside.set(id(self))
+                    try:
+                        event = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        _inside.reset(token)
+                    call.event(event)
+                    yield event
         except BaseException as e:
             call.failed(e)
             close = getattr(inner, "aclose", None)
