@@ -109,9 +109,13 @@ def _split(model: str) -> tuple[str, str]:
 
 
 def _override(model: str, name: str) -> Price | None:
-    for key in (model, name):
-        best = max((k for k in PRICES if key.startswith(k)), key=len, default=None)
-        if best is not None:
+    """The registered price of the longest prefix of ``model``, else of its bare ``name``."""
+    for key in (model, name) if name != model else (model,):
+        best = ""
+        for prefix in PRICES:
+            if len(prefix) > len(best) and key.startswith(prefix):
+                best = prefix
+        if best:
             return PRICES[best]
     return None
 

@@ -49,7 +49,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,19 +88,26 @@ def _nested(model: Any, request: Any) -> bool:
     return _inside.get() == id(model) or (id(model), id(request)) in _in_flight
 
 
-@contextmanager
-def _registered(model: Any, request: Any) -> Iterator[None]:
-    key = (id(model), id(request))
-    with _in_flight_guard:
-        _in_flight[key] = _in_flight.get(key, 0) + 1
-    try:
-        yield
-    finally:
+class _Registered:
+    """Marks (model, request) as in flight while inside (a class: cheaper than a generator)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, model: Any, request: Any) -> None:
+        self.key = (id(model), id(request))
+
+    def __enter__(self) -> None:
         with _in_flight_guard:
-            if _in_flight[key] <= 1:
-                del _in_flight[key]
+            _in_flight[self.key] = _in_flight.get(self.key, 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        with _in_flight_guard:
+            if _in_flight[self.key] <= 1:
+                del _in_flight[self.key]
             else:
-                _in_flight[key] -= 1
+                _in_flight[self.key] -= 1
+
+
 _capture: bool | None = None
 
 
@@ -181,11 +187,13 @@ class _Call:
 
     def done(self, response: Any) -> None:
         usage = response.usage
-        try:
-            cost = self.model.cost(usage, self.request.model)
-        except Exception:  # noqa: BLE001 - a pricing fault must not fail a call that worked
-            cost = None
         span = self.span
+        cost: float | None = None
+        if span.is_recording() or events.listening():  # else nobody would see it
+            try:
+                cost = self.model.cost(usage, self.request.model)
+            except Exception:  # noqa: BLE001 - a pricing fault must not fail a call that worked
+                cost = None
         if span.is_recording():
             attrs: dict[str, Any] = {
                 "gen_ai.response.model": response.model or self.request.model,
@@ -264,19 +272,27 @@ def _message(message: Message) -> dict[str, Any]:
 # -- wrapping the entry points ---------------------------------------------------------------------
 
 
-@contextmanager
-def _calling(model: Any, request: Any) -> Iterator[_Call]:
-    """One request-response call: the span, the "inside" flag, failure recorded."""
-    call = _Call(model, request, streaming=False)
-    token = _inside.set(id(model))
-    try:
-        with _registered(model, request):
-            yield call
-    except BaseException as e:
-        call.failed(e)
-        raise
-    finally:
-        _inside.reset(token)
+class _Calling:
+    """One request-response call: the span, the "inside" flag and the in-flight mark while
+    the adapter runs; a failure is recorded on the way out."""
+
+    __slots__ = ("call", "registered", "token")
+
+    def __init__(self, model: Any, request: Any) -> None:
+        self.call = _Call(model, request, streaming=False)
+        self.registered = _Registered(model, request)
+
+    def __enter__(self) -> _Call:
+        self.token = _inside.set(id(self.call.model))
+        self.registered.__enter__()
+        return self.call
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: object) -> None:
+        self.registered.__exit__()
+        _inside.reset(self.token)
+        if error is not None:
+            self.call.failed(error)
 
 
 def _wrap_request(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -284,7 +300,7 @@ def _wrap_request(fn: Callable[..., Any]) -> Callable[..., Any]:
     def request(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         if _nested(self, request):
             return fn(self, request, *args, **kwargs)
-        with _calling(self, request) as call:
+        with _Calling(self, request) as call:
             response = fn(self, request, *args, **kwargs)
         call.done(response)
         return response
@@ -301,7 +317,7 @@ def _wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any
             return
         call = _Call(self, request, streaming=True)
         try:
-            with _registered(self, request):
+            with _Registered(self, request):
                 inner = fn(self, request, *args, **kwargs)
                 while True:
                     # Only the inner generator's own steps run "inside" this call: the flag
@@ -329,7 +345,7 @@ def _wrap_arequest(fn: Callable[..., Any]) -> Callable[..., Any]:
     async def arequest(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         if _nested(self, request):
             return await fn(self, request, *args, **kwargs)
-        with _calling(self, request) as call:
+        with _Calling(self, request) as call:
             response = await fn(self, request, *args, **kwargs)
         call.done(response)
         return response
@@ -348,7 +364,7 @@ def _wrap_astream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncI
         call = _Call(self, request, streaming=True)
         inner = fn(self, request, *args, **kwargs)
         try:
-            with _registered(self, request):
+            with _Registered(self, request):
                 while True:
                     token = _inside.set(id(self))
                     try:
