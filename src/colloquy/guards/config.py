@@ -1,0 +1,148 @@
+"""Building guards from specs: CLI flags (``--guard``) and config files (``--guards FILE``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigError
+from .base import FunctionGuard, Guard
+from .length import LengthGuard
+from .pii import PII_KINDS, PIIRedactor
+from .topic import TopicGuard
+
+
+def load_hook(path: str) -> Any:
+    """``module:attribute`` or ``file.py:attribute`` -> a Guard, a Guard class, or a callable."""
+    from ..plugins import load_object
+
+    return load_object(path, "hook")
+
+
+def guard_from_config(cfg: dict[str, Any], *, judge: Any = None) -> Guard:
+    """One guard from a config table: ``{"type": "topic" | "pii" | "length" | "hook", ...}``.
+
+    Common keys: ``on_error`` ("closed"/"open"), ``timeout`` (seconds), ``stages``.
+    """
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    common: dict[str, Any] = {}
+    for key in ("on_error", "stages"):
+        if key in cfg:
+            common[key] = cfg.pop(key)
+    if common.get("on_error") not in (None, "closed", "open"):
+        raise ConfigError(f"guard {kind!r}: on_error must be 'closed' or 'open'")
+    timeout = cfg.pop("timeout", "default")
+    try:
+        guard: Guard
+        if kind == "topic":
+            topics = cfg.pop("topics", None)
+            if isinstance(topics, list):
+                topics = ", ".join(topics)
+            g_judge = cfg.pop("judge", None) or judge
+            guard = TopicGuard(str(topics or ""), judge=g_judge, **common, **cfg)
+        elif kind == "pii":
+            guard = PIIRedactor(**common, **cfg)
+        elif kind == "length":
+            guard = LengthGuard(**common, **cfg)
+        elif kind == "hook":
+            target = load_hook(str(cfg.pop("callable", cfg.pop("hook", ""))))
+            if isinstance(target, type) and issubclass(target, Guard):
+                guard = target(**cfg)
+                for k, v in common.items():
+                    setattr(guard, k, tuple(v) if k == "stages" else v)
+            elif isinstance(target, Guard):
+                guard = target
+            else:
+                guard = FunctionGuard(target, **common, **cfg)
+        else:
+            raise ConfigError(f"unknown guard type {kind!r}: use topic, pii, length or hook")
+    except TypeError as e:
+        raise ConfigError(f"guard {kind!r}: {e}") from e
+    if timeout != "default":
+        guard.timeout = None if timeout is None else float(timeout)
+    return guard
+
+
+def guard_from_spec(spec: str, *, judge: Any = None) -> Guard:
+    """A guard from a CLI flag value:
+
+    ``topic:cooking,recipes``   topic guard (judge: ``--guard-model``, else keywords)
+    ``pii`` / ``pii:email,card`` PII redactor (all kinds, or the listed ones)
+    ``length:4000``             length/abuse guard with that many characters at most
+    ``hook:pkg.mod:function``   your own callable or Guard class (or ``hook:file.py:function``)
+    """
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    arg = arg.strip().strip("\"'")
+    if kind == "topic":
+        topics = ", ".join(t.strip() for t in arg.split(",") if t.strip())
+        if not topics:
+            raise ConfigError("--guard topic needs topics: --guard topic:\"cooking,recipes\"")
+        return guard_from_config({"type": "topic", "topics": topics}, judge=judge)
+    if kind == "pii":
+        kinds = [k.strip() for k in arg.split(",") if k.strip()] or list(PII_KINDS)
+        return guard_from_config({"type": "pii", "kinds": kinds})
+    if kind == "length":
+        try:
+            return guard_from_config({"type": "length", **({"max_chars": int(arg)} if arg else {})})
+        except ValueError as e:
+            raise ConfigError(f"--guard length:N needs a number of characters, not {arg!r}") from e
+    if kind == "hook":
+        return guard_from_config({"type": "hook", "callable": arg})
+    raise ConfigError(f"unknown guard {spec!r}: use topic:TOPICS, pii[:KINDS], length[:N] or hook:MOD:FN")
+
+
+def load_guard_config(path: str, *, judge: Any = None) -> tuple[list[Guard], dict[str, Any]]:
+    """Guards (and the persona table, if any) from a TOML or JSON file::
+
+        [persona]
+        system = "You are a cooking assistant."
+        topics = "cooking, recipes, kitchen equipment"   # adds a topic guard
+        steer = "I only talk about food. What shall we cook?"
+
+        [[guards]]
+        type = "pii"
+        kinds = ["email", "card"]
+
+        [[guards]]
+        type = "hook"
+        callable = "mymod:moderate"
+        on_error = "open"
+        timeout = 2
+    """
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"guard config {path!r}: {e.strerror or e}") from e
+    try:
+        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"guard config {path!r} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {e}") from e
+    persona = dict(data.get("persona") or {})
+    guards: list[Guard] = []
+    if persona.get("topics"):
+        topic_cfg: dict[str, Any] = {"type": "topic", "topics": persona["topics"]}
+        for key in ("steer", "method", "judge", "threshold", "on_error", "timeout"):
+            if key in persona:
+                topic_cfg[key] = persona[key]
+        guards.append(guard_from_config(topic_cfg, judge=judge))
+    for cfg in data.get("guards") or []:
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"guard config {path!r}: each [[guards]] entry must be a table")
+        guards.append(guard_from_config(cfg, judge=judge))
+    return guards, persona
+
+
+def build_guards(
+    specs: Sequence[str] = (), config: str | None = None, *, judge: Any = None
+) -> tuple[list[Guard], dict[str, Any]]:
+    """Guards from CLI flags: the config file's first (with its persona table), then each
+    ``--guard`` spec in order."""
+    guards, persona = load_guard_config(config, judge=judge) if config else ([], {})
+    guards += [guard_from_spec(s, judge=judge) for s in specs]
+    return guards, persona
