@@ -346,8 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .evals.cli import add_parser as add_eval_command
     from .loadtest import add_parser as add_loadtest_command
 
+    from .guards.cli import add_parser as add_guard_command
+
     add_eval_command(sub)
     add_loadtest_command(sub)
+    add_guard_command(sub)
 
     from .server.commands import add_serve_command, add_users_commands
 

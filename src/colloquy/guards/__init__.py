@@ -39,12 +39,31 @@ from .base import (
 )
 from .config import build_guards, guard_from_config, guard_from_spec, load_guard_config, load_hook
 from .embedder import SentenceEmbedder, default_embedder
+from .classifier import (
+    TopicClassifier,
+    TopicExamples,
+    fit_topic_classifier,
+    generic_messages,
+    load_examples,
+)
+from .language import detect_language, is_english
+from .learned import LearnedTopicGuard, asks_to_change_rules
 from .length import LengthGuard
 from .pii import PII_KINDS, PIIRedactor, luhn_ok
 from .runner import GuardOutcome, GuardSet, replace_text
-from .topic import TOPIC_JUDGE_SYSTEM, TopicGuard, parse_topic_verdict
+from .topic import TOPIC_JUDGE_SYSTEM, TopicGuard, ask_topic_judge, parse_topic_verdict
 
 __all__ = [
+    "TopicClassifier",
+    "TopicExamples",
+    "fit_topic_classifier",
+    "generic_messages",
+    "load_examples",
+    "detect_language",
+    "is_english",
+    "LearnedTopicGuard",
+    "asks_to_change_rules",
+    "ask_topic_judge",
     "DEFAULT_FAIL_MESSAGE",
     "VERDICTS",
     "Action",

@@ -42,6 +42,9 @@ class Verdict(BaseModel):
     stage: Stage | None = None
     #: Set when the guard raised or timed out and its fail mode decided the verdict.
     error: str | None = None
+    #: Worth recording even on an allow (e.g. "not judged: not English"); an allow with a note
+    #: is stored with the message like a block or rewrite, a plain allow is not.
+    note: str | None = None
 
     @classmethod
     def allow(cls, reason: str | None = None) -> Verdict:

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from .base import FunctionGuard, Guard
 from .length import LengthGuard
 from .pii import PII_KINDS, PIIRedactor
+from .learned import LearnedTopicGuard
 from .topic import TopicGuard
 
 
@@ -22,6 +23,11 @@ def load_hook(path: str) -> Any:
 
 def guard_from_config(cfg: dict[str, Any], *, judge: Any = None) -> Guard:
     """One guard from a config table: ``{"type": "topic" | "pii" | "length" | "hook", ...}``.
+
+    A topic table with ``classifier`` (a file from ``colloquy guard fit``), ``examples`` (a file
+    fitted at start-up) or ``method = "examples"`` builds a :class:`LearnedTopicGuard` (its
+    options: ``context_weight``, ``non_english``, ``target_false_block``, ``judge``, ``steer``);
+    otherwise a :class:`TopicGuard` by description.
 
     Common keys: ``on_error`` ("closed"/"open"), ``timeout`` (seconds), ``stages``.
     """
@@ -41,7 +47,12 @@ def guard_from_config(cfg: dict[str, Any], *, judge: Any = None) -> Guard:
             if isinstance(topics, list):
                 topics = ", ".join(topics)
             g_judge = cfg.pop("judge", None) or judge
-            guard = TopicGuard(str(topics or ""), judge=g_judge, **common, **cfg)
+            if cfg.get("method") == "examples" or "classifier" in cfg or "examples" in cfg:
+                cfg.pop("method", None)
+                guard = LearnedTopicGuard(cfg.pop("classifier", None), topics=str(topics or ""),
+                                          judge=g_judge, **common, **cfg)
+            else:
+                guard = TopicGuard(str(topics or ""), judge=g_judge, **common, **cfg)
         elif kind == "pii":
             guard = PIIRedactor(**common, **cfg)
         elif kind == "length":
@@ -101,6 +112,9 @@ def load_guard_config(path: str, *, judge: Any = None) -> tuple[list[Guard], dic
         system = "You are a cooking assistant."
         topics = "cooking, recipes, kitchen equipment"   # adds a topic guard
         steer = "I only talk about food. What shall we cook?"
+        classifier = "cooking-topic.json"   # learned from examples (colloquy guard fit)
+
+    Paths (``classifier``, ``examples``) are relative to the config file's folder.
 
         [[guards]]
         type = "pii"
@@ -125,17 +139,29 @@ def load_guard_config(path: str, *, judge: Any = None) -> tuple[list[Guard], dic
         raise ConfigError(f"guard config {path!r} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {e}") from e
     persona = dict(data.get("persona") or {})
     guards: list[Guard] = []
-    if persona.get("topics"):
-        topic_cfg: dict[str, Any] = {"type": "topic", "topics": persona["topics"]}
-        for key in ("steer", "method", "judge", "threshold", "on_error", "timeout"):
+    if persona.get("topics") or persona.get("classifier") or persona.get("examples"):
+        topic_cfg: dict[str, Any] = {"type": "topic", "topics": persona.get("topics", "")}
+        for key in ("steer", "method", "judge", "threshold", "on_error", "timeout", "classifier",
+                    "examples", "context_weight", "non_english", "target_false_block"):
             if key in persona:
                 topic_cfg[key] = persona[key]
-        guards.append(guard_from_config(topic_cfg, judge=judge))
+        guards.append(guard_from_config(_relative_to(topic_cfg, path), judge=judge))
     for cfg in data.get("guards") or []:
         if not isinstance(cfg, dict):
             raise ConfigError(f"guard config {path!r}: each [[guards]] entry must be a table")
-        guards.append(guard_from_config(cfg, judge=judge))
+        guards.append(guard_from_config(_relative_to(cfg, path), judge=judge))
     return guards, persona
+
+
+def _relative_to(cfg: dict[str, Any], config_path: str) -> dict[str, Any]:
+    """``cfg`` with its file options (classifier, examples) resolved from the config's folder."""
+    import os
+
+    out = dict(cfg)
+    for key in ("classifier", "examples"):
+        if isinstance(out.get(key), str) and not os.path.isabs(out[key]):
+            out[key] = os.path.join(os.path.dirname(os.path.abspath(config_path)), out[key])
+    return out
 
 
 def build_guards(

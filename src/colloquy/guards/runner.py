@@ -39,7 +39,7 @@ class GuardOutcome:
     """The result of running a stage's guards on one text."""
 
     text: str
-    #: Every verdict that was not a plain allow (rewrites, blocks, failures), in order.
+    #: Every verdict that was not a plain allow (rewrites, blocks, failures, notes), in order.
     verdicts: list[Verdict] = field(default_factory=list)
     blocked: Verdict | None = None
 
@@ -94,7 +94,7 @@ class GuardSet:
                     verdict = Verdict(action="block", message=guard.fail_message,
                                       reason="guard failed; failing closed", error=err)
             verdict = verdict.model_copy(update={"guard": guard.name, "stage": stage})
-            if verdict.action == "allow" and verdict.error is None:
+            if verdict.action == "allow" and verdict.error is None and verdict.note is None:
                 continue
             outcome.verdicts.append(verdict)
             if verdict.action == "rewrite":

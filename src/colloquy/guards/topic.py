@@ -148,16 +148,28 @@ class TopicGuard(Guard):
         return sim >= self.threshold, f"similarity {sim:.2f} (threshold {self.threshold})"
 
     def _by_model(self, text: str, ctx: GuardContext) -> tuple[bool, str]:
-        from ..models import ModelRequest
+        return ask_topic_judge(self.judge, self.topics, text, ctx)
 
-        earlier = [sm.message for sm in ctx.recent if sm.message.text][-2:]
-        convo = "\n".join(f"{m.role}: {m.text[:500]}" for m in earlier)
-        prompt = (f"Earlier in the conversation:\n{convo}\n\n" if convo else "") + (
-            f"The user's new message, between the markers:\n<<<\n{text}\n>>>\nIs it on topic?")
-        response = self.judge.request(ModelRequest(
-            model=self.judge.name,
-            system=[TextBlock(text=TOPIC_JUDGE_SYSTEM.format(topics=self.topics))],
-            messages=[Message.user(prompt)], max_tokens=100, temperature=0.0,
-        ))
-        ctx.calls.append((self.judge, response.usage))
-        return parse_topic_verdict(response.text)
+
+def ask_topic_judge(judge: Any, topics: str, text: str, ctx: GuardContext, *,
+                    persona: str = "", turns: int = 2) -> tuple[bool, str]:
+    """``(on_topic, reason)`` from one call of ``judge`` (a colloquy Model), shown the allowed
+    ``topics``, the assistant's ``persona`` (its system prompt, cut to 1,000 characters), the
+    last ``turns`` text messages of ``ctx.recent`` and the new message, marked as data. The call
+    is appended to ``ctx.calls``, so the chat bills it as a side call. Raises ValueError when
+    the reply holds no verdict, and whatever the model raises (the guard's fail mode decides)."""
+    from ..models import ModelRequest
+
+    earlier = [sm.message for sm in ctx.recent if sm.message.text][-turns:] if turns else []
+    convo = "\n".join(f"{m.role}: {m.text[:500]}" for m in earlier)
+    prompt = (f"Earlier in the conversation:\n{convo}\n\n" if convo else "") + (
+        f"The user's new message, between the markers:\n<<<\n{text}\n>>>\nIs it on topic?")
+    system = TOPIC_JUDGE_SYSTEM.format(topics=topics)
+    if persona.strip():
+        system += f"\n\nThe assistant's own instructions, for context:\n<<<\n{persona.strip()[:1000]}\n>>>"
+    response = judge.request(ModelRequest(
+        model=judge.name, system=[TextBlock(text=system)],
+        messages=[Message.user(prompt)], max_tokens=100, temperature=0.0,
+    ))
+    ctx.calls.append((judge, response.usage))
+    return parse_topic_verdict(response.text)
