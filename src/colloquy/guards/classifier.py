@@ -210,8 +210,8 @@ def _holdout_groups(pos: Any, n_neg: int, folds: int, seed: int) -> Any:
     least ``2 * folds`` clusters), off-topic ones at random. Whole clusters are held back
     together, so the threshold is set on phrasings unlike those the fold was fitted on: with
     examples held back one by one, near-paraphrases on both sides made the held-back scores
-    optimistic (on CLINC150, calibrating on train for 5% blocked 6-9% of val's on-topic queries;
-    by clusters, 2-3%)."""
+    optimistic (on CLINC150, calibrating on train for 5% blocked 4-9% of val's on-topic queries;
+    by clusters, 2-4%)."""
     import numpy as np
     from sklearn.cluster import KMeans
 
