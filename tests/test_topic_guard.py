@@ -115,8 +115,7 @@ def test_guard_fit_stores_json_and_prints_its_validation_figures(fitted: tuple[P
     assert clf.topics == TRAVEL["topics"] and clf.threshold == report["threshold"]
 
 
-def test_the_human_readable_fit_report(tmp_path: Path) -> None:
-    """Without --json the command says where it wrote and the held-back figures."""
+def test_fit_with_too_few_negatives_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
     examples = _write_examples(tmp_path / "travel.toml")
     proc = subprocess.run(
         [sys.executable, "-m", "colloquy", "guard", "fit", str(examples), "--out",

@@ -259,6 +259,9 @@ def fit_topic_classifier(
     if len(pos_texts) < MIN_EXAMPLES:
         raise ConfigError(f"a topic classifier needs at least {MIN_EXAMPLES} distinct on-topic "
                           f"examples, got {len(pos_texts)}")
+    if not generic_negatives and len(neg_texts) < MIN_EXAMPLES:  # before any embedding
+        raise ConfigError(f"a topic classifier needs at least {MIN_EXAMPLES} off-topic examples; "
+                          f"give off_topic examples or keep the generic negatives")
     started = time.perf_counter()
     if vectors is not None:
         pos = np.asarray(vectors[0], dtype="float32")[pos_keep]
