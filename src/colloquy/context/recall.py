@@ -157,7 +157,7 @@ def torch_threads() -> int:
     Why not torch's default (every core): colloquy embeds a sentence or two per turn (recall,
     topic guard), where more threads barely help, while a service runs several turns at once and
     each would spin up every core. On a busy 2-core machine (load ~14) a 200-sentence batch took
-    70-86 ms a sentence on 1 thread and 177 ms on 2 (measured for issue 18's bench).
+    70-86 ms a sentence on 1 thread and 177 ms on 2 (measured while building bench/topic.py).
     Raises ConfigError when the variable is not a positive integer."""
     import os
 
