@@ -18,6 +18,7 @@ from .chat import Chat, Reply
 from .context.base import ContextPolicy
 from .context.policies import FullHistory, RollingWindow, TokenBudget
 from .errors import ColloquyError, ConfigError, ModelError
+from .files import private_open
 from .guards import build_guards
 from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, open_store
@@ -251,7 +252,7 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
 def cmd_sessions_export(args: argparse.Namespace) -> int:
     data = _conversation_json(open_store(args.db), args.id)
     if args.output and args.output != "-":
-        with open(args.output, "w", encoding="utf-8") as f:
+        with private_open(args.output) as f:  # owner-only, like the database
             _dump(data, f)
         sys.stderr.write(f"exported {len(data['messages'])} messages to {args.output}\n")
     else:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .files import write_private_text
 from .rights import (
     DeleteReport,
     delete_user,
@@ -40,8 +41,7 @@ def cmd_users_export(args: argparse.Namespace) -> int:
     data = export_user(open_store(args.db), args.id)
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     if args.output and args.output != "-":
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_private_text(args.output, text)  # owner-only: it holds everything about a user
         sys.stderr.write(f"exported {len(data['sessions'])} conversations of {args.id} "
                          f"to {args.output}\n")
     else:

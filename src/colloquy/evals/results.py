@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
+from ..files import write_private_text
 
 
 class TurnResult(BaseModel):
@@ -111,7 +112,7 @@ class EvalRun(BaseModel):
     comparison: Comparison | None = None
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=1), encoding="utf-8")
+        write_private_text(path, json.dumps(self.model_dump(mode="json"), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> EvalRun:

@@ -6,7 +6,6 @@ cost accounting), in a fresh in-memory store, so an eval measures exactly what u
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from ..chat import Chat
 from ..context.base import ContextPolicy
 from ..context.policies import FullHistory, RollingWindow, TokenBudget
 from ..errors import ColloquyError, ConfigError
+from ..files import private_dir, write_private_text
 from ..guards import Guard
 from ..models import Model, get_model
 from ..plugins import load_object
@@ -168,7 +168,7 @@ def write_run(run: EvalRun, out_dir: str | Path, previous: EvalRun | None = None
     if previous is not None:
         run.comparison = compare(run, previous, tolerance)
     target = Path(out_dir) / run.id
-    os.makedirs(target, exist_ok=True)
+    private_dir(target)  # transcripts of conversations: owner-only, like the database
     run.save(target / "results.json")
-    (target / "report.html").write_text(render_html(run), encoding="utf-8")
+    write_private_text(target / "report.html", render_html(run))
     return target

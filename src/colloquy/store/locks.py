@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConversationBusy
+from ..files import FILE_MODE
 
 #: How long a turn waits for another turn on the same conversation before giving up. A turn
 #: includes a model call, so this is generous.
@@ -230,7 +231,7 @@ class _LockFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)  # owner-only
         self.locks = TurnLocks(self._try_byte, key=lambda cid: str(_offset(cid)))
 
     def _try_byte(self, conversation_id: str) -> Release | None:

@@ -8,6 +8,9 @@ up front, so two processes appending to one conversation serialise instead of de
 queue on a lock of their own first: SQLite's busy handler polls by sleeping in growing steps, so
 32 threads contending for the write lock saw a p99 of half a second, where a queue hands the lock
 straight on (``bench/store.py``).
+
+The database file is created 0600 before SQLite opens it, so its ``-wal`` and ``-shm`` files
+(which SQLite creates with the database file's mode) are owner-only too (``colloquy.files``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from ..errors import StoreError
+from ..files import ensure_private_file, private_dir
 from . import queries
 from .locks import TurnLocks, file_locks
 from .migrations import MIGRATIONS, Migration, split_sql
@@ -82,7 +86,10 @@ class SQLiteStore(SQLStore):
                              f"{sqlite3.sqlite_version}")
         self.path = Path(path).expanduser()
         self.url = str(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(self.path) != ":memory:":
+            # Owner-only files: the -wal and -shm files take the database file's mode.
+            private_dir(self.path.parent)
+            ensure_private_file(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
