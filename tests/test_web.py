@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from colloquy import EchoModel, SQLiteStore
+from colloquy import EchoModel, FunctionModel, SQLiteStore
 from colloquy.memory.records import Fact
 from colloquy.server import create_app
 from colloquy.store.users import issue_token
@@ -229,3 +229,40 @@ def test_phone_sized_screen(browser: Any, site: Site) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-phone.png"))
     context.close()
+
+
+def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
+                                                                   tmp_path: Path) -> None:
+    """The page sends one idempotency key per message and reuses it when the same message is
+    sent again, so the server finishes the first attempt's turn instead of storing it twice."""
+    outcomes: list[str | None] = [None, "the answer at last", "a second answer"]
+
+    def flaky(request: Any) -> str:
+        step = outcomes.pop(0)
+        if step is None:
+            raise ConnectionError("the provider dropped the connection")
+        return step
+
+    store = SQLiteStore(tmp_path / "retry.db")
+    token = issue_token(store, "ada")
+    app = create_app(store=store, model=FunctionModel(flaky), environ={}, rate_limit=None)
+    with serve_in_thread(app) as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
+        page = context.new_page()
+        sign_in(page, Site(url, store, token))
+        page.fill("#input", "where is my parcel?")
+        page.press("#input", "Enter")
+        page.locator(".message.assistant.failed .turn-meta", has_text="send again").wait_for()
+        assert page.input_value("#input") == "where is my parcel?"  # ready to send again
+        page.press("#input", "Enter")
+        page.locator(".message.assistant .body", has_text="the answer at last").wait_for()
+        send(page, "and my refund?")
+        (conv,) = store.list_conversations(user_id="ada")
+        log = store.load(conv.id)
+        assert [(sm.role, sm.message.text) for sm in log] == [
+            ("user", "where is my parcel?"), ("assistant", "the answer at last"),
+            ("user", "and my refund?"), ("assistant", "a second answer")]
+        keys = [sm.meta.get("idempotency_key") for sm in log if sm.role == "user"]
+        assert all(k and k.startswith("web-") for k in keys) and keys[0] != keys[1]
+        context.close()
+    store.close()

@@ -30,7 +30,7 @@ from .context.policies import RollingWindow
 from .context.validate import repair, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
-from .continuity import auto_title, key_meta, prior_turn, turn_lock
+from .continuity import auto_title, check_key, key_meta, prior_turn, turn_lock
 from .errors import ColloquyError, ModelError, ToolError
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
@@ -314,7 +314,8 @@ class Chat:
         """One turn: store the message, call the model (and tools), store and return the reply.
 
         A retry with the same ``idempotency_key`` (after a network drop, say) stores nothing new
-        and returns the stored reply (see colloquy.continuity). ``temperature`` and
+        and returns the stored reply (see colloquy.continuity); the same key with another
+        message raises :class:`IdempotencyKeyReused` and stores nothing. ``temperature`` and
         ``max_tokens`` override the chat's own for this turn only."""
         reply: Reply | None = None
         for event in self._turn(content, False, idempotency_key, (temperature, max_tokens)):
@@ -329,6 +330,15 @@ class Chat:
     ) -> Iterator[str | Reply]:
         """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`."""
         yield from self._turn(content, True, idempotency_key, (temperature, max_tokens))
+
+    def check_idempotency_key(self, content: UserInput, idempotency_key: str | None) -> None:
+        """Raise :class:`IdempotencyKeyReused` now if the key was already used in this
+        conversation with another message: what :meth:`send` would raise, checked without the
+        turn lock, so a server can refuse with a status before it starts streaming (the check
+        under the lock in :meth:`send` stays the one that counts)."""
+        if idempotency_key is not None:
+            check_key(self.store, self.session_id, idempotency_key, _user_message(content),
+                      self._log)
 
     async def asend(self, content: UserInput, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None) -> Reply:
@@ -411,11 +421,11 @@ class Chat:
         options: tuple[float | None, int | None],
     ) -> Iterator[str | Reply]:
         message = _user_message(content)
-        extra_meta = key_meta(idempotency_key)
+        extra_meta = key_meta(idempotency_key, message)
         with self._turn_locks(options):
             self._ensure_conversation()
             self._sync()
-            prior = prior_turn(self, idempotency_key)
+            prior = prior_turn(self, idempotency_key, message)
             if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
                 if streaming and prior.text:
                     yield prior.text

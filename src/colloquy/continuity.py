@@ -9,7 +9,9 @@ hold three promises that a single-process chat never needs:
 * **a retried request is stored once**: a send may carry an idempotency key; the key rides in
   the user message's meta (indexed uniquely per conversation), and a retry with the same key
   returns the stored reply (or, if the first attempt died before answering, finishes that turn
-  without storing the message again) (:func:`prior_turn`);
+  without storing the message again) (:func:`prior_turn`); the key comes with a fingerprint of
+  the message, so a key sent again with *another* message is refused
+  (:class:`IdempotencyKeyReused`) instead of answered with the first message's reply;
 * **conversations are findable**: after the first exchange a conversation gets a short title
   from a cheap model call (claude-haiku-4-5 for Claude chats), falling back to the first words
   of the user's message; a title never fails a turn (:func:`auto_title`), and users edit it with
@@ -19,6 +21,8 @@ hold three promises that a single-process chat never needs:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import re
 from contextlib import AbstractContextManager
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .messages import Message, StoredMessage, TextBlock
 from .models import LOCAL_SERVERS, Model, ModelRequest, get_model
+from .errors import IdempotencyKeyReused
 from .store.turns import IDEMPOTENCY_KEY
 from .telemetry import call_purpose
 from .usage import Usage
@@ -59,13 +64,31 @@ def turn_lock(store: Store, conversation_id: str) -> AbstractContextManager[Any]
 # -- idempotency ----------------------------------------------------------------------------------
 
 
-def key_meta(idempotency_key: str | None) -> dict[str, Any]:
-    """What a user message's meta carries for its key."""
+#: Meta key of the message's fingerprint, stored beside its idempotency key (the IETF draft's
+#: "idempotency fingerprint", draft-ietf-httpapi-idempotency-key-header 2.4).
+IDEMPOTENCY_FINGERPRINT = "idempotency_fingerprint"
+
+
+def fingerprint(message: Message) -> str:
+    """SHA-256 (hex) of the message's content blocks as canonical JSON: what a retry must
+    repeat. Taken before input guards run, so a guard that rewrites the stored text (PII
+    redaction) does not make a faithful retry look different."""
+    blocks = [b.model_dump(mode="json", exclude_none=True) for b in message.content]
+    canonical = json.dumps(blocks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_meta(idempotency_key: str | None, message: Message | None = None) -> dict[str, Any]:
+    """What a user message's meta carries for its key: the key, and the fingerprint of
+    ``message`` (the request as sent) when given."""
     if idempotency_key is None:
         return {}
     if not isinstance(idempotency_key, str) or not idempotency_key or len(idempotency_key) > 255:
         raise ValueError("an idempotency key is a non-empty string of at most 255 characters")
-    return {IDEMPOTENCY_KEY: idempotency_key}
+    meta: dict[str, Any] = {IDEMPOTENCY_KEY: idempotency_key}
+    if message is not None:
+        meta[IDEMPOTENCY_FINGERPRINT] = fingerprint(message)
+    return meta
 
 
 def _find(store: Store, conversation_id: str, key: str, log_: list[StoredMessage]) -> StoredMessage | None:
@@ -76,16 +99,34 @@ def _find(store: Store, conversation_id: str, key: str, log_: list[StoredMessage
     return next((sm for sm in log_ if sm.meta.get(IDEMPOTENCY_KEY) == key), None)
 
 
-def prior_turn(chat: Chat, idempotency_key: str | None) -> Reply | StoredMessage | None:
+def check_key(store: Store, conversation_id: str, idempotency_key: str,
+              message: Message | None, log_: list[StoredMessage]) -> StoredMessage | None:
+    """The message stored with this key, if any; :class:`IdempotencyKeyReused` when it was
+    sent with another message than ``message``. A message stored before fingerprints existed
+    is taken as the same request."""
+    key_meta(idempotency_key)  # validate
+    found = _find(store, conversation_id, idempotency_key, log_)
+    if found is not None and message is not None:
+        first = found.meta.get(IDEMPOTENCY_FINGERPRINT)
+        if first is not None and first != fingerprint(message):
+            raise IdempotencyKeyReused(conversation_id, idempotency_key)
+    return found
+
+
+def prior_turn(chat: Chat, idempotency_key: str | None, message: Message | None = None,
+               ) -> Reply | StoredMessage | None:
     """What an earlier attempt with this key left: its :class:`Reply` when it was answered, the
     stored user message when it was not (the caller finishes that turn without storing the
-    message again), or None for a new key. Called under the turn lock, after syncing."""
+    message again), or None for a new key. Called under the turn lock, after syncing.
+
+    Raises :class:`IdempotencyKeyReused` when ``message`` (the message as sent now) differs
+    from the one first sent with the key. A message stored before fingerprints existed is
+    taken as the same request."""
     from .chat import Reply
 
     if idempotency_key is None:
         return None
-    key_meta(idempotency_key)  # validate
-    found = _find(chat.store, chat.session_id, idempotency_key, chat._log)
+    found = check_key(chat.store, chat.session_id, idempotency_key, message, chat._log)
     if found is None:
         return None
     # The log is dense (seq n at index n - 1): the turn's messages follow the keyed one.

@@ -14,6 +14,7 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │   ├── BadRequestError         400/422: the API refused the request's shape
     │   └── ModelConnectionError    network failure or timeout, nothing came back
     ├── InvalidConversationError    a request would break the API's conversation rules
+    ├── IdempotencyKeyReused        an idempotency key came back with a different message
     ├── ToolError                   a tool is misconfigured (a tool that *raises* becomes an
     │                               is_error tool_result instead, the model sees it)
     └── StoreError                  persistence failures
@@ -107,6 +108,25 @@ class ModelConnectionError(ModelError):
 
 class InvalidConversationError(ColloquyError):
     """A conversation cannot be turned into a request the API accepts, even after repair."""
+
+
+class IdempotencyKeyReused(ColloquyError):
+    """An idempotency key came back with a different message than the one first sent with it.
+
+    A retry must resend the same content; a new message needs a new key. Replaying the first
+    reply would answer a question that was not asked, so the turn is refused and nothing is
+    stored. The HTTP service answers 422, as the IETF draft on the Idempotency-Key header says
+    for a key reused with another payload (draft-ietf-httpapi-idempotency-key-header, 2.7).
+    """
+
+    def __init__(self, conversation_id: str, key: str) -> None:
+        self.conversation_id = conversation_id
+        self.key = key
+        super().__init__(
+            f"idempotency key {key!r} was already used in conversation {conversation_id!r} "
+            "with a different message: a retry must resend the same content, a new message "
+            "needs a new key"
+        )
 
 
 class ToolError(ColloquyError):

@@ -46,6 +46,7 @@ from .schemas import (
     FactList,
     FactOut,
     Health,
+    IdempotencyKeyHeader,
     Me,
     MessageCreate,
     MessageOut,
@@ -70,6 +71,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 TURN_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "conflicting request (idempotency key in flight)"},
+    422: {"model": ErrorBody, "description": "invalid body, or an idempotency key reused with "
+          "another message (type idempotency_key_reused)"},
     502: {"model": ErrorBody, "description": "the model provider failed"},
     503: {"model": ErrorBody, "description": "the model is overloaded, rate limited or not configured"},
     504: {"model": ErrorBody, "description": "the model provider could not be reached"},
@@ -273,18 +276,19 @@ def create_app(
         description=SSE_DOC,
     )
     async def send_message(conversation_id: str, body: MessageCreate, user: CurrentUser,
-                           response: Response) -> Any:
-        service.check_content(body.content)
-        chat = await asyncio.to_thread(service.chat, user, conversation_id)
+                           response: Response, idempotency_key: IdempotencyKeyHeader = None,
+                           ) -> Any:
+        key = service.idempotency_key(idempotency_key, body.idempotency_key)
+        chat = await service.turn_chat(user, conversation_id, body.content, key)
         if not body.stream:
-            reply, replayed = await service.send(chat, body.content, body.idempotency_key)
+            reply, replayed = await service.send(chat, body.content, key)
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
             return ReplyOut.of(reply, replayed=replayed)
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for event in service.stream(chat, body.content, body.idempotency_key):
+                async for event in service.stream(chat, body.content, key):
                     if isinstance(event, str):
                         yield sse("delta", {"text": event})
                     else:

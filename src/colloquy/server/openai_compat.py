@@ -22,7 +22,7 @@ from ..chat import Reply
 from ..errors import ColloquyError
 from ..store.users import User
 from . import errors as E
-from .schemas import ChatCompletionRequest, ErrorBody, OAMessage
+from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader, OAMessage
 from .service import ChatService
 
 CONVERSATION_HEADER = "X-Colloquy-Conversation"
@@ -72,12 +72,13 @@ def add_openai_routes(
             "Send only the new user message, and name the conversation with the "
             f"`{CONVERSATION_HEADER}` header, `metadata.conversation_id` or `user` (created on "
             "first use). With `stream: true`, OpenAI `chat.completion.chunk` events end with "
-            "`data: [DONE]`."
+            "`data: [DONE]`. An `Idempotency-Key` header makes a retried request answered once."
         ),
         responses={
             200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                   "description": "a chat.completion object, or chunks when streaming"},
             400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
+            422: {"model": ErrorBody},
             502: {"model": ErrorBody}, 503: {"model": ErrorBody},
         },
     )
@@ -87,6 +88,7 @@ def add_openai_routes(
         response: Response,
         x_colloquy_conversation: Annotated[str | None, Header(
             alias=CONVERSATION_HEADER, max_length=128)] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Any:
         if body.tools:
             raise E.InvalidRequest("tools are not supported on this endpoint")
@@ -103,15 +105,17 @@ def add_openai_routes(
         system = next((_text(m) for m in body.messages if m.role in ("system", "developer")), None)
         conv = await asyncio.to_thread(
             service.conversation_for_openai, user, conversation_id, system, body.model)
-        chat = await asyncio.to_thread(service.chat, user, conv.id)
+        chat = await service.turn_chat(user, conv.id, content, idempotency_key)
         temperature, max_tokens = body.temperature, body.max_completion_tokens or body.max_tokens
         created = int(time.time())
         headers = {CONVERSATION_HEADER: conv.id}
 
         if not body.stream:
-            reply, _ = await service.send(chat, content, temperature=temperature,
-                                          max_tokens=max_tokens)
+            reply, replayed = await service.send(chat, content, idempotency_key,
+                                                 temperature=temperature, max_tokens=max_tokens)
             response.headers.update(headers)
+            if replayed:
+                response.headers["Idempotent-Replayed"] = "true"
             return {
                 "id": f"chatcmpl-{conv.id}-{reply.seq}", "object": "chat.completion",
                 "created": created, "model": reply.model,
@@ -134,8 +138,8 @@ def add_openai_routes(
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
             try:
-                async for event in service.stream(chat, content, temperature=temperature,
-                                                  max_tokens=max_tokens):
+                async for event in service.stream(chat, content, idempotency_key,
+                                                  temperature=temperature, max_tokens=max_tokens):
                     if isinstance(event, str):
                         yield chunk({"content": event})
                         continue

@@ -3,8 +3,9 @@ validates requests with clear 422 errors and the OpenAPI description is generate
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat import Reply, SideCost
@@ -49,12 +50,25 @@ class ConversationPatch(_Body):
     title: str = Field(min_length=1, max_length=MAX_TITLE)
 
 
+#: The request header that carries an idempotency key on every turn route
+#: (draft-ietf-httpapi-idempotency-key-header); the native route also takes it in the body.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: What a key may look like, in the header and in the body alike.
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+IdempotencyKeyHeader = Annotated[str | None, Header(
+    alias=IDEMPOTENCY_HEADER, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
+    description="one key per message: a retry with the same key and message is answered once "
+    "(the stored reply, header Idempotent-Replayed: true); the same key with another message is "
+    "refused (422)")]
+
+
 class MessageCreate(_Body):
     content: str = Field(min_length=1, max_length=MAX_CONTENT, description="the user's message")
     stream: bool = Field(False, description="answer as server-sent events")
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="a retried request with the same key is answered once",
+        None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="a retried request with the same key is answered once; the same key with "
+        "another message is refused (422). The Idempotency-Key header works too.",
     )
 
 

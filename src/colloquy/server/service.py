@@ -40,6 +40,7 @@ from ..store.users import User
 from .errors import InvalidRequest, PayloadTooLarge, Redactor
 from ..usage import Usage
 from .ratelimit import RateLimit
+from .schemas import IDEMPOTENCY_HEADER
 
 #: The note Chat puts on a reply that answers an idempotency key seen before.
 REPLAYED_NOTE = "replayed"
@@ -195,6 +196,17 @@ class ChatService:
                 self._chats.popitem(last=False)
         return chat
 
+    async def turn_chat(self, user: User, conversation_id: str, content: str,
+                        key: str | None) -> Chat:
+        """What every turn route calls before its turn: the message's size, the caller's
+        conversation, and the idempotency key (a key already used with another message is
+        refused here, with a status, before a stream starts)."""
+        self.check_content(content)
+        chat = await asyncio.to_thread(self.chat, user, conversation_id)
+        if key is not None:
+            await asyncio.to_thread(chat.check_idempotency_key, content, key)
+        return chat
+
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations: drop their Chat and its loaded log (see register_cache)."""
         with self._chats_lock:
@@ -208,6 +220,15 @@ class ChatService:
         if len(content) > limit:
             raise PayloadTooLarge(f"the message is {len(content)} characters; the limit is {limit}")
         return content
+
+    @staticmethod
+    def idempotency_key(header: str | None, body: str | None = None) -> str | None:
+        """The request's idempotency key, from the ``Idempotency-Key`` header or the body (the
+        same key in both is fine; two different keys are refused)."""
+        if header is not None and body is not None and header != body:
+            raise InvalidRequest(
+                f"the {IDEMPOTENCY_HEADER} header and the body's idempotency_key differ: send one")
+        return header if header is not None else body
 
     @contextlib.asynccontextmanager
     async def _turn(self, conversation_id: str) -> AsyncIterator[None]:

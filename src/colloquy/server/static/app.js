@@ -8,7 +8,7 @@
 
   var TOKEN_KEY = "colloquy.token";
   var $ = function (id) { return document.getElementById(id); };
-  var state = { token: null, user: null, conversations: [], current: null, busy: false,
+  var state = { token: null, user: null, conversations: [], current: null, busy: false, pending: null,
                 features: { memory: false, deleteMe: false } };
 
   // -- the API ------------------------------------------------------------------------------------
@@ -35,12 +35,22 @@
     return data;
   }
 
+  /* A fresh idempotency key: one per message, reused when the same message is sent again
+   * after a failure, so the server stores it once. */
+  function newKey() {
+    var bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return "web-" + Array.prototype.map.call(bytes, function (b) {
+      return ("0" + b.toString(16)).slice(-2);
+    }).join("");
+  }
+
   /* POST a message with stream: true and hand each server-sent event to onEvent. */
-  async function streamTurn(conversationId, content, onEvent) {
+  async function streamTurn(conversationId, content, key, onEvent) {
     var r = await fetch("/v1/conversations/" + encodeURIComponent(conversationId) + "/messages", {
       method: "POST",
       headers: { "Authorization": "Bearer " + state.token, "Content-Type": "application/json" },
-      body: JSON.stringify({ content: content, stream: true })
+      body: JSON.stringify({ content: content, stream: true, idempotency_key: key })
     });
     if (!r.ok) {
       var data = null;
@@ -212,17 +222,23 @@
         history.replaceState(null, "", "#" + encodeURIComponent(conv.id));
         showConversationHeader();
       }
+      // The message's key: the unanswered message sent again keeps the key it was sent with.
+      var p = state.pending;
+      if (!p || p.conversation !== state.current.id || p.text !== text) {
+        p = state.pending = { conversation: state.current.id, text: text, key: newKey() };
+      }
       input.value = "";
       messageItem("user", text);
       var answer = messageItem("assistant", "");
       answer.li.classList.add("streaming");
       var sofar = "";
-      await streamTurn(state.current.id, text, function (event, data) {
+      await streamTurn(state.current.id, text, p.key, function (event, data) {
         if (event === "delta") {
           sofar += data.text;
           setBody(answer.body, "assistant", sofar);
           answer.li.scrollIntoView({ block: "end" });
         } else if (event === "done") {
+          if (state.pending === p) state.pending = null;
           setBody(answer.body, "assistant", data.text);
           answer.meta.textContent = usageLine(data.usage, data.cost_usd);
           state.currentMessages.push({ usage: data.usage, cost_usd: data.cost_usd });
@@ -231,6 +247,7 @@
           answer.li.classList.add("failed");
           answer.meta.textContent = "failed: " + data.error.message +
             " (your message is saved; send again to retry)";
+          if (!input.value) input.value = text;  // sent again, it keeps its key
         }
       });
       answer.li.classList.remove("streaming");

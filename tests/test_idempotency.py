@@ -1,0 +1,171 @@
+"""An idempotency key reused with a *different* message is refused (IdempotencyKeyReused; 422
+over HTTP), never answered with the first message's reply, and stores nothing: in the library
+on every store, on the native route (JSON, stream, body field and Idempotency-Key header) and on
+the OpenAI-compatible route (the official SDK as client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from colloquy import (
+    Chat,
+    EchoModel,
+    FunctionModel,
+    IdempotencyKeyReused,
+    ImageBlock,
+    ModelError,
+    PIIRedactor,
+    SQLiteStore,
+    Store,
+    TextBlock,
+)
+from colloquy.server import create_app
+from colloquy.store.users import issue_token
+from server_helpers import bearer, parse_sse, serve_in_thread
+
+
+# -- the library, on every store --------------------------------------------------------------------
+
+
+def test_a_key_reused_with_another_message_is_refused_and_stores_nothing(store: Store) -> None:
+    model = EchoModel()
+    chat = Chat(model, store=store, session_id="c_k")
+    first = chat.send("book the table for 8", idempotency_key="req-1")
+    for other in ("book the table for 9", "book the table for 8 ", [TextBlock(text="x")]):
+        with pytest.raises(IdempotencyKeyReused, match="req-1.*different message"):
+            chat.send(other, idempotency_key="req-1")
+        with pytest.raises(IdempotencyKeyReused):
+            list(Chat(model, store=store, session_id="c_k").stream(other, idempotency_key="req-1"))
+    assert len(store.load("c_k")) == 2 and len(model.requests) == 1
+    # The same message with the same key is still the faithful retry it was.
+    again = Chat(model, store=store, session_id="c_k").send("book the table for 8",
+                                                           idempotency_key="req-1")
+    assert again.seq == first.seq and any(n.startswith("replayed") for n in again.notes)
+    # The key is per conversation: another conversation may use it for anything.
+    assert Chat(model, store=store, session_id="c_other").send(
+        "something else", idempotency_key="req-1").seq == 2
+
+
+def test_a_retry_of_an_unanswered_message_must_repeat_it(store: Store) -> None:
+    outcomes: list[Any] = [RuntimeError("network down"), "the answer"]
+
+    def flaky(req: Any) -> str:
+        step = outcomes.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return str(step)
+
+    chat = Chat(FunctionModel(flaky), store=store, session_id="c_flaky")
+    with pytest.raises(ModelError, match="network down"):
+        chat.send("what is 2+2?", idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReused):
+        chat.send("what is 3+3?", idempotency_key="k")
+    assert chat.send("what is 2+2?", idempotency_key="k").text == "the answer"
+    assert [sm.message.text for sm in store.load("c_flaky")] == ["what is 2+2?", "the answer"]
+
+
+def test_a_guard_that_rewrites_the_stored_message_does_not_break_a_faithful_retry(
+        store: Store) -> None:
+    chat = Chat(EchoModel(), store=store, session_id="c_pii", guards=[PIIRedactor()])
+    text = "mail me at ann@example.com"
+    first = chat.send(text, idempotency_key="k")
+    assert "ann@example.com" not in store.load("c_pii")[0].message.text  # stored redacted
+    assert chat.send(text, idempotency_key="k").seq == first.seq
+    with pytest.raises(IdempotencyKeyReused):
+        chat.send("mail me at bob@example.com", idempotency_key="k")
+
+
+def test_the_fingerprint_covers_every_block(store: Store) -> None:
+    chat = Chat(EchoModel(), store=store, session_id="c_img")
+    png = "iVBORw0KGgo="
+    blocks = [TextBlock(text="what is this?"),
+              ImageBlock(source={"type": "base64", "media_type": "image/png", "data": png})]
+    chat.send(blocks, idempotency_key="k")
+    other = [blocks[0], ImageBlock(source={"type": "base64", "media_type": "image/png",
+                                           "data": "R0lGODlh"})]
+    with pytest.raises(IdempotencyKeyReused):
+        chat.send(other, idempotency_key="k")
+    assert chat.check_idempotency_key(blocks, "k") is None
+
+
+# -- the native route -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[TestClient, SQLiteStore, str, EchoModel]]:
+    store = SQLiteStore(tmp_path / "s.db")
+    model = EchoModel()
+    token = issue_token(store, "ada")
+    yield TestClient(create_app(store=store, model=model, environ={}, rate_limit=None)), \
+        store, token, model
+    store.close()
+
+
+def test_the_native_route_answers_422_for_a_reused_key_in_json_stream_and_header(
+        site: tuple[TestClient, SQLiteStore, str, EchoModel]) -> None:
+    client, store, token, model = site
+    h = bearer(token)
+    cid = client.post("/v1/conversations", json={}, headers=h).json()["id"]
+    url = f"/v1/conversations/{cid}/messages"
+    assert client.post(url, json={"content": "first", "idempotency_key": "k-1"},
+                       headers=h).status_code == 200
+    for body, headers in (
+        ({"content": "second", "idempotency_key": "k-1"}, h),
+        ({"content": "second", "idempotency_key": "k-1", "stream": True}, h),
+        ({"content": "second"}, {**h, "Idempotency-Key": "k-1"}),
+        ({"content": "second", "stream": True}, {**h, "Idempotency-Key": "k-1"}),
+    ):
+        r = client.post(url, json=body, headers=headers)
+        assert r.status_code == 422, (body, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "idempotency_key_reused"
+        assert "'k-1'" in error["message"] and "different message" in error["message"]
+    # The header is a key like the body's: the same message replays.
+    r = client.post(url, json={"content": "first"}, headers={**h, "Idempotency-Key": "k-1"})
+    assert r.status_code == 200 and r.json()["replayed"] is True
+    assert r.headers["idempotent-replayed"] == "true"
+    events = parse_sse(client.post(url, json={"content": "first", "stream": True},
+                                   headers={**h, "Idempotency-Key": "k-1"}).text)
+    assert events[-1][0] == "done" and events[-1][1]["replayed"] is True
+    # Two different keys in one request are refused.
+    r = client.post(url, json={"content": "x", "idempotency_key": "a"},
+                    headers={**h, "Idempotency-Key": "b"})
+    assert r.status_code == 400 and "differ" in r.json()["error"]["message"]
+    assert [sm.message.text for sm in store.load(cid)][0] == "first"
+    assert len(store.load(cid)) == 2 and len(model.requests) == 1
+
+
+# -- the OpenAI-compatible route (the official SDK) ------------------------------------------------
+
+
+def test_the_openai_route_takes_an_idempotency_key_header(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "oa.db")
+    model = EchoModel()
+    token = issue_token(store, "ada")
+    app = create_app(store=store, model=model, environ={}, rate_limit=None)
+    with serve_in_thread(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0)
+
+        def ask(text: str, key: str, stream: bool = False) -> Any:
+            return client.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": text}], stream=stream,
+                extra_headers={"X-Colloquy-Conversation": "support-1", "Idempotency-Key": key})
+
+        first = ask("my order is late", "m-1")
+        again = client.chat.completions.with_raw_response.create(
+            model="echo", messages=[{"role": "user", "content": "my order is late"}],
+            extra_headers={"X-Colloquy-Conversation": "support-1", "Idempotency-Key": "m-1"})
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.parse().choices[0].message.content == first.choices[0].message.content
+        for stream in (False, True):
+            with pytest.raises(openai.UnprocessableEntityError) as e:
+                ask("cancel it", "m-1", stream=stream)
+            assert e.value.status_code == 422 and "different message" in str(e.value)
+        assert len(model.requests) == 1
+    store.close()
