@@ -5,7 +5,8 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
 
     ColloquyError
     ├── ConfigError                 bad settings: unknown model, missing API key, bad flag value
-    │   └── MissingAPIKeyError
+    │   ├── MissingAPIKeyError
+    │   └── ImportRefused           an export file holds rows import will not write
     ├── ModelError                  a model call failed (carries provider, status, request id)
     │   ├── AuthenticationError     401/403: the key is wrong or lacks permission
     │   ├── RateLimitError          429: slow down (retry_after when the API said)
@@ -44,6 +45,12 @@ class MissingAPIKeyError(ConfigError):
             f"model {model!r} needs an API key: set {env_var}, "
             f"or use --model echo to chat offline"
         )
+
+
+class ImportRefused(ConfigError):
+    """An export file holds something import will not write (another user's rows, an invalid
+    row); nothing was written. The message names the table, the row and the field (see
+    colloquy.rights_import)."""
 
 
 class ModelError(ColloquyError):

@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, StoreError
-from .messages import Message
-from .store import NewMessage, Store
+from .store import Store
+from .rights_import import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    check_against_store,
+    plan_import,
+    write_plan,
+)
 from .store.base import forget_cached
 from .store.queries import POSTGRES, SQLITE, Dialect
-from .usage import Usage
 
-EXPORT_FORMAT = "colloquy.user-export"
-EXPORT_VERSION = 1
 #: Tables that never hold anything about a user.
 SKIP_TABLES = {"schema_migrations"}
 _ALL = 10**9
@@ -211,12 +214,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _from_json(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"$base64"}:
-        return base64.b64decode(value["$base64"])
-    return value
-
-
 def export_user(store: Store, user_id: str) -> dict[str, Any]:
     """Everything held about ``user_id``: readable sessions, and every row of every table that
     holds user data (``tables``, what :func:`import_user` restores from)."""
@@ -266,90 +263,39 @@ def export_user(store: Store, user_id: str) -> dict[str, Any]:
 
 
 def import_user(store: Store, data: dict[str, Any], *, replace: bool = False) -> ImportReport:
-    """Restore an export. Refuses to overwrite: if the user already has conversations (or an id
-    is taken), it fails unless ``replace`` (which first deletes everything held about the user)."""
-    if data.get("format") != EXPORT_FORMAT:
-        raise ConfigError("not a colloquy user export (expected format "
-                          f"{EXPORT_FORMAT!r}, got {data.get('format')!r})")
-    if int(data.get("version", 0)) > EXPORT_VERSION:
-        raise ConfigError(f"export version {data.get('version')} is newer than this colloquy reads")
-    user_id = str(data["user_id"])
-    if store.list_conversations(user_id=user_id, limit=1):
-        if not replace:
-            raise StoreError(f"user {user_id!r} already has conversations here; "
-                             "use --replace to overwrite them")
-        delete_user(store, user_id, erase=False)
-    for s in data.get("sessions", []):
-        if store.find_conversation(s["conversation"]["id"]) is not None:
-            raise StoreError(f"conversation {s['conversation']['id']!r} already exists "
-                             "(it belongs to another user)")
-    report = ImportReport(user_id=user_id)
-    if _is_sql(store) and "tables" in data:
-        _import_tables(store, data["tables"], report)
+    """Restore an export, trusting nothing in it (see :mod:`colloquy.rights_import`): only the
+    named user's conversations, messages, summaries, facts and cursors are written, every row
+    validated first; users and tokens are never created from a file. Raises
+    :class:`~colloquy.errors.ImportRefused` (nothing written) for anything else.
+
+    Refuses to overwrite: if the user already has conversations or facts here, it fails unless
+    ``replace``, which deletes them (not the user's account) in the same transaction."""
+    plan = plan_import(data)
+    user_id = plan.user_id
+    facts = getattr(store, "list_facts", None)
+    held = bool(store.list_conversations(user_id=user_id, limit=1)) or bool(
+        callable(facts) and facts(user_id, include_retired=True))
+    if held and not replace:
+        raise StoreError(f"user {user_id!r} already has conversations or facts here; "
+                         "use --replace to overwrite them")
+    check_against_store(store, plan)  # ids held here by another user refuse the file
+    report = ImportReport(user_id=user_id, skipped_tables=plan.skipped_tables)
+    gone = [c.id for c in store.list_conversations(user_id=user_id, limit=_ALL)]
+    if _is_sql(store):
+        specs = {t: s for t, s in user_tables(discover_tables(store)).items()
+                 if t != "users"}  # the account (and its token) stays
+        with store.transaction() as conn:  # type: ignore[attr-defined]
+            if held:
+                _delete_rows(store, conn, specs, "user", user_id, DeleteReport(user_id=user_id))
+            write_plan(store, plan, conn)
     else:
-        _import_sessions(store, data, report)
-    report.conversations = len(data.get("sessions", []))
+        if held:
+            _delete_through_store(store, user_id, DeleteReport(user_id=user_id))
+        write_plan(store, plan, None)
+    forget_cached(gone)
+    report.rows = plan.counts()
+    report.conversations = len(plan.conversations)
     return report
-
-
-def _import_tables(store: Store, tables: dict[str, Any], report: ImportReport) -> None:
-    dialect = _dialect(store)
-    assert dialect is not None
-    have = discover_tables(store)
-    ordered = [t for t in ("users", "conversations") if t in tables] + [
-        t for t in tables if t not in ("users", "conversations")
-    ]
-    with store.transaction() as conn:  # type: ignore[attr-defined]
-        for name in ordered:
-            if name not in have:
-                report.skipped_tables.append(name)
-                continue
-            cols = [c for c in tables[name]["columns"] if c in have[name]]
-            idx = [tables[name]["columns"].index(c) for c in cols]
-            rows = [tuple(_from_json(r[i]) for i in idx) for r in tables[name]["rows"]]
-            if not rows:
-                continue
-            conflict = " ON CONFLICT DO NOTHING" if name == "users" else ""
-            sql = _q(dialect, f"INSERT INTO {_ident(name)} ({', '.join(_ident(c) for c in cols)}) "
-                              f"VALUES ({', '.join('?' * len(cols))}){conflict}")
-            if dialect == "postgres":
-                with conn.cursor() as cur:
-                    cur.executemany(sql, rows)
-            else:
-                conn.executemany(sql, rows)
-            report.rows[name] = len(rows)
-
-
-def _import_sessions(store: Store, data: dict[str, Any], report: ImportReport) -> None:
-    """Through the Store interface (any store): conversations and their messages."""
-    for s in data.get("sessions", []):
-        c = s["conversation"]
-        store.create_conversation(id=c["id"], user_id=c.get("user_id"), persona=c.get("persona", ""),
-                                  model=c.get("model", ""), title=c.get("title"), meta=c.get("meta") or {})
-        rows = [
-            NewMessage(message=Message.model_validate(m["message"]),
-                       usage=Usage.model_validate(m["usage"]) if m.get("usage") else None,
-                       model=m.get("model"), cost_usd=m.get("cost_usd"), meta=m.get("meta") or {})
-            for m in s["messages"]
-        ]
-        if rows:
-            store.append(c["id"], rows)
-        report.rows["messages"] = report.rows.get("messages", 0) + len(rows)
-    report.rows["conversations"] = len(data.get("sessions", []))
-    add_fact = getattr(store, "add_fact", None)
-    if data.get("facts") and callable(add_fact):
-        from .memory.records import Fact
-
-        for f in data["facts"]:
-            add_fact(Fact.model_validate(f))
-        report.rows["facts"] = len(data["facts"])
-    save_summary = getattr(store, "save_summary", None)
-    if data.get("summaries") and callable(save_summary):
-        from .memory.records import Summary
-
-        for sm in data["summaries"]:
-            save_summary(Summary.model_validate(sm))
-        report.rows["summaries"] = len(data["summaries"])
 
 
 # -- delete and purge -----------------------------------------------------------------------------
@@ -360,15 +306,7 @@ def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteRepo
     ``erase``, make the bytes unrecoverable from the database files (see the module docstring)."""
     report = DeleteReport(user_id=user_id)
     if not _is_sql(store):
-        convs = store.list_conversations(user_id=user_id, limit=_ALL)
-        for c in convs:
-            n = len(store.load(c.id))
-            store.delete_conversation(c.id)
-            report.rows["messages"] = report.rows.get("messages", 0) + n
-        report.rows["conversations"] = report.conversations = len(convs)
-        forget = getattr(store, "forget_facts", None)
-        if callable(forget):
-            report.rows["facts"] = int(forget(user_id))
+        _delete_through_store(store, user_id, report)
         remove = getattr(store, "remove_user", None)
         if callable(remove):
             report.rows["users"] = int(bool(remove(user_id)))
@@ -379,6 +317,19 @@ def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteRepo
     if erase:
         erase_deleted(store, [t for t, n in report.rows.items() if n], report)
     return report
+
+
+def _delete_through_store(store: Store, user_id: str, report: DeleteReport) -> None:
+    """The user's conversations (with their messages) and facts, through the Store interface."""
+    convs = store.list_conversations(user_id=user_id, limit=_ALL)
+    for c in convs:
+        n = len(store.load(c.id))
+        store.delete_conversation(c.id)
+        report.rows["messages"] = report.rows.get("messages", 0) + n
+    report.rows["conversations"] = report.conversations = len(convs)
+    forget = getattr(store, "forget_facts", None)
+    if callable(forget):
+        report.rows["facts"] = int(forget(user_id))
 
 
 def purge_conversations(store: Store, older_than: float, *, now: float | None = None, erase: bool = True) -> DeleteReport:
@@ -402,37 +353,41 @@ def purge_conversations(store: Store, older_than: float, *, now: float | None = 
 
 
 def _delete_sql(store: Store, scope: str, arg: Any, report: DeleteReport) -> None:
+    if _dialect(store) == "sqlite":
+        store._conn().execute("PRAGMA secure_delete = ON")  # type: ignore[attr-defined]
+    specs = user_tables(discover_tables(store))
+    with store.transaction() as conn:  # type: ignore[attr-defined]
+        _delete_rows(store, conn, specs, scope, arg, report)
+
+
+def _delete_rows(store: Store, conn: Any, specs: dict[str, UserTable], scope: str, arg: Any,
+                 report: DeleteReport) -> None:
+    """Delete, inside the caller's transaction, the rows of a scope (see :func:`_where`) from
+    the tables of ``specs`` (:func:`user_tables`)."""
     dialect = _dialect(store)
     assert dialect is not None
-    specs = user_tables(discover_tables(store))
     if scope == "stale":
         specs = {t: s for t, s in specs.items() if s.conversation_column}
         specs["conversations"] = UserTable(conversation_column="id")
-    if dialect == "sqlite":
-        store._conn().execute("PRAGMA secure_delete = ON")  # type: ignore[attr-defined]
-    with store.transaction() as conn:  # type: ignore[attr-defined]
-        if dialect == "sqlite":
-            virtual = set(_virtual_tables(conn))
+    virtual = set(_virtual_tables(conn)) if dialect == "sqlite" else set()
+    for name in _order(specs):
+        spec = specs[name]
+        if scope == "stale" and name == "conversations":
+            where = "updated_at < ?"
         else:
-            virtual = set()
-        for name in _order(specs):
-            spec = specs[name]
-            if scope == "stale" and name == "conversations":
-                where = "updated_at < ?"
-            else:
-                where = _where(spec, scope)
-            if name == "conversations":
-                key = "user_id = ?" if scope == "user" else "updated_at < ?"
-                report.conversations = conn.execute(
-                    _q(dialect, f"SELECT count(*) FROM conversations WHERE {key}"), (arg,)
-                ).fetchone()[0]
-            cur = conn.execute(
-                _q(dialect, f"DELETE FROM {_ident(name)} WHERE {where}"), (arg,) * where.count("?")
-            )
-            report.rows[name] = max(cur.rowcount, 0)
-            if name in virtual and report.rows[name]:
-                # FTS5 keeps deleted terms in its segments until they are merged away.
-                conn.execute(f"INSERT INTO {_ident(name)}({_ident(name)}) VALUES ('optimize')")
+            where = _where(spec, scope)
+        if name == "conversations":
+            key = "user_id = ?" if scope == "user" else "updated_at < ?"
+            report.conversations = conn.execute(
+                _q(dialect, f"SELECT count(*) FROM conversations WHERE {key}"), (arg,)
+            ).fetchone()[0]
+        cur = conn.execute(
+            _q(dialect, f"DELETE FROM {_ident(name)} WHERE {where}"), (arg,) * where.count("?")
+        )
+        report.rows[name] = max(cur.rowcount, 0)
+        if name in virtual and report.rows[name]:
+            # FTS5 keeps deleted terms in its segments until they are merged away.
+            conn.execute(f"INSERT INTO {_ident(name)}({_ident(name)}) VALUES ('optimize')")
 
 
 def erase_deleted(store: Store, tables: Sequence[str], report: DeleteReport | None = None) -> list[str]:

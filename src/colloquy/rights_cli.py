@@ -1,7 +1,7 @@
 """CLI commands for data rights and continuity (wired into :mod:`colloquy.cli`):
 
     colloquy users export ID [-o FILE]          everything held about a user, as JSON
-    colloquy users import FILE [--replace]      restore an export
+    colloquy users import FILE [--replace]      restore an export (colloquy.rights_import)
     colloquy users delete ID --yes              delete every row about a user, bytes erased
     colloquy purge --older-than 30d [--dry-run] retention: drop conversations idle that long
     colloquy sessions rename ID TITLE           edit a conversation's title
@@ -57,8 +57,9 @@ def cmd_users_import(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read export {args.file}: {e}") from e
     report = import_user(open_store(args.db), data, replace=args.replace)
     rows = ", ".join(f"{t} {n}" for t, n in report.rows.items())
-    skipped = f"; skipped tables this database lacks: {', '.join(report.skipped_tables)}" \
-        if report.skipped_tables else ""
+    skipped = (f"; not imported (accounts, tokens and tables import does not restore are never "
+               f"taken from a file): {', '.join(report.skipped_tables)}"
+               if report.skipped_tables else "")
     sys.stderr.write(f"imported {report.conversations} conversations of {report.user_id} "
                      f"({rows}){skipped}\n")
     return 0
