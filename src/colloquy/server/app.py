@@ -31,8 +31,8 @@ from ..store import Store, open_store
 from ..store.users import User, UserStore, authenticate
 from . import errors as E
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import exposition, metrics, record_refusal, token_ok
-from .ratelimit import RateLimiter
+from .metrics import exposition, metrics, token_ok
+from .ratelimit import RateLimiter, RateStore
 from .schemas import (
     ContextOut,
     ConversationCreate,
@@ -179,7 +179,8 @@ def create_app(
     redactor = E.Redactor.from_environ(environ)
     E.install_log_redaction(redactor)
     service = ChatService(store, settings, redactor)
-    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+    limiter = RateLimiter(settings.rate_limit, cast(RateStore, store)) \
+        if settings.rate_limit else None
 
     app = FastAPI(
         title="colloquy",
@@ -216,12 +217,7 @@ def create_app(
         if user is None:
             raise E.NotAuthenticated("invalid bearer token")
         if limiter is not None:
-            wait = limiter.take(user.id)
-            if wait > 0:
-                record_refusal()
-                raise E.TooManyRequests(
-                    f"rate limit of {limiter.limit.requests} requests per "
-                    f"{limiter.limit.per:g}s reached; retry in {wait:.1f}s", retry_after=wait)
+            limiter.check(user.id)  # one limit per user across processes (in the database)
         return user
 
     CurrentUser = Annotated[User, Depends(current_user)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,6 +93,18 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             # seq n sits at index n - 1: the log is dense and append-only.
             out = log[max(0, after_seq):]  # a negative seq must not slice from the end
             return out[:limit] if limit is not None else list(out)
+
+    def take_rate(self, user_id: str, interval: float, burst: int) -> float:
+        """The rate limit of :meth:`SQLStore.take_rate <colloquy.store.sqlbase.SQLStore.take_rate>`
+        (GCRA), in this process's memory: 0.0 when allowed, else the seconds to wait."""
+        now = time.time()
+        with self._lock:
+            rates: dict[str, float] = self.__dict__.setdefault("_rates", {})
+            base = max(rates.get(user_id, now), now)
+            if base + interval - now <= burst * interval:
+                rates[user_id] = base + interval
+                return 0.0
+            return max(0.0, rates[user_id] - now - (burst - 1) * interval)
 
     def close(self) -> None:
         pass

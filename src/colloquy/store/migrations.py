@@ -200,6 +200,27 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        # The service's per-user rate limit (GCRA, see server/ratelimit.py): one row per user
+        # with the theoretical arrival time of the next request. Keyed by user_id, so data
+        # rights find the rows by the column convention. On PostgreSQL the table is UNLOGGED:
+        # no WAL write per request, and a crash that empties it only refills every bucket.
+        "0400_rate_limits",
+        sqlite="""
+        CREATE TABLE rate_limits (
+            user_id  TEXT PRIMARY KEY,
+            tat      REAL NOT NULL,
+            allowed  INTEGER NOT NULL
+        );
+        """,
+        postgres="""
+        CREATE UNLOGGED TABLE rate_limits (
+            user_id  TEXT PRIMARY KEY,
+            tat      DOUBLE PRECISION NOT NULL,
+            allowed  INTEGER NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -174,6 +174,10 @@ class PostgresStore(SQLStore):
         with self._read() as conn, conn.transaction():
             yield conn
 
+    def _write_one(self, sql: str, args: Sequence[Any]) -> Any:
+        """A single statement is a transaction of its own in autocommit: one round trip."""
+        return self._one(sql, args)
+
     def _lock_connection(self) -> psycopg.Connection[Any]:
         """The dedicated connection of the turn locks (keepalives: a dead peer is noticed)."""
         return psycopg.connect(

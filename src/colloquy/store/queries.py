@@ -12,6 +12,7 @@ Needs SQLite 3.35 or newer (``RETURNING``, March 2021); PostgreSQL 12 or newer.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ class Dialect:
     #: Appended to a SELECT that must lock the rows it reads until the transaction ends
     #: (PostgreSQL's READ COMMITTED needs it; SQLite's write transactions are serial already).
     for_update: str
+    #: The larger of two numbers (SQLite's two-argument max(), PostgreSQL's GREATEST).
+    greatest: str = "max"
+    #: The database's clock, in seconds since the epoch: one clock for every process and
+    #: machine that shares the database (used by the rate limit).
+    now: str = "((julianday('now') - 2440587.5) * 86400.0)"
     #: Most variables one statement may carry (SQLite: 32,766 since 3.32).
     max_params: int = 32_766
 
@@ -52,6 +58,7 @@ SQLITE = Dialect(
 POSTGRES = Dialect(
     name="postgres", param="%s", for_update=" FOR UPDATE",
     idempotency_expr="((meta::jsonb) ->> 'idempotency_key')",
+    greatest="GREATEST", now="extract(epoch from statement_timestamp())::float8",
 )
 
 
@@ -227,6 +234,33 @@ def fact_row(f: Fact) -> tuple[Any, ...]:
     return (f.id, f.user_id, f.subject, f.statement, f.key, f.source_conversation, f.source_seq,
             f.valid_from, f.valid_until, f.superseded_by, f.origin, f.created_at,
             json.dumps(f.meta))
+
+
+# -- the service's rate limit ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def take_rate_sql(d: Dialect) -> str:
+    """GCRA in one statement (see colloquy.server.ratelimit): with ``T`` the emission interval
+    (seconds per request) and ``B`` the burst, a request at ``now`` is allowed when
+    ``max(tat, now) + T - now <= B * T``, and then ``tat`` becomes ``max(tat, now) + T``. The
+    row keeps whether the last request was allowed, so one statement answers both ways. The
+    clock is the database's (:attr:`Dialect.now`), the same for every process and machine.
+    Arguments: user_id, T (insert), then T, B*T, T, T, B*T (update): :func:`take_rate_args`.
+    Returns (tat, allowed, now)."""
+    base = f"{d.greatest}(rate_limits.tat, {d.now})"
+    ok = f"({base} + ? - {d.now} <= ?)"
+    return (
+        f"INSERT INTO rate_limits (user_id, tat, allowed) VALUES (?, {d.now} + ?, 1) "
+        f"ON CONFLICT (user_id) DO UPDATE SET "
+        f"tat = CASE WHEN {ok} THEN {base} + ? ELSE rate_limits.tat END, "
+        f"allowed = CASE WHEN {ok} THEN 1 ELSE 0 END "
+        f"RETURNING tat, allowed, {d.now}"
+    )
+
+
+def take_rate_args(user_id: str, interval: float, burst: int) -> tuple[Any, ...]:
+    return (user_id, interval, interval, burst * interval, interval, interval, burst * interval)
 
 
 __all__ = ["POSTGRES", "SQLITE", "Dialect"]

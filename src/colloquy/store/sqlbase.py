@@ -44,6 +44,13 @@ class SQLStore(StoreBase, LockMethods):
         with self._read() as conn:
             return conn.execute(self.dialect.q(sql), args).fetchone()
 
+    def _write_one(self, sql: str, args: Sequence[Any]) -> Any:
+        """One writing statement that is atomic by itself, and its first returned row. A back
+        end may run it more cheaply than a transaction (PostgreSQL: one autocommit round trip
+        instead of three)."""
+        with self.transaction() as conn:
+            return conn.execute(self.dialect.q(sql), args).fetchone()
+
     def _rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
         with self._read() as conn:
             return list(conn.execute(self.dialect.q(sql), args).fetchall())
@@ -233,3 +240,13 @@ class SQLStore(StoreBase, LockMethods):
     def set_memory_cursor(self, conversation_id: str, kind: str, seq: int) -> None:
         with self.transaction() as conn:
             conn.execute(self.dialect.q(Q.UPSERT_CURSOR), (conversation_id, kind, seq))
+
+    # -- the service's rate limit ---------------------------------------------------------------
+
+    def take_rate(self, user_id: str, interval: float, burst: int) -> float:
+        """One request of ``user_id`` against a limit of one per ``interval`` seconds with
+        bursts of ``burst``: 0.0 when allowed, else the seconds until one would be (GCRA, one
+        statement on the database's clock; see colloquy.server.ratelimit)."""
+        tat, allowed, now = self._write_one(Q.take_rate_sql(self.dialect),
+                                            Q.take_rate_args(user_id, interval, burst))
+        return 0.0 if allowed else max(0.0, float(tat) - float(now) - (burst - 1) * interval)
