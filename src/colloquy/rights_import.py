@@ -224,7 +224,9 @@ def _table_rows(name: str, table: Any) -> Iterable[_Row]:
 
 
 def _read_tables(plan: ImportPlan, tables: dict[str, Any]) -> None:
-    plan.skipped_tables = sorted(t for t in tables if t not in RESTORED_TABLES)
+    plan.skipped_tables = sorted(  # the tables whose rows were not written (empty ones aside)
+        t for t, v in tables.items() if t not in RESTORED_TABLES
+        and not (isinstance(v, dict) and v.get("rows") == []))
     for r in _table_rows("conversations", tables.get("conversations", {"columns": [], "rows": []})):
         plan.conversations.append(_conversation(plan, r, encoded=True))
     for r in _table_rows("messages", tables.get("messages", {"columns": [], "rows": []})):
