@@ -208,20 +208,29 @@ def test_another_users_conversation_is_404_on_every_route(env: Env) -> None:
             assert r.status_code == 404, (method, call, r.text)
             assert r.json() == {"error": {"type": "not_found",
                                           "message": f"no conversation with id '{cid}'"}}
-    # The id in a body: the OpenAI endpoint's header, metadata and user field.
+    # The name in a body (the OpenAI endpoint's header, metadata and user field) names a
+    # conversation in bob's own namespace: bob gets his own, as for a free name, never ada's.
     for extra, headers in (({}, {"X-Colloquy-Conversation": cid}),
                            ({"metadata": {"conversation_id": cid}}, {}), ({"user": cid}, {})):
         for stream in (False, True):
             r = env.client.post("/v1/chat/completions", headers={**env.as_("bob"), **headers},
                                 json={"messages": [{"role": "user", "content": "hi"}],
                                       "stream": stream, **extra})
-            assert r.status_code == 404, r.text
-            assert "secret" not in r.text
-    # Nothing of ada's changed, and bob's list does not show it.
-    assert [m.message.text for m in env.store.load(cid)][0] == "ada's secret plan"
-    assert env.store.get_conversation(cid).title is not None
-    assert env.store.get_conversation(cid).title != "mine now"
-    assert env.client.get("/v1/conversations", headers=env.as_("bob")).json() == {"conversations": []}
+            assert r.status_code == 200, r.text
+            assert "secret" not in r.text and "received 1 message" in r.text + \
+                str(env.client.get(f"/v1/conversations/{cid}", headers=env.as_("bob")).json())
+    bobs = env.client.get(f"/v1/conversations/{cid}", headers=env.as_("bob")).json()
+    assert [m["text"] for m in bobs["messages"] if m["role"] == "user"] == ["hi"] * 6
+    assert bobs["system"] == ""  # the server's default persona, not ada's
+    # Nothing of ada's changed, and bob's list shows only his own.
+    (ada_conv,) = env.store.list_conversations(user_id="ada")
+    assert [m.message.text for m in env.store.load(ada_conv.id)] [0] == "ada's secret plan"
+    assert len(env.store.load(ada_conv.id)) == 2
+    assert ada_conv.title is not None and ada_conv.title != "mine now"
+    listed = env.client.get("/v1/conversations", headers=env.as_("bob")).json()["conversations"]
+    assert [(c["id"], c["message_count"]) for c in listed] == [(cid, 12)]
+    bob_conv = env.store.find_named("bob", cid)
+    assert bob_conv is not None and bob_conv.id != ada_conv.id
     # A nonexistent id answers exactly the same way: existence does not leak.
     r = env.client.get("/v1/conversations/c_nope", headers=env.as_("bob"))
     assert r.json()["error"]["message"] == "no conversation with id 'c_nope'"

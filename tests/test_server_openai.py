@@ -55,7 +55,7 @@ def test_the_sdk_sends_only_the_new_message_and_colloquy_adds_the_history(live: 
     assert [m.text for m in sent.messages if m.role == "user"] == ["my name is Ada", "what is my name?"]
     assert [b.text for b in sent.system] == ["You are colloquy's test persona."]
     # The turn is stored like any other, under the caller's user id.
-    conv = live.store.get_conversation("oa-header")
+    conv = live.store.find_named("ada", "oa-header")
     assert conv.user_id == "ada" and conv.last_seq == 4
     assert second.model_extra and second.model_extra["colloquy"]["conversation_id"] == "oa-header"
 
@@ -66,7 +66,7 @@ def test_the_conversation_can_be_named_by_metadata_or_user(live: Live) -> None:
                                    metadata={"conversation_id": "oa-meta"})
     client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "b"}],
                                    user="oa-meta")
-    assert [m.message.text for m in live.store.load("oa-meta") if m.role == "user"] == ["a", "b"]
+    assert [m.message.text for m in live.store.load(live.store.find_named("ada", "oa-meta").id) if m.role == "user"] == ["a", "b"]
 
 
 def test_a_system_message_becomes_the_persona_of_a_new_conversation(live: Live) -> None:
@@ -76,7 +76,7 @@ def test_a_system_message_becomes_the_persona_of_a_new_conversation(live: Live) 
                   {"role": "user", "content": "old turn the client kept"},
                   {"role": "assistant", "content": "old answer"},
                   {"role": "user", "content": "ahoy"}])
-    assert live.store.get_conversation("oa-persona").persona == "Speak like a pirate."
+    assert live.store.find_named("ada", "oa-persona").persona == "Speak like a pirate."
     sent = live.model.last_request
     # Only the new message was taken: the stored log is the history.
     assert [m.text for m in sent.messages] == ["ahoy"]
@@ -101,7 +101,7 @@ def test_streaming_in_openai_chunks(live: Live) -> None:
     text = "".join(pieces)
     assert len(pieces) > 3 and "last user text: 'stream please'" in text
     assert finish == "stop" and usage is not None and usage.completion_tokens > 0
-    stored = live.store.load("oa-stream")
+    stored = live.store.load(live.store.find_named("ada", "oa-stream").id)
     assert [m.role for m in stored] == ["user", "assistant"] and stored[1].message.text == text
 
 
@@ -109,10 +109,10 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(live: Live) -> None:
     client = live.client()
     client.chat.completions.create(model="echo", user="oa-private",
                                    messages=[{"role": "user", "content": "ada only"}])
-    with pytest.raises(openai.NotFoundError) as nf:
-        live.client(live.bob).chat.completions.create(
-            model="echo", user="oa-private", messages=[{"role": "user", "content": "let me in"}])
-    assert "no conversation with id 'oa-private'" in str(nf.value)
+    # The same name from bob is bob's own conversation: ada's is out of reach, as a free name.
+    other = live.client(live.bob).chat.completions.create(
+        model="echo", user="oa-private", messages=[{"role": "user", "content": "let me in"}])
+    assert "received 1 message" in (other.choices[0].message.content or "")
     with pytest.raises(openai.AuthenticationError):
         live.client("cq_wrong").chat.completions.create(
             model="echo", user="x", messages=[{"role": "user", "content": "hi"}])
@@ -120,5 +120,5 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(live: Live) -> None:
         client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model="echo", user="x", messages=[])
-    assert [m.message.text for m in live.store.load("oa-private")][0] == "ada only"
-    assert len(live.store.load("oa-private")) == 2
+    assert [m.message.text for m in live.store.load(live.store.find_named("ada", "oa-private").id)][0] == "ada only"
+    assert len(live.store.load(live.store.find_named("ada", "oa-private").id)) == 2

@@ -280,7 +280,7 @@ def create_app(
             reply, replayed = await service.send(chat, body.content, key)
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
-            return ReplyOut.of(reply, replayed=replayed)
+            return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -289,7 +289,8 @@ def create_app(
                         yield sse("delta", {"text": event})
                     else:
                         reply, replayed = event
-                        yield sse("done", ReplyOut.of(reply, replayed=replayed).model_dump(mode="json"))
+                        yield sse("done", ReplyOut.of(reply, replayed=replayed,
+                                                      name=conversation_id).model_dump(mode="json"))
             except ColloquyError as e:
                 _log_error(e, redactor)
                 yield sse("error", error_json(e, redactor))

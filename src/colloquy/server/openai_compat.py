@@ -54,9 +54,10 @@ def _usage(reply: Reply) -> dict[str, Any]:
     }
 
 
-def _extension(reply: Reply) -> dict[str, Any]:
-    """colloquy's own fields, beside OpenAI's (clients ignore what they do not know)."""
-    return {"conversation_id": reply.conversation_id, "seq": reply.seq,
+def _extension(reply: Reply, name: str) -> dict[str, Any]:
+    """colloquy's own fields, beside OpenAI's (clients ignore what they do not know); the
+    conversation is named as the client named it."""
+    return {"conversation_id": name, "seq": reply.seq,
             "cost_usd": reply.cost_usd, "usage": reply.usage.model_dump()}
 
 
@@ -105,10 +106,10 @@ def add_openai_routes(
         system = next((_text(m) for m in body.messages if m.role in ("system", "developer")), None)
         conv = await asyncio.to_thread(
             service.conversation_for_openai, user, conversation_id, system, body.model)
-        chat = await service.turn_chat(user, conv.id, content, idempotency_key)
+        chat = await service.turn_chat(user, conv.name, content, idempotency_key)
         temperature, max_tokens = body.temperature, body.max_completion_tokens or body.max_tokens
         created = int(time.time())
-        headers = {CONVERSATION_HEADER: conv.id}
+        headers = {CONVERSATION_HEADER: conv.name}
 
         if not body.stream:
             reply, replayed = await service.send(chat, content, idempotency_key,
@@ -117,16 +118,16 @@ def add_openai_routes(
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
             return {
-                "id": f"chatcmpl-{conv.id}-{reply.seq}", "object": "chat.completion",
+                "id": f"chatcmpl-{conv.name}-{reply.seq}", "object": "chat.completion",
                 "created": created, "model": reply.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                              "finish_reason": _FINISH.get(reply.stop_reason or "", "stop"),
                              "logprobs": None}],
-                "usage": _usage(reply), "colloquy": _extension(reply),
+                "usage": _usage(reply), "colloquy": _extension(reply, conv.name),
             }
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunk_id = f"chatcmpl-{conv.id}-{conv.last_seq + 1}"
+        chunk_id = f"chatcmpl-{conv.name}-{conv.last_seq + 1}"
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
             data = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
@@ -145,7 +146,7 @@ def add_openai_routes(
                         continue
                     reply, _ = event
                     yield chunk({}, _FINISH.get(reply.stop_reason or "", "stop"),
-                                colloquy=_extension(reply))
+                                colloquy=_extension(reply, conv.name))
                     if include_usage:
                         data = {"id": chunk_id, "object": "chat.completion.chunk",
                                 "created": created, "model": reply.model, "choices": [],

@@ -73,6 +73,7 @@ class MessageCreate(_Body):
 
 
 class ConversationOut(BaseModel):
+    #: The conversation's name in the caller's namespace (what every route takes).
     id: str
     title: str | None
     system: str
@@ -83,7 +84,7 @@ class ConversationOut(BaseModel):
 
     @classmethod
     def of(cls, c: Conversation) -> ConversationOut:
-        return cls(id=c.id, title=c.title, system=c.persona, model=c.model,
+        return cls(id=c.name, title=c.title, system=c.persona, model=c.model,
                    created_at=c.created_at, updated_at=c.updated_at, message_count=c.last_seq)
 
 
@@ -138,8 +139,9 @@ class ReplyOut(BaseModel):
     guards: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, r: Reply, replayed: bool = False) -> ReplyOut:
-        return cls(conversation_id=r.conversation_id, seq=r.seq, text=r.text, model=r.model,
+    def of(cls, r: Reply, replayed: bool = False, *, name: str) -> ReplyOut:
+        """``name``: the conversation's name, as the caller addressed it."""
+        return cls(conversation_id=name, seq=r.seq, text=r.text, model=r.model,
                    usage=r.usage, cost_usd=r.cost_usd, stop_reason=r.stop_reason,
                    rounds=r.rounds, notes=r.notes, replayed=replayed, blocked=r.blocked,
                    guards=r.guards)

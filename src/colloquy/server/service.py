@@ -5,8 +5,15 @@ hands every turn to :class:`Chat`, which owns the one flow (store the message, b
 call the model, store the reply). No prompt is assembled and no SQL is written here either:
 persistence goes through the store's methods.
 
-Ownership: a conversation that does not exist and a conversation of another user raise the same
-:class:`ConversationNotFound`, so a caller cannot even learn that someone else's id exists.
+Names, not ids: a conversation is addressed by its *name* in the caller's own namespace
+(:attr:`Conversation.name`, unique per user), on every route: ``/v1/conversations/{name}`` and
+the OpenAI-compatible route's conversation alike. The same name for two users is two
+conversations, so another user's name and a free name answer the same way (404 where nothing is
+created, a conversation of the caller's own where the route creates one): nobody can probe
+which names exist or squat a name someone else will use. Conversations created here get a
+random internal id (never the name), so no answer depends on what other users hold. The store
+and :class:`Chat` keep working with ids; :meth:`ChatService.owned` is the one place a name
+becomes an id.
 
 Turns on one conversation are serialised by Chat's turn lock (across processes too); an
 asyncio lock per conversation queues them inside the process first, so waiting turns do not
@@ -33,7 +40,7 @@ from ..errors import ConversationNotFound, StoreError
 from ..messages import StoredMessage
 from ..models import Model, get_model
 from ..rights import DeleteReport, delete_user, export_user
-from ..store import Conversation, Store
+from ..store import Conversation, Store, new_id
 from ..store.base import register_cache
 from ..store.memory_records import FactNotFound
 from ..store.users import User
@@ -140,44 +147,46 @@ class ChatService:
 
     # -- conversations --------------------------------------------------------------------------
 
-    def owned(self, user: User, conversation_id: str) -> Conversation:
-        conv = self.store.find_conversation(conversation_id)
-        if conv is None or conv.user_id != user.id:
-            raise ConversationNotFound(conversation_id)
+    def owned(self, user: User, name: str) -> Conversation:
+        """The caller's conversation called ``name``: :class:`ConversationNotFound` when they
+        have none, whoever else has one."""
+        conv = self.store.find_named(user.id, name)
+        if conv is None:
+            raise ConversationNotFound(name)
         return conv
 
     def create(
         self, user: User, *, title: str | None = None, system: str | None = None,
-        model: str | None = None, id: str | None = None,
+        model: str | None = None, name: str | None = None,
     ) -> Conversation:
+        """A new conversation of the caller, with a random id; named ``name`` (default: that
+        id). :class:`StoreError` when the caller already has that name."""
         m = self.check_model(model)
         return self.store.create_conversation(
-            id=id, user_id=user.id, persona=self.settings.system if system is None else system,
-            model=m.name, title=title,
+            id=new_id(), name=name, user_id=user.id,
+            persona=self.settings.system if system is None else system, model=m.name, title=title,
         )
 
     def conversations(self, user: User, limit: int = 100) -> list[Conversation]:
         return self.store.list_conversations(user_id=user.id, limit=limit)
 
-    def detail(self, user: User, conversation_id: str) -> tuple[Conversation, list[StoredMessage]]:
-        conv = self.owned(user, conversation_id)
-        return conv, self.store.load(conversation_id)
+    def detail(self, user: User, name: str) -> tuple[Conversation, list[StoredMessage]]:
+        conv = self.owned(user, name)
+        return conv, self.store.load(conv.id)
 
-    def rename(self, user: User, conversation_id: str, title: str) -> Conversation:
-        self.owned(user, conversation_id)
-        return self.store.update_conversation(conversation_id, title=title)
+    def rename(self, user: User, name: str, title: str) -> Conversation:
+        return self.store.update_conversation(self.owned(user, name).id, title=title)
 
-    def delete(self, user: User, conversation_id: str) -> None:
-        self.owned(user, conversation_id)
-        self.store.delete_conversation(conversation_id)
+    def delete(self, user: User, name: str) -> None:
+        self.store.delete_conversation(self.owned(user, name).id)
 
     # -- turns ----------------------------------------------------------------------------------
 
-    def chat(self, user: User, conversation_id: str) -> Chat:
+    def chat(self, user: User, name: str) -> Chat:
         """The conversation's Chat, kept between requests so that a turn reads only what is
-        new in the log (``Chat._sync``), from this process or any other. Ownership is checked
-        against the store on every call."""
-        conv = self.owned(user, conversation_id)
+        new in the log (``Chat._sync``), from this process or any other. The name is resolved
+        (and so ownership checked) against the store on every call."""
+        conv = self.owned(user, name)
         model = self.model_for(conv.model)
         with self._chats_lock:
             chat = self._chats.get(conv.id)
@@ -196,13 +205,12 @@ class ChatService:
                 self._chats.popitem(last=False)
         return chat
 
-    async def turn_chat(self, user: User, conversation_id: str, content: str,
-                        key: str | None) -> Chat:
+    async def turn_chat(self, user: User, name: str, content: str, key: str | None) -> Chat:
         """What every turn route calls before its turn: the message's size, the caller's
         conversation, and the idempotency key (a key already used with another message is
         refused here, with a status, before a stream starts)."""
         self.check_content(content)
-        chat = await asyncio.to_thread(self.chat, user, conversation_id)
+        chat = await asyncio.to_thread(self.chat, user, name)
         if key is not None:
             await asyncio.to_thread(chat.check_idempotency_key, content, key)
         return chat
@@ -270,10 +278,10 @@ class ChatService:
 
     # -- context --------------------------------------------------------------------------------
 
-    def context(self, user: User, conversation_id: str, message: str | None = None
+    def context(self, user: User, name: str, message: str | None = None
                 ) -> tuple[dict[str, Any], int]:
-        chat = self.chat(user, conversation_id)
-        conv = self.store.get_conversation(conversation_id)
+        chat = self.chat(user, name)
+        conv = self.store.get_conversation(chat.session_id)
         if message is None and conv.last_seq == 0:
             raise InvalidRequest(
                 "the conversation is empty: pass ?message=TEXT to see the request a first "
@@ -310,25 +318,23 @@ class ChatService:
 
     # -- OpenAI-compatible ------------------------------------------------------------------------
 
-    def conversation_for_openai(self, user: User, conversation_id: str, system: str | None,
+    def conversation_for_openai(self, user: User, name: str, system: str | None,
                                 model: str | None) -> Conversation:
-        """The caller's conversation with this id, created on first use (with the client's
-        system message as its persona)."""
-        if not _CONVERSATION_ID.match(conversation_id):
+        """The caller's conversation called ``name``, created on first use (with the client's
+        system message as its persona). Another user's conversation of that name is never
+        touched, nor visible: the caller gets one of their own."""
+        if not _CONVERSATION_ID.match(name):
             raise InvalidRequest(
-                "conversation ids are 1-128 characters: letters, digits, '_', '.', ':', '@', '-'"
+                "conversation names are 1-128 characters: letters, digits, '_', '.', ':', '@', '-'"
             )
-        conv = self.store.find_conversation(conversation_id)
+        conv = self.store.find_named(user.id, name)
         if conv is not None:
-            if conv.user_id != user.id:
-                raise ConversationNotFound(conversation_id)
             return conv
-        name = model if model in self._models else None
         try:
-            return self.create(user, system=system, model=name, id=conversation_id)
+            return self.create(user, system=system, model=model if model in self._models
+                               else None, name=name)
         except StoreError:
-            # Created concurrently by another request: re-check whose it is.
-            return self.owned(user, conversation_id)
+            return self.owned(user, name)  # created meanwhile by another request of the caller
 
 
 def _replayed(reply: Reply) -> bool:

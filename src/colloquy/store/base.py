@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
@@ -71,6 +71,18 @@ class Conversation(BaseModel):
     #: Sequence number of the newest message (0 when empty); the next append takes last_seq + 1.
     last_seq: int = 0
     meta: dict[str, Any] = Field(default_factory=dict)
+    #: What the conversation is called in its user's namespace, unique per user: the id the
+    #: service and the CLI show (``/v1/conversations/{name}``, an OpenAI client's conversation
+    #: name). The same name for two users is two conversations, each with an ``id`` of its own.
+    #: Defaults to the id (a conversation created by ``Chat(session_id=...)``).
+    name: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_defaults_to_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("name") and data.get("id"):
+            data = {**data, "name": data["id"]}
+        return data
 
 
 class NewMessage(BaseModel):
@@ -102,6 +114,7 @@ class Store(MemoryRecordStore, Protocol):
         model: str = "",
         title: str | None = None,
         meta: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> Conversation: ...
 
     def get_conversation(self, conversation_id: str) -> Conversation:
@@ -109,6 +122,10 @@ class Store(MemoryRecordStore, Protocol):
         ...
 
     def find_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    def find_named(self, user_id: str, name: str) -> Conversation | None:
+        """The conversation ``user_id`` calls ``name`` (see :attr:`Conversation.name`)."""
+        ...
 
     def list_conversations(
         self, user_id: str | None = None, limit: int = 100
@@ -191,14 +208,24 @@ class StoreBase:
         model: str = "",
         title: str | None = None,
         meta: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> Conversation:
+        """A new conversation; ``name`` (default: the id) must be free among ``user_id``'s
+        conversations, and the id free among all. :class:`StoreError` otherwise."""
         conv = Conversation(
             id=id or new_id(), user_id=user_id, persona=persona, model=model, title=title,
             meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict
+            name=name or "",
         )
         if not self._insert_conversation(conv):
-            raise StoreError(f"conversation {conv.id!r} already exists")
+            taken = f"user {user_id!r} already has a conversation named {conv.name!r}" \
+                if user_id is not None and self.find_named(user_id, conv.name) is not None \
+                else f"conversation {conv.id!r} already exists"
+            raise StoreError(taken)
         return conv
+
+    def find_named(self, user_id: str, name: str) -> Conversation | None:  # pragma: no cover
+        raise NotImplementedError
 
     def get_conversation(self, conversation_id: str) -> Conversation:
         conv = self.find_conversation(conversation_id)

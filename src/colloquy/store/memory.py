@@ -31,9 +31,15 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
         with self._lock:
             return self._conversations.get(conversation_id)
 
+    def find_named(self, user_id: str, name: str) -> Conversation | None:
+        with self._lock:
+            return next((c for c in self._conversations.values()
+                         if c.user_id == user_id and c.name == name), None)
+
     def _insert_conversation(self, conv: Conversation) -> bool:
         with self._lock:
-            if conv.id in self._conversations:
+            if conv.id in self._conversations or (
+                    conv.user_id is not None and self.find_named(conv.user_id, conv.name)):
                 return False
             self._conversations[conv.id] = conv
             self._messages[conv.id] = []

@@ -221,6 +221,18 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        # Conversation names (issue 12): what a conversation is called in its user's
+        # namespace, unique per user, so the same name for two users is two conversations.
+        # Existing conversations are named by their id. NULL (a row written by an older
+        # version) reads as the id.
+        "0500_conversation_names",
+        sqlite="""
+        ALTER TABLE conversations ADD COLUMN name TEXT;
+        UPDATE conversations SET name = id;
+        CREATE UNIQUE INDEX conversations_by_name ON conversations (user_id, name);
+        """,
+    ),
 ]
 
 

@@ -70,12 +70,15 @@ def values(rows: int, cols: int) -> str:
 
 # -- conversations ---------------------------------------------------------------------------------
 
-CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta"
+CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta, name"
+#: Refused (no row) when the id is taken, or the name among the user's conversations (the
+#: unique index of migration 0500).
 INSERT_CONVERSATION = (
-    f"INSERT INTO conversations ({CONV_COLS}) VALUES ({', '.join(['?'] * 9)}) "
-    "ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO conversations ({CONV_COLS}) VALUES ({', '.join(['?'] * 10)}) "
+    "ON CONFLICT DO NOTHING"
 )
 SELECT_CONVERSATION = f"SELECT {CONV_COLS} FROM conversations WHERE id = ?"
+SELECT_NAMED = f"SELECT {CONV_COLS} FROM conversations WHERE user_id = ? AND name = ?"
 _ACTIVITY_ORDER = "ORDER BY updated_at DESC, created_at DESC LIMIT ?"
 LIST_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations {_ACTIVITY_ORDER}"
 LIST_USER_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations WHERE user_id = ? {_ACTIVITY_ORDER}"
@@ -101,12 +104,13 @@ def conversation(row: Sequence[Any]) -> Conversation:
     return Conversation(
         id=row[0], user_id=row[1], title=row[2], persona=row[3], model=row[4],
         created_at=row[5], updated_at=row[6], last_seq=row[7], meta=json.loads(row[8]),
+        name=row[9] or row[0],  # a row written before names existed: its id
     )
 
 
 def conversation_row(c: Conversation) -> tuple[Any, ...]:
     return (c.id, c.user_id, c.title, c.persona, c.model, c.created_at, c.updated_at, c.last_seq,
-            json.dumps(c.meta))
+            json.dumps(c.meta), c.name)
 
 
 # -- the log ---------------------------------------------------------------------------------------

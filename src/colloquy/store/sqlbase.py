@@ -66,6 +66,10 @@ class SQLStore(StoreBase, LockMethods):
         row = self._one(Q.SELECT_CONVERSATION, (conversation_id,))
         return Q.conversation(row) if row else None
 
+    def find_named(self, user_id: str, name: str) -> Conversation | None:
+        row = self._one(Q.SELECT_NAMED, (user_id, name))
+        return Q.conversation(row) if row else None
+
     def list_conversations(self, user_id: str | None = None, limit: int = 100) -> list[Conversation]:
         if user_id is None:
             rows = self._rows(Q.LIST_CONVERSATIONS, (limit,))
