@@ -22,6 +22,7 @@ from .files import private_open
 from .guards import build_guards
 from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, open_store
+from .store.base import new_id, users_conversation
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
 
@@ -165,21 +166,30 @@ def _add_guards(p: argparse.ArgumentParser) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     store = open_store(args.db)
-    existing = store.find_conversation(args.session) if args.session else None
+    session = args.session
+    if session and args.user:  # a name in the user's own namespace, as the service has it
+        existing = users_conversation(store, args.user, session)
+        if existing is not None:
+            session = existing.id
+        elif store.find_conversation(session) is not None:  # another user's id: a new one
+            session = store.create_conversation(id=new_id(), name=session, user_id=args.user).id
+    else:
+        existing = store.find_conversation(session) if session else None
     guards, persona = build_guards(args.guard or [], args.guards, judge=args.guard_model)
     chat = Chat(
         args.model, system=args.system if args.system is not None else persona.get("system"),
-        store=store, session_id=args.session, user_id=args.user,
+        store=store, session_id=session, user_id=args.user,
         policy=policy_from_args(args), temperature=args.temperature, max_tokens=args.max_tokens,
         extract_facts=extraction_from_args(args),
         guards=guards,
     )
     err = sys.stderr
     if existing:
-        err.write(f"resuming session {chat.session_id} ({existing.last_seq} messages, "
+        err.write(f"resuming session {existing.name} ({existing.last_seq} messages, "
                   f"model {chat.model.name})\n")
     else:
-        err.write(f"session {chat.session_id} (model {chat.model.name}); /help for commands\n")
+        err.write(f"session {args.session or chat.session_id} (model {chat.model.name}); "
+                  "/help for commands\n")
     interactive = sys.stdin.isatty()
     failures = 0
     for line in _lines(interactive):
@@ -230,7 +240,9 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         sys.stderr.write("no sessions\n")
     for c in convs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
-        sys.stdout.write(f"{c.id}\t{when}\t{c.last_seq} msgs\t{c.model}\t"
+        # The name, as the service shows it; the id too where they differ.
+        ref = c.name if c.name == c.id else f"{c.name} (id {c.id})"
+        sys.stdout.write(f"{ref}\t{when}\t{c.last_seq} msgs\t{c.model}\t"
                          f"user={c.user_id or '-'}\t{c.title or ''}\n")
     return EXIT_OK
 

@@ -288,6 +288,7 @@ def _conversation(plan: ImportPlan, r: _Row, *, encoded: bool) -> Conversation:
         created_at=r.number("created_at"), updated_at=r.number("updated_at"),
         last_seq=r.integer("last_seq"), meta=r.json_value("meta", "meta", dict, encoded=encoded,
                                                 default="{}" if encoded else {}),
+        name=r.text("name", "id", optional=True) or "",  # an older export: the id
     ))
 
 
@@ -368,11 +369,13 @@ def _fact(plan: ImportPlan, r: _Row, *, encoded: bool) -> Fact:
 def _check_references(plan: ImportPlan) -> None:
     """Everything hangs off the file's own conversations, each id once, logs dense."""
     convs: dict[str, Conversation] = {}
+    names: set[str] = set()
     for c in plan.conversations:
-        if c.id in convs:
-            raise ImportRefused(f"refused to import: conversation {c.id!r} appears twice; "
-                                "nothing was written")
+        if c.id in convs or c.name in names:
+            raise ImportRefused(f"refused to import: conversation {c.id!r} ({c.name!r}) "
+                                "appears twice; nothing was written")
         convs[c.id] = c
+        names.add(c.name)
     seqs: dict[str, list[int]] = {cid: [] for cid in convs}
     keys: set[tuple[str, str]] = set()
     for m in plan.messages:
@@ -477,7 +480,7 @@ def _write_through_store(store: Store, plan: ImportPlan) -> None:
         by_conv.setdefault(m.conversation_id, []).append(m)
     for c in plan.conversations:
         store.create_conversation(id=c.id, user_id=c.user_id, persona=c.persona, model=c.model,
-                                  title=c.title, meta=c.meta)
+                                  title=c.title, meta=c.meta, name=c.name)
         rows = [NewMessage(message=m.message, usage=m.usage, model=m.model, cost_usd=m.cost_usd,
                            meta=m.meta) for m in by_conv.get(c.id, [])]
         if rows:

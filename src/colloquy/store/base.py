@@ -51,6 +51,18 @@ def forget_cached(conversation_ids: Iterable[str]) -> None:
         cache.forget_conversations(ids)
 
 
+def users_conversation(store: Any, user_id: str, ref: str) -> Conversation | None:
+    """The conversation ``ref`` means for ``user_id`` (the CLI's ``--user U --session REF``):
+    the one they call ``ref``, else their own with that id; None when they have neither (a free
+    name, or a name that is only another user's id: theirs is never reached)."""
+    conv: Conversation | None = store.find_named(user_id, ref)
+    if conv is None:
+        conv = store.find_conversation(ref)
+        if conv is not None and conv.user_id != user_id:
+            return None
+    return conv
+
+
 def new_id(prefix: str = "c") -> str:
     """A short random id, readable in a terminal (``c_3f9a1b2c4d5e``)."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
