@@ -272,8 +272,8 @@ def add_serve_command(
                    help="turns each worker runs at once, each waiting on the model in a thread "
                    "(default 64)")
     p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",
-                   help="per-user request rate per process, e.g. 60/minute, 5/s, off "
-                   "(default 120/minute)")
+                   help="per-user request rate, one limit for every process and machine on "
+                   "the database, e.g. 60/minute, 5/s, off (default 120/minute)")
     p.add_argument("--max-message-chars", type=int, default=32_000, metavar="N")
     p.add_argument("--max-body-bytes", type=int, default=256 * 1024, metavar="N")
     p.add_argument("--metrics", default="off", metavar="MODE",
