@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -203,6 +204,75 @@ def stream_error_midway(
     return Reply(events=head + deltas + [("error", error_body(error_type, message))])
 
 
+_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+
+
+def request_problem(body: Any) -> str | None:
+    """The first rule of the Messages API that ``body`` breaks, worded as the API's 400 says it
+    (invalid_request_error), or None. The real API checks these; so does this fake, so a test
+    against it fails where production would. Sources: the Messages API reference (roles, tool
+    use, prompt caching pages) and the errors it returns."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return "messages: Field required"
+    marks = 0
+    for i, block in enumerate(_blocks(body.get("system"))):
+        marks += bool(block.get("cache_control"))
+        if block.get("type") == "text" and not str(block.get("text", "")).strip():
+            return "system: text content blocks must contain non-whitespace text"
+    marks += sum(bool(t.get("cache_control")) for t in body.get("tools") or [])
+    messages = body["messages"]
+    if messages and messages[0].get("role") != "user":
+        return 'messages: first message must use the "user" role'
+    seen: set[str] = set()
+    for i, m in enumerate(messages):
+        blocks = _blocks(m.get("content"))
+        if not blocks:
+            return f"messages.{i}: all messages must have non-empty content"
+        previous = _blocks(messages[i - 1].get("content")) if i else []
+        asked = {b.get("id") for b in previous if b.get("type") == "tool_use"}
+        for k, b in enumerate(blocks):
+            marks += bool(b.get("cache_control"))
+            kind = b.get("type")
+            if kind == "text" and not str(b.get("text", "")).strip():
+                return "messages: text content blocks must contain non-whitespace text"
+            if kind == "tool_use":
+                tool_id = str(b.get("id", ""))
+                if not _TOOL_ID.match(tool_id):
+                    return (f"messages.{i}.content.{k}.tool_use.id: String should match "
+                            f"pattern '^[a-zA-Z0-9_-]+$'")
+                if tool_id in seen:
+                    return f"messages.{i}.content.{k}: `tool_use` ids must be unique"
+                seen.add(tool_id)
+            if kind == "tool_result":
+                for part in b.get("content") if isinstance(b.get("content"), list) else []:
+                    marks += bool(part.get("cache_control"))
+                if b.get("tool_use_id") not in asked:
+                    return (f"messages.{i}.content.{k}: unexpected `tool_use_id` found in "
+                            f"`tool_result` blocks: {b.get('tool_use_id')}. Each `tool_result` "
+                            "block must have a corresponding `tool_use` block in the previous "
+                            "message.")
+        uses = [b.get("id") for b in blocks if b.get("type") == "tool_use"]
+        if uses:
+            following = _blocks(messages[i + 1].get("content")) if i + 1 < len(messages) else []
+            answered = {b.get("tool_use_id") for b in following if b.get("type") == "tool_result"}
+            missing = [u for u in uses if u not in answered]
+            if missing and i + 1 < len(messages):
+                return (f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                        f"immediately after: {', '.join(map(str, missing))}. Each `tool_use` "
+                        "block must have a corresponding `tool_result` block in the next message.")
+    if marks > 4:
+        return f"A maximum of 4 blocks with cache_control may be provided. Found {marks}."
+    if messages and messages[-1].get("role") == "assistant":
+        last = _blocks(messages[-1].get("content"))
+        if last and last[-1].get("type") == "text" and last[-1]["text"] != last[-1]["text"].rstrip():
+            return "messages: final assistant content cannot end with trailing whitespace"
+    return None
+
+
 def count(input_tokens: int) -> Reply:
     """The reply of ``POST /v1/messages/count_tokens``."""
     return Reply(json={"input_tokens": input_tokens})
@@ -212,12 +282,15 @@ class FakeAnthropic:
     """A ThreadingHTTPServer on 127.0.0.1 (a free port) answering from a queue of replies.
 
     With ``api_key`` set, requests that do not carry it (as ``x-api-key`` or a Bearer token)
-    get the API's 401 instead of the next reply. An empty queue answers 400 with
-    ``x-should-retry: false``, so a test that under-scripts fails fast and says why.
+    get the API's 401 instead of the next reply. A body that breaks one of the API's rules
+    (:func:`request_problem`) gets the API's 400 ``invalid_request_error``, as production would;
+    ``strict=False`` turns that off. An empty queue answers 400 with ``x-should-retry: false``,
+    so a test that under-scripts fails fast and says why.
     """
 
-    def __init__(self, api_key: str | None = None) -> None:
+    def __init__(self, api_key: str | None = None, *, strict: bool = True) -> None:
         self.api_key = api_key
+        self.strict = strict
         self.requests: list[Recorded] = []
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -264,6 +337,9 @@ class FakeAnthropic:
             ).removeprefix("Bearer ")
             if sent != self.api_key:
                 return error(401, "authentication_error", "invalid x-api-key")
+        problem = request_problem(request.body) if self.strict else None
+        if problem is not None:
+            return error(400, "invalid_request_error", problem, headers={"x-should-retry": "false"})
         with self._lock:
             if self._replies:
                 return self._replies.popleft()

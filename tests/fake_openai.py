@@ -5,7 +5,16 @@ ending in ``data: [DONE]``, OpenAI's JSON error shape), so the official SDK runs
 against it: retries, headers, streaming and error parsing are all exercised for real.
 
 Script it with a queue of replies; each reply is rendered as JSON or as a stream according to
-the request, as OpenAI does. Every request is recorded (path, headers, JSON body).
+the request, as OpenAI does. Every request is recorded (path, headers, JSON body). Bodies that
+break OpenAI's rules for tool calls get OpenAI's 400 (:func:`request_problem`).
+
+Real OpenAI-compatible servers differ from OpenAI in ways colloquy must survive; the fake
+models the ones seen with llama.cpp's server (llama-cpp-python), each an option of the server:
+``stream_usage=False`` (streams carry no usage chunk even when asked), ``ignore_tools=True``
+(``tools`` are ignored: a scripted tool call comes back as its arguments in text, as a small
+model without a tool-calling template writes it), ``tool_call_ids="functions"`` (every tool
+call's id is ``functions.NAME:INDEX``, the same every turn); and :class:`EmptyStream`, the 200
+with no content that llama.cpp streams when the prompt overflows its context.
 
     with FakeOpenAI() as server:
         server.push(Turn(text="hello"))
@@ -19,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -104,7 +113,54 @@ class Recorded:
     body: Any
 
 
-Reply = Turn | ErrorReply | StreamError
+@dataclass
+class EmptyStream:
+    """A completion with no content at all: a streamed 200 whose chunks carry no text, no tool
+    call and no finish_reason (or, non-streamed, an empty message), as llama.cpp's server
+    answers when the prompt overflows its context while streaming."""
+
+    finish_reason: str | None = None
+
+
+Reply = Turn | ErrorReply | StreamError | EmptyStream
+
+
+def request_problem(body: Any) -> tuple[str, str | None, str | None] | None:
+    """The first of OpenAI's chat-completions rules for tool calls that ``body`` breaks, as
+    (message, param, code) worded as OpenAI's 400 says it, or None.
+
+    Rules: a ``tool_calls[].id`` is at most 40 characters; an assistant message with
+    ``tool_calls`` is followed by one ``tool`` message per call; a ``tool`` message answers a
+    call of the assistant message before it."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return ("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+    messages = body["messages"]
+    open_calls: list[str] = []
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role == "tool":
+            if m.get("tool_call_id") not in open_calls:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a "
+                        "preceeding message with 'tool_calls'.", f"messages.[{i}].role", None)
+            open_calls.remove(m["tool_call_id"])
+            continue
+        if open_calls:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                    "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                    f"response messages: {', '.join(open_calls)}", f"messages.[{i}].role", None)
+        for k, call in enumerate(m.get("tool_calls") or []):
+            call_id = str(call.get("id", ""))
+            if len(call_id) > 40:
+                return (f"Invalid 'messages[{i}].tool_calls[{k}].id': string too long. Expected "
+                        f"a string with maximum length 40, but got a string with length "
+                        f"{len(call_id)} instead.", f"messages[{i}].tool_calls[{k}].id",
+                        "string_above_max_length")
+            open_calls.append(call_id)
+    if open_calls:
+        return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(open_calls)}", "messages", None)
+    return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -120,7 +176,12 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     """The server. Use as a context manager; ``base_url`` ends in ``/v1`` like OpenAI's."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = True, stream_usage: bool = True,
+                 ignore_tools: bool = False, tool_call_ids: str | None = None) -> None:
+        self.strict = strict
+        self.stream_usage = stream_usage
+        self.ignore_tools = ignore_tools
+        self.tool_call_ids = tool_call_ids
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -205,21 +266,52 @@ class FakeOpenAI:
                             request_id, reply.headers)
             return
         assert isinstance(body, dict)
+        problem = request_problem(body) if self.strict else None
+        if problem is not None:
+            message, param, code = problem
+            error = _error_body(message, "invalid_request_error", code)
+            error["error"]["param"] = param
+            self._send_json(h, 400, error, request_id)
+            return
         model = body.get("model", "fake")
+        if isinstance(reply, EmptyStream):
+            if body.get("stream"):
+                self._send_sse(h, [_chunk(request_id, model, {}, reply.finish_reason)],
+                               request_id, {})
+            else:
+                self._send_json(h, 200, _completion(Turn(text=None, finish_reason=(
+                    reply.finish_reason or "stop"), include_usage=False), request_id, model),
+                    request_id)
+            return
         if isinstance(reply, StreamError):
             chunks = [_chunk(request_id, model, {"content": p}, None) for p in reply.before]
             chunks.append(_error_body(reply.message, reply.type, reply.code))
             self._send_sse(h, chunks, request_id, {})
             return
+        reply = self._quirks(reply)
         if reply.delay:
             time.sleep(reply.delay)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            include_usage = include_usage and self.stream_usage
             self._send_sse(h, _stream_chunks(reply, request_id, model, include_usage),
                            request_id, reply.headers)
         else:
             self._send_json(h, 200, _completion(reply, request_id, model), request_id,
                             reply.headers)
+
+    def _quirks(self, turn: Turn) -> Turn:
+        """The scripted turn as this server would really send it (see the module docstring)."""
+        calls = turn.tool_calls
+        if self.tool_call_ids == "functions":
+            calls = [ToolCall(id=f"functions.{c.name}:{k}", name=c.name, arguments=c.arguments,
+                              pieces=c.pieces) for k, c in enumerate(calls)]
+        if self.ignore_tools and calls:
+            written = "\n".join(json.dumps({"name": c.name, "arguments": json.loads(c.arguments)})
+                                 for c in calls)
+            text = f"{turn.text}\n{written}" if turn.text else written
+            return replace(turn, text=text, pieces=None, tool_calls=[], finish_reason="stop")
+        return replace(turn, tool_calls=calls) if calls is not turn.tool_calls else turn
 
     @staticmethod
     def _send_json(h: BaseHTTPRequestHandler, status: int, payload: Any, request_id: str,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .context.base import Context, ContextInput, ContextPolicy
 from .context.policies import RollingWindow
-from .context.validate import repair, validate
+from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .continuity import auto_title, check_key, key_meta, prior_turn, turn_lock
@@ -269,8 +269,9 @@ class Chat:
             history = self.guards.visible(history)  # blocked turns are never replayed
             with work_span("colloquy.context") as span:
                 ctx = self.policy.build(self._context_input(history))
-                messages, sources, notes = repair(ctx.messages, ctx.sources or None)
-                ctx.messages, ctx.sources = messages, sources
+                system, messages, sources, notes = repair_request(
+                    ctx.system, ctx.messages, ctx.sources or None)
+                ctx.system, ctx.messages, ctx.sources = system, messages, sources
                 ctx.notes.extend(notes)
                 if span.is_recording():
                     context_attributes(span, self.policy, len(history), ctx, self.counter.count(
@@ -279,7 +280,7 @@ class Chat:
             return ctx
 
     def _request(self, ctx: Context) -> ModelRequest:
-        validate(ctx.messages)
+        validate(ctx.messages, ctx.system)
         return ModelRequest(
             model=self.model.name, system=ctx.system, messages=ctx.messages,
             tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(),

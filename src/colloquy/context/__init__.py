@@ -13,7 +13,7 @@ from .facts import FactsPart
 from .policies import FullHistory, RollingWindow, TokenBudget
 from .presets import load_policy_config, make_extraction, make_policy
 from .summary import Summariser, SummaryPart
-from .validate import problems, repair, validate
+from .validate import problems, repair, repair_request, validate
 from .cache import CacheAwareWindow, CacheBreakpoints, SteppedWindow
 from .pruning import ToolOutputPruning
 from .recall import RecallPart, RecallPolicy
@@ -45,5 +45,6 @@ __all__ = [
     "make_policy",
     "problems",
     "repair",
+    "repair_request",
     "validate",
 ]

@@ -37,12 +37,11 @@ from ..errors import ConfigError
 from ..messages import Message, StoredMessage, TextBlock
 from ..tokens import REQUEST_OVERHEAD, estimate_message, estimate_text, estimate_tools
 from .base import Context, ContextInput, ContextPolicy, from_stored
+from .wire import MAX_BREAKPOINTS, count_breakpoints
 
 EPHEMERAL: dict[str, Any] = {"type": "ephemeral"}
 #: Grid steps derived from a varying budget are rounded down to a multiple of this (raw tokens).
 GRID_QUANTUM = 512
-#: The API refuses a request with more breakpoints than this.
-MAX_BREAKPOINTS = 4
 
 #: Minimum cacheable prompt length per model-id prefix (longest prefix wins).
 MIN_CACHEABLE: dict[str, int] = {
@@ -92,12 +91,6 @@ def _mark_last_block(m: Message) -> Message:
     blocks = list(m.content)
     blocks[-1] = blocks[-1].model_copy(update={"cache_control": dict(EPHEMERAL)})
     return Message(role=m.role, content=blocks)
-
-
-def count_breakpoints(system: Sequence[TextBlock], messages: Sequence[Message]) -> int:
-    return sum(b.cache_control is not None for b in system) + sum(
-        b.cache_control is not None for m in messages for b in m.content
-    )
 
 
 def add_breakpoints(

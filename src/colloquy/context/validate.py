@@ -11,7 +11,12 @@ Rules (Anthropic's, which are also valid for OpenAI after conversion):
   2. every tool_use is answered by a tool_result in the very next (user) message, and tool_result
      blocks come first in that message;
   3. no tool_result without its tool_use in the message just before;
-  4. no empty message, no whitespace-only text block.
+  4. no empty message, no whitespace-only text block (system blocks included);
+  5. tool-call ids match ``^[a-zA-Z0-9_-]{1,40}$`` and are unique in the request;
+  6. at most 4 cache_control breakpoints in the request;
+  7. a final assistant message (a prefill) does not end with whitespace.
+Rules 4 (system), 5, 6 and 7 are the providers' own: see :mod:`colloquy.context.wire` for their
+sources. :func:`repair_request` is the one place a request is made to obey them all.
 """
 
 from __future__ import annotations
@@ -20,28 +25,47 @@ from collections.abc import Sequence
 
 from ..errors import InvalidConversationError
 from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock
+from .wire import (
+    MAX_BREAKPOINTS,
+    count_breakpoints,
+    limit_breakpoints,
+    map_tool_ids,
+    system_problems,
+    tool_id_problems,
+    trailing_whitespace,
+    trim_final_assistant,
+)
 
 INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
 
 
 def _plainly_valid(messages: Sequence[Message]) -> bool:
-    """The common case, checked in one cheap pass: text only, user first, roles alternating."""
+    """The common case, checked in one cheap pass: text only, user first, roles alternating,
+    no more breakpoints than allowed, no trailing whitespace at the end of a prefill."""
     expected = "user"
+    marks = 0
     for m in messages:
         if m.role != expected or not m.content:
             return False
         for b in m.content:
             if type(b) is not TextBlock or not b.text.strip():
                 return False
+            if b.cache_control is not None:
+                marks += 1
         expected = "assistant" if expected == "user" else "user"
-    return bool(messages)
+    return bool(messages) and marks <= MAX_BREAKPOINTS and not trailing_whitespace(messages)
 
 
-def problems(messages: Sequence[Message]) -> list[str]:
-    """Every rule the message list breaks, as readable sentences (empty if valid)."""
-    out: list[str] = []
+def problems(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> list[str]:
+    """Every rule the request breaks, as readable sentences (empty if valid). ``system`` is the
+    request's system blocks, checked for whitespace-only text and counted for breakpoints."""
+    out: list[str] = system_problems(system)
     if not messages:
-        return ["the request has no messages"]
+        return [*out, "the request has no messages"]
+    breakpoints = count_breakpoints(system, messages)
+    if breakpoints > MAX_BREAKPOINTS:
+        out.append(f"the request has {breakpoints} cache_control breakpoints "
+                   f"(at most {MAX_BREAKPOINTS})")
     if _plainly_valid(messages):
         return out
     if messages[0].role != "user":
@@ -52,6 +76,10 @@ def problems(messages: Sequence[Message]) -> list[str]:
         for b in m.content:
             if isinstance(b, TextBlock) and not b.text.strip():
                 out.append(f"message {i} has an empty text block")
+            if isinstance(b, ToolResultBlock) and isinstance(b.content, list) and any(
+                isinstance(p, TextBlock) and not p.text.strip() for p in b.content
+            ):
+                out.append(f"message {i} has an empty text block in a tool_result")
         if i and m.role == messages[i - 1].role:
             out.append(f"messages {i - 1} and {i} are both from the {m.role}")
         results = m.tool_results
@@ -71,18 +99,32 @@ def problems(messages: Sequence[Message]) -> list[str]:
             for u in m.tool_uses:
                 if u.id not in answered:
                     out.append(f"message {i}: tool_use {u.id} ({u.name}) has no tool_result")
+    out.extend(tool_id_problems(messages))
+    if trailing_whitespace(messages):
+        out.append(f"message {len(messages) - 1}: the final assistant message ends with whitespace")
     return out
 
 
-def validate(messages: Sequence[Message]) -> None:
+def validate(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> None:
     """Raise :class:`InvalidConversationError` naming every broken rule."""
-    found = problems(messages)
+    found = problems(messages, system)
     if found:
         raise InvalidConversationError("request breaks the API's rules: " + "; ".join(found))
 
 
+def _clean_block(b: ContentBlock) -> ContentBlock | None:
+    """None for a whitespace-only text block; a tool_result without its whitespace-only parts."""
+    if isinstance(b, TextBlock):
+        return b if b.text.strip() else None
+    if isinstance(b, ToolResultBlock) and isinstance(b.content, list):
+        parts = [p for p in b.content if not (isinstance(p, TextBlock) and not p.text.strip())]
+        if len(parts) != len(b.content):
+            return b.model_copy(update={"content": parts})
+    return b
+
+
 def _clean(m: Message) -> Message | None:
-    blocks = [b for b in m.content if not (isinstance(b, TextBlock) and not b.text.strip())]
+    blocks = [c for c in (_clean_block(b) for b in m.content) if c is not None]
     if not blocks:
         return None
     results = [b for b in blocks if isinstance(b, ToolResultBlock)]
@@ -147,7 +189,9 @@ def repair(
     Returns the repaired messages, their merged source sequence numbers, and one note per kind
     of repair done. Repairs: drop empty blocks and messages; drop leading assistant messages;
     merge consecutive messages of one role; drop tool_results that answer nothing; answer an
-    unanswered tool_use with an is_error result saying the call was interrupted.
+    unanswered tool_use with an is_error result saying the call was interrupted; give tool
+    calls ids every provider accepts (:func:`~colloquy.context.wire.map_tool_ids`); strip
+    trailing whitespace from a final assistant message.
     """
     msgs = list(messages)
     srcs = [list(s) for s in sources] if sources is not None else [[] for _ in msgs]
@@ -177,4 +221,28 @@ def repair(
         else:
             rest = [b for b in nxt.content if not isinstance(b, ToolResultBlock)]
             msgs[i + 1] = Message(role="user", content=[*nxt.tool_results, *fill, *rest])
+    msgs, remapped = map_tool_ids(msgs)
+    if remapped:
+        notes.append("gave tool calls ids every provider accepts (the log keeps the originals)")
+    if trim_final_assistant(msgs):
+        notes.append("stripped trailing whitespace from the final assistant message")
     return msgs, srcs, list(dict.fromkeys(notes))
+
+
+def repair_request(
+    system: Sequence[TextBlock], messages: Sequence[Message], sources: Sequence[list[int]] | None = None
+) -> tuple[list[TextBlock], list[Message], list[list[int]], list[str]]:
+    """:func:`repair` for a whole request: also drops whitespace-only system blocks and keeps
+    only the latest :data:`~colloquy.context.wire.MAX_BREAKPOINTS` cache breakpoints.
+
+    Returns (system, messages, sources, notes). Every request colloquy sends goes through this
+    (``Chat.build_context``), whatever the policy and the adapter.
+    """
+    msgs, srcs, notes = repair(messages, sources)
+    kept = [b for b in system if b.text.strip()]
+    if len(kept) != len(system):
+        notes.append("dropped a whitespace-only system block")
+    kept, msgs, limited = limit_breakpoints(kept, msgs)
+    if limited:
+        notes.append(f"kept the latest {MAX_BREAKPOINTS} cache breakpoints of the request")
+    return kept, msgs, srcs, notes
