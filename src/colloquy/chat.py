@@ -44,6 +44,25 @@ from .usage import Usage, cost_of
 
 DEFAULT_POLICY = RollingWindow(turns=20)
 
+#: Stop reasons after which a reply's tool calls are never run, and why (said in Reply.notes
+#: and in the is_error tool_result stored for each call). max_tokens: the reply was cut, so a
+#: tool_use's input may be incomplete (its defaults would fill the gap); stop_sequence: the
+#: same, at a stop sequence; refusal: the provider stopped the reply for safety; pause_turn:
+#: Anthropic paused a long server-tool turn, whose server blocks colloquy does not keep, so it
+#: cannot be resumed faithfully. The turn ends; the user can ask again (or raise max_tokens).
+NOT_RUN: dict[str, str] = {
+    "max_tokens": "the reply was cut off by max_tokens before it was complete",
+    "stop_sequence": "the reply stopped at a stop sequence and may be incomplete",
+    "refusal": "the model refused to go on (stop_reason refusal)",
+    "pause_turn": "the provider paused the turn (pause_turn) and colloquy does not resume it",
+}
+
+
+def not_run_reason(stop_reason: str | None) -> str | None:
+    """Why a reply with this stop_reason ends the turn without running its tool calls, or None
+    when its tool calls may run (tool_use, end_turn, or a stop reason the provider did not give)."""
+    return NOT_RUN.get(stop_reason or "")
+
 
 class Reply(BaseModel):
     """The outcome of one turn."""
@@ -467,11 +486,20 @@ class Chat:
                     model=response.model or self.model.name, cost_usd=cost, meta=meta,
                 )
                 calls = response.tool_uses
-                if not calls or not self.tools:
+                held = not_run_reason(response.stop_reason)
+                if held and (calls or response.stop_reason != "stop_sequence"):
+                    notes.append(held + (f"; its tool call(s) {', '.join(c.name for c in calls)} "
+                                         "were not run" if calls else ""))
+                if not calls or not self.tools or held:
                     response, reply_row, checked_out = self._guard_reply(response, reply_row)
                     if buffered and response.text:
                         yield response.text  # output guards ran on the whole text first
                     (stored,) = self._append(reply_row)
+                    if calls and held:  # answered, so the log stays valid for the next turn
+                        self._append(NewMessage(message=Message(role="user", content=[
+                            ToolResultBlock(tool_use_id=c.id, is_error=True,
+                                            content=f"not run: {held}") for c in calls
+                        ]), meta={"stop_reason": response.stop_reason}))
                     notes.extend(extract_after_turn(self))  # never raises
                     auto_title(self, response.text)  # never raises
                     yield Reply(
