@@ -153,7 +153,7 @@ def test_breakpoints_wrapper_for_any_policy_and_existing_markers_counted() -> No
 def test_stepped_window_as_a_recent_window_with_a_varying_budget() -> None:
     """As the composite's RecentWindow: the budget it is handed varies with what the other parts
     took, but with a fixed grid (step_tokens) the cut points stay put."""
-    log = history(100)
+    log = history(100, words=16)  # ~70 estimated tokens a message (w1x2 is 4 BPE tokens)
     window = SteppedWindow(high_water=3000, step_tokens=1500)
     starts = []
     for n, i in enumerate(range(101, 200, 2)):
