@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .context.base import Context, ContextInput, ContextPolicy
 from .context.policies import RollingWindow
+from .context.fit import fit_to_window
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
@@ -35,6 +36,7 @@ from .errors import ColloquyError, ModelError, ToolError
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
 from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
+from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
 from .telemetry import call_purpose, conversation, isolated
 from .telemetry.turns import context_attributes, store_system, turn_span, work_span
@@ -166,6 +168,7 @@ class Chat:
         extract_facts: FactExtraction | None = None,
         guards: Sequence[Guard | Callable[..., Any]] = (),
         executor: Executor | None = None,
+        context_window: int | None = None,
     ) -> None:
         self.store: Store = store if store is not None else open_store()
         self.session_id = session_id or new_id()
@@ -191,6 +194,9 @@ class Chat:
         #: Where the async twins run the turn (None: the event loop's default executor, whose
         #: few threads cap how many turns can wait on a model at once; a server passes its own).
         self.executor = executor
+        #: The most tokens a request may hold, reply included (None: the model's own, from
+        #: colloquy.models.limits). Every request is fitted under it, whatever the policy.
+        self.context_window = context_window
         self._conversation = existing
         self._log: list[StoredMessage] = []
         self._lock = threading.RLock()
@@ -280,14 +286,16 @@ class Chat:
         )
 
     def build_context(self, history: Sequence[StoredMessage] | None = None) -> Context:
-        """Run the policy on the log, then repair what the API would refuse."""
+        """Run the policy on the log, fit the result under the model's context window
+        (colloquy.context.fit), then repair what the API would refuse."""
         with self._lock:
             if history is None:
                 self._sync()
                 history = self._log
             history = self.guards.visible(history)  # blocked turns are never replayed
             with work_span("colloquy.context") as span:
-                ctx = self.policy.build(self._context_input(history))
+                inp = self._context_input(history)
+                ctx = fit_to_window(self.policy.build(inp), inp, self.window)
                 system, messages, sources, notes = repair_request(
                     ctx.system, ctx.messages, ctx.sources or None)
                 ctx.system, ctx.messages, ctx.sources = system, messages, sources
@@ -297,6 +305,11 @@ class Chat:
                         self.model.name, ctx.system, ctx.messages,
                         extra=estimate_tools([t.spec for t in self.tools.values()])))
             return ctx
+
+    @property
+    def window(self) -> int:
+        """The context window every request is fitted under, in tokens."""
+        return self.context_window or window_of(self.model)
 
     def _request(self, ctx: Context) -> ModelRequest:
         validate(ctx.messages, ctx.system)

@@ -15,6 +15,11 @@ equal).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Model
+
 #: Context window in tokens, by model-id prefix. Extend or override with set_context_window.
 CONTEXT_WINDOWS: dict[str, int] = {
     "claude-": 200_000,
@@ -65,3 +70,10 @@ def context_window(model: str | None) -> int:
         return CONTEXT_WINDOWS[best] if best else DEFAULT_CONTEXT_WINDOW
     best = max((k for k in CONTEXT_WINDOWS if name.startswith(k)), key=len, default=None)
     return CONTEXT_WINDOWS[best] if best else DEFAULT_CONTEXT_WINDOW
+
+
+def window_of(model: Model) -> int:
+    """The context window of a model adapter: a local server's model by ``provider:name``
+    (``llamacpp:smollm2``), any other by its name."""
+    provider = getattr(model, "provider", "")
+    return context_window(f"{provider}:{model.name}" if provider in LOCAL_PROVIDERS else model.name)
