@@ -146,11 +146,14 @@ def test_extractor_receives_known_facts_and_new_messages_and_reads_the_tool_call
 
 
 def test_extractor_accepts_json_in_text_and_nothing() -> None:
+    # Prose without the tool call or JSON: the server may ignore tools, so the extractor asks
+    # once more, without tools, for JSON in text.
     model = ScriptedModel(['{"operations": [{"op": "add", "subject": "pet", "statement": "has a cat"}]}',
-                           "Nothing worth remembering."])
+                           "Nothing worth remembering.", '{"operations": []}'])
     ex = FactExtractor(model)
     assert ex.extract([], log("I have a cat")) == [FactOp(op="add", subject="pet", statement="has a cat")]
     assert ex.extract([], log("hello")) == []
+    assert model.requests[1].tools and not model.requests[2].tools
 
 
 def test_offline_rule_extractor() -> None:

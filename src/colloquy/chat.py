@@ -34,7 +34,7 @@ from .memory.extract import FactExtraction
 from .continuity import auto_title, check_key, key_meta, prior_turn, turn_lock
 from .errors import ColloquyError, ModelError, ToolError
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
-from .messages import ContentBlock, Message, StoredMessage, ToolResultBlock
+from .messages import USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, ToolResultBlock
 from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
 from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
@@ -254,7 +254,7 @@ class Chat:
         seen = 0
         for sm in reversed(self._log):
             raw = sm.meta.get("raw_input_estimate")
-            if sm.usage is not None and raw and sm.model == self.model.name:
+            if sm.usage is not None and raw and sm.model == self.model.name and not sm.usage.estimated:
                 self.counter.calibrate(self.model.name, int(raw), sm.usage.prompt_tokens)
                 seen += 1
                 if seen == 20:
@@ -494,6 +494,8 @@ class Chat:
                 meta: dict[str, Any] = {"raw_input_estimate": raw_estimate}
                 if response.stop_reason:
                     meta["stop_reason"] = response.stop_reason
+                if response.usage.estimated:  # the provider sent no usage (see Usage)
+                    meta[USAGE_ESTIMATED] = True
                 reply_row = NewMessage(
                     message=response.message, usage=response.usage,
                     model=response.model or self.model.name, cost_usd=cost, meta=meta,
@@ -625,7 +627,7 @@ class Chat:
         """Fold the billed prompt size into the estimator; return the raw estimate (stored with
         the reply so later processes can calibrate too)."""
         raw = self.counter.raw(request.system, request.messages, extra=estimate_tools(request.tools))
-        if response.usage.prompt_tokens:
+        if response.usage.prompt_tokens and not response.usage.estimated:
             self.counter.calibrate(self.model.name, raw, response.usage.prompt_tokens)
         return raw
 

@@ -107,16 +107,16 @@ def _print_cost(chat: Chat, out: TextIO) -> None:
     cost = chat.cost()
     for t in cost.turns:
         u = t.usage
-        out.write(f"[{t.seq}] {t.model}: in {u.input_tokens} · out {u.output_tokens} · "
+        out.write(f"[{t.seq}] {t.model}: {u.describe()} · "
                   f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
                   f"{_money(t.cost_usd)}\n")
     for s in cost.side_calls:  # summaries, fact extraction, titles
         u = s.usage
         out.write(f"[{s.purpose}] {s.model}: {s.calls} call{'s' if s.calls != 1 else ''} · "
-                  f"in {u.input_tokens} · out {u.output_tokens} · {_money(s.cost_usd)}\n")
+                  f"{u.describe()} · {_money(s.cost_usd)}\n")
     u = cost.usage
     calls = len(cost.turns) + sum(s.calls for s in cost.side_calls)
-    out.write(f"session: {calls} calls · in {u.input_tokens} · out {u.output_tokens} · "
+    out.write(f"session: {calls} calls · {u.describe()} · "
               f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
               f"{_money(cost.cost_usd)}\n")
 
@@ -223,7 +223,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             u = reply.usage
             for note in reply.notes:
                 err.write(f"  note: {note}\n")
-            err.write(f"  [in {u.input_tokens} · out {u.output_tokens} · cache r/w "
+            err.write(f"  [{u.describe()} · cache r/w "
                       f"{u.cache_read_tokens}/{u.cache_write_tokens} · {_money(reply.cost_usd)}]\n")
     return EXIT_ERROR if failures else EXIT_OK
 

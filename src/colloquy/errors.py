@@ -13,7 +13,9 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │   ├── OverloadedError         529/503: the provider is overloaded, try later
     │   ├── ContextTooLongError     the request is over the model's context window
     │   ├── BadRequestError         400/422: the API refused the request's shape
-    │   └── ModelConnectionError    network failure or timeout, nothing came back
+    │   ├── ModelConnectionError    network failure or timeout, nothing came back
+    │   └── EmptyCompletionError    a 200 with no content at all (e.g. llama.cpp's context
+    │                               overflow while streaming)
     ├── InvalidConversationError    a request would break the API's conversation rules
     ├── IdempotencyKeyReused        an idempotency key came back with a different message
     ├── ToolError                   a tool is misconfigured (a tool that *raises* becomes an
@@ -111,6 +113,13 @@ class ModelConnectionError(ModelError):
     """No answer came back: network error or timeout."""
 
     retryable = True
+
+
+class EmptyCompletionError(ModelError):
+    """The provider answered success with nothing in it: no text, no tool call, no reason to
+    stop early. llama.cpp's server does so when a streamed prompt overflows its context. Not
+    stored as a reply (an empty reply would be merged into every later turn); the user's
+    message is kept, and the server maps it to 502."""
 
 
 class InvalidConversationError(ColloquyError):

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from .usage import Usage
 
@@ -117,6 +117,11 @@ class Message(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+#: Meta key of a stored reply whose usage is colloquy's estimate (the provider sent none):
+#: stores keep usage in plain token columns, the flag travels in meta.
+USAGE_ESTIMATED = "usage_estimated"
+
+
 class StoredMessage(BaseModel):
     """A message with its place in a conversation's append-only log."""
 
@@ -136,6 +141,13 @@ class StoredMessage(BaseModel):
     @property
     def role(self) -> Role:
         return self.message.role
+
+    @model_validator(mode="after")
+    def _estimated_usage(self) -> StoredMessage:
+        """Whatever the store, a reply whose usage was estimated reads back as estimated."""
+        if self.usage is not None and self.meta.get(USAGE_ESTIMATED) and not self.usage.estimated:
+            object.__setattr__(self, "usage", self.usage.model_copy(update={"estimated": True}))
+        return self
 
 
 MessageList = TypeAdapter(list[Message])

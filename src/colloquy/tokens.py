@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from .usage import Usage
 
 #: Word-like pieces as BPE tokenizers cut them: letter runs, numbers in groups of up to three
 #: digits (cl100k_base and o200k_base split numbers so), each punctuation mark or symbol.
@@ -196,6 +197,20 @@ class TokenCounter:
             new = ratio if old is None else (1 - self.ALPHA) * old + self.ALPHA * ratio
             self._factors[model] = new
         return new
+
+
+def estimated_usage(
+    system: str | Sequence[TextBlock], messages: Sequence[Message], tools: Sequence[Any],
+    reply: Sequence[object],
+) -> Usage:
+    """The usage of a call whose provider reported none (an OpenAI-compatible server that
+    streams no usage chunk): the raw estimate of the request and of the reply's blocks, marked
+    ``estimated`` so nobody mistakes it for a bill, and never a false zero."""
+    return Usage(
+        input_tokens=counter.raw(system, messages, extra=estimate_tools(tools)),
+        output_tokens=sum(estimate_block(b) for b in reply),
+        estimated=True,
+    )
 
 
 #: The process-wide counter used when a chat is not given its own.

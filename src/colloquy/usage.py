@@ -23,6 +23,9 @@ class Usage(BaseModel):
 
     ``input_tokens`` counts only the uncached input, as the Anthropic API reports it; the
     total prompt size is ``input_tokens + cache_write_tokens + cache_read_tokens``.
+    ``estimated`` is True when a provider reported no usage (llama.cpp's server streams none)
+    and the counts are colloquy's own estimate of the request and the reply: never a false
+    zero. A sum is estimated when any part of it is.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -30,6 +33,7 @@ class Usage(BaseModel):
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    estimated: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -41,7 +45,14 @@ class Usage(BaseModel):
             output_tokens=self.output_tokens + other.output_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            estimated=self.estimated or other.estimated,
         )
+
+    def describe(self) -> str:
+        """``in 120 · out 15``, or ``in ~120 · out ~15 (estimated)`` (for display)."""
+        mark = "~" if self.estimated else ""
+        text = f"in {mark}{self.input_tokens} · out {mark}{self.output_tokens}"
+        return f"{text} (estimated)" if self.estimated else text
 
     @classmethod
     def total(cls, usages: Iterable[Usage | None]) -> Usage:

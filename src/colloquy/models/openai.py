@@ -21,6 +21,7 @@ from ..errors import (
     AuthenticationError,
     BadRequestError,
     ContextTooLongError,
+    EmptyCompletionError,
     MissingAPIKeyError,
     ModelConnectionError,
     ModelError,
@@ -28,13 +29,26 @@ from ..errors import (
     RateLimitError,
 )
 from ..messages import ContentBlock, TextBlock, ToolUseBlock, to_openai_messages
+from ..tokens import estimated_usage
 from ..usage import Usage
 from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta
+from .limits import LOCAL_PROVIDERS
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 #: Sent as the bearer token to local servers that need no key: the SDK insists on one.
 PLACEHOLDER_API_KEY = "sk-no-key-required"
+#: Keys that are no secret: the placeholder above, the provider names colloquy uses as the
+#: default key of local servers (``llamacpp:NAME`` sends "llamacpp"), and the "EMPTY" of
+#: vLLM's docs. Scrubbing them would hide words ("llamacpp connection failed") and protect
+#: nothing.
+PLACEHOLDER_KEYS = frozenset({PLACEHOLDER_API_KEY, "empty", "none", "no-key", "sk-no-key",
+                              *LOCAL_PROVIDERS})
+
+
+def is_placeholder_key(key: str | None) -> bool:
+    """True for a missing key or one of :data:`PLACEHOLDER_KEYS` (case-insensitive)."""
+    return not key or key.strip().lower() in PLACEHOLDER_KEYS
 
 _STOP_REASONS: dict[str, StopReason] = {
     "stop": "end_turn",
@@ -123,7 +137,8 @@ class OpenAIModel(Model):
             raise self._map_error(e) from e
         choices = completion.choices or []
         if not choices:
-            raise ModelError("the model returned no choices", provider=self.provider)
+            raise EmptyCompletionError(f"{self.provider} returned no choices",
+                                       provider=self.provider)
         choice = choices[0]
         message = choice.message
         content: list[ContentBlock] = []
@@ -149,10 +164,12 @@ class OpenAIModel(Model):
                 )
             )
         refused = bool(getattr(message, "refusal", None)) and not message.content
+        self._check_not_empty(content, choice.finish_reason, streamed=False)
         return ModelResponse(
             content=content,
             stop_reason=_stop_reason(choice.finish_reason, content, refused),
-            usage=_usage(completion.usage),
+            usage=_usage(completion.usage) or estimated_usage(
+                request.system, request.messages, request.tools, content),
             model=completion.model or self.name,
             id=completion.id,
         )
@@ -214,13 +231,28 @@ class OpenAIModel(Model):
                 )
             )
         refused = bool(refusal_parts) and not text_parts
+        self._check_not_empty(content, finish_reason, streamed=True)
         yield ModelResponse(
             content=content,
             stop_reason=_stop_reason(finish_reason, content, refused),
-            usage=_usage(usage),
+            usage=_usage(usage) or estimated_usage(
+                request.system, request.messages, request.tools, content),
             model=model,
             id=response_id,
         )
+
+    def _check_not_empty(self, content: list[ContentBlock], finish_reason: str | None,
+                         *, streamed: bool) -> None:
+        """A 200 with no text and no tool call is a failed call, not an empty reply: llama.cpp's
+        server answers so when the prompt overflows its context while streaming. A reply cut
+        by the token limit (finish_reason "length") is an answer of its own and passes."""
+        if content or finish_reason in ("length", "content_filter"):
+            return
+        how = "stream" if streamed else "completion"
+        raise EmptyCompletionError(
+            f"{self.provider} at {self.base_url} answered an empty {how} (no text, no tool call, "
+            f"finish_reason {finish_reason!r}); the prompt may be over the server's context "
+            "size", provider=self.provider)
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -260,7 +292,7 @@ class OpenAIModel(Model):
         return ModelError(message, **kwargs)
 
     def _redact(self, text: str) -> str:
-        if self._api_key and len(self._api_key) >= 4:
+        if not is_placeholder_key(self._api_key) and len(self._api_key) >= 4:
             text = text.replace(self._api_key, "[redacted]")
         return text
 
@@ -313,10 +345,11 @@ def _stop_reason(
     return reason
 
 
-def _usage(usage: Any) -> Usage:
-    """OpenAI counts cached tokens inside prompt_tokens; colloquy's input_tokens excludes them."""
+def _usage(usage: Any) -> Usage | None:
+    """OpenAI counts cached tokens inside prompt_tokens; colloquy's input_tokens excludes them.
+    None when the server reported no usage (the caller estimates it instead)."""
     if usage is None:
-        return Usage()
+        return None
     prompt = getattr(usage, "prompt_tokens", None) or 0
     details = getattr(usage, "prompt_tokens_details", None)
     cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from ..models.openai import is_placeholder_key
 from ..store.memory_records import FactNotFound
 from ..errors import (
     AuthenticationError,
@@ -27,6 +28,7 @@ from ..errors import (
     ConflictError,
     ContextTooLongError,
     ConversationBusy,
+    EmptyCompletionError,
     ConversationNotFound,
     IdempotencyKeyReused,
     InvalidConversationError,
@@ -94,6 +96,7 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     RateLimitError: (503, "model_rate_limited"),
     OverloadedError: (503, "model_overloaded"),
     ModelConnectionError: (504, "model_unreachable"),
+    EmptyCompletionError: (502, "model_empty_reply"),
     AuthenticationError: (502, "model_auth_failed"),
     BadRequestError: (502, "model_refused_request"),
     ModelError: (502, "model_error"),
@@ -136,8 +139,10 @@ class Redactor:
         self.add(*secrets)
 
     def add(self, *values: str | None) -> None:
+        """Add secrets; short values and placeholder keys (``llamacpp``, ``sk-no-key-required``:
+        see colloquy.models.openai.PLACEHOLDER_KEYS) are no secret and are never redacted."""
         for v in values:
-            if v and len(v) >= _MIN_SECRET:
+            if v and len(v) >= _MIN_SECRET and not is_placeholder_key(v):
                 self._secrets.add(v)
 
     @classmethod

@@ -46,12 +46,17 @@ def _text(message: OAMessage) -> str:
 
 
 def _usage(reply: Reply) -> dict[str, Any]:
+    """OpenAI's usage object; ``estimated: true`` beside it when the provider reported no
+    usage and the counts are colloquy's estimate (clients ignore a field they do not know)."""
     u = reply.usage
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.output_tokens,
         "total_tokens": u.prompt_tokens + u.output_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
     }
+    if u.estimated:
+        out["estimated"] = True
+    return out
 
 
 def _extension(reply: Reply, name: str) -> dict[str, Any]:
