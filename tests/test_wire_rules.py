@@ -288,3 +288,35 @@ def test_a_conversation_moves_between_providers_with_tool_rounds(
         assert len(sent) == len(set(sent))
     # What the local server was sent replays Claude's first call as is.
     assert "toolu_01" in json.dumps(local_fake.requests[-1].body)
+
+
+# -- text that is not valid Unicode, already stored ------------------------------------------------
+
+
+def test_a_lone_surrogate_in_the_log_is_replaced_in_the_request() -> None:
+    msgs = [U("I love \ud83d pizza"), A("Pizza!"), U("toppings?")]
+    assert any("lone surrogate" in p for p in problems(msgs))
+    system, fixed, _, notes = repair_request([TextBlock(text="be \udc00 brief")], msgs)
+    assert fixed[0].text == "I love \ufffd pizza" and system[0].text == "be \ufffd brief"
+    assert problems(fixed, system) == [] and any("U+FFFD" in n for n in notes)
+    assert msgs[0].text == "I love \ud83d pizza", "the log is not edited"
+    tool_msgs = [U("q"), Message(role="assistant", content=[
+        ToolUseBlock(id="t", name="f", input={"q": "\ud800", "n": [1, "\udfff"]})]), answer("t")]
+    _, fixed_tools, _, _ = repair_request([], tool_msgs)
+    assert fixed_tools[1].tool_uses[0].input == {"q": "\ufffd", "n": [1, "\ufffd"]}
+
+
+def test_old_data_with_a_lone_surrogate_reaches_the_provider(tmp_path: Any) -> None:
+    from colloquy.store import NewMessage, SQLiteStore
+
+    store = SQLiteStore(tmp_path / "old.db")
+    store.create_conversation(id="s", persona="")
+    # Written as an older colloquy (or a broken import) could have stored it.
+    store.append("s", [NewMessage(message=U("I love \ud83d pizza")), NewMessage(message=A("Yes."))])
+    with FakeAnthropic() as fake:
+        fake.enqueue(message(text("fine")), message(text("still fine")))
+        model = _claude(fake)
+        chat = Chat(model, store=store, session_id="s", title_model=False)
+        assert chat.send("what toppings?").text == "fine"
+        assert "\ufffd" in json.dumps(fake.requests[-1].body, ensure_ascii=False)
+        assert chat.send("hello?").text == "still fine"
