@@ -123,14 +123,17 @@ def fit_to_window(ctx: Context, inp: ContextInput, window: int) -> Context:
     messages = list(ctx.messages)
     sources = list(ctx.sources) if ctx.sources else [[] for _ in messages]
     starts = _turn_starts(messages) or [0]
+    suffix = [0] * (len(sizes) + 1)  # suffix[i]: raw tokens of messages[i:]
+    for i in range(len(sizes) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + sizes[i]
     # The oldest turn start from which the rest fits; else the newest turn alone.
-    cut_at = next((s for s in starts if sum(sizes[s:]) <= limit), starts[-1])
+    cut_at = next((s for s in starts if suffix[s] <= limit), starts[-1])
     if cut_at > 0:
         messages, sources = messages[cut_at:], sources[cut_at:]
         ctx.notes.append(
             f"left out the {cut_at} oldest message(s) of the context to fit the model's "
             f"context window ({window:,} tokens)")
-    if sum(sizes[cut_at:]) > limit:
+    if suffix[cut_at] > limit:
         target = room * CUT_HEADROOM / scale - fixed
         removed = 0
         for _ in range(16):  # each pass cuts one block; a turn has few large ones
