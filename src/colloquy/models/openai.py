@@ -135,6 +135,33 @@ class OpenAIModel(Model):
             completion = self._client.chat.completions.create(**self._params(request))
         except openai.OpenAIError as e:
             raise self._map_error(e) from e
+        return self._from_completion(completion, request)
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
+        """Yield text as it arrives, assembling tool calls from their pieces, then the response.
+
+        ``include_usage`` makes the server send a final usage-only chunk, without which a
+        streamed reply could not be billed.
+        """
+        state = _StreamState(self.name)
+        try:
+            stream = self._client.chat.completions.create(
+                **self._params(request),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            with stream:
+                for chunk in stream:
+                    for text in state.add(chunk):
+                        yield TextDelta(text=text)
+        except openai.OpenAIError as e:
+            raise self._map_error(e) from e
+        yield self._from_stream(state, request)
+
+    # -- answers (shared by every way of calling: plain, streamed, and any async twin) ------
+
+    def _from_completion(self, completion: Any, request: ModelRequest) -> ModelResponse:
+        """A ``chat.completion`` as a :class:`ModelResponse`. Raises EmptyCompletionError."""
         choices = completion.choices or []
         if not choices:
             raise EmptyCompletionError(f"{self.provider} returned no choices",
@@ -164,65 +191,18 @@ class OpenAIModel(Model):
                 )
             )
         refused = bool(getattr(message, "refusal", None)) and not message.content
-        self._check_not_empty(content, choice.finish_reason, streamed=False)
-        return ModelResponse(
-            content=content,
-            stop_reason=_stop_reason(choice.finish_reason, content, refused),
-            usage=_usage(completion.usage) or estimated_usage(
-                request.system, request.messages, request.tools, content),
-            model=completion.model or self.name,
-            id=completion.id,
-        )
+        return self._response(request, content, choice.finish_reason, refused,
+                              completion.usage, completion.model or self.name, completion.id,
+                              streamed=False)
 
-    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
-        """Yield text as it arrives, assembling tool calls from their pieces, then the response.
-
-        ``include_usage`` makes the server send a final usage-only chunk, without which a
-        streamed reply could not be billed.
-        """
-        text_parts: list[str] = []
-        refusal_parts: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
-        finish_reason: str | None = None
-        usage: Any = None
-        model = self.name
-        response_id: str | None = None
-        try:
-            stream = self._client.chat.completions.create(
-                **self._params(request),
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            with stream:
-                for chunk in stream:
-                    response_id = response_id or getattr(chunk, "id", None)
-                    model = getattr(chunk, "model", None) or model
-                    if getattr(chunk, "usage", None) is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices or []:
-                        if getattr(choice, "index", 0) not in (0, None):
-                            continue
-                        delta = choice.delta
-                        if delta is not None:
-                            if delta.content:
-                                text_parts.append(delta.content)
-                                yield TextDelta(text=delta.content)
-                            if getattr(delta, "refusal", None):
-                                refusal_parts.append(delta.refusal)
-                                yield TextDelta(text=delta.refusal)
-                            for position, tc in enumerate(delta.tool_calls or []):
-                                _accumulate_call(calls, tc, position)
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
-        except openai.OpenAIError as e:
-            raise self._map_error(e) from e
-
+    def _from_stream(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
+        """The response assembled from a whole stream. Raises EmptyCompletionError."""
         content: list[ContentBlock] = []
-        text = "".join(text_parts) or "".join(refusal_parts)
+        text = "".join(state.text_parts) or "".join(state.refusal_parts)
         if text:
             content.append(TextBlock(text=text))
-        for index in sorted(calls):
-            call = calls[index]
+        for index in sorted(state.calls):
+            call = state.calls[index]
             content.append(
                 ToolUseBlock(
                     id=call["id"] or _fresh_call_id(),
@@ -230,11 +210,18 @@ class OpenAIModel(Model):
                     input=_parse_arguments("".join(call["arguments"])),
                 )
             )
-        refused = bool(refusal_parts) and not text_parts
-        self._check_not_empty(content, finish_reason, streamed=True)
-        yield ModelResponse(
+        refused = bool(state.refusal_parts) and not state.text_parts
+        return self._response(request, content, state.finish_reason, refused, state.usage,
+                              state.model, state.response_id, streamed=True)
+
+    def _response(self, request: ModelRequest, content: list[ContentBlock],
+                  finish_reason: str | None, refused: bool, usage: Any, model: str,
+                  response_id: str | None, *, streamed: bool) -> ModelResponse:
+        self._check_not_empty(content, finish_reason, streamed=streamed)
+        return ModelResponse(
             content=content,
             stop_reason=_stop_reason(finish_reason, content, refused),
+            # A server that sends no usage (llama.cpp streams none) gets an estimate, marked.
             usage=_usage(usage) or estimated_usage(
                 request.system, request.messages, request.tools, content),
             model=model,
@@ -315,6 +302,44 @@ def _parse_arguments(arguments: str | None) -> dict[str, Any]:
     except ValueError:
         return {"_raw": arguments}
     return value if isinstance(value, dict) else {"_raw": arguments}
+
+
+class _StreamState:
+    """What a stream has said so far: text and refusal pieces, tool calls by index, the
+    finish reason, usage (from the final usage-only chunk, if the server sends one)."""
+
+    def __init__(self, model: str) -> None:
+        self.text_parts: list[str] = []
+        self.refusal_parts: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+        self.model = model
+        self.response_id: str | None = None
+
+    def add(self, chunk: Any) -> list[str]:
+        """Fold one ``chat.completion.chunk`` in; return its text deltas, in order."""
+        deltas: list[str] = []
+        self.response_id = self.response_id or getattr(chunk, "id", None)
+        self.model = getattr(chunk, "model", None) or self.model
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices or []:
+            if getattr(choice, "index", 0) not in (0, None):
+                continue
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    self.text_parts.append(delta.content)
+                    deltas.append(delta.content)
+                if getattr(delta, "refusal", None):
+                    self.refusal_parts.append(delta.refusal)
+                    deltas.append(delta.refusal)
+                for position, tc in enumerate(delta.tool_calls or []):
+                    _accumulate_call(self.calls, tc, position)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        return deltas
 
 
 def _accumulate_call(calls: dict[int, dict[str, Any]], tc: Any, position: int) -> None:
