@@ -275,7 +275,7 @@ def test_malformed_json_and_blank_messages(env: Env) -> None:
                         headers={**env.as_("ada"), "Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
     r = env.say(cid, "   \n ")
-    assert r.status_code == 400 and r.json()["error"]["message"] == "the message is empty"
+    assert r.status_code == 422 and r.json()["error"]["message"] == "the message is empty"
     assert env.store.load(cid) == []
 
 

@@ -33,6 +33,7 @@ from .models import LOCAL_SERVERS, Model, ModelRequest, get_model
 from .errors import IdempotencyKeyReused
 from .store.turns import IDEMPOTENCY_KEY
 from .telemetry import call_purpose
+from .text import as_data, require_text
 from .usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,9 +84,9 @@ def key_meta(idempotency_key: str | None, message: Message | None = None) -> dic
     ``message`` (the request as sent) when given."""
     if idempotency_key is None:
         return {}
-    if not isinstance(idempotency_key, str) or not idempotency_key or len(idempotency_key) > 255:
+    if not isinstance(idempotency_key, str) or len(idempotency_key) > 255:
         raise ValueError("an idempotency key is a non-empty string of at most 255 characters")
-    meta: dict[str, Any] = {IDEMPOTENCY_KEY: idempotency_key}
+    meta: dict[str, Any] = {IDEMPOTENCY_KEY: require_text(idempotency_key, "the idempotency key")}
     if message is not None:
         meta[IDEMPOTENCY_FINGERPRINT] = fingerprint(message)
     return meta
@@ -104,8 +105,8 @@ def check_key(store: Store, conversation_id: str, idempotency_key: str,
     """The message stored with this key, if any; :class:`IdempotencyKeyReused` when it was
     sent with another message than ``message``. A message stored before fingerprints existed
     is taken as the same request."""
-    key_meta(idempotency_key)  # validate
-    found = _find(store, conversation_id, idempotency_key, log_)
+    key = key_meta(idempotency_key)[IDEMPOTENCY_KEY]  # validated and cleaned, as it is stored
+    found = _find(store, conversation_id, key, log_)
     if found is not None and message is not None:
         first = found.meta.get(IDEMPOTENCY_FINGERPRINT)
         if first is not None and first != fingerprint(message):
@@ -202,8 +203,8 @@ def make_title(
         request = ModelRequest(
             model=name, system=[TextBlock(text=TITLE_PROMPT)], max_tokens=24, temperature=0.0,
             messages=[Message.user(
-                f"<conversation>\nuser: {user_text[:2000]}\nassistant: {reply_text[:2000]}\n"
-                "</conversation>\nTitle:"
+                f"<conversation>\nuser: {as_data(user_text[:2000], one_line=True)}\n"
+                f"assistant: {as_data(reply_text[:2000], one_line=True)}\n</conversation>\nTitle:"
             )],
         )
         with call_purpose("title"):

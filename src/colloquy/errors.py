@@ -18,6 +18,7 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │                               overflow while streaming)
     ├── InvalidConversationError    a request would break the API's conversation rules
     ├── IdempotencyKeyReused        an idempotency key came back with a different message
+    ├── InvalidTextError            empty or whitespace-only content (also a ValueError)
     ├── ToolError                   a tool is misconfigured (a tool that *raises* becomes an
     │                               is_error tool_result instead, the model sees it)
     └── StoreError                  persistence failures
@@ -143,6 +144,12 @@ class IdempotencyKeyReused(ColloquyError):
             "with a different message: a retry must resend the same content, a new message "
             "needs a new key"
         )
+
+
+class InvalidTextError(ColloquyError, ValueError):
+    """Text that cannot be accepted as content: a message, a fact's statement or a title that
+    is empty or only whitespace (see :mod:`colloquy.text`, the text rules). Raised before
+    anything is stored or sent; the HTTP service answers 422, the CLI one line (exit 2)."""
 
 
 class ToolError(ColloquyError):

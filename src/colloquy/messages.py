@@ -7,6 +7,10 @@ number, time) is storage's job: :class:`StoredMessage` wraps a message with its 
 
 The system prompt is never a message: it is passed beside the messages, so a persona cannot be
 trimmed away by a context policy or impersonated by a stored turn.
+
+Every string a block carries (text, tool names, ids, inputs and results, image sources) follows
+the character rule of :mod:`colloquy.text` at construction, so a message read from any store or
+built by any entry point can always be sent and exported.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from .text import JSONDict, Text
 from .usage import Usage
 
 Role = Literal["user", "assistant"]
@@ -30,7 +35,7 @@ class _Block(BaseModel):
 
 class TextBlock(_Block):
     type: Literal["text"] = "text"
-    text: str
+    text: Text
 
 
 class ImageBlock(_Block):
@@ -38,20 +43,20 @@ class ImageBlock(_Block):
     (``{"type": "url", "url"}``)."""
 
     type: Literal["image"] = "image"
-    source: dict[str, Any]
+    source: JSONDict
 
 
 class ToolUseBlock(_Block):
     type: Literal["tool_use"] = "tool_use"
-    id: str
-    name: str
-    input: dict[str, Any] = Field(default_factory=dict)
+    id: Text
+    name: Text
+    input: JSONDict = Field(default_factory=dict)
 
 
 class ToolResultBlock(_Block):
     type: Literal["tool_result"] = "tool_result"
-    tool_use_id: str
-    content: str | list[TextBlock | ImageBlock] = ""
+    tool_use_id: Text
+    content: Text | list[TextBlock | ImageBlock] = ""
     is_error: bool = False
 
     @property
@@ -126,17 +131,17 @@ class StoredMessage(BaseModel):
     """A message with its place in a conversation's append-only log."""
 
     model_config = ConfigDict(frozen=True)
-    conversation_id: str
+    conversation_id: Text
     seq: int
     message: Message
     created_at: float = Field(default_factory=time.time)
     #: Set on assistant messages: what the model call that produced it cost.
     usage: Usage | None = None
-    model: str | None = None
+    model: Text | None = None
     #: Dollars at the prices in force when the reply was stored (None if the price is unknown).
     cost_usd: float | None = None
     #: Free-form metadata (e.g. a source turn id, a guard verdict, an idempotency key).
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: JSONDict = Field(default_factory=dict)
 
     @property
     def role(self) -> Role:

@@ -40,6 +40,7 @@ from .rights_import import (
 )
 from .store.base import forget_cached
 from .store.queries import POSTGRES, SQLITE, Dialect
+from .text import clean_json_text
 
 #: Tables that never hold anything about a user.
 SKIP_TABLES = {"schema_migrations"}
@@ -207,7 +208,9 @@ def _order(tables: Iterable[str]) -> list[str]:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$base64": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):  # rows stored before the text rules may hold what JSON cannot
+        return clean_json_text(value)
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     if hasattr(value, "isoformat"):
         return value.isoformat()
@@ -439,12 +442,13 @@ __all__ = [
     "user_tables",
 ]
 
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 86400.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def parse_age(text: str) -> float:
-    """``30d``, ``12h``, ``2w``, ``90m``, ``45s`` (a bare number is days) -> seconds."""
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s`` -> seconds. The unit is required: a bare
+    ``0`` (or ``30``) is refused, since a slip there deletes every conversation."""
     m = _AGE.match(text)
     if not m:
         raise ConfigError(f"invalid age {text!r}: use a number and a unit, like 30d, 12h or 2w")

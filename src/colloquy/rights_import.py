@@ -38,6 +38,7 @@ from .memory.records import Fact, Summary
 from .messages import ImageBlock, Message, StoredMessage, ToolResultBlock
 from .store import Conversation, NewMessage, Store
 from .store.turns import IDEMPOTENCY_KEY
+from .text import clean, clean_json
 from .usage import Usage
 
 #: Size limits of imported values, in characters (JSON text for meta and content). Far above
@@ -103,7 +104,7 @@ class _Row:
             raise self.refuse(f"{name} is empty")
         if limit in ("id", "name") and any(ord(c) < 32 or ord(c) == 127 for c in v):
             raise self.refuse(f"{name} holds control characters")
-        return v
+        return clean(v)  # the text rules (colloquy.text): every string of the file is read here
 
     def integer(self, name: str, *, lo: int = 0, hi: int = 2**62, optional: bool = False,
             default: int | None = None) -> Any:
@@ -142,7 +143,7 @@ class _Row:
             raise self.refuse(f"{name} is over the limit of {LIMITS[limit]} characters")
         if not isinstance(v, shape):
             raise self.refuse(f"{name} must be a JSON {shape.__name__}, not {_kind(v)}")
-        return v
+        return clean_json(v)
 
     def model(self, build: Callable[[], Any]) -> Any:
         try:
@@ -202,8 +203,19 @@ def plan_import(data: Any, user_id: str | None = None) -> ImportPlan:
         _read_tables(plan, tables)
     else:
         _read_sessions(plan, data)
+    _drop_blank_facts(plan)
     _check_references(plan)
     return plan
+
+
+def _drop_blank_facts(plan: ImportPlan) -> None:
+    """Facts whose statement is blank (stored before the text rules refused them) are left out,
+    not a reason to refuse a file colloquy itself wrote; a fact they superseded keeps its
+    retirement without a successor."""
+    blank = {f.id for f in plan.facts if not f.statement.strip()}
+    if blank:
+        plan.facts = [f if f.superseded_by not in blank else f.model_copy(update={
+            "superseded_by": None}) for f in plan.facts if f.id not in blank]
 
 
 def _table_rows(name: str, table: Any) -> Iterable[_Row]:
@@ -356,7 +368,7 @@ def _fact(plan: ImportPlan, r: _Row, *, encoded: bool) -> Fact:
     return r.model(lambda: Fact(
         id=r.text("id", "id", empty=False), user_id=owner,
         subject=r.text("subject", "name", empty=False),
-        statement=r.text("statement", "text", empty=False),
+        statement=r.text("statement", "text"),  # a blank one is dropped by _drop_blank_facts
         source_conversation=r.text("source_conversation", "id", optional=True),
         source_seq=r.integer("source_seq", lo=1, optional=True),
         valid_from=r.number("valid_from"), valid_until=r.number("valid_until", optional=True),

@@ -16,9 +16,11 @@ import re
 import time
 import unicodedata
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ..text import JSONDict, Text, clean, require_text
 
 
 def new_id(prefix: str) -> str:
@@ -35,15 +37,15 @@ class Summary(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     id: str = Field(default_factory=lambda: new_id("s"))
-    conversation_id: str
+    conversation_id: Text
     start_seq: int
     end_seq: int
-    text: str
+    text: Text
     #: The model that wrote it (e.g. ``claude-haiku-4-5`` or ``offline-summariser``).
-    model: str = ""
+    model: Text = ""
     previous_id: str | None = None
     created_at: float = Field(default_factory=time.time)
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: JSONDict = Field(default_factory=dict)
 
     @property
     def seqs(self) -> range:
@@ -54,31 +56,46 @@ class Summary(BaseModel):
 
 
 FactOrigin = Literal["extracted", "user"]
+DEFAULT_SUBJECT = "general"
+
+
+def _subject(text: str) -> str:
+    text = clean(text).strip()
+    return text or DEFAULT_SUBJECT
 
 
 class Fact(BaseModel):
     """One statement about a user, with its provenance and validity.
 
     Active while ``valid_until`` is None. When a newer fact replaces it, ``valid_until`` is set
-    and ``superseded_by`` names the replacement.
+    and ``superseded_by`` names the replacement. Strings follow the text rules (colloquy.text);
+    a blank subject reads as "general". A blank statement is refused when a fact is stored
+    (:meth:`checked`), never when one is read.
     """
 
     model_config = ConfigDict(frozen=True)
-    id: str = Field(default_factory=lambda: new_id("f"))
-    user_id: str
+    id: Text = Field(default_factory=lambda: new_id("f"))
+    user_id: Text
     #: What the statement is about, short: "units", "home", "employer", "current project".
-    subject: str
+    subject: Annotated[str, AfterValidator(_subject)] = DEFAULT_SUBJECT
     #: The statement itself, short: "prefers metric units".
-    statement: str
+    statement: Text
     #: Provenance: the conversation and message the fact came from (None when added by hand).
-    source_conversation: str | None = None
+    source_conversation: Text | None = None
     source_seq: int | None = None
     valid_from: float = Field(default_factory=time.time)
     valid_until: float | None = None
     superseded_by: str | None = None
     origin: FactOrigin = "extracted"
     created_at: float = Field(default_factory=time.time)
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: JSONDict = Field(default_factory=dict)
+
+    def checked(self) -> Fact:
+        """This fact, ready to be stored: :class:`~colloquy.errors.InvalidTextError` when its
+        statement is empty or only whitespace. Every store's ``add_fact`` and
+        ``supersede_fact`` call it, so no entry point can store a blank fact."""
+        require_text(self.statement, "the fact's statement")
+        return self
 
     @property
     def active(self) -> bool:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Header
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..chat import Reply, SideCost
 from ..memory.records import Fact
 from ..messages import StoredMessage
 from ..store import Conversation
+from ..text import clean_json
 from ..usage import Usage
 
 #: Hard ceilings checked by validation; the configured limits (ServerSettings) are usually lower.
@@ -22,7 +23,18 @@ MAX_CONTENT = 200_000
 _ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
 
-class _Body(BaseModel):
+class _Clean(BaseModel):
+    """A request body: its strings follow the text rules (colloquy.text) before any field is
+    validated, so a JSON escape that decodes to a lone surrogate (``"\\ud83d"``) or NUL is
+    stored as U+FFFD, on every route, instead of failing a length check or a store."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_rules(cls, data: Any) -> Any:
+        return clean_json(data)
+
+
+class _Body(_Clean):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -204,7 +216,7 @@ class Me(BaseModel):
 # -- OpenAI-compatible ----------------------------------------------------------------------------
 
 
-class OAMessage(BaseModel):
+class OAMessage(_Clean):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
@@ -215,7 +227,7 @@ class OAStreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_Clean):
     """The OpenAI chat-completions request. Only the last user message is new to colloquy; the
     history comes from the stored conversation named by ``X-Colloquy-Conversation``, ``user``
     or ``metadata.conversation_id``. Unknown sampling fields are accepted and ignored."""

@@ -16,12 +16,13 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
+from ..text import JSONDict, Text, clean, clean_json, clean_persona, clean_title, require_text
 from ..usage import Usage
 from .memory_records import MemoryRecordStore
 
@@ -69,25 +70,29 @@ def new_id(prefix: str = "c") -> str:
 
 
 class Conversation(BaseModel):
-    """A conversation's record. Its messages live in the log, not here."""
+    """A conversation's record. Its messages live in the log, not here.
+
+    Its strings follow the text rules (colloquy.text) however it is built, stored rows
+    included: a blank title reads as None (untitled), a blank persona as "" (none)."""
 
     model_config = ConfigDict(frozen=True)
-    id: str
-    user_id: str | None = None
-    title: str | None = None
+    id: Text
+    user_id: Text | None = None
+    title: Annotated[str | None, AfterValidator(clean_title)] = None
     #: The system prompt, stored so a resumed session keeps its persona byte for byte.
-    persona: str = ""
-    model: str = ""
+    persona: Annotated[str, AfterValidator(clean_persona)] = ""
+    #: The model as get_model() rebuilds it, provider prefix included (``ollama:llama3``).
+    model: Text = ""
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     #: Sequence number of the newest message (0 when empty); the next append takes last_seq + 1.
     last_seq: int = 0
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: JSONDict = Field(default_factory=dict)
     #: What the conversation is called in its user's namespace, unique per user: the id the
     #: service and the CLI show (``/v1/conversations/{name}``, an OpenAI client's conversation
     #: name). The same name for two users is two conversations, each with an ``id`` of its own.
     #: Defaults to the id (a conversation created by ``Chat(session_id=...)``).
-    name: str = ""
+    name: Text = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -103,9 +108,9 @@ class NewMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
     message: Message
     usage: Usage | None = None
-    model: str | None = None
+    model: Text | None = None
     cost_usd: float | None = None
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: JSONDict = Field(default_factory=dict)
 
 
 @runtime_checkable
@@ -224,6 +229,8 @@ class StoreBase:
     ) -> Conversation:
         """A new conversation; ``name`` (default: the id) must be free among ``user_id``'s
         conversations, and the id free among all. :class:`StoreError` otherwise."""
+        # The text rules (colloquy.text): a blank title is refused; the record cleans the rest.
+        title = None if title is None else require_text(title, "the title")
         conv = Conversation(
             id=id or new_id(), user_id=user_id, persona=persona, model=model, title=title,
             meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict
@@ -254,9 +261,14 @@ class StoreBase:
         model: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Conversation:
+        # The text rules, as the record would apply them: back ends write these values as given.
         changes: dict[str, Any] = {
-            k: v for k, v in (("title", title), ("persona", persona), ("model", model),
-                              ("meta", copy.deepcopy(meta))) if v is not None
+            k: v for k, v in (
+                ("title", None if title is None else require_text(title, "the title")),
+                ("persona", None if persona is None else clean_persona(persona)),
+                ("model", None if model is None else clean(model)),
+                ("meta", None if meta is None else clean_json(copy.deepcopy(meta))),
+            ) if v is not None
         }
         conv = self._update_conversation(conversation_id, changes, time.time())
         if conv is None:

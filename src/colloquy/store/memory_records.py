@@ -131,6 +131,7 @@ class MemoryRecordMethods:
                      and f.key == fact.key and f.id != skip), None)
 
     def add_fact(self, fact: Fact) -> Fact:
+        fact = fact.checked()
         lock, d = self._records()
         with lock:
             dup = self._active_duplicate(d, fact)
@@ -140,6 +141,7 @@ class MemoryRecordMethods:
             return fact
 
     def supersede_fact(self, old_id: str, new: Fact) -> Fact:
+        new = new.checked()
         lock, d = self._records()
         with lock:
             old = d["facts"].get(old_id)

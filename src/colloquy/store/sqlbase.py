@@ -185,6 +185,7 @@ class SQLStore(StoreBase, LockMethods):
         return Q.fact(row) if row else None
 
     def add_fact(self, fact: Fact) -> Fact:
+        fact = fact.checked()
         with self.transaction() as conn:
             dup = self._active_by_norm(conn, fact.user_id, fact.key)
             if dup is not None:
@@ -193,6 +194,7 @@ class SQLStore(StoreBase, LockMethods):
         return fact
 
     def supersede_fact(self, old_id: str, new: Fact) -> Fact:
+        new = new.checked()
         with self.transaction() as conn:
             old = self._get_fact(conn, old_id)
             if old is None or old.user_id != new.user_id:

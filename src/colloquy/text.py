@@ -1,0 +1,171 @@
+"""The text rules, decided once: what colloquy accepts as text, and how conversation text is
+quoted when colloquy wraps it in a prompt block.
+
+**Characters no store or provider can carry are replaced by U+FFFD** (the replacement
+character, what decoding bad UTF-8 with ``errors="replace"`` gives). Two kinds exist:
+
+* lone surrogates (U+D800-U+DFFF): a JSON ``"\\ud83d"`` escape decodes to one, and so does an
+  invalid UTF-8 byte read under a C locale (``surrogateescape``). They cannot be encoded as
+  UTF-8, so the provider's request, SQLite's text columns and every JSON export fail on them;
+* NUL (U+0000): PostgreSQL refuses it in ``text`` and as ``\\u0000`` in ``jsonb``.
+
+Replaced, not refused: a message from a lossy pipe or a broken client is still worth keeping,
+and the U+FFFD shows where the damage was. A valid surrogate *pair* becomes the character it
+encodes. Where: :func:`clean` runs in the pydantic validators of every value type that carries
+text (content blocks and tool inputs, messages' meta, conversations, facts, summaries), so every
+construction path is covered, reading rows stored before this rule included; bytes are decoded
+with ``errors="replace"`` where they enter (the CLI's stdin, import files).
+
+**Empty or whitespace-only content is refused** where new content is accepted (a user's
+message, a fact's statement, a title) by :func:`require_text`, with one error class,
+:class:`~colloquy.errors.InvalidTextError` (a ``ValueError`` too; HTTP 422, a one-line CLI
+error). Reading stored data never refuses. A whitespace-only persona means "no persona"
+(:func:`clean_persona`): a ``--system "$PERSONA"`` with an empty variable, or an OpenAI client's
+blank system message, should not fail a chat, and Anthropic refuses a blank system block.
+
+**Conversation text inside a prompt block is data** (:func:`as_data`): every block colloquy
+builds around user, model or tool text (summaries, recalled excerpts, facts, the summariser's,
+extractor's, title's and topic judge's inputs) passes the text through this one helper, so it
+can neither close its block nor open a tag of its own, and, in line-structured blocks, cannot
+start a line that poses as the block's own structure (``assistant: ...``, ``SYSTEM: ...``).
+
+Cost: the common case (nothing to replace) is two C-speed scans of the string, so validating
+every text of a turn stays far below a millisecond (bench/turns.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+
+from .errors import InvalidTextError
+
+REPLACEMENT = "\ufffd"
+#: JSON escapes of NUL and surrogates, as stored in JSON text columns by ``json.dumps``.
+_BAD_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF][0-9a-fA-F]{2})")
+
+
+def clean(text: str) -> str:
+    """``text`` with lone surrogates and NUL replaced by U+FFFD (the same object when there is
+    nothing to replace). Valid surrogate pairs become the character they encode."""
+    if text.isascii():  # O(1) in CPython: a flag of the string
+        return text if "\x00" not in text else text.replace("\x00", REPLACEMENT)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Pairs join into one character; what is left alone becomes U+FFFD.
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text if "\x00" not in text else text.replace("\x00", REPLACEMENT)
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON-like value (dicts, lists, strings, numbers) with every string, keys included,
+    passed through :func:`clean`. Returns the same object when nothing changed."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        out: dict[Any, Any] | None = None
+        for i, (k, v) in enumerate(value.items()):
+            ck = clean(k) if isinstance(k, str) else k
+            cv = clean_json(v)
+            if out is None and (ck is not k or cv is not v):
+                out = dict(list(value.items())[:i])
+            if out is not None:
+                out[ck] = cv
+        return value if out is None else out
+    if isinstance(value, (list, tuple)):
+        items = [clean_json(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items)
+    return value
+
+
+def clean_json_text(text: str) -> str:
+    """A string that may be JSON text (a store's ``content`` or ``meta`` column): its escaped
+    NUL and lone surrogates are replaced too, so a parser of it gets clean text. Used on raw
+    rows by export and import, which do not go through the value types."""
+    text = clean(text)
+    if not _BAD_ESCAPE.search(text):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps(clean_json(value))
+
+
+def require_text(text: str, what: str) -> str:
+    """``text`` cleaned; :class:`InvalidTextError` ("``what`` is empty") when nothing but
+    whitespace is left. ``what`` names the value: ``"the message"``, ``"the title"``."""
+    text = clean(text)
+    if not text.strip():
+        raise InvalidTextError(f"{what} is empty")
+    return text
+
+
+def clean_persona(text: str) -> str:
+    """A persona (system prompt): cleaned, and ``""`` (no persona) when only whitespace."""
+    text = clean(text)
+    return text if text.strip() else ""
+
+
+def clean_title(text: str | None) -> str | None:
+    """A stored title: cleaned, and None (untitled, so the next turn titles it) when blank."""
+    if text is None:
+        return None
+    text = clean(text)
+    return text if text.strip() else None
+
+
+#: A string field that follows the character rule (pydantic).
+Text = Annotated[str, AfterValidator(clean)]
+#: A dict field whose strings follow the character rule (tool input, meta).
+JSONDict = Annotated[dict[str, Any], AfterValidator(clean_json)]
+
+
+# -- conversation text inside prompt blocks ------------------------------------------------------
+
+_ANGLE = str.maketrans({"<": "&lt;", ">": "&gt;"})
+
+
+def as_data(text: str, *, one_line: bool = False) -> str:
+    """Conversation or tool text made safe to place inside a delimited block of a prompt.
+
+    ``<`` and ``>`` become ``&lt;`` and ``&gt;``, so the text can neither close the block it
+    sits in (``</conversation_summary>``) nor open a tag that poses as one of colloquy's
+    (models read the entities as the characters). Idempotent: text escaped once (a stored
+    summary of escaped transcripts) is not escaped twice. With ``one_line``, every run of
+    whitespace, newlines included, becomes one space, for blocks whose lines carry structure
+    (``[#12 user] ...``, ``user: ...``): the text cannot start a line of its own there.
+    """
+    text = clean(text)
+    if one_line:
+        text = " ".join(text.split())
+    return text.translate(_ANGLE) if ("<" in text or ">" in text) else text
+
+
+def quoted(text: str) -> str:
+    """:func:`as_data` for one-line records (facts): the text as a JSON string literal, whose
+    ``<`` and ``>`` are written ``\\u003c`` and ``\\u003e`` and newlines ``\\n``, so it can
+    neither close a tag nor start a line, and JSON-decoding it gives the exact text back."""
+    return json.dumps(clean(text), ensure_ascii=False).replace("<", "\\u003c").replace(
+        ">", "\\u003e")
+
+
+__all__ = [
+    "REPLACEMENT",
+    "JSONDict",
+    "Text",
+    "as_data",
+    "clean",
+    "clean_json",
+    "clean_json_text",
+    "clean_persona",
+    "clean_title",
+    "quoted",
+    "require_text",
+]
