@@ -13,7 +13,6 @@ newest), up to ``max_facts`` and the part's token budget.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 from ..memory.records import Fact
 from ..messages import TextBlock
+from ..text import quoted
 from ..tokens import estimate_text
 from .base import ContextInput
 from .compose import PartResult
@@ -44,9 +44,9 @@ def _words(text: str) -> set[str]:
 
 
 def quote(text: str) -> str:
-    """A statement as a JSON string literal, with ``<`` and ``>`` escaped so it cannot open or
-    close a tag."""
-    return json.dumps(text, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    """A statement as a JSON string literal that cannot open or close a tag (the shared
+    quoting of conversation text, colloquy.text.quoted)."""
+    return quoted(text)
 
 
 def fact_line(fact: Fact) -> str:

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..messages import Message, ToolResultBlock
+from ..text import as_data
 from .base import Context, ContextInput, ContextPolicy
 
 STUB_PREFIX = "[pruned tool output"
 
 
 def stub_text(tool: str, body: str, head_chars: int) -> str:
-    head = body[:head_chars].replace("\n", " ")
+    head = as_data(body[:head_chars], one_line=True)  # tool text: data, on the stub's one line
     more = "..." if len(body) > head_chars else ""
     return f"{STUB_PREFIX}: {tool}, {len(body)} chars; head: {head}{more}]"
 

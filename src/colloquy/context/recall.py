@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import ConfigError
 from ..messages import ImageBlock, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from ..store.base import register_cache
+from ..text import as_data
 from ..tokens import estimate_message, estimate_text, estimate_tools
 from .base import Context, ContextInput, iter_turns_backwards, persona_blocks
 from .compose import PartResult
@@ -466,7 +467,7 @@ def render_excerpts(units: Sequence[Unit], header: str = RECALL_HEADER) -> str:
             dated = u.created_at
             lines.append(f"[{format_time(u.created_at)}]")
         for line in u.lines:
-            lines.append(line.replace("</earlier_excerpts>", "<\\/earlier_excerpts>"))
+            lines.append(as_data(line, one_line=True))  # quoted data: cannot close the block
     lines.append("</earlier_excerpts>")
     return "\n".join(lines)
 

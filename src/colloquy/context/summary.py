@@ -26,6 +26,7 @@ from ..memory.records import Summary
 from ..memory.transcript import transcript
 from ..models.base import Model, ModelRequest
 from ..store.base import register_cache
+from ..text import as_data
 from ..tokens import estimate_message, estimate_text
 from ..usage import Usage, cost_of
 from ..telemetry import call_purpose
@@ -59,7 +60,7 @@ class Summariser(MemoryModelUser):
 
     def request(self, previous: str | None, messages: Sequence[StoredMessage]) -> ModelRequest:
         """The exact request sent to the summariser model."""
-        body = (f"<previous_summary>\n{previous or ''}\n</previous_summary>\n\n"
+        body = (f"<previous_summary>\n{as_data(previous or '')}\n</previous_summary>\n\n"
                 f"<new_messages>\n{transcript(messages)}\n</new_messages>\n\n"
                 "Write the updated summary.")
         words = max(40, int(self.max_tokens * 0.7))
@@ -84,12 +85,13 @@ class Summariser(MemoryModelUser):
 
 
 def render_summary(summary: Summary) -> str:
-    """The system block that carries a summary: delimited, and labelled as a summary of the
-    conversation's own earlier messages (not as instructions)."""
+    """The system block that carries a summary: delimited, labelled as a summary of the
+    conversation's own earlier messages (not as instructions), its text quoted as data
+    (colloquy.text.as_data: it cannot close the block)."""
     return (f"<conversation_summary messages=\"{summary.start_seq}-{summary.end_seq}\">\n"
             f"Summary of the earlier part of this conversation (messages {summary.start_seq} to "
             f"{summary.end_seq}); the most recent messages follow verbatim.\n"
-            f"{summary.text}\n</conversation_summary>")
+            f"{as_data(summary.text)}\n</conversation_summary>")
 
 
 @dataclass

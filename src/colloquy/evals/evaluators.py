@@ -18,6 +18,7 @@ from typing import Any
 from ..messages import Message, TextBlock
 from ..models import Model, ModelRequest
 from ..telemetry import call_purpose
+from ..text import as_data
 from .dataset import Case
 from .results import Score, TurnResult
 
@@ -120,8 +121,9 @@ def transcript_text(case: Case, turns: Sequence[TurnResult]) -> str:
     if case.topics:
         lines.append(f"Allowed topics: {case.topics}")
     for i, t in enumerate(turns, start=1):
-        lines.append(f"[{i}] user: {t.user}")
-        lines.append(f"[{i}] assistant: {t.reply if not t.error else '(error: ' + t.error + ')'}")
+        reply = t.reply if not t.error else f"(error: {t.error})"
+        lines.append(f"[{i}] user: {as_data(t.user, one_line=True)}")  # data: cannot close the block
+        lines.append(f"[{i}] assistant: {as_data(reply, one_line=True)}")
     extra = [f"turn {i}: {t.expect.rubric}" for i, t in enumerate(case.turns, start=1)
              if t.expect.rubric]
     if extra:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..messages import Message, TextBlock
+from ..text import as_data
 from .base import Guard, GuardContext, OnError, Verdict
 from .embedder import SentenceEmbedder, _cosine, default_embedder
 
@@ -161,9 +162,10 @@ def ask_topic_judge(judge: Any, topics: str, text: str, ctx: GuardContext, *,
     from ..models import ModelRequest
 
     earlier = [sm.message for sm in ctx.recent if sm.message.text][-turns:] if turns else []
-    convo = "\n".join(f"{m.role}: {m.text[:500]}" for m in earlier)
+    convo = "\n".join(f"{m.role}: {as_data(m.text[:500], one_line=True)}" for m in earlier)
     prompt = (f"Earlier in the conversation:\n{convo}\n\n" if convo else "") + (
-        f"The user's new message, between the markers:\n<<<\n{text}\n>>>\nIs it on topic?")
+        f"The user's new message, between the markers:\n<<<\n{as_data(text)}\n>>>\n"
+        "Is it on topic?")
     system = TOPIC_JUDGE_SYSTEM.format(topics=topics)
     if persona.strip():
         system += f"\n\nThe assistant's own instructions, for context:\n<<<\n{persona.strip()[:1000]}\n>>>"

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import ColloquyError
 from ..messages import Message, StoredMessage, TextBlock
 from ..models.base import Model, ModelRequest, ToolSpec
+from ..text import as_data, quoted
 from ..usage import Usage, cost_of
 from ..telemetry import call_purpose
 from .models import DEFAULT_MEMORY_MODEL, MemoryModelUser
@@ -112,7 +113,7 @@ class FactOp(BaseModel):
 
 
 def render_known(facts: Sequence[Fact]) -> str:
-    return "\n".join(f"{f.id} | {f.subject} | {json.dumps(f.statement, ensure_ascii=False)}"
+    return "\n".join(f"{f.id} | {as_data(f.subject, one_line=True)} | {quoted(f.statement)}"
                      for f in facts)
 
 

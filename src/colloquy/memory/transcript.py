@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from ..messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
+from ..text import as_data
 
 _LINE = re.compile(r"^\[#(?P<seq>\d+) (?P<role>user|assistant)(?: (?P<date>[^\]]+))?\] (?P<text>.*)$")
 TOOL_HEAD = 160
@@ -29,7 +30,7 @@ def message_line(sm: StoredMessage) -> str:
         elif isinstance(b, ToolResultBlock):
             head = b.text[:TOOL_HEAD] + ("…" if len(b.text) > TOOL_HEAD else "")
             parts.append(f"(tool result: {head})")
-    text = " ".join(" ".join(parts).split())
+    text = as_data(" ".join(parts), one_line=True)  # cannot close a block nor forge a line
     date = sm.meta.get("date") or sm.meta.get("time")
     if not date and sm.created_at:
         date = time.strftime("%Y-%m-%d", time.gmtime(sm.created_at))
