@@ -265,4 +265,49 @@ def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
         keys = [sm.meta.get("idempotency_key") for sm in log if sm.role == "user"]
         assert all(k and k.startswith("web-") for k in keys) and keys[0] != keys[1]
         context.close()
+
+
+def test_a_refused_send_leaves_no_ghost_bubbles_and_says_why(browser: Any, tmp_path: Path) -> None:
+    """413 (too long), 422 (refused text), 429 (rate limit) and a network failure: nothing was
+    stored, so no "You"/"Assistant" bubble stays on the page, the text is back in the box and
+    the error line says why. A send that goes through afterwards shows as usual."""
+    store = SQLiteStore(tmp_path / "refused.db")
+    token = issue_token(store, "ada")
+    app = create_app(store=store, model=EchoModel(), environ={}, rate_limit=None,
+                     max_message_chars=40)
+    with serve_in_thread(app) as url:
+        page = browser.new_context(viewport={"width": 1000, "height": 700}).new_page()
+        sign_in(page, Site(url, store, token))
+        send(page, "hello")  # a conversation with one good turn
+        cid = store.list_conversations(user_id="ada")[0].id
+
+        def refused(text: str, says: str) -> None:
+            page.fill("#input", text)
+            page.press("#input", "Enter")
+            page.locator("#chat-error", has_text=says).wait_for()
+            page.wait_for_function("() => !document.getElementById('send').disabled")
+            assert page.locator(".message.user").count() == 1
+            assert page.locator(".message.assistant").count() == 1
+            assert page.input_value("#input") == text
+
+        refused("x" * 60, "the limit is 40")  # 413 from the service
+        page.route("**/messages", lambda route: route.fulfill(
+            status=422, content_type="application/json",
+            body=json.dumps({"error": {"type": "invalid_request", "message": "the message is empty"}})))
+        refused("a refused text", "the message is empty")
+        page.unroute("**/messages")
+        page.route("**/messages", lambda route: route.fulfill(
+            status=429, content_type="application/json", headers={"Retry-After": "3"},
+            body=json.dumps({"error": {"type": "rate_limited", "message": "rate limit reached; "
+                                       "retry in 3.0s"}})))
+        refused("too fast", "rate limit reached")
+        page.unroute("**/messages")
+        page.route("**/messages", lambda route: route.abort("internetdisconnected"))
+        refused("offline", "could not reach the server")
+        page.unroute("**/messages")
+        assert [sm.message.text for sm in store.load(cid) if sm.role == "user"] == ["hello"]
+        send(page, "back online")
+        assert page.locator(".message.user").count() == 2 and page.input_value("#input") == ""
+        assert page.inner_text("#chat-error") == ""
+        page.context.close()
     store.close()

@@ -32,6 +32,7 @@ from ..errors import (
     ConversationNotFound,
     IdempotencyKeyReused,
     InvalidConversationError,
+    InvalidTextError,
     MissingAPIKeyError,
     ModelConnectionError,
     ModelError,
@@ -85,6 +86,7 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     TooManyRequests: (429, "rate_limited"),
     PayloadTooLarge: (413, "payload_too_large"),
     InvalidRequest: (400, "invalid_request"),
+    InvalidTextError: (422, "invalid_request"),  # as the schemas' own validation errors
     Busy: (409, "conflict"),
     ConflictError: (409, "conflict"),
     ConversationBusy: (409, "conversation_busy"),
@@ -158,7 +160,13 @@ class Redactor:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts a record's formatted message (and drops its args)."""
+    """A logging filter that redacts secrets from a record's message, its arguments and its
+    exception, and otherwise leaves the record as it is.
+
+    Why the arguments keep their shape: formatters read them, not only the formatted message
+    (uvicorn's access formatter unpacks ``record.args`` into client, method, path and status),
+    so a record whose args were dropped breaks the handler ("--- Logging error ---") and loses
+    the line. A filter must never break logging: any failure in it lets the record through."""
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__()
@@ -166,19 +174,34 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
+            self._redact(record)
+        except Exception:  # noqa: BLE001 - a broken record is logged as it is
+            pass
+        return True
+
+    def _value(self, value: object) -> object:
+        return self.redactor(value) if isinstance(value, str) else value
+
+    def _redact(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str):
+            record.msg = self.redactor(record.msg)
+        if isinstance(record.args, Mapping):
+            record.args = {k: self._value(v) for k, v in record.args.items()}
+        elif isinstance(record.args, tuple):
+            record.args = tuple(self._value(a) for a in record.args)
+        try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is logged as is
-            return True
-        clean = self.redactor(message)
+        except Exception:  # noqa: BLE001 - the record's own format is broken: leave it
+            return
+        if self.redactor(message) != message:
+            # A secret inside a non-string argument (an exception, a URL object): format here.
+            record.msg, record.args = self.redactor(message), ()
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             if self.redactor(str(exc)) != str(exc):
                 # The traceback would print the secret: keep the message, drop the traceback.
-                clean += f" [{type(exc).__name__}: {self.redactor(str(exc))}]"
-                record.exc_info = None
-                record.exc_text = None
-        record.msg, record.args = clean, None
-        return True
+                record.msg = f"{record.getMessage()} [{type(exc).__name__}: {self.redactor(str(exc))}]"
+                record.args, record.exc_info, record.exc_text = (), None, None
 
 
 def install_log_redaction(redactor: Redactor, loggers: Iterable[str] = ("", "uvicorn",

@@ -29,21 +29,22 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..chat import Chat, Reply
 from ..context.base import ContextPolicy
 from ..memory.extract import FactExtraction
 from ..memory.records import Fact
-from ..errors import ConversationNotFound, StoreError
+from ..errors import ConfigError, ConversationNotFound, StoreError
 from ..messages import StoredMessage
-from ..models import Model, get_model
+from ..models import Model, get_model, model_spec
 from ..rights import DeleteReport, delete_user, export_user
 from ..store import Conversation, Store, new_id
 from ..store.base import register_cache
 from ..store.memory_records import FactNotFound
 from ..store.users import User
+from ..text import clean, require_text
 from .errors import InvalidRequest, PayloadTooLarge, Redactor
 from ..usage import Usage
 from .ratelimit import RateLimit
@@ -65,7 +66,10 @@ class ServerSettings:
     allowed_models: Sequence[str] = ()
     #: The persona of conversations created without one.
     system: str = ""
-    policy: ContextPolicy | None = None
+    #: A ContextPolicy, or a policy name as ``colloquy serve --policy`` takes (``memory``,
+    #: ``facts``...; built with the same presets, with their fact extraction unless
+    #: ``extract_facts`` is given). Anything else is refused when the service is built.
+    policy: ContextPolicy | str | None = None
     #: Fact extraction after turns (colloquy.memory); None: off.
     extract_facts: FactExtraction | None = None
     max_tokens: int = 1024
@@ -99,15 +103,20 @@ class ChatService:
 
     def __init__(self, store: Store, settings: ServerSettings, redactor: Redactor) -> None:
         self.store = store
-        self.settings = settings
         self.redactor = redactor
         default = settings.model if isinstance(settings.model, Model) else get_model(settings.model)
+        self.settings = settings = _resolve_policy(settings, default)
+        assert not isinstance(settings.policy, str)
+        #: The context policy of every conversation (None: Chat's default).
+        self.policy: ContextPolicy | None = settings.policy
         self.default_model = default
         self._models: dict[str, Model] = {default.name: default}
         if isinstance(settings.model, str):
             self._models[settings.model] = default
         for name in settings.allowed_models:
             self._models.setdefault(name, get_model(name))
+        for m in list(self._models.values()):  # conversations store the prefixed name
+            self._models.setdefault(model_spec(m), m)
         for m in self._models.values():
             self.redactor.add(getattr(m, "_secret", None), getattr(m, "_api_key", None))
             m.cost(Usage())  # loads the price data now (about a second), not in a first turn
@@ -150,7 +159,8 @@ class ChatService:
     def owned(self, user: User, name: str) -> Conversation:
         """The caller's conversation called ``name``: :class:`ConversationNotFound` when they
         have none, whoever else has one."""
-        conv = self.store.find_named(user.id, name)
+        # Names from paths and headers follow the text rules (a %00 must not reach PostgreSQL).
+        conv = self.store.find_named(user.id, clean(name))
         if conv is None:
             raise ConversationNotFound(name)
         return conv
@@ -164,7 +174,8 @@ class ChatService:
         m = self.check_model(model)
         return self.store.create_conversation(
             id=new_id(), name=name, user_id=user.id,
-            persona=self.settings.system if system is None else system, model=m.name, title=title,
+            persona=self.settings.system if system is None else system, model=model_spec(m),
+            title=title,
         )
 
     def conversations(self, user: User, limit: int = 100) -> list[Conversation]:
@@ -195,7 +206,7 @@ class ChatService:
                 return chat
         chat = Chat(
             model, store=self.store, session_id=conv.id, user_id=user.id,
-            policy=self.settings.policy, max_tokens=self.settings.max_tokens,
+            policy=self.policy, max_tokens=self.settings.max_tokens,
             extract_facts=self.settings.extract_facts, guards=self.settings.guards,
             executor=self.executor,
         )
@@ -222,8 +233,7 @@ class ChatService:
                 self._chats.pop(cid, None)
 
     def check_content(self, content: str) -> str:
-        if not content.strip():
-            raise InvalidRequest("the message is empty")
+        content = require_text(content, "the message")  # the text rules, before the size
         limit = self.settings.max_message_chars
         if len(content) > limit:
             raise PayloadTooLarge(f"the message is {len(content)} characters; the limit is {limit}")
@@ -296,13 +306,13 @@ class ChatService:
         return self.store.list_facts(user.id)  # type: ignore[attr-defined, no-any-return]
 
     def add_fact(self, user: User, statement: str, subject: str | None) -> Fact:
-        fact = Fact(user_id=user.id, subject=(subject or "general").strip() or "general",
-                    statement=statement.strip(), origin="user")
+        fact = Fact(user_id=user.id, subject=subject or "", statement=statement.strip(),
+                    origin="user")
         return self.store.add_fact(fact)  # type: ignore[attr-defined, no-any-return]
 
     def forget_fact(self, user: User, fact_id: str) -> None:
         """Delete one of the caller's facts; another user's id is not found, like a bad id."""
-        if not self.store.forget_facts(user.id, [fact_id]):  # type: ignore[attr-defined]
+        if not self.store.forget_facts(user.id, [clean(fact_id)]):  # type: ignore[attr-defined]
             raise FactNotFound(fact_id)
 
     # -- the caller's own data ----------------------------------------------------------------
@@ -335,6 +345,26 @@ class ChatService:
                                else None, name=name)
         except StoreError:
             return self.owned(user, name)  # created meanwhile by another request of the caller
+
+
+def _resolve_policy(settings: ServerSettings, model: Model) -> ServerSettings:
+    """Settings whose policy is a ContextPolicy (or None): a name is built as the CLI builds it;
+    anything else is a ConfigError naming the forms accepted, raised before the service
+    starts (a policy that only fails in a turn would answer every turn 500)."""
+    from ..context.presets import POLICY_NAMES, make_extraction, make_policy
+
+    policy = settings.policy
+    if policy is None or isinstance(policy, ContextPolicy):
+        return settings
+    forms = f"a ContextPolicy (e.g. RollingWindow(turns=20)) or a policy name ({', '.join(POLICY_NAMES)})"
+    if not isinstance(policy, str):
+        raise ConfigError(f"policy must be {forms}, not {policy!r}")
+    if policy not in POLICY_NAMES:
+        raise ConfigError(f"unknown policy {policy!r}: use {forms}")
+    extraction = settings.extract_facts
+    if extraction is None:
+        extraction = make_extraction(policy, chat_model=model)
+    return replace(settings, policy=make_policy(policy, chat_model=model), extract_facts=extraction)
 
 
 def _replayed(reply: Reply) -> bool:

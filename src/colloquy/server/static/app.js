@@ -228,11 +228,12 @@
         p = state.pending = { conversation: state.current.id, text: text, key: newKey() };
       }
       input.value = "";
-      messageItem("user", text);
+      var mine = messageItem("user", text);
       var answer = messageItem("assistant", "");
       answer.li.classList.add("streaming");
-      var sofar = "";
+      var sofar = "", started = false;
       await streamTurn(state.current.id, text, p.key, function (event, data) {
+        started = true;
         if (event === "delta") {
           sofar += data.text;
           setBody(answer.body, "assistant", sofar);
@@ -249,13 +250,20 @@
             " (your message is saved; send again to retry)";
           if (!input.value) input.value = text;  // sent again, it keeps its key
         }
+      }).catch(function (e) {
+        // Refused before the turn began (413, 422, 429, the network): nothing was stored, so
+        // no bubble stays behind; the text goes back into the box and the error says why.
+        if (!started) { mine.li.remove(); answer.li.remove(); }
+        else { answer.li.classList.remove("streaming"); answer.li.classList.add("failed"); }
+        throw e;
       });
       answer.li.classList.remove("streaming");
       await loadConversations();
       var fresh = state.conversations.filter(function (c) { return c.id === state.current.id; })[0];
       if (fresh) { state.current.title = fresh.title; showConversationHeader(); }
     } catch (e) {
-      showError("chat-error", e.message);
+      showError("chat-error", e instanceof ApiError ? e.message
+                : "could not reach the server (" + e.message + ")");
       if (!input.value) input.value = text;
     } finally {
       state.busy = false;
