@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from colloquy.store import SQLiteStore
+
 
 def run(
     *args: str, stdin: str = "", env: dict[str, str] | None = None, check: bool = True
@@ -88,6 +90,7 @@ def test_missing_api_key_is_one_clear_line(db: str) -> None:
      ["context", "nope"]],
 )
 def test_unknown_session_is_a_clear_error(db: str, args: list[str]) -> None:
+    SQLiteStore(db).close()
     proc = run(*args, "--db", db, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "colloquy: error: no conversation with id 'nope'"
@@ -97,7 +100,7 @@ def test_bad_flags_are_clear_errors(db: str) -> None:
     proc = run("chat", "--model", "echo", "--window", "0", "--db", db, check=False)
     assert proc.returncode == 2 and "--window must be at least 1" in proc.stderr
     proc = run("chat", "--window", "3", "--max-input-tokens", "100", "--db", db, check=False)
-    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    assert proc.returncode == 2 and "need a --policy that uses both" in proc.stderr
     proc = run("chat", "--model", "nonsense-model", "--db", db, check=False)
     assert proc.returncode == 2 and "unknown model 'nonsense-model'" in proc.stderr
     proc = run("chat", "--model", "echo", "--temperature", "9", "--db", db, check=False)

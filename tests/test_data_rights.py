@@ -234,7 +234,10 @@ def test_purge_drops_idle_conversations_with_their_derived_rows(store: Store) ->
 
 def test_parse_age() -> None:
     assert parse_age("30d") == 30 * 86400 and parse_age("12h") == 43200
-    assert parse_age("2w") == 14 * 86400 and parse_age("90m") == 5400 and parse_age("7") == 7 * 86400
+    assert parse_age("2w") == 14 * 86400 and parse_age("90m") == 5400 and parse_age("45s") == 45
+    for unitless in ("7", "0", " 30 "):  # a slip there would delete every conversation
+        with pytest.raises(ConfigError, match="unit"):
+            parse_age(unitless)
     with pytest.raises(ConfigError, match="30d"):
         parse_age("a month")
 
@@ -294,7 +297,9 @@ def test_cli_export_delete_import_purge_rename(tmp_path: Path, capsys: pytest.Ca
 
     assert main(["purge", "--older-than", "1d", "--dry-run", "--db", db]) == 0
     assert "0 conversations idle" in capsys.readouterr().err
-    assert main(["purge", "--older-than", "0s", "--db", db]) == 0
+    assert main(["purge", "--older-than", "0s", "--db", db]) == 2  # not without --yes
+    assert "add --yes to confirm" in capsys.readouterr().err
+    assert main(["purge", "--older-than", "0s", "--yes", "--db", db]) == 0
     assert "purged 1 conversations" in capsys.readouterr().err
     assert main(["purge", "--older-than", "soon", "--db", db]) == 2
     assert main(["sessions", "rename", "c_nope", "x", "--db", db]) == 1

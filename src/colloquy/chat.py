@@ -32,15 +32,18 @@ from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .continuity import auto_title, check_key, key_meta, prior_turn, turn_lock
-from .errors import ColloquyError, ModelError, ToolError
+from .errors import (ColloquyError, ConfigError, InvalidTextError, MissingAPIKeyError,
+                     ModelError, ToolError)
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
-from .messages import USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, ToolResultBlock
-from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model
+from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
+                       ToolResultBlock)
+from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model, model_spec
 from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
 from .telemetry import call_purpose, conversation, isolated
 from .telemetry.turns import context_attributes, store_system, turn_span, work_span
 from .tokens import TokenCounter, counter as default_counter, estimate_tools
+from .text import clean_persona, require_text
 from .tools import Tool, as_tools, run_calls
 from .usage import Usage, cost_of
 
@@ -132,15 +135,19 @@ UserInput = str | Message | Sequence[ContentBlock]
 
 
 def _user_message(content: UserInput) -> Message:
-    if isinstance(content, Message):
-        if content.role != "user":
-            raise ValueError("a turn starts with a user message")
-        return content
+    """The user's new message, checked by the text rules (colloquy.text): a message with no
+    content, or a text block that is empty or only whitespace, raises InvalidTextError."""
     if isinstance(content, str):
-        if not content.strip():
-            raise ValueError("the message is empty")
-        return Message.user(content)
-    return Message(role="user", content=list(content))
+        return Message.user(require_text(content, "the message"))
+    message = content if isinstance(content, Message) else Message(role="user", content=list(content))
+    if message.role != "user":
+        raise ValueError("a turn starts with a user message")
+    if not message.content:
+        raise InvalidTextError("the message is empty")
+    for b in message.content:
+        if isinstance(b, TextBlock):
+            require_text(b.text, "a text block of the message")
+    return message
 
 
 class Chat:
@@ -171,14 +178,27 @@ class Chat:
         context_window: int | None = None,
     ) -> None:
         self.store: Store = store if store is not None else open_store()
-        self.session_id = session_id or new_id()
+        # Ids given explicitly follow the text rules: "" is refused, not taken as "none".
+        self.session_id = new_id() if session_id is None else require_text(session_id, "the session id")
+        user_id = None if user_id is None else require_text(user_id, "the user id")
         existing = self.store.find_conversation(self.session_id)
         if existing is not None and user_id is not None and existing.user_id not in (None, user_id):
             raise ColloquyError(f"session {self.session_id!r} belongs to another user")
         if model is None and existing is not None and existing.model:
             model = existing.model
-        self.model: Model = model if isinstance(model, Model) else get_model(model)
-        self.system = system if system is not None else (existing.persona if existing else "")
+            try:
+                self.model: Model = get_model(model)
+            except MissingAPIKeyError:
+                raise
+            except ConfigError as e:  # stored before models kept their provider prefix
+                raise ConfigError(
+                    f"session {self.session_id!r} was stored with model {model!r}: {e}; name "
+                    f"its model again with its provider, e.g. ollama:{model}") from e
+        else:
+            self.model = model if isinstance(model, Model) else get_model(model)
+        #: The persona; whitespace only means none (colloquy.text).
+        self.system = clean_persona(system) if system is not None else (
+            existing.persona if existing else "")
         self.user_id = user_id if user_id is not None else (existing.user_id if existing else None)
         self.policy: ContextPolicy = policy or DEFAULT_POLICY
         self.tools = as_tools(tools)
@@ -213,14 +233,13 @@ class Chat:
 
     def _ensure_conversation(self) -> Conversation:
         conv = self._conversation or self.store.find_conversation(self.session_id)
+        spec = model_spec(self.model)  # "ollama:llama3", so a resumed session finds its provider
         if conv is None:
             conv = self.store.create_conversation(
-                id=self.session_id, user_id=self.user_id, persona=self.system, model=self.model.name
+                id=self.session_id, user_id=self.user_id, persona=self.system, model=spec
             )
-        elif conv.persona != self.system or conv.model != self.model.name:
-            conv = self.store.update_conversation(
-                self.session_id, persona=self.system, model=self.model.name
-            )
+        elif conv.persona != self.system or conv.model != spec:
+            conv = self.store.update_conversation(self.session_id, persona=self.system, model=spec)
         self._conversation = conv
         return conv
 

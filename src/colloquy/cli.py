@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from .chat import Chat, Reply
 from .context.base import ContextPolicy
 from .context.policies import FullHistory, RollingWindow, TokenBudget
-from .errors import ColloquyError, ConfigError, ModelError
-from .files import private_open
+from .errors import ColloquyError, ConfigError, InvalidTextError, ModelError
+from .files import private_dir, private_open
 from .guards import build_guards
 from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
-from .store import Store, open_store
+from .store import Store, default_db_path, open_store
 from .store.base import new_id, users_conversation
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
@@ -38,23 +41,34 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--window", type=int, metavar="N", help="keep the last N turns (default 20)")
-    g.add_argument("--max-input-tokens", type=int, metavar="N",
-                   help="keep the newest turns that fit under N input tokens")
-    g.add_argument("--full", action="store_true", help="send the whole history, untrimmed")
+    p.add_argument("--window", type=int, metavar="N", help="keep the last N turns (default 20); "
+                   "with --policy, its cap on recent turns")
+    p.add_argument("--max-input-tokens", type=int, metavar="N",
+                   help="keep the newest turns that fit under N input tokens; with --policy, "
+                   "its budget")
+    p.add_argument("--full", action="store_true", help="send the whole history, untrimmed")
     add_policy_flags(p)
 
 
 def policy_from_args(args: argparse.Namespace) -> ContextPolicy | None:
+    """The context policy the flags ask for (None: the default). Every combination the help
+    offers works; the others are refused with a ConfigError saying why."""
     if wants_named_policy(args):  # --policy NAME / --policy-config FILE (colloquy.memory.cli)
         return policy_from_cli_args(args)
+    window = getattr(args, "window", None)
+    budget = getattr(args, "max_input_tokens", None)
     if getattr(args, "full", False):
+        if window is not None or budget is not None:
+            raise ConfigError("--full sends everything: it takes neither --window nor "
+                              "--max-input-tokens")
         return FullHistory()
-    if getattr(args, "window", None) is not None:
-        return RollingWindow(turns=args.window)
-    if getattr(args, "max_input_tokens", None) is not None:
-        return TokenBudget(max_input_tokens=args.max_input_tokens)
+    if window is not None and budget is not None:
+        raise ConfigError("--window and --max-input-tokens together need a --policy that uses "
+                          "both (summary, facts, recall or memory)")
+    if window is not None:
+        return RollingWindow(turns=window)
+    if budget is not None:
+        return TokenBudget(max_input_tokens=budget)
     return None
 
 
@@ -100,7 +114,9 @@ HELP = """commands:
   /history   print the stored conversation
   /cost      tokens and cost per model call and for the session
   /context   print what the policy would send from the stored log (the request as JSON)
-  /quit      leave (Ctrl-D works too)"""
+  /help      this list
+  /quit      leave (Ctrl-D works too)
+  //text     send a message that starts with "/" (the first one is dropped)"""
 
 
 def _print_cost(chat: Chat, out: TextIO) -> None:
@@ -136,21 +152,80 @@ def _slash(chat: Chat, line: str, out: TextIO) -> bool:
             _dump(chat.next_request().to_anthropic(), out)
         else:
             out.write("(empty conversation: the next request will hold only your message)\n")
-    else:
+    elif cmd in {"/help", "/?"}:
         out.write(HELP + "\n")
+    else:
+        sys.stderr.write(f"unknown command {cmd} (nothing was sent); /help lists the commands\n")
     return True
 
 
-def _lines(interactive: bool) -> Any:
+#: Terminal escape sequences (arrow keys...) typed where no line editing is available.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|O.|.)")
+HISTORY_LINES = 1000
+
+
+def history_path() -> Path | None:
+    """The prompt's history file: ``$COLLOQUY_HISTORY``, or ``history`` beside the default
+    database in the user data directory; None when ``COLLOQUY_HISTORY=off``."""
+    value = os.environ.get("COLLOQUY_HISTORY")
+    if value is not None and value.strip().lower() in {"off", "none", ""}:
+        return None
+    return Path(value) if value else default_db_path().with_name("history")
+
+
+def _line_editing() -> Callable[[], None]:
+    """Line editing and history for the interactive prompt, from the standard library's
+    ``readline``: arrow keys move the cursor and recall earlier lines instead of reaching the
+    model as escape sequences. The history file is created 0600 (it holds what was typed) and
+    keeps the last HISTORY_LINES lines. Returns the function that saves it."""
+    try:
+        import readline
+    except ImportError:  # no readline on this platform: escape sequences are stripped instead
+        return lambda: None
+    path = history_path()
+    if path is None:
+        return lambda: None
+    try:
+        private_dir(path.parent)
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        readline.read_history_file(path)
+    except OSError:
+        return lambda: None
+    readline.set_history_length(HISTORY_LINES)
+
+    def save() -> None:
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
+    return save
+
+
+def _lines(interactive: bool) -> Iterator[str]:
     if interactive:
-        while True:
-            try:
-                yield input("you> ")
-            except EOFError:
-                return
+        save = _line_editing()
+        try:
+            while True:
+                try:
+                    line = input("you> ")
+                except EOFError:
+                    return
+                yield _ESCAPES.sub("", line)
+                save()
+        finally:
+            save()
     else:
+        # Bytes that are not valid in the locale's encoding become U+FFFD (colloquy.text): a bad
+        # line never stops the chat, nor loses the lines before it.
         for line in sys.stdin:
             yield line.rstrip("\n")
+
+
+def _lenient_stdin() -> None:
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if callable(reconfigure):
+        reconfigure(errors="replace")
 
 
 def _add_guards(p: argparse.ArgumentParser) -> None:
@@ -165,7 +240,8 @@ def _add_guards(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    store = open_store(args.db)
+    _lenient_stdin()
+    store = open_store(args.db, create=True)
     session = args.session
     if session and args.user:  # a name in the user's own namespace, as the service has it
         existing = users_conversation(store, args.user, session)
@@ -195,7 +271,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     for line in _lines(interactive):
         if not line.strip():
             continue
-        if line.startswith("/"):
+        if line.startswith("//"):
+            line = line[1:]
+        elif line.startswith("/"):
             if not _slash(chat, line, sys.stdout):
                 break
             continue
@@ -232,7 +310,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    convs = open_store(args.db).list_conversations(user_id=args.user, limit=args.limit)
+    convs = open_store(args.db, create=False).list_conversations(user_id=args.user, limit=args.limit)
     if args.json:
         _dump([c.model_dump(mode="json") for c in convs], sys.stdout)
         return EXIT_OK
@@ -248,7 +326,7 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_show(args: argparse.Namespace) -> int:
-    store = open_store(args.db)
+    store = open_store(args.db, create=False)
     if args.json:
         _dump(_conversation_json(store, args.id), sys.stdout)
         return EXIT_OK
@@ -262,7 +340,7 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_export(args: argparse.Namespace) -> int:
-    data = _conversation_json(open_store(args.db), args.id)
+    data = _conversation_json(open_store(args.db, create=False), args.id)
     if args.output and args.output != "-":
         with private_open(args.output) as f:  # owner-only, like the database
             _dump(data, f)
@@ -273,13 +351,13 @@ def cmd_sessions_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
-    open_store(args.db).delete_conversation(args.id)
+    open_store(args.db, create=False).delete_conversation(args.id)
     sys.stderr.write(f"deleted session {args.id}\n")
     return EXIT_OK
 
 
 def cmd_context(args: argparse.Namespace) -> int:
-    store = open_store(args.db)
+    store = open_store(args.db, create=False)
     store.get_conversation(args.id)  # a clear error for an unknown id
     chat = Chat(args.model, store=store, session_id=args.id, policy=policy_from_args(args),
                 max_tokens=args.max_tokens)
@@ -395,15 +473,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except ColloquyError as e:
         sys.stderr.write(f"colloquy: error: {e}\n")
-        return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_ERROR
+        return EXIT_USAGE if isinstance(e, (ConfigError, InvalidTextError)) else EXIT_ERROR
     except ValueError as e:
         sys.stderr.write(f"colloquy: error: {e}\n")
         return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    except OSError as e:  # a file named on the command line: unreadable, unwritable, missing
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"colloquy: error: {where}{e.strerror or e}\n")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_OK
 
 
 def run() -> None:

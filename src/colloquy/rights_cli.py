@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ColloquyError, ConfigError
 from .files import write_private_text
 from .rights import (
     DeleteReport,
     delete_user,
+    erase_deleted,
     export_user,
     import_user,
     parse_age,
@@ -37,8 +38,21 @@ def _summary(report: DeleteReport) -> str:
     return f"{report.conversations} conversations ({rows}){erased}"
 
 
+def _holds_nothing(data: dict[str, Any]) -> bool:
+    """True when an export holds no row at all: the user is unknown to this database."""
+    tables = data.get("tables") or {}
+    return not (data.get("sessions") or data.get("facts") or data.get("summaries")
+                or any(t.get("rows") for t in tables.values()))
+
+
+def _nobody(user_id: str) -> ColloquyError:
+    return ColloquyError(f"no user {user_id!r} here: nothing is held about them in this database")
+
+
 def cmd_users_export(args: argparse.Namespace) -> int:
-    data = export_user(open_store(args.db), args.id)
+    data = export_user(open_store(args.db, create=False), args.id)
+    if _holds_nothing(data):  # a typo must not pass for an empty export
+        raise _nobody(args.id)
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     if args.output and args.output != "-":
         write_private_text(args.output, text)  # owner-only: it holds everything about a user
@@ -51,11 +65,18 @@ def cmd_users_export(args: argparse.Namespace) -> int:
 
 def cmd_users_import(args: argparse.Namespace) -> int:
     try:
-        with open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin as f:
-            data: dict[str, Any] = json.load(f)
+        if args.file == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as f:
+                raw = f.read()
+        # Bad UTF-8 becomes U+FFFD, as everywhere bytes enter (colloquy.text).
+        data: dict[str, Any] = json.loads(raw.decode("utf-8", errors="replace"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read export {args.file}: {e}") from e
-    report = import_user(open_store(args.db), data, replace=args.replace)
+    if not isinstance(data, dict):
+        raise ConfigError(f"cannot read export {args.file}: not a colloquy user export")
+    report = import_user(open_store(args.db, create=True), data, replace=args.replace)
     rows = ", ".join(f"{t} {n}" for t, n in report.rows.items())
     skipped = (f"; not imported (accounts, tokens and tables import does not restore are never "
                f"taken from a file): {', '.join(report.skipped_tables)}"
@@ -69,17 +90,25 @@ def cmd_users_delete(args: argparse.Namespace) -> int:
     if not args.yes:
         raise ConfigError(f"this deletes everything held about {args.id!r} for good; "
                           "add --yes to confirm")
-    report = delete_user(open_store(args.db), args.id, erase=not args.keep_bytes)
+    store = open_store(args.db, create=False)
+    report = delete_user(store, args.id, erase=False)
+    if not report.total:
+        raise _nobody(args.id)
+    if not args.keep_bytes:
+        erase_deleted(store, [t for t, n in report.rows.items() if n], report)
     sys.stderr.write(f"deleted user {args.id}: {_summary(report)}\n")
     return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
     age = parse_age(args.older_than)
-    store = open_store(args.db)
+    store = open_store(args.db, create=False)
+    cutoff = time.time() - age
+    stale = [c for c in store.list_conversations(limit=10**9) if c.updated_at < cutoff]
+    if not args.dry_run and not args.yes:
+        raise ConfigError(f"this deletes the {len(stale)} conversations idle for more than "
+                          f"{args.older_than} for good; add --yes to confirm (--dry-run lists them)")
     if args.dry_run:
-        cutoff = time.time() - age
-        stale = [c for c in store.list_conversations(limit=10**9) if c.updated_at < cutoff]
         for c in stale:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
             sys.stdout.write(f"{c.id}\t{when}\tuser={c.user_id or '-'}\t{c.title or ''}\n")
@@ -92,10 +121,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_rename(args: argparse.Namespace) -> int:
-    title = " ".join(args.title.split())
-    if not title:
-        raise ConfigError("the title is empty")
-    conv = open_store(args.db).update_conversation(args.id, title=title)
+    title = " ".join(args.title.split())  # a blank one is refused by the store (the text rules)
+    conv = open_store(args.db, create=False).update_conversation(args.id, title=title)
     sys.stderr.write(f"renamed {conv.id}: {conv.title}\n")
     return 0
 
@@ -126,8 +153,10 @@ def add_user_data_commands(usub: Any, add_db: AddDb) -> None:
 
 def add_purge_command(sub: Any, add_db: AddDb) -> None:
     p = sub.add_parser("purge", help="retention: delete conversations idle for longer than an age")
-    p.add_argument("--older-than", required=True, metavar="AGE", help="30d, 12h, 2w, 90m ...")
+    p.add_argument("--older-than", required=True, metavar="AGE",
+                   help="30d, 12h, 2w, 90m, 45s (a unit is required)")
     p.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    p.add_argument("--yes", action="store_true", help="confirm the deletion")
     p.add_argument("--keep-bytes", action="store_true", help="skip the erasure (VACUUM etc.)")
     add_db(p)
     p.set_defaults(func=cmd_purge)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..context.base import ContextPolicy
 from ..context.presets import POLICY_NAMES, load_policy_config, make_extraction, make_policy
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..store import open_store
 from .extract import FactExtraction
 from .records import Fact
@@ -50,10 +50,20 @@ def _chat_model_name(args: argparse.Namespace) -> str | None:
         return str(args.model)
     session = getattr(args, "session", None) or getattr(args, "id", None)
     if session:
-        conv = open_store(getattr(args, "db", None)).find_conversation(session)
+        try:
+            conv = open_store(getattr(args, "db", None), create=False).find_conversation(session)
+        except StoreError:  # no database yet (the command itself reports a broken one)
+            return None
         if conv is not None and conv.model:
             return conv.model
     return None
+
+
+#: The size flags each named policy uses (the composed ones, summary to memory, take both:
+#: --max-input-tokens as the budget, --window as the cap on recent turns).
+_BOTH = ("max_input_tokens", "window")
+_TAKES: dict[str, tuple[str, ...]] = {"window": ("window",), "budget": ("max_input_tokens",),
+                                      "full": ()}
 
 
 def wants_named_policy(args: argparse.Namespace) -> bool:
@@ -65,6 +75,12 @@ def policy_from_cli_args(args: argparse.Namespace) -> ContextPolicy:
         raise ConfigError("--full cannot be combined with --policy/--policy-config: "
                           "use --policy full")
     config = _config(args)
+    name = getattr(args, "policy", None) or config.get("policy") or "window"
+    unused = [flag for flag, attr in (("--window", "window"), ("--max-input-tokens", "max_input_tokens"))
+              if getattr(args, attr, None) is not None and attr not in _TAKES.get(name, _BOTH)]
+    if unused:  # a flag the policy would silently ignore
+        takes = " and ".join(f"--{a.replace('_', '-')}" for a in _TAKES.get(name, _BOTH)) or "neither"
+        raise ConfigError(f"--policy {name} takes {takes}, not {', '.join(unused)}")
     memory_model = getattr(args, "memory_model", None)
     if memory_model:
         config.setdefault("summary", {}).setdefault("model", memory_model)
@@ -115,7 +131,7 @@ def _fact_row(f: Fact) -> str:
 
 
 def cmd_memory_list(args: argparse.Namespace) -> int:
-    facts = open_store(args.db).list_facts(args.user, include_retired=args.all)
+    facts = open_store(args.db, create=False).list_facts(args.user, include_retired=args.all)
     if args.json:
         sys.stdout.write(json.dumps([f.model_dump(mode="json") for f in facts], indent=2,
                                     ensure_ascii=False) + "\n")
@@ -128,12 +144,10 @@ def cmd_memory_list(args: argparse.Namespace) -> int:
 
 
 def cmd_memory_add(args: argparse.Namespace) -> int:
-    text = " ".join(args.text).strip()
-    if not text:
-        raise ConfigError("memory add needs the fact's text")
-    new = Fact(user_id=args.user, subject=(args.subject or "general").strip(), statement=text,
+    # A blank statement is refused by the store (the text rules), as on every route.
+    new = Fact(user_id=args.user, subject=args.subject or "", statement=" ".join(args.text).strip(),
                origin="user")
-    stored = open_store(args.db).add_fact(new)
+    stored = open_store(args.db, create=True).add_fact(new)
     if stored.id != new.id:
         sys.stderr.write(f"already known as {stored.id}\n")
     sys.stdout.write(stored.id + "\n")
@@ -143,7 +157,7 @@ def cmd_memory_add(args: argparse.Namespace) -> int:
 def cmd_memory_forget(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         raise ConfigError("memory forget needs fact ids or --all (not both)")
-    store = open_store(args.db)
+    store = open_store(args.db, create=False)
     n = store.forget_facts(args.user, None if args.all else list(args.ids))
     sys.stderr.write(f"forgot {n} fact{'s' if n != 1 else ''} of user {args.user!r}\n")
     if args.ids and n < len(args.ids):

@@ -41,6 +41,8 @@ def get_model(
     """Build a model from its name (see the module docstring). ``environ`` is injectable for
     tests; API keys are read from it only when not given."""
     env = os.environ if environ is None else environ
+    if name is not None and not name.strip():
+        raise ConfigError("the model name is empty")  # never a silent fall back to the default
     name = name or env.get("COLLOQUY_MODEL") or DEFAULT_MODEL
     provider, sep, model_id = name.partition(":")
     if not sep:
@@ -78,6 +80,21 @@ def get_model(
     )
 
 
+def model_spec(model: Model) -> str:
+    """The name :func:`get_model` rebuilds ``model`` from, provider prefix included where the
+    bare id would not find the provider (``ollama:llama3``, ``openai:mymodel``; ``gpt-4o`` and
+    ``claude-sonnet-4-6`` as they are): what a conversation stores, so it resumes with the same
+    provider."""
+    provider, name = model.provider, model.name
+    if provider == "anthropic":
+        return name if name.startswith("claude") else f"anthropic:{name}"
+    if provider == "openai":
+        return name if name.startswith(_OPENAI_PREFIXES) else f"openai:{name}"
+    if provider in LOCAL_SERVERS:
+        return f"{provider}:{name}"
+    return name
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "EchoModel",
@@ -90,5 +107,6 @@ __all__ = [
     "TextDelta",
     "ToolSpec",
     "get_model",
+    "model_spec",
     "tool_call",
 ]

@@ -27,8 +27,8 @@ METRICS_TOKEN_VAR = "COLLOQUY_METRICS_TOKEN"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def _user_store(db: str | None) -> UserStore:
-    store = open_store(db)
+def _user_store(db: str | None, *, create: bool = False) -> UserStore:
+    store = open_store(db, create=create)
     if not isinstance(store, UserStore):
         raise ConfigError(f"the {type(store).__name__} has no users table yet")
     return store
@@ -38,7 +38,7 @@ def _user_store(db: str | None) -> UserStore:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    token = issue_token(_user_store(args.db), args.name, replace=args.rotate)
+    token = issue_token(_user_store(args.db, create=True), args.name, replace=args.rotate)
     sys.stdout.write(token + "\n")
     sys.stderr.write(
         f"{'new token for' if args.rotate else 'added user'} {args.name}: the token above is shown "

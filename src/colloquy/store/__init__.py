@@ -24,12 +24,22 @@ def default_db_path() -> Path:
 
 
 def resolve_db_url(db: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """Argument, then ``COLLOQUY_DB``, then the user's data directory."""
+    """Argument, then ``COLLOQUY_DB``, then the user's data directory. An argument that is given
+    but empty (``--db ""``, a script's unset variable) is a ConfigError, never the default."""
     env = os.environ if environ is None else environ
+    if db is not None and not db.strip():
+        raise ConfigError("the database path is empty (--db ''): name a file, 'memory' or a "
+                          "postgresql:// URL, or leave it out for the default")
     return db or env.get("COLLOQUY_DB") or str(default_db_path())
 
 
-def open_store(db: str | None = None, environ: Mapping[str, str] | None = None) -> Store:
+def open_store(
+    db: str | None = None, environ: Mapping[str, str] | None = None, *, create: bool = True
+) -> Store:
+    """The store ``db`` names (see the module docstring). ``create=False`` (commands that only
+    read or delete) refuses a SQLite file that does not exist, with a StoreError, instead of
+    creating it and its directories. A file that is not a database, or one that cannot be
+    opened (permissions, a read-only directory), is a StoreError too: one clear line."""
     url = resolve_db_url(db, environ)
     if url in {"memory", ":memory:"}:
         return MemoryStore()
@@ -45,7 +55,7 @@ def open_store(db: str | None = None, environ: Mapping[str, str] | None = None) 
         url = url[len("sqlite:///"):]
     elif "://" in url:
         raise ConfigError(f"unsupported database URL {url!r}: use a file path or postgresql://")
-    return SQLiteStore(url)
+    return SQLiteStore(url, create=create)
 
 
 __all__ = [

@@ -48,8 +48,16 @@ def apply_migrations(
 ) -> list[str]:
     """Apply the missing migrations in order, each in its own transaction; return their names.
 
-    Safe to call from several processes at once: the check runs under the write lock.
+    Safe to call from several processes at once: the check runs under the write lock. A
+    database that is up to date is only read, so a read-only file can still be read.
     """
+    known = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if known:
+        done_names = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+        if all(m.name in done_names for m in migrations):
+            return []
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
     )
@@ -80,22 +88,33 @@ class SQLiteStore(SQLStore):
 
     dialect = queries.SQLITE
 
-    def __init__(self, path: str | Path, *, migrate: bool = True) -> None:
+    def __init__(self, path: str | Path, *, migrate: bool = True, create: bool = True) -> None:
+        """Open (with ``create``, create) the database file and bring its schema up to date.
+        Raises StoreError, one line, when the file is missing (without ``create``), is not a
+        SQLite database, or cannot be opened or migrated (permissions, a read-only directory)."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:  # pragma: no cover - depends on the system
             raise StoreError(f"colloquy needs SQLite 3.35 or newer; this Python has "
                              f"{sqlite3.sqlite_version}")
         self.path = Path(path).expanduser()
         self.url = str(self.path)
-        if str(self.path) != ":memory:":
-            # Owner-only files: the -wal and -shm files take the database file's mode.
-            private_dir(self.path.parent)
-            ensure_private_file(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        self._writer = _writer_lock(self.path)
-        if migrate:
-            apply_migrations(self._conn())
+        try:
+            if not create and not self.path.exists():
+                raise StoreError(f"no database at {self.path} (nothing is stored there yet)")
+            if str(self.path) != ":memory:":
+                # Owner-only files: the -wal and -shm files take the database file's mode.
+                private_dir(self.path.parent)
+                ensure_private_file(self.path)
+            self._writer = _writer_lock(self.path)
+            if migrate:
+                apply_migrations(self._conn())
+        except OSError as e:
+            raise StoreError(f"cannot open database {self.path}: {e.strerror or e}") from e
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"cannot open database {self.path}: {e}") from e
 
     # -- connections and transactions ---------------------------------------------------------
 
@@ -106,12 +125,14 @@ class SQLiteStore(SQLStore):
                 conn = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=30.0
                 )
-            except sqlite3.Error as e:  # pragma: no cover - depends on the filesystem
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA busy_timeout = 30000")
+            except sqlite3.Error as e:  # e.g. "file is not a database"
+                if conn is not None:
+                    conn.close()
                 raise StoreError(f"cannot open database {self.path}: {e}") from e
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 30000")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -122,14 +143,19 @@ class SQLiteStore(SQLStore):
         """One atomic unit of work; ``BEGIN IMMEDIATE`` for writers (see the module docstring)."""
         conn = self._conn()
         with self._writer if write else nullcontext():
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                else:
+                    conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if "readonly" in str(e):  # a read-only file or directory: one clear line
+                    raise StoreError(f"cannot write to database {self.path}: {e}") from e
                 raise
-            else:
-                conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._all_lock:
