@@ -5,8 +5,6 @@ works as the CLI's --policy does; anything else is refused when the app is built
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from colloquy.errors import ConfigError
 from colloquy.server import create_app
 from colloquy.server.errors import RedactingFilter, Redactor
 from colloquy.store.users import issue_token
-from server_helpers import add_user, bearer, free_port
+from server_helpers import add_user, bearer, clean_env, serve_subprocess
 
 SECRET = "sk-ant-test-0123456789abcdef"
 
@@ -29,32 +27,13 @@ SECRET = "sk-ant-test-0123456789abcdef"
 def serve_and_log(db: Path, level: str, token: str) -> str:
     """Run ``colloquy serve --log-level LEVEL`` as a real process, make a few requests (one
     naming the secret in its path), stop it, and return everything it printed."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "COLLOQUY_"))}
-    env["ANTHROPIC_API_KEY"] = SECRET  # a secret the redactor knows
     log = db.with_suffix(f".{level}.log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", str(db),
-             "--model", "echo", "--log-level", level], stdout=out, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            assert httpx.get(url + "/v1/conversations", headers=bearer(token)).status_code == 200
-            assert httpx.get(url + "/v1/conversations", headers=bearer("nope")).status_code == 401
-            assert httpx.get(url + f"/v1/conversations/{SECRET}", headers=bearer(token)).status_code == 404
-            time.sleep(0.3)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+    env = clean_env(ANTHROPIC_API_KEY=SECRET)  # a secret the redactor knows
+    with serve_subprocess(db, "--log-level", level, log=log, env=env) as url:
+        assert httpx.get(url + "/v1/conversations", headers=bearer(token)).status_code == 200
+        assert httpx.get(url + "/v1/conversations", headers=bearer("nope")).status_code == 401
+        assert httpx.get(url + f"/v1/conversations/{SECRET}", headers=bearer(token)).status_code == 404
+        time.sleep(0.3)
     return log.read_text()
 
 
