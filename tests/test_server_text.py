@@ -68,7 +68,7 @@ def test_native_routes_store_bad_text_clean_and_export_it(api: Api) -> None:
     assert f"hi {FFFD} {FFFD}" in clean_json(r)["text"]  # the echo model saw the clean text
     r = api.raw("POST", f"/v1/conversations/{cid}/messages",
                 b'{"content": "streamed \\ud800", "stream": true}')
-    assert r.status_code == 200 and parse_sse(r.text)[-1][0] == "done"
+    assert r.status_code == 200 and parse_sse(r)[-1][0] == "done"
     r = api.raw("PATCH", f"/v1/conversations/{cid}", b'{"title": "renamed \\ud800"}')
     assert r.status_code == 200 and clean_json(r)["title"] == f"renamed {FFFD}"
     r = api.raw("POST", "/v1/memory", b'{"statement": "likes \\ud83d tea", "subject": "\\u0000"}')

@@ -23,11 +23,13 @@ error). Reading stored data never refuses. A whitespace-only persona means "no p
 (:func:`clean_persona`): a ``--system "$PERSONA"`` with an empty variable, or an OpenAI client's
 blank system message, should not fail a chat, and Anthropic refuses a blank system block.
 
-**Conversation text inside a prompt block is data** (:func:`as_data`): every block colloquy
-builds around user, model or tool text (summaries, recalled excerpts, facts, the summariser's,
-extractor's, title's and topic judge's inputs) passes the text through this one helper, so it
-can neither close its block nor open a tag of its own, and, in line-structured blocks, cannot
-start a line that poses as the block's own structure (``assistant: ...``, ``SYSTEM: ...``).
+**Conversation text inside a prompt block is data** (:func:`as_data`, and :func:`quoted`, its
+JSON-literal form for one-line records such as facts): every block colloquy builds around user,
+model or tool text (summaries, recalled excerpts, facts, pruned tool output, the summariser's,
+extractor's, title's, topic judge's and eval judge's inputs) passes the text through this one
+helper, so it can neither close its block nor open a tag of its own, and, in line-structured
+blocks, cannot start a line that poses as the block's own structure (``assistant: ...``,
+``SYSTEM: ...``).
 
 Cost: the common case (nothing to replace) is two C-speed scans of the string, so validating
 every text of a turn stays far below a millisecond (bench/turns.py).
