@@ -286,6 +286,22 @@ def test_memory_policy_with_budget_and_window_runs_in_chat_and_context(tmp_path:
     assert p.returncode == 0, p.stderr
 
 
+def test_argv_that_is_not_utf8_follows_the_text_rules(tmp_path: Path) -> None:
+    """An invalid byte in an argument (decoded with surrogateescape) is U+FFFD in ids and text,
+    as on stdin: the session is found again with the same bytes, never a traceback."""
+    db = str(tmp_path / "c.db")
+    args = [b"chat", b"--model", b"echo", b"--session", b"caf\xe9", b"--user", b"z\xff",
+            b"--system", b"be \xe9", b"--db", db.encode()]
+    for _ in range(2):
+        p = subprocess.run([sys.executable.encode(), b"-m", b"colloquy", *args], input=b"hi\n",
+                           capture_output=True, env=env_for(tmp_path), timeout=120)
+        assert p.returncode == 0, p.stderr
+    conv = SQLiteStore(db).get_conversation("caf\ufffd")
+    assert (conv.user_id, conv.persona, conv.last_seq) == ("z\ufffd", "be \ufffd", 4)
+    p = cli(tmp_path, "sessions", "show", "caf\udce9", "--db", db)  # what argv decoding gives
+    assert p.returncode == 0 and "be \ufffd" in p.stdout
+
+
 @pytest.mark.parametrize("args", [["--session", ""], ["--user", " "], ["--model", ""]])
 def test_explicitly_empty_ids_are_refused_never_replaced(tmp_path: Path, args: list[str]) -> None:
     db = tmp_path / "c.db"

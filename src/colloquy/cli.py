@@ -26,6 +26,7 @@ from .guards import build_guards
 from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, default_db_path, open_store
 from .store.base import new_id, users_conversation
+from .text import clean
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
 
@@ -455,7 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Arguments that are ids or text (not file paths, whose odd bytes must reach the OS as given).
+_TEXT_ARGS = ("id", "ids", "session", "user", "name", "system", "subject", "title", "text",
+              "message", "model")
+
+
 def _check(args: argparse.Namespace) -> None:
+    # An invalid UTF-8 byte in argv arrives as a lone surrogate: the text rules (colloquy.text).
+    for name in _TEXT_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, clean(value))
+        elif isinstance(value, list):
+            setattr(args, name, [clean(v) if isinstance(v, str) else v for v in value])
     for flag in ("window", "max_input_tokens", "max_tokens", "limit"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
