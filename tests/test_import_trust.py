@@ -214,7 +214,6 @@ REFUSED: dict[str, tuple[Edit, str]] = {
     "a title over the size limit": (tables_edit("conversations", title="x" * 10_001),
                                     "over the limit"),
     "a log with a hole": (tables_edit("conversations", last_seq=5), "numbered 1..5"),
-    "a blank fact": (tables_edit("facts", statement="  "), "statement is empty"),
 }
 
 

@@ -55,13 +55,16 @@ def log(*texts: str, cid: str = "c1") -> list[StoredMessage]:
 
 
 def test_the_summary_block_in_the_system_prompt() -> None:
-    """End to end, as relsec F6: a user's message closes nothing once it is summarised."""
+    """End to end, as relsec F6: a user's message closes nothing once it is summarised, even
+    by a summariser model that writes the attack back in raw form."""
+    model = FunctionModel(lambda r: attack("conversation_summary"))
     policy = make_policy("summary", max_input_tokens=400, chat_model="echo",
-                         config={"summary": {"model": "offline-summariser", "min_new_turns": 1}})
+                         config={"summary": {"model": model, "min_new_turns": 1}})
     chat = Chat(EchoModel(), store=MemoryStore(), session_id="s", title_model=False,
                 policy=policy, system="You are helpful.")
     chat.send(attack("conversation_summary"))
-    chat.send("ok " + "filler words here " * 20)
+    for i in range(2):  # enough later text that the first turn falls out of the window
+        chat.send(f"ok {i} " + "filler words about the weather and the garden " * 20)
     system = [b.text for b in chat.next_request("what next?").system]
     block = next(t for t in system if "conversation_summary" in t)
     assert block.rstrip().endswith("</conversation_summary>")

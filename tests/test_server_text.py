@@ -128,7 +128,7 @@ def test_a_whitespace_persona_is_no_persona_on_both_routes(api: Api) -> None:
         headers={**api.h, "X-Colloquy-Conversation": "oa-ws"})
     assert r.status_code == 200
     assert api.model.last_request is not None and api.model.last_request.system == []
-    assert api.store.get_conversation("oa-ws").persona == ""
+    assert api.store.find_named("ada", "oa-ws").persona == ""  # type: ignore[attr-defined, union-attr]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", *postgres_kinds()])
@@ -152,7 +152,7 @@ def test_the_openai_route_with_the_sdk_and_raw_escapes(kind: str, tmp_path: Any)
         assert f"n{FFFD}l" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         client.chat.completions.create(model="echo", extra_headers=head,
                                        messages=[{"role": "user", "content": "plain"}])
-        assert store.get_conversation("sur").persona == f"be {FFFD}"
+        assert store.find_named("ada", "sur").persona == f"be {FFFD}"  # type: ignore[attr-defined, union-attr]
         with pytest.raises(openai.BadRequestError):  # an id holding NUL: refused, not a 500
             client.chat.completions.create(model="echo", user="bad\x00id",
                                            messages=[{"role": "user", "content": "hi"}])

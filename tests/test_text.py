@@ -326,23 +326,29 @@ def test_rows_stored_before_the_rules_read_export_and_title(
         store.close()
 
 
-def test_import_cleans_rows_and_restores_blank_titles_as_untitled(tmp_path: Path) -> None:
-    data = {
-        "format": "colloquy.user-export", "version": 1, "user_id": "zed\x00",
-        "sessions": [{"conversation": {"id": "c\ud800", "user_id": "zed\x00", "title": "  ",
-                                       "persona": "p\x00", "model": "echo", "meta": {}},
-                      "messages": [{"seq": 1, "message": {"role": "user", "content": [
-                          {"type": "text", "text": "hi \ud83d"}]}, "meta": {"k": "\x00"}}]}],
-        "facts": [{"id": "f1", "user_id": "zed\x00", "subject": "s", "statement": "likes \udc00"},
-                  {"id": "f2", "user_id": "zed\x00", "subject": "s", "statement": "  "}],
-    }
+def test_import_cleans_rows_and_restores_blank_titles_as_untitled() -> None:
+    """An export (the memory store's: sessions, facts) edited to hold what the text rules
+    replace, and what colloquy stored before them (a blank title, a blank fact): imported
+    clean, the blank fact left out, nothing refused."""
+    src = MemoryStore()
+    Chat(EchoModel(), store=src, session_id="c1", user_id="zed", title_model=False).send("hi")
+    src.add_fact(Fact(user_id="zed", subject="s", statement="likes tea"))
+    data = export_user(src, "zed")
+    conv = data["sessions"][0]["conversation"]
+    conv.update(id="c\ud800", name="c\ud800", title="  ", persona="p\x00")
+    for m in data["sessions"][0]["messages"]:
+        m["message"]["content"][0]["text"] += " \ud83d \x00"
+        m["meta"]["k"] = "\x00"
+    data["facts"][0]["statement"] = "likes \udc00"
+    data["facts"].append({**data["facts"][0], "id": "f_blank", "statement": "  "})
     store = MemoryStore()
     report = import_user(store, data)
-    conv = store.get_conversation(f"c{FFFD}")
-    assert conv.title is None and conv.persona == f"p{FFFD}" and conv.user_id == f"zed{FFFD}"
-    assert store.load(conv.id)[0].message.text == f"hi {FFFD}"
-    assert [f.statement for f in store.list_facts(f"zed{FFFD}")] == [f"likes {FFFD}"]
-    assert report.rows["facts"] == 1
+    got = store.get_conversation(f"c{FFFD}")
+    assert got.title is None and got.persona == f"p{FFFD}" and got.user_id == "zed"
+    log = store.load(got.id)
+    assert log[0].message.text == f"hi {FFFD} {FFFD}" and log[0].meta["k"] == FFFD
+    assert [f.statement for f in store.list_facts("zed")] == [f"likes {FFFD}"]
+    assert report.conversations == 1
 
 
 def test_cli_import_reads_invalid_utf8_files(tmp_path: Path) -> None:

@@ -367,7 +367,7 @@ def _fact(plan: ImportPlan, r: _Row, *, encoded: bool) -> Fact:
     origin = r.text("origin", "name", default="extracted")
     return r.model(lambda: Fact(
         id=r.text("id", "id", empty=False), user_id=owner,
-        subject=r.text("subject", "name", empty=False),
+        subject=r.text("subject", "name"),  # a blank one reads as "general" (Fact)
         statement=r.text("statement", "text"),  # a blank one is dropped by _drop_blank_facts
         source_conversation=r.text("source_conversation", "id", optional=True),
         source_seq=r.integer("source_seq", lo=1, optional=True),
