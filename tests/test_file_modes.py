@@ -84,14 +84,14 @@ def test_an_existing_file_keeps_its_mode(tmp_path: Path) -> None:
     SQLiteStore(db).close()
     os.chmod(db, 0o640)  # an administrator's choice: a backup group may read it
     store = SQLiteStore(db)
-    Chat(EchoModel(), store=store, session_id="a").send("hi")
+    Chat(EchoModel(), store=store, session_id="a", user_id="ann").send("hi")
     assert mode(db) == 0o640
     store.close()
     out = tmp_path / "export.json"
     out.write_text("old")
     os.chmod(out, 0o644)
-    cli("users", "export", "nobody", "--db", str(db), "-o", str(out))
-    assert mode(out) == 0o644 and json.loads(out.read_text())["user_id"] == "nobody"
+    cli("users", "export", "ann", "--db", str(db), "-o", str(out))
+    assert mode(out) == 0o644 and json.loads(out.read_text())["user_id"] == "ann"
 
 
 def test_eval_results_and_report_are_owner_only(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ Rules (Anthropic's, which are also valid for OpenAI after conversion):
   4. no empty message, no whitespace-only text block (system blocks included);
   5. tool-call ids match ``^[a-zA-Z0-9_-]{1,40}$`` and are unique in the request;
   6. at most 4 cache_control breakpoints in the request;
-  7. a final assistant message (a prefill) does not end with whitespace;
-  8. text is valid Unicode (no lone surrogate).
-Rules 4 (system), 5, 6, 7 and 8 are the providers' own: see :mod:`colloquy.context.wire` for their
+  7. a final assistant message (a prefill) does not end with whitespace.
+(Text is valid Unicode by construction: colloquy.text.)
+Rules 4 (system), 5, 6 and 7 are the providers' own: see :mod:`colloquy.context.wire` for their
 sources. :func:`repair_request` is the one place a request is made to obey them all.
 """
 
@@ -29,14 +29,12 @@ from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock
 from .wire import (
     MAX_BREAKPOINTS,
     count_breakpoints,
-    holds_surrogate,
     limit_breakpoints,
     map_tool_ids,
     system_problems,
     tool_id_problems,
     trailing_whitespace,
     trim_final_assistant,
-    without_surrogates,
 )
 
 INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
@@ -69,10 +67,6 @@ def problems(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> l
     if breakpoints > MAX_BREAKPOINTS:
         out.append(f"the request has {breakpoints} cache_control breakpoints "
                    f"(at most {MAX_BREAKPOINTS})")
-    out.extend(f"system block {i} holds a lone surrogate (not valid Unicode)"
-               for i, b in enumerate(system) if holds_surrogate(b))
-    out.extend(f"message {i} holds a lone surrogate (not valid Unicode)"
-               for i, m in enumerate(messages) if holds_surrogate(m))
     if _plainly_valid(messages):
         return out
     if messages[0].role != "user":
@@ -239,8 +233,8 @@ def repair(
 def repair_request(
     system: Sequence[TextBlock], messages: Sequence[Message], sources: Sequence[list[int]] | None = None
 ) -> tuple[list[TextBlock], list[Message], list[list[int]], list[str]]:
-    """:func:`repair` for a whole request: also drops whitespace-only system blocks, replaces
-    lone surrogates with U+FFFD and keeps only the latest
+    """:func:`repair` for a whole request: also drops whitespace-only system blocks and keeps
+    only the latest
     :data:`~colloquy.context.wire.MAX_BREAKPOINTS` cache breakpoints.
 
     Returns (system, messages, sources, notes). Every request colloquy sends goes through this
@@ -250,10 +244,6 @@ def repair_request(
     kept = [b for b in system if b.text.strip()]
     if len(kept) != len(system):
         notes.append("dropped a whitespace-only system block")
-    if any(holds_surrogate(m) for m in msgs) or any(holds_surrogate(b) for b in kept):
-        msgs = [without_surrogates(m) if holds_surrogate(m) else m for m in msgs]
-        kept = [without_surrogates(b) if holds_surrogate(b) else b for b in kept]
-        notes.append("replaced text that is not valid Unicode (lone surrogates) with U+FFFD")
     kept, msgs, limited = limit_breakpoints(kept, msgs)
     if limited:
         notes.append(f"kept the latest {MAX_BREAKPOINTS} cache breakpoints of the request")

@@ -19,10 +19,10 @@ Rules, with their sources:
   blocks must contain non-whitespace text").
 * A final assistant message (a prefill) does not end with whitespace (Anthropic: "final
   assistant content cannot end with trailing whitespace").
-* Text is valid Unicode: a lone surrogate (``"\\ud83d"``, from old data or a broken client) cannot
-  be encoded as UTF-8, so the SDKs fail before sending (``UnicodeEncodeError``), turn after
-  turn. It is replaced with U+FFFD in the request (new text is checked at entry by
-  ``colloquy.messages``; this covers what was stored before).
+
+Text that is not valid Unicode (a lone surrogate, which the SDKs cannot encode) never reaches a
+request: the value types replace it with U+FFFD when they are built, stored rows included
+(:mod:`colloquy.text`), so no request-level pass is needed.
 
 The id mapping is deterministic (it depends only on the request's messages, read from the
 start), so the same stored log always gives the same request bytes and the prompt cache prefix
@@ -210,47 +210,3 @@ def trim_final_assistant(messages: list[Message]) -> bool:
     return True
 
 
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CHECKED: dict[int, tuple[Any, bool]] = {}
-_CHECKED_MAX = 8_192
-
-
-def _holds_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.isascii() and _SURROGATE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_holds_surrogate(k) or _holds_surrogate(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_surrogate(v) for v in value)
-    if isinstance(value, BaseModel):
-        return any(_holds_surrogate(getattr(value, name)) for name in type(value).model_fields)
-    return False
-
-
-def holds_surrogate(item: Message | TextBlock) -> bool:
-    """True when a message (or system block) holds a lone surrogate anywhere. Memoised by
-    identity like the token estimates: the engine keeps the same frozen messages from turn to
-    turn, so each is scanned once."""
-    hit = _CHECKED.get(id(item))
-    if hit is not None and hit[0] is item:
-        return hit[1]
-    found = _holds_surrogate(item)
-    if len(_CHECKED) >= _CHECKED_MAX:
-        _CHECKED.clear()
-    _CHECKED[id(item)] = (item, found)
-    return found
-
-
-def _replaced(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {_replaced(k): _replaced(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replaced(v) for v in value]
-    return value
-
-
-def without_surrogates(item: Any) -> Any:
-    """The message or block with every lone surrogate replaced by U+FFFD (a copy)."""
-    return type(item).model_validate(_replaced(item.model_dump(exclude_none=True)))
