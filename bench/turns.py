@@ -105,12 +105,15 @@ class TimedStore(SQLiteStore):
         finally:
             self.seconds += time.perf_counter() - t0
 
-    def append(self, conversation_id: str, messages: Sequence[NewMessage], *,
-               expected_seq: int | None = None) -> list[StoredMessage]:
-        return self._timed(super().append, conversation_id, messages, expected_seq=expected_seq)  # type: ignore[no-any-return]
+    def append(self, conversation_id: str, messages: Sequence[NewMessage], **kwargs: Any,
+               ) -> list[StoredMessage]:
+        return self._timed(super().append, conversation_id, messages, **kwargs)  # type: ignore[no-any-return]
 
     def load(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> list[StoredMessage]:
         return self._timed(super().load, conversation_id, after_seq, limit)  # type: ignore[no-any-return]
+
+    def read_log(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> Any:
+        return self._timed(super().read_log, conversation_id, after_seq, limit)
 
     def find_conversation(self, conversation_id: str) -> Any:
         return self._timed(super().find_conversation, conversation_id)

@@ -119,3 +119,64 @@ def test_serve_with_several_workers(tmp_path: Path) -> None:
         client.close()
     log = (tmp_path / "w.log").read_text()
     assert log.count("Application startup complete") == 2  # two worker processes served
+
+
+def oa_turn(url: str, token: str, conversation: str, text: str) -> str:
+    """One turn through the OpenAI-compatible route, with the real openai SDK as the client."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0, timeout=30)
+    done = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": text}],
+        extra_headers={"X-Colloquy-Conversation": conversation})
+    return str(done.choices[0].message.content)
+
+
+def test_no_process_serves_what_another_deleted_or_replaced(db: str, tmp_path: Path) -> None:
+    """Issue 12, item 1: process B has served (and cached: Chat, recall index, summary) a
+    conversation; process A deletes it and the id is used again, or the user is deleted and
+    added again. B never serves a deleted message, never splices one into a new request, and
+    answers the new conversation's turns (no 409 from its stale log)."""
+    ada = add_user(db, "ada")
+    memory = ("--policy", "memory", "--max-input-tokens", "700")  # summaries and recall too
+    cid = "support-77"
+    with serve_subprocess(db, *memory, log=tmp_path / "a.log") as a, \
+            serve_subprocess(db, *memory, log=tmp_path / "b.log") as b:
+        B = httpx.Client(base_url=b, headers=bearer(ada), timeout=30)
+        A = httpx.Client(base_url=a, headers=bearer(ada), timeout=30)
+        for i in range(8):  # long enough that older turns are summarised and recalled on B
+            oa_turn(b, ada, cid, f"OLDSECRET-{i}: my locker code is {1000 + i} " + "pad " * 30)
+        ctx = B.get(f"/v1/conversations/{cid}/context", params={"message": "what is my locker code?"})
+        assert ctx.status_code == 200 and "OLDSECRET" in ctx.text
+
+        # Deleted on A (native route): B serves nothing of it any more.
+        assert A.delete(f"/v1/conversations/{cid}").status_code == 204
+        assert B.get(f"/v1/conversations/{cid}/context", params={"message": "x"}).status_code == 404
+        assert B.get(f"/v1/conversations/{cid}").status_code == 404
+        assert B.post(f"/v1/conversations/{cid}/messages", json={"content": "hello?"}).status_code == 404
+
+        # The id is used again through the OpenAI-compatible route, on A then on B.
+        oa_turn(a, ada, cid, "new-1")
+        assert "new-2 via B" in oa_turn(b, ada, cid, "new-2 via B")  # no 409: B's log is fresh
+        for i in range(3, 9):
+            oa_turn(a, ada, cid, f"new-{i}")
+        ctx = B.get(f"/v1/conversations/{cid}/context", params={"message": "what is my locker code?"})
+        assert ctx.status_code == 200
+        assert "OLDSECRET" not in ctx.text and "new-8" in ctx.text
+        assert "OLDSECRET" not in B.get(f"/v1/conversations/{cid}").text
+        reply = B.post(f"/v1/conversations/{cid}/messages", json={"content": "and now?"}).json()
+        assert reply["seq"] == 18  # the new conversation had 8 turns before this one
+
+        # The user is deleted on A and added again: B serves nothing of the old account.
+        assert A.delete("/v1/me").status_code == 200
+        assert B.get("/v1/me").status_code == 401
+        ada2 = add_user(db, "ada")
+        oa_turn(b, ada2, cid, "third life")
+        B2 = httpx.Client(base_url=b, headers=bearer(ada2), timeout=30)
+        ctx = B2.get(f"/v1/conversations/{cid}/context", params={"message": "what did I say before, and my locker code?"})
+        assert ctx.status_code == 200 and "third life" in ctx.text
+        assert "OLDSECRET" not in ctx.text and "new-" not in ctx.text
+        assert [m["text"] for m in B2.get(f"/v1/conversations/{cid}").json()["messages"]
+                if m["role"] == "user"] == ["third life"]
+        for client in (A, B, B2):
+            client.close()

@@ -51,6 +51,7 @@ def test_create_get_find(store: Store) -> None:
     assert conv == Conversation(
         id="c1", user_id="alice", persona="You are terse.", model="echo", title="First",
         meta={"tags": ["a", "b"], "n": 1}, created_at=conv.created_at, updated_at=conv.updated_at,
+        generation=conv.generation,
     )
     assert conv.last_seq == 0
     assert store.get_conversation("c1") == conv

@@ -35,8 +35,10 @@ from .errors import (
     ModelConnectionError,
     ModelError,
     OverloadedError,
+    OwnerGone,
     RateLimitError,
     StoreError,
+    StoreUnavailable,
     ToolError,
 )
 from .guards import (
@@ -144,6 +146,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "OverloadedError",
+    "OwnerGone",
     "PIIRedactor",
     "PostgresStore",
     "Price",
@@ -156,6 +159,7 @@ __all__ = [
     "SideCost",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "StoredMessage",
     "TextBlock",
     "TokenBudget",

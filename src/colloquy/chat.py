@@ -32,14 +32,16 @@ from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .continuity import auto_title, check_key, key_meta, prior_turn, turn_lock
-from .errors import (ColloquyError, ConfigError, InvalidTextError, MissingAPIKeyError,
-                     ModelError, ToolError)
+from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
+                     MissingAPIKeyError, ModelError, ToolError)
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
                        ToolResultBlock)
 from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model, model_spec
 from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
+from .store.base import forget_cached
+from .store.owner import Owner
 from .telemetry import call_purpose, conversation, isolated
 from .telemetry.turns import context_attributes, store_system, turn_span, work_span
 from .tokens import TokenCounter, counter as default_counter, estimate_tools
@@ -176,8 +178,13 @@ class Chat:
         guards: Sequence[Guard | Callable[..., Any]] = (),
         executor: Executor | None = None,
         context_window: int | None = None,
+        create_missing: bool = True,
     ) -> None:
         self.store: Store = store if store is not None else open_store()
+        #: False: a turn on a conversation that does not exist (deleted by another request or
+        #: process meanwhile) raises ConversationNotFound instead of starting it anew; the
+        #: service passes False, since it creates (and checks) conversations itself.
+        self.create_missing = create_missing
         # Ids given explicitly follow the text rules: "" is refused, not taken as "none".
         self.session_id = new_id() if session_id is None else require_text(session_id, "the session id")
         user_id = None if user_id is None else require_text(user_id, "the user id")
@@ -218,6 +225,8 @@ class Chat:
         #: colloquy.models.limits). Every request is fitted under it, whatever the policy.
         self.context_window = context_window
         self._conversation = existing
+        #: The generation of the conversation this Chat's view (log, caches) belongs to.
+        self._generation: str | None = existing.generation if existing else None
         self._log: list[StoredMessage] = []
         self._lock = threading.RLock()
         #: One turn's own sampling options (send(..., temperature=, max_tokens=)), set and
@@ -231,16 +240,34 @@ class Chat:
         """The stored record; None until the first message is stored."""
         return self._conversation
 
+    @property
+    def generation(self) -> str | None:
+        """The generation of the conversation this Chat holds (None before it exists): another
+        one means the conversation was deleted and created anew, by any process."""
+        return self._generation
+
+    @property
+    def owner(self) -> Owner:
+        """On whose behalf this Chat writes: its conversation, as the generation it read. A
+        write for a conversation deleted (or replaced) meanwhile is refused (store/owner.py)."""
+        return Owner(conversation_id=self.session_id, generation=self._generation)
+
     def _ensure_conversation(self) -> Conversation:
         conv = self._conversation or self.store.find_conversation(self.session_id)
         spec = model_spec(self.model)  # "ollama:llama3", so a resumed session finds its provider
+        if conv is None and not self.create_missing:
+            raise ConversationNotFound(self.session_id)
         if conv is None:
             conv = self.store.create_conversation(
                 id=self.session_id, user_id=self.user_id, persona=self.system, model=spec
             )
         elif conv.persona != self.system or conv.model != spec:
-            conv = self.store.update_conversation(self.session_id, persona=self.system, model=spec)
+            conv = self.store.update_conversation(
+                self.session_id, persona=self.system, model=spec,
+                owner=Owner(conversation_id=self.session_id, generation=conv.generation),
+            )
         self._conversation = conv
+        self._generation = conv.generation
         return conv
 
     def history(self) -> list[StoredMessage]:
@@ -251,13 +278,26 @@ class Chat:
 
     def _sync(self) -> None:
         """Read only what other writers appended since our last read: a turn's cost must not
-        grow with the conversation's length."""
-        if self._conversation is None and self.store.find_conversation(self.session_id) is None:
-            return
+        grow with the conversation's length.
+
+        The same query returns the conversation's generation: when another process deleted
+        the conversation, or deleted it and created it anew, the view held here (log, cached
+        record, recall index, summary cache) is dropped, never served or spliced into the new
+        conversation's requests."""
         after = self._log[-1].seq if self._log else 0
         with work_span("colloquy.store.load", **{"db.system.name": store_system(self.store),
                                                  "colloquy.store.after_seq": after}) as span:
-            new = self.store.load(self.session_id, after_seq=after)
+            read = self.store.read_log(self.session_id, after_seq=after)
+            if read is None or (self._generation is not None and read.generation != self._generation):
+                self._forget_view()
+                if read is None:
+                    return
+                after = 0
+                read = self.store.read_log(self.session_id)
+                if read is None:
+                    return
+            self._generation = read.generation
+            new = read.messages
             span.set_attribute("colloquy.store.messages", len(new))
         if new and new[0].seq != after + 1:  # a gap: someone rewrote history (e.g. import)
             self._log = self.store.load(self.session_id)
@@ -265,6 +305,15 @@ class Chat:
             self._log.extend(new)
         if after == 0 and self._log:
             self._calibrate_from_log()
+
+    def _forget_view(self) -> None:
+        """The conversation is gone or replaced: drop what this process holds of it."""
+        had = self._generation is not None or bool(self._log)
+        self._log = []
+        self._conversation = None
+        self._generation = None
+        if had:
+            forget_cached([self.session_id])  # recall indexes, summary caches, cached Chats
 
     def _calibrate_from_log(self) -> None:
         """Resume the token estimator's calibration from stored replies: each carries the raw
@@ -284,7 +333,7 @@ class Chat:
         last = self._log[-1].seq if self._log else 0
         with work_span("colloquy.store.append", **{"db.system.name": store_system(self.store),
                                                    "colloquy.store.messages": len(items)}):
-            stored = self.store.append(self.session_id, items, expected_seq=last)
+            stored = self.store.append(self.session_id, items, expected_seq=last, owner=self.owner)
         if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
             self._sync_full()
         else:
@@ -301,7 +350,7 @@ class Chat:
             history=history, system=self.system, model=self.model.name,
             tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(),
             user_id=self.user_id, conversation_id=self.session_id, counter=self.counter,
-            store=self.store,
+            store=self.store, conversation_generation=self._generation,
         )
 
     def build_context(self, history: Sequence[StoredMessage] | None = None) -> Context:
@@ -475,8 +524,8 @@ class Chat:
         message = _user_message(content)
         extra_meta = key_meta(idempotency_key, message)
         with self._turn_locks(options):
+            self._sync()  # first: it notices a conversation deleted or replaced elsewhere
             self._ensure_conversation()
-            self._sync()
             prior = prior_turn(self, idempotency_key, message)
             if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
                 if streaming and prior.text:
@@ -499,7 +548,7 @@ class Chat:
             while True:
                 rounds += 1
                 ctx = self.build_context(self._log)
-                notes.extend(persist_derived(self.store, ctx.derived))
+                notes.extend(persist_derived(self.store, ctx.derived, self.owner))
                 for record in ctx.derived:  # e.g. a summary written for this turn: billed too
                     self._account_derived(record)
                 notes.extend(n for n in ctx.notes if n not in notes)
@@ -709,6 +758,7 @@ class Chat:
                     else prev.cost_usd + cost_usd)
             table[key] = entry.model_dump(mode="json")
             meta[SIDE_CALLS] = table
-            self._conversation = self.store.update_conversation(self.session_id, meta=meta)
+            self._conversation = self.store.update_conversation(self.session_id, meta=meta,
+                                                                owner=self.owner)
         except Exception as e:  # noqa: BLE001 - accounting must never fail the turn
             log.warning("could not record a %s call for %s: %s", purpose, self.session_id, e)

@@ -237,7 +237,8 @@ def auto_title(chat: Chat, reply_text: str) -> str | None:
             return None
         model = title_model_for(chat.model, getattr(chat, "title_model", None))
         title, usage = make_title(first_user, reply_text, model)
-        chat._conversation = chat.store.update_conversation(chat.session_id, title=title)
+        chat._conversation = chat.store.update_conversation(chat.session_id, title=title,
+                                                            owner=chat.owner)
         if usage is not None and model is not None:
             # Priced through the model that made the call: a local model's title is free.
             chat.record_side_call("title", model[1], usage, model[0].cost(usage, model[1]))

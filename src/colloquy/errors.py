@@ -23,8 +23,10 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │                               is_error tool_result instead, the model sees it)
     └── StoreError                  persistence failures
         ├── ConversationNotFound
+        │   └── OwnerGone           a write on behalf of a deleted conversation or user
         ├── ConflictError           another writer appended to the conversation first
-        └── ConversationBusy        another turn held the conversation for too long
+        ├── ConversationBusy        another turn held the conversation for too long
+        └── StoreUnavailable        the database cannot be reached (or stays locked): retry
 """
 
 from __future__ import annotations
@@ -167,6 +169,27 @@ class ConversationNotFound(StoreError):
     def __init__(self, conversation_id: str) -> None:
         self.conversation_id = conversation_id
         super().__init__(f"no conversation with id {conversation_id!r}")
+
+
+class OwnerGone(ConversationNotFound):
+    """A write made on behalf of a conversation or a user that no longer exists: deleted, or
+    deleted and created anew under the same name (another *generation*). Nothing was written:
+    deletion wins over work that was in flight (a summary, a fact, a title, a reply)."""
+
+    def __init__(self, what: str, conversation_id: str = "") -> None:
+        self.conversation_id = conversation_id
+        StoreError.__init__(self, f"{what} no longer exists; the write was discarded")
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached (PostgreSQL down or restarting, the network gone) or
+    stayed locked past the busy timeout (SQLite). Nothing of the failed unit of work was
+    stored; retrying after ``retry_after`` seconds is safe (with an idempotency key, a turn is
+    stored once however often it is retried)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class ConflictError(StoreError):

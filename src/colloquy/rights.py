@@ -39,7 +39,14 @@ from .rights_import import (
     write_plan,
 )
 from .store.base import forget_cached
-from .store.queries import POSTGRES, SQLITE, Dialect
+from .store.queries import (
+    LOCK_STALE_CONVERSATIONS,
+    LOCK_USER,
+    LOCK_USER_CONVERSATIONS,
+    POSTGRES,
+    SQLITE,
+    Dialect,
+)
 from .text import clean_json_text
 
 #: Tables that never hold anything about a user.
@@ -372,6 +379,14 @@ def _delete_rows(store: Store, conn: Any, specs: dict[str, UserTable], scope: st
     if scope == "stale":
         specs = {t: s for t, s in specs.items() if s.conversation_column}
         specs["conversations"] = UserTable(conversation_column="id")
+    # Lock the owners first: writes in flight on their behalf (a fact, a summary, a title)
+    # commit before this deletion, and are deleted with the rest, or find them gone.
+    lock = store.lock_for_deletion  # type: ignore[attr-defined]
+    if scope == "user":
+        lock(conn, LOCK_USER, arg)
+        lock(conn, LOCK_USER_CONVERSATIONS, arg)
+    else:
+        lock(conn, LOCK_STALE_CONVERSATIONS, arg)
     virtual = set(_virtual_tables(conn)) if dialect == "sqlite" else set()
     for name in _order(specs):
         spec = specs[name]

@@ -35,6 +35,9 @@ class ContextInput:
     counter: TokenCounter = field(default_factory=lambda: default_counter)
     #: The store, for policies that read derived records (summaries, facts). Read only.
     store: Any = None
+    #: The generation of the conversation (see Conversation.generation): a part that caches
+    #: something per conversation (a recall index, a summary) keeps it only for this one.
+    conversation_generation: str | None = None
 
     @property
     def query(self) -> str:

@@ -399,6 +399,8 @@ class ConversationIndex:
         self.indexed_seq = 0
         #: Key of the newest unit, held back from the retriever until its next neighbour comes.
         self.pending: int | None = None
+        #: The generation of the conversation indexed (see ContextInput.conversation_generation).
+        self.generation: str | None = None
         self.lock = threading.Lock()
 
     def update(self, history: Sequence[StoredMessage], upto: int) -> int:
@@ -523,8 +525,11 @@ class RecallPart:
                 hist = inp.history
                 if idx.indexed_seq and (not hist or hist[-1].seq < idx.indexed_seq):
                     idx = None  # the log shrank: another branch of history
+                elif idx.generation != inp.conversation_generation:
+                    idx = None  # deleted and created anew (by any process): never reuse it
             if idx is None:
                 idx = ConversationIndex(make_retriever(self.retriever))
+                idx.generation = inp.conversation_generation
                 self._indexes[key] = idx
                 while len(self._indexes) > self.max_conversations:
                     self._indexes.popitem(last=False)

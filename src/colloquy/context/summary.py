@@ -109,7 +109,7 @@ class SummaryPart:
         self._lock = threading.Lock()
         #: Summaries this part made, per conversation, until the engine has persisted them
         #: (and for callers that never persist, e.g. a bench replaying a log).
-        self._made: dict[str, Summary] = {}
+        self._made: dict[str, tuple[str | None, Summary]] = {}
         register_cache(self)
 
     def forget_conversations(self, ids: set[str]) -> None:
@@ -124,7 +124,9 @@ class SummaryPart:
         if inp.store is not None and inp.conversation_id is not None:
             stored = inp.store.latest_summary(inp.conversation_id, up_to_seq=up_to)
         with self._lock:
-            made = self._made.get(conv)
+            generation, made = self._made.get(conv, (None, None))
+        if made is not None and generation != inp.conversation_generation:
+            made = None  # made for a conversation since deleted (and maybe created anew)
         if made is not None and made.end_seq <= up_to and (stored is None or made.end_seq > stored.end_seq):
             return made
         return stored
@@ -153,7 +155,7 @@ class SummaryPart:
                           "cost_usd": cost_of(self.summariser.model.price_key, usage)},
                 )
                 with self._lock:
-                    self._made[inp.conversation_id or ""] = summary
+                    self._made[inp.conversation_id or ""] = (inp.conversation_generation, summary)
                 res.derived.append(summary)
         if summary is None:
             return res

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
 
-def persist_derived(store: Any, records: Iterable[Any]) -> list[str]:
+def persist_derived(store: Any, records: Iterable[Any], owner: Any = None) -> list[str]:
+    """``owner`` (a :class:`~colloquy.store.owner.Owner`): on whose behalf; a record whose
+    owner was deleted meanwhile is discarded with a note (deletion wins)."""
     notes: list[str] = []
     for record in records:
         persist = getattr(record, "persist", None)
@@ -22,7 +25,10 @@ def persist_derived(store: Any, records: Iterable[Any]) -> list[str]:
             notes.append(f"cannot persist a derived {type(record).__name__}: it has no persist()")
             continue
         try:
-            persist(store)
+            if owner is not None and "owner" in inspect.signature(persist).parameters:
+                persist(store, owner=owner)
+            else:
+                persist(store)
         except Exception as e:  # noqa: BLE001 - a lost summary costs money, not the turn
             notes.append(f"could not store a derived {type(record).__name__} "
                          f"({type(e).__name__}: {e}); it will be rebuilt")
@@ -34,7 +40,8 @@ def extract_after_turn(chat: Any) -> list[str]:
     extraction = getattr(chat, "extract_facts", None)
     if extraction is None:
         return []
-    applied, notes = extraction.run(chat.store, chat.user_id, chat.session_id, chat._log)
+    applied, notes = extraction.run(chat.store, chat.user_id, chat.session_id, chat._log,
+                                    owner=chat.owner)
     if applied is not None and applied.usage is not None:
         chat.record_side_call("facts", applied.model or "unknown", applied.usage, applied.cost_usd)
     return notes

@@ -231,6 +231,7 @@ class Applied:
 def apply_ops(
     store: Any, user_id: str, ops: Sequence[FactOp], *, conversation_id: str | None = None,
     messages: Sequence[StoredMessage] = (), origin: Literal["extracted", "user"] = "extracted",
+    owner: Any = None,
 ) -> Applied:
     """Apply extractor operations to the user's facts, with provenance.
 
@@ -238,6 +239,9 @@ def apply_ops(
     source message's time. An update or retire names a fact by id, or else by subject (the one
     active fact about it). An add whose subject has exactly one active fact with a different
     statement is *not* turned into an update: only the extractor knows if both hold.
+
+    ``owner`` (a :class:`~colloquy.store.owner.Owner`, e.g. the conversation the facts were
+    read from): every write is refused once it is deleted, so no fact outlives its deletion.
     """
     by_seq = {sm.seq: sm for sm in messages}
     default_seq = next((sm.seq for sm in reversed(messages) if sm.message.starts_turn), None)
@@ -250,7 +254,7 @@ def apply_ops(
             if target is None:
                 out.ignored.append(f"retire: no active fact {op.fact_id or op.subject!r}")
                 continue
-            out.retired.append(store.retire_fact(target.id, at=when))
+            out.retired.append(store.retire_fact(target.id, at=when, owner=owner))
             continue
         if not op.statement.strip():
             out.ignored.append(f"{op.op}: empty statement")
@@ -259,11 +263,11 @@ def apply_ops(
                    statement=op.statement.strip(), source_conversation=conversation_id,
                    source_seq=seq, valid_from=when, origin=origin)
         if op.op == "update" and target is not None:
-            current = store.supersede_fact(target.id, new)
+            current = store.supersede_fact(target.id, new, owner=owner)
             if current.id != target.id:
                 out.updated.append((target, current))
             continue
-        stored = store.add_fact(new)
+        stored = store.add_fact(new, owner=owner)
         if stored.id == new.id:
             out.added.append(stored)
     return out
@@ -312,10 +316,11 @@ class FactExtraction:
         return applied
 
     def run(self, store: Any, user_id: str | None, conversation_id: str,
-            history: Sequence[StoredMessage]) -> tuple[Applied | None, list[str]]:
+            history: Sequence[StoredMessage], owner: Any = None) -> tuple[Applied | None, list[str]]:
         """Extract and apply; returns what changed and warning notes. Never raises. When the
         extraction fails after its calls were made, what is returned is an empty
-        :class:`Applied` carrying their usage (so /cost shows them) beside the note."""
+        :class:`Applied` carrying their usage (so /cost shows them) beside the note. ``owner``:
+        on whose behalf the facts are written (see :func:`apply_ops`)."""
         if user_id is None or self.every <= 0:
             return None, []
         try:
@@ -329,10 +334,11 @@ class FactExtraction:
                 ops, usage = with_usage(known, new)
             else:
                 ops = self.extractor.extract(known, new)
-            applied = apply_ops(store, user_id, ops, conversation_id=conversation_id, messages=new)
+            applied = apply_ops(store, user_id, ops, conversation_id=conversation_id, messages=new,
+                                owner=owner)
             if usage is not None:
                 self._bill(applied, usage)
-            store.set_memory_cursor(conversation_id, CURSOR, new[-1].seq)
+            store.set_memory_cursor(conversation_id, CURSOR, new[-1].seq, owner=owner)
         except Exception as e:  # noqa: BLE001 - extraction never fails a turn
             note = (f"fact extraction failed ({type(e).__name__}: {e}); "
                     "it will retry with these messages after the next turn")

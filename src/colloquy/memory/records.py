@@ -51,8 +51,9 @@ class Summary(BaseModel):
     def seqs(self) -> range:
         return range(self.start_seq, self.end_seq + 1)
 
-    def persist(self, store: Any) -> None:
-        store.save_summary(self)
+    def persist(self, store: Any, owner: Any = None) -> None:
+        """Save it; with ``owner``, only while that owner exists (store/owner.py)."""
+        store.save_summary(self, owner=owner)
 
 
 FactOrigin = Literal["extracted", "user"]

@@ -43,6 +43,7 @@ from ..rights import DeleteReport, delete_user, export_user
 from ..store import Conversation, Store, new_id
 from ..store.base import register_cache
 from ..store.memory_records import FactNotFound
+from ..store.owner import Owner
 from ..store.users import User
 from ..text import clean, require_text
 from .errors import InvalidRequest, PayloadTooLarge, Redactor
@@ -175,7 +176,7 @@ class ChatService:
         return self.store.create_conversation(
             id=new_id(), name=name, user_id=user.id,
             persona=self.settings.system if system is None else system, model=model_spec(m),
-            title=title,
+            title=title, owner=_owner(user),
         )
 
     def conversations(self, user: User, limit: int = 100) -> list[Conversation]:
@@ -201,14 +202,17 @@ class ChatService:
         model = self.model_for(conv.model)
         with self._chats_lock:
             chat = self._chats.get(conv.id)
-            if chat is not None and chat.model is model and chat.user_id == user.id:
+            # The generation read by owned() tells a conversation deleted and created anew by
+            # another process from the one this Chat holds: then the Chat is rebuilt.
+            if chat is not None and chat.model is model and chat.user_id == user.id \
+                    and chat.generation == conv.generation:
                 self._chats.move_to_end(conv.id)
                 return chat
         chat = Chat(
             model, store=self.store, session_id=conv.id, user_id=user.id,
             policy=self.policy, max_tokens=self.settings.max_tokens,
             extract_facts=self.settings.extract_facts, guards=self.settings.guards,
-            executor=self.executor,
+            executor=self.executor, create_missing=False,
         )
         with self._chats_lock:
             self._chats[conv.id] = chat
@@ -308,7 +312,7 @@ class ChatService:
     def add_fact(self, user: User, statement: str, subject: str | None) -> Fact:
         fact = Fact(user_id=user.id, subject=subject or "", statement=statement.strip(),
                     origin="user")
-        return self.store.add_fact(fact)  # type: ignore[attr-defined, no-any-return]
+        return self.store.add_fact(fact, owner=_owner(user))  # type: ignore[attr-defined, no-any-return]
 
     def forget_fact(self, user: User, fact_id: str) -> None:
         """Delete one of the caller's facts; another user's id is not found, like a bad id."""
@@ -365,6 +369,11 @@ def _resolve_policy(settings: ServerSettings, model: Model) -> ServerSettings:
     if extraction is None:
         extraction = make_extraction(policy, chat_model=model)
     return replace(settings, policy=make_policy(policy, chat_model=model), extract_facts=extraction)
+
+
+def _owner(user: User) -> Owner:
+    """Writes for a request are refused once its user is deleted (or deleted and re-added)."""
+    return Owner(user_id=user.id, user_generation=user.generation)
 
 
 def _replayed(reply: Reply) -> bool:

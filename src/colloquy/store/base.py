@@ -25,6 +25,7 @@ from ..messages import Message, StoredMessage
 from ..text import JSONDict, Text, clean, clean_json, clean_persona, clean_title, require_text
 from ..usage import Usage
 from .memory_records import MemoryRecordStore
+from .owner import Owner, new_generation
 
 
 #: Objects that keep conversation data in this process's memory (recall indexes, summary
@@ -93,6 +94,9 @@ class Conversation(BaseModel):
     #: name). The same name for two users is two conversations, each with an ``id`` of its own.
     #: Defaults to the id (a conversation created by ``Chat(session_id=...)``).
     name: Text = ""
+    #: Set when the record is created: a conversation deleted and created anew under the same
+    #: id has another generation, so a cached view (or a write) of the old one is told apart.
+    generation: str = Field(default_factory=new_generation)
 
     @model_validator(mode="before")
     @classmethod
@@ -100,6 +104,16 @@ class Conversation(BaseModel):
         if isinstance(data, dict) and not data.get("name") and data.get("id"):
             data = {**data, "name": data["id"]}
         return data
+
+
+class LogRead(BaseModel):
+    """What :meth:`Store.read_log` returns: the conversation's generation and last_seq read in
+    the same query (one snapshot) as the messages after ``after_seq``."""
+
+    model_config = ConfigDict(frozen=True)
+    generation: str
+    last_seq: int
+    messages: list[StoredMessage]
 
 
 class NewMessage(BaseModel):
@@ -132,7 +146,11 @@ class Store(MemoryRecordStore, Protocol):
         title: str | None = None,
         meta: dict[str, Any] | None = None,
         name: str | None = None,
-    ) -> Conversation: ...
+        owner: Owner | None = None,
+    ) -> Conversation:
+        """A new conversation (its id taken: :class:`StoreError`). ``owner``: the user it is
+        created for must still exist (see store/owner.py)."""
+        ...
 
     def get_conversation(self, conversation_id: str) -> Conversation:
         """The conversation, or :class:`ConversationNotFound`."""
@@ -158,10 +176,15 @@ class Store(MemoryRecordStore, Protocol):
         persona: str | None = None,
         model: str | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> Conversation: ...
+        owner: Owner | None = None,
+    ) -> Conversation:
+        """Change the given fields; with ``owner`` (e.g. the generation a title was computed
+        for) only if it still exists, else :class:`OwnerGone`."""
+        ...
 
     def delete_conversation(self, conversation_id: str) -> None:
-        """Remove the conversation and every message of it."""
+        """Remove the conversation and every message of it (writes in flight on its behalf
+        are refused from then on: see store/owner.py)."""
         ...
 
     def append(
@@ -170,12 +193,23 @@ class Store(MemoryRecordStore, Protocol):
         messages: Sequence[NewMessage],
         *,
         expected_seq: int | None = None,
+        owner: Owner | None = None,
     ) -> list[StoredMessage]:
         """Append messages in one transaction, numbered from last_seq + 1.
 
         With ``expected_seq`` (the conversation's last_seq as the caller last saw it), raise
         :class:`ConflictError` if another writer appended in between, instead of interleaving.
+        With ``owner``, raise :class:`OwnerGone` if the conversation was replaced meanwhile.
         """
+        ...
+
+    def read_log(
+        self, conversation_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> LogRead | None:
+        """The messages with seq > after_seq (at most ``limit``) together with the
+        conversation's generation and last_seq, in one query; None when there is no such
+        conversation. How a cached view checks, at no extra cost, that the conversation it
+        holds was not deleted or replaced by another process."""
         ...
 
     def load(
@@ -195,12 +229,12 @@ class StoreBase:
     def find_conversation(self, conversation_id: str) -> Conversation | None:  # pragma: no cover
         raise NotImplementedError
 
-    def _insert_conversation(self, conv: Conversation) -> bool:  # pragma: no cover
+    def _insert_conversation(self, conv: Conversation, owner: Owner | None) -> bool:  # pragma: no cover
         """Store a new record; False when the id is taken (nothing is changed then)."""
         raise NotImplementedError
 
     def _update_conversation(
-        self, conversation_id: str, changes: dict[str, Any], now: float
+        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None
     ) -> Conversation | None:  # pragma: no cover
         """Apply ``changes`` (column -> value) and ``updated_at = now``; None if not found."""
         raise NotImplementedError
@@ -211,7 +245,7 @@ class StoreBase:
 
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
-        now: float,
+        now: float, owner: Owner | None,
     ) -> list[StoredMessage]:  # pragma: no cover
         """Append in one transaction (see :meth:`Store.append`), stamped ``now``."""
         raise NotImplementedError
@@ -226,6 +260,7 @@ class StoreBase:
         title: str | None = None,
         meta: dict[str, Any] | None = None,
         name: str | None = None,
+        owner: Owner | None = None,
     ) -> Conversation:
         """A new conversation; ``name`` (default: the id) must be free among ``user_id``'s
         conversations, and the id free among all. :class:`StoreError` otherwise."""
@@ -236,7 +271,7 @@ class StoreBase:
             meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict
             name=name or "",
         )
-        if not self._insert_conversation(conv):
+        if not self._insert_conversation(conv, owner):
             taken = f"user {user_id!r} already has a conversation named {conv.name!r}" \
                 if user_id is not None and self.find_named(user_id, conv.name) is not None \
                 else f"conversation {conv.id!r} already exists"
@@ -260,6 +295,7 @@ class StoreBase:
         persona: str | None = None,
         model: str | None = None,
         meta: dict[str, Any] | None = None,
+        owner: Owner | None = None,
     ) -> Conversation:
         # The text rules, as the record would apply them: back ends write these values as given.
         changes: dict[str, Any] = {
@@ -270,7 +306,7 @@ class StoreBase:
                 ("meta", None if meta is None else clean_json(copy.deepcopy(meta))),
             ) if v is not None
         }
-        conv = self._update_conversation(conversation_id, changes, time.time())
+        conv = self._update_conversation(conversation_id, changes, time.time(), owner)
         if conv is None:
             raise ConversationNotFound(conversation_id)
         return conv
@@ -286,5 +322,6 @@ class StoreBase:
         messages: Sequence[NewMessage],
         *,
         expected_seq: int | None = None,
+        owner: Owner | None = None,
     ) -> list[StoredMessage]:
-        return self._append(conversation_id, messages, expected_seq, time.time())
+        return self._append(conversation_id, messages, expected_seq, time.time(), owner)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from ..errors import ConflictError
+from ..errors import ConflictError, ConversationNotFound
 from ..messages import StoredMessage
-from .base import Conversation, NewMessage, StoreBase
+from .base import Conversation, LogRead, NewMessage, StoreBase
+from .owner import Owner, check_owner
 from .memory_records import MemoryRecordMethods
 from .turns import MemoryTurnMethods
 from .users import MemoryUserMethods
@@ -36,8 +38,18 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             return next((c for c in self._conversations.values()
                          if c.user_id == user_id and c.name == name), None)
 
-    def _insert_conversation(self, conv: Conversation) -> bool:
+    @contextmanager
+    def _owned(self, owner: Owner | None) -> Iterator[None]:
+        """Hold the store's lock, with ``owner`` checked (see store/owner.py)."""
         with self._lock:
+            if owner is not None:
+                conv = self._conversations.get(owner.conversation_id or "")
+                user = self._user_generation(owner.user_id) if owner.user_id else None
+                check_owner(owner, conv.generation if conv else None, user)
+            yield
+
+    def _insert_conversation(self, conv: Conversation, owner: Owner | None) -> bool:
+        with self._owned(owner):
             if conv.id in self._conversations or (
                     conv.user_id is not None and self.find_named(conv.user_id, conv.name)):
                 return False
@@ -52,9 +64,9 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
         return convs[:limit]
 
     def _update_conversation(
-        self, conversation_id: str, changes: dict[str, Any], now: float
+        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None
     ) -> Conversation | None:
-        with self._lock:
+        with self._owned(owner):
             conv = self._conversations.get(conversation_id)
             if conv is None:
                 return None
@@ -72,9 +84,9 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
 
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
-        now: float,
+        now: float, owner: Owner | None,
     ) -> list[StoredMessage]:
-        with self._lock:
+        with self._owned(owner):
             conv = self.get_conversation(conversation_id)
             if expected_seq is not None and expected_seq != conv.last_seq:
                 raise ConflictError(conversation_id, expected_seq + 1)
@@ -93,12 +105,23 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             return stored
 
     def load(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> list[StoredMessage]:
+        read = self.read_log(conversation_id, after_seq, limit)
+        if read is None:
+            raise ConversationNotFound(conversation_id)
+        return read.messages
+
+    def read_log(
+        self, conversation_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> LogRead | None:
         with self._lock:
-            self.get_conversation(conversation_id)
+            conv = self._conversations.get(conversation_id)
+            if conv is None:
+                return None
             log = self._messages[conversation_id]
             # seq n sits at index n - 1: the log is dense and append-only.
             out = log[max(0, after_seq):]  # a negative seq must not slice from the end
-            return out[:limit] if limit is not None else list(out)
+            return LogRead(generation=conv.generation, last_seq=conv.last_seq,
+                           messages=out[:limit] if limit is not None else list(out))
 
     def take_rate(self, user_id: str, interval: float, burst: int) -> float:
         """The rate limit of :meth:`SQLStore.take_rate <colloquy.store.sqlbase.SQLStore.take_rate>`

@@ -233,6 +233,33 @@ MIGRATIONS: list[Migration] = [
         CREATE UNIQUE INDEX conversations_by_name ON conversations (user_id, name);
         """,
     ),
+    Migration(
+        # A conversation's and a user's *generation*: a random token set when the record is
+        # created, so a record deleted and created anew under the same id is told apart from
+        # the old one. Every cached view (another process's Chat, recall index, summary cache)
+        # checks it with each read, and writes made on behalf of an owner check it in their
+        # transaction (issue 12). Records from before this migration have generation ''.
+        "0600_generations",
+        sqlite="""
+        ALTER TABLE conversations ADD COLUMN generation TEXT NOT NULL DEFAULT '';
+        ALTER TABLE users ADD COLUMN generation TEXT NOT NULL DEFAULT '';
+        """,
+    ),
+    Migration(
+        # "The same fact twice is kept once", by the database: at most one active fact per
+        # user and normalised statement, whatever the number of concurrent writers. Duplicates
+        # left by earlier versions are retired first, superseded by the oldest copy.
+        "0610_one_active_fact",
+        sqlite="""
+        UPDATE facts SET valid_until = valid_from, superseded_by = (
+            SELECT k.id FROM facts k WHERE k.user_id = facts.user_id AND k.norm = facts.norm
+            AND k.valid_until IS NULL ORDER BY k.created_at, k.id LIMIT 1)
+        WHERE valid_until IS NULL AND id <> (
+            SELECT k.id FROM facts k WHERE k.user_id = facts.user_id AND k.norm = facts.norm
+            AND k.valid_until IS NULL ORDER BY k.created_at, k.id LIMIT 1);
+        CREATE UNIQUE INDEX facts_one_active ON facts (user_id, norm) WHERE valid_until IS NULL;
+        """,
+    ),
 ]
 
 

@@ -36,8 +36,11 @@ class Dialect:
     #: use exactly this expression for the index to serve them.
     idempotency_expr: str
     #: Appended to a SELECT that must lock the rows it reads until the transaction ends
-    #: (PostgreSQL's READ COMMITTED needs it; SQLite's write transactions are serial already).
+    #: (PostgreSQL's READ COMMITTED needs it; SQLite's write transactions are serial already):
+    #: ``for_update`` by a deletion or a fact being superseded, ``key_share`` by a write on
+    #: behalf of an owner (it blocks the owner's deletion, not other writes; see owner.py).
     for_update: str
+    key_share: str
     #: The larger of two numbers (SQLite's two-argument max(), PostgreSQL's GREATEST).
     greatest: str = "max"
     #: The database's clock, in seconds since the epoch: one clock for every process and
@@ -52,11 +55,11 @@ class Dialect:
 
 
 SQLITE = Dialect(
-    name="sqlite", param="?", for_update="",
+    name="sqlite", param="?", for_update="", key_share="",
     idempotency_expr="json_extract(meta, '$.idempotency_key')",
 )
 POSTGRES = Dialect(
-    name="postgres", param="%s", for_update=" FOR UPDATE",
+    name="postgres", param="%s", for_update=" FOR UPDATE", key_share=" FOR KEY SHARE",
     idempotency_expr="((meta::jsonb) ->> 'idempotency_key')",
     greatest="GREATEST", now="extract(epoch from statement_timestamp())::float8",
 )
@@ -70,11 +73,13 @@ def values(rows: int, cols: int) -> str:
 
 # -- conversations ---------------------------------------------------------------------------------
 
-CONV_COLS = "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta, name"
+CONV_COLS = (
+    "id, user_id, title, persona, model, created_at, updated_at, last_seq, meta, name, generation"
+)
 #: Refused (no row) when the id is taken, or the name among the user's conversations (the
 #: unique index of migration 0500).
 INSERT_CONVERSATION = (
-    f"INSERT INTO conversations ({CONV_COLS}) VALUES ({', '.join(['?'] * 10)}) "
+    f"INSERT INTO conversations ({CONV_COLS}) VALUES ({', '.join(['?'] * 11)}) "
     "ON CONFLICT DO NOTHING"
 )
 SELECT_CONVERSATION = f"SELECT {CONV_COLS} FROM conversations WHERE id = ?"
@@ -98,6 +103,15 @@ def update_conversation_sql(columns: Sequence[str]) -> str:
 
 DELETE_MESSAGES = "DELETE FROM messages WHERE conversation_id = ?"
 DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = ?"
+#: Owners, read (and on PostgreSQL locked, with the dialect's clause) by a write on their behalf.
+CONVERSATION_GENERATION = "SELECT generation FROM conversations WHERE id = ?"
+USER_GENERATION = "SELECT generation FROM users WHERE id = ?"
+#: What a deletion locks first, so writes in flight on behalf of these owners are ordered
+#: before it or refused after it (see owner.py); the dialect's ``for_update`` is appended.
+LOCK_CONVERSATION = "SELECT id FROM conversations WHERE id = ?"
+LOCK_USER_CONVERSATIONS = "SELECT id FROM conversations WHERE user_id = ?"
+LOCK_STALE_CONVERSATIONS = "SELECT id FROM conversations WHERE updated_at < ?"
+LOCK_USER = "SELECT id FROM users WHERE id = ?"
 
 
 def conversation(row: Sequence[Any]) -> Conversation:
@@ -105,12 +119,13 @@ def conversation(row: Sequence[Any]) -> Conversation:
         id=row[0], user_id=row[1], title=row[2], persona=row[3], model=row[4],
         created_at=row[5], updated_at=row[6], last_seq=row[7], meta=json.loads(row[8]),
         name=row[9] or row[0],  # a row written before names existed: its id
+        generation=row[10],
     )
 
 
 def conversation_row(c: Conversation) -> tuple[Any, ...]:
     return (c.id, c.user_id, c.title, c.persona, c.model, c.created_at, c.updated_at, c.last_seq,
-            json.dumps(c.meta), c.name)
+            json.dumps(c.meta), c.name, c.generation)
 
 
 # -- the log ---------------------------------------------------------------------------------------
@@ -121,15 +136,23 @@ MSG_COLS = (
 )
 MSG_NCOLS = 12
 #: One statement locks the conversation's row, numbers the batch and stamps the activity; the
-#: appender computes the first seq from the returned last_seq.
+#: appender computes the first seq from the returned last_seq (and checks the generation).
 ADVANCE_LAST_SEQ = (
     "UPDATE conversations SET last_seq = last_seq + ?, updated_at = ? WHERE id = ? "
-    "RETURNING last_seq"
+    "RETURNING last_seq, generation"
 )
 LOAD_MESSAGES = (
     f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 CONVERSATION_EXISTS = "SELECT 1 FROM conversations WHERE id = ?"
+#: The new messages with the conversation's generation and last_seq, in one statement (one
+#: snapshot): a row per message, or one row of NULL message columns when there is none.
+READ_LOG = (
+    "SELECT c.generation, c.last_seq, "
+    + ", ".join(f"m.{c.strip()}" for c in MSG_COLS.split(","))
+    + " FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq > ? "
+    "WHERE c.id = ? ORDER BY m.seq LIMIT ?"
+)
 
 
 def insert_messages_sql(rows: int) -> str:
@@ -168,16 +191,17 @@ def message_row(conversation_id: str, seq: int, m: NewMessage, now: float) -> tu
 
 # -- users -----------------------------------------------------------------------------------------
 
-SELECT_USER_CREATED = "SELECT created_at FROM users WHERE id = ?"
+USER_COLS = "id, created_at, generation"
+SELECT_USER = f"SELECT {USER_COLS} FROM users WHERE id = ?"
 ROTATE_TOKEN = "UPDATE users SET token_hash = ? WHERE id = ?"
-INSERT_USER = "INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)"
-USER_FOR_TOKEN_HASH = "SELECT id, created_at FROM users WHERE token_hash = ?"
-LIST_USERS = "SELECT id, created_at FROM users ORDER BY id"
+INSERT_USER = "INSERT INTO users (id, token_hash, created_at, generation) VALUES (?, ?, ?, ?)"
+USER_FOR_TOKEN_HASH = f"SELECT {USER_COLS} FROM users WHERE token_hash = ?"
+LIST_USERS = f"SELECT {USER_COLS} FROM users ORDER BY id"
 DELETE_USER = "DELETE FROM users WHERE id = ?"
 
 
 def user(row: Sequence[Any]) -> User:
-    return User(id=row[0], created_at=row[1])
+    return User(id=row[0], created_at=row[1], generation=row[2])
 
 
 # -- memory records: summaries, facts, cursors ------------------------------------------------------
@@ -194,13 +218,18 @@ LIST_SUMMARIES = f"SELECT {SUM_COLS} FROM summaries WHERE conversation_id = ? OR
 
 FACT_COLS = ("id, user_id, subject, statement, norm, source_conversation, source_seq, valid_from, "
              "valid_until, superseded_by, origin, created_at, meta")
-INSERT_FACT = f"INSERT INTO facts ({FACT_COLS}) VALUES ({', '.join(['?'] * 13)})"
+#: At most one active fact per user and normalised statement (index facts_one_active,
+#: migration 0610): a concurrent duplicate inserts nothing, and the writer reads the one kept.
+INSERT_FACT = (
+    f"INSERT INTO facts ({FACT_COLS}) VALUES ({', '.join(['?'] * 13)}) "
+    "ON CONFLICT (user_id, norm) WHERE valid_until IS NULL DO NOTHING"
+)
 ACTIVE_FACT_BY_NORM = (
     f"SELECT {FACT_COLS} FROM facts WHERE user_id = ? AND norm = ? AND valid_until IS NULL "
     "AND id <> ? ORDER BY created_at LIMIT 1"
 )
 SELECT_FACT = f"SELECT {FACT_COLS} FROM facts WHERE id = ?"
-RETIRE_FACT = "UPDATE facts SET valid_until = ?, superseded_by = ? WHERE id = ?"
+RETIRE_FACT = "UPDATE facts SET valid_until = ?, superseded_by = ? WHERE id = ? AND valid_until IS NULL"
 LIST_FACTS = f"SELECT {FACT_COLS} FROM facts WHERE user_id = ? ORDER BY valid_from, created_at"
 LIST_ACTIVE_FACTS = (
     f"SELECT {FACT_COLS} FROM facts WHERE user_id = ? AND valid_until IS NULL "

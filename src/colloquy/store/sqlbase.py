@@ -19,8 +19,9 @@ from ..errors import ConflictError, ConversationNotFound, StoreError
 from ..memory.records import Fact, Summary
 from ..messages import StoredMessage
 from . import queries as Q
-from .base import Conversation, NewMessage, StoreBase
-from .memory_records import FactNotFound, retired
+from .base import Conversation, LogRead, NewMessage, StoreBase
+from .memory_records import FactNotFound, retired, superseded_already
+from .owner import Owner, check_owner
 from .turns import LockMethods
 from .users import User
 
@@ -55,10 +56,43 @@ class SQLStore(StoreBase, LockMethods):
         with self._read() as conn:
             return list(conn.execute(self.dialect.q(sql), args).fetchall())
 
+    # -- owners: writes on their behalf, and deletions (see owner.py) ---------------------------
+
+    def _check_owner(self, conn: Any, owner: Owner | None, conversation: str | None = None) -> None:
+        """Inside a write's transaction: lock the owner's rows (``FOR KEY SHARE``) and raise
+        :class:`OwnerGone` if they are gone or of another generation. ``conversation``: the
+        generation of the owner's conversation when the caller already read (and locked) it."""
+        if owner is None:
+            return
+        d = self.dialect
+        if owner.conversation_id is not None and conversation is None:
+            row = conn.execute(d.q(Q.CONVERSATION_GENERATION + d.key_share),
+                               (owner.conversation_id,)).fetchone()
+            conversation = row[0] if row else None
+        user = None
+        if owner.user_id is not None and owner.user_generation is not None:
+            row = conn.execute(d.q(Q.USER_GENERATION + d.key_share), (owner.user_id,)).fetchone()
+            user = row[0] if row else None
+        check_owner(owner, conversation, user)
+
+    def _check_for(self, conn: Any, owner: Owner | None, conversation_id: str) -> None:
+        """For a record of ``conversation_id``: that conversation must exist, and ``owner``
+        (if any) too; one query when the owner is that conversation."""
+        if owner is None or owner.conversation_id != conversation_id:
+            self._check_owner(conn, Owner(conversation_id=conversation_id))
+        self._check_owner(conn, owner)
+
+    def lock_for_deletion(self, conn: Any, sql: str, arg: Any) -> None:
+        """The first step of a deletion's transaction: lock the owner rows it will delete
+        (``queries.LOCK_*``), so writes in flight on their behalf either commit before it (and
+        are deleted with the rest) or find their owner gone."""
+        conn.execute(self.dialect.q(sql + self.dialect.for_update), (arg,)).fetchall()
+
     # -- conversations -------------------------------------------------------------------------
 
-    def _insert_conversation(self, conv: Conversation) -> bool:
+    def _insert_conversation(self, conv: Conversation, owner: Owner | None) -> bool:
         with self.transaction() as conn:
+            self._check_owner(conn, owner)
             cur = conn.execute(self.dialect.q(Q.INSERT_CONVERSATION), Q.conversation_row(conv))
             return bool(cur.rowcount)
 
@@ -78,7 +112,7 @@ class SQLStore(StoreBase, LockMethods):
         return [Q.conversation(r) for r in rows]
 
     def _update_conversation(
-        self, conversation_id: str, changes: dict[str, Any], now: float
+        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None
     ) -> Conversation | None:
         if "meta" in changes:
             changes = {**changes, "meta": json.dumps(changes["meta"])}
@@ -87,10 +121,16 @@ class SQLStore(StoreBase, LockMethods):
                 self.dialect.q(Q.update_conversation_sql(list(changes))),
                 (now, *changes.values(), conversation_id),
             ).fetchone()
-        return Q.conversation(row) if row else None
+            conv = Q.conversation(row) if row else None
+            # The UPDATE locked the row: a mismatch raises, and the rollback undoes it.
+            own = conv.generation if conv is not None and owner is not None \
+                and owner.conversation_id == conversation_id else None
+            self._check_owner(conn, owner, own)
+        return conv
 
     def _delete_conversation(self, conversation_id: str) -> bool:
         with self.transaction() as conn:
+            self.lock_for_deletion(conn, Q.LOCK_CONVERSATION, conversation_id)
             conn.execute(self.dialect.q(Q.DELETE_MESSAGES), (conversation_id,))
             cur = conn.execute(self.dialect.q(Q.DELETE_CONVERSATION), (conversation_id,))
             return bool(cur.rowcount)
@@ -99,13 +139,15 @@ class SQLStore(StoreBase, LockMethods):
 
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
-        now: float,
+        now: float, owner: Owner | None,
     ) -> list[StoredMessage]:
         n = len(messages)
         q = self.dialect.q
         with self.transaction() as conn:
             # A conflict raises inside the transaction, which rolls the update back.
             row = conn.execute(q(Q.ADVANCE_LAST_SEQ), (n, now, conversation_id)).fetchone()
+            mine = owner is not None and owner.conversation_id == conversation_id
+            self._check_owner(conn, owner, row[1] if row and mine else None)  # OwnerGone
             if row is None:
                 raise ConversationNotFound(conversation_id)
             last = int(row[0]) - n
@@ -128,6 +170,16 @@ class SQLStore(StoreBase, LockMethods):
                 raise ConversationNotFound(conversation_id)
         return [Q.stored_message(r) for r in rows]
 
+    def read_log(
+        self, conversation_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> LogRead | None:
+        rows = self._rows(Q.READ_LOG, (after_seq, conversation_id,
+                                       _NO_LIMIT if limit is None else limit))
+        if not rows:
+            return None
+        return LogRead(generation=rows[0][0], last_seq=rows[0][1],
+                       messages=[Q.stored_message(r[2:]) for r in rows if r[3] is not None])
+
     def find_by_idempotency_key(self, conversation_id: str, key: str) -> StoredMessage | None:
         """The message stored with this idempotency key in this conversation, if any."""
         row = self._one(Q.find_by_idempotency_key_sql(self.dialect), (conversation_id, key))
@@ -139,14 +191,15 @@ class SQLStore(StoreBase, LockMethods):
         now = time.time()
         q = self.dialect.q
         with self.transaction() as conn:
-            row = conn.execute(q(Q.SELECT_USER_CREATED), (user_id,)).fetchone()
+            row = conn.execute(q(Q.SELECT_USER), (user_id,)).fetchone()
             if row is not None and not replace:
                 raise StoreError(f"user {user_id!r} already exists (rotate with --rotate)")
             if row is not None:
                 conn.execute(q(Q.ROTATE_TOKEN), (token_hash, user_id))
-                return User(id=user_id, created_at=row[0])
-            conn.execute(q(Q.INSERT_USER), (user_id, token_hash, now))
-        return User(id=user_id, created_at=now)
+                return Q.user(row)
+            user = User(id=user_id, created_at=now)
+            conn.execute(q(Q.INSERT_USER), (user.id, token_hash, user.created_at, user.generation))
+        return user
 
     def user_for_token_hash(self, token_hash: str) -> User | None:
         row = self._one(Q.USER_FOR_TOKEN_HASH, (token_hash,))
@@ -161,8 +214,9 @@ class SQLStore(StoreBase, LockMethods):
 
     # -- memory records: summaries ---------------------------------------------------------------
 
-    def save_summary(self, summary: Summary) -> Summary:
+    def save_summary(self, summary: Summary, *, owner: Owner | None = None) -> Summary:
         with self.transaction() as conn:
+            self._check_for(conn, owner, summary.conversation_id)
             conn.execute(self.dialect.q(Q.INSERT_SUMMARY), Q.summary_row(summary))
         return summary
 
@@ -180,39 +234,47 @@ class SQLStore(StoreBase, LockMethods):
         row = conn.execute(self.dialect.q(Q.ACTIVE_FACT_BY_NORM), (user_id, norm, skip)).fetchone()
         return Q.fact(row) if row else None
 
-    def _get_fact(self, conn: Any, fact_id: str) -> Fact | None:
-        row = conn.execute(self.dialect.q(Q.SELECT_FACT), (fact_id,)).fetchone()
+    def _get_fact(self, conn: Any, fact_id: str, lock: bool = False) -> Fact | None:
+        sql = Q.SELECT_FACT + (self.dialect.for_update if lock else "")
+        row = conn.execute(self.dialect.q(sql), (fact_id,)).fetchone()
         return Q.fact(row) if row else None
 
-    def add_fact(self, fact: Fact) -> Fact:
+    def _insert_fact(self, conn: Any, fact: Fact) -> Fact:
+        """Insert unless an active fact says the same (the unique index decides, even against
+        a concurrent writer); return the fact in force."""
+        if conn.execute(self.dialect.q(Q.INSERT_FACT), Q.fact_row(fact)).rowcount:
+            return fact
+        kept = self._active_by_norm(conn, fact.user_id, fact.key)
+        if kept is None:  # pragma: no cover - the conflicting row is committed and active
+            raise StoreError(f"fact {fact.statement!r} conflicted with a fact that vanished")
+        return kept
+
+    def add_fact(self, fact: Fact, *, owner: Owner | None = None) -> Fact:
         fact = fact.checked()
         with self.transaction() as conn:
-            dup = self._active_by_norm(conn, fact.user_id, fact.key)
-            if dup is not None:
-                return dup
-            conn.execute(self.dialect.q(Q.INSERT_FACT), Q.fact_row(fact))
-        return fact
+            self._check_owner(conn, owner)
+            return self._insert_fact(conn, fact)
 
-    def supersede_fact(self, old_id: str, new: Fact) -> Fact:
+    def supersede_fact(self, old_id: str, new: Fact, *, owner: Owner | None = None) -> Fact:
         new = new.checked()
         with self.transaction() as conn:
-            old = self._get_fact(conn, old_id)
+            self._check_owner(conn, owner)
+            # Locked: a second writer superseding the same fact waits here, then sees it retired.
+            old = self._get_fact(conn, old_id, lock=True)
             if old is None or old.user_id != new.user_id:
                 raise FactNotFound(old_id)
             if not old.active:
-                raise StoreError(f"fact {old_id!r} is already retired")
+                return superseded_already(old, new, self._active_by_norm(conn, new.user_id, new.key))
             if old.key == new.key:
                 return old
-            current = self._active_by_norm(conn, new.user_id, new.key, skip=old_id)
-            if current is None:
-                conn.execute(self.dialect.q(Q.INSERT_FACT), Q.fact_row(new))
-                current = new
+            current = self._insert_fact(conn, new)
             conn.execute(self.dialect.q(Q.RETIRE_FACT), (new.valid_from, current.id, old_id))
         return current
 
-    def retire_fact(self, fact_id: str, *, at: float | None = None) -> Fact:
+    def retire_fact(self, fact_id: str, *, at: float | None = None, owner: Owner | None = None) -> Fact:
         with self.transaction() as conn:
-            old = self._get_fact(conn, fact_id)
+            self._check_owner(conn, owner)
+            old = self._get_fact(conn, fact_id, lock=True)
             if old is None:
                 raise FactNotFound(fact_id)
             if not old.active:
@@ -243,8 +305,11 @@ class SQLStore(StoreBase, LockMethods):
         row = self._one(Q.SELECT_CURSOR, (conversation_id, kind))
         return int(row[0]) if row else 0
 
-    def set_memory_cursor(self, conversation_id: str, kind: str, seq: int) -> None:
+    def set_memory_cursor(
+        self, conversation_id: str, kind: str, seq: int, *, owner: Owner | None = None
+    ) -> None:
         with self.transaction() as conn:
+            self._check_for(conn, owner, conversation_id)
             conn.execute(self.dialect.q(Q.UPSERT_CURSOR), (conversation_id, kind, seq))
 
     # -- the service's rate limit ---------------------------------------------------------------

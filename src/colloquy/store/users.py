@@ -21,9 +21,10 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, StoreError
+from .owner import new_generation
 
 TOKEN_PREFIX = "cq_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -35,6 +36,9 @@ class User(BaseModel):
     model_config = ConfigDict(frozen=True)
     id: str
     created_at: float
+    #: Set when the user is added: a user deleted and added again under the same name has
+    #: another generation, so work in flight for the old one cannot write into the new one.
+    generation: str = Field(default_factory=new_generation)
 
 
 def new_token() -> str:
@@ -93,8 +97,9 @@ class MemoryUserMethods:
 
     _users_lock = threading.Lock()
 
-    def _user_table(self) -> dict[str, tuple[str, float]]:
-        table: dict[str, tuple[str, float]] | None = getattr(self, "_users", None)
+    def _user_table(self) -> dict[str, tuple[str, User]]:
+        """user id -> (token hash, user)."""
+        table: dict[str, tuple[str, User]] | None = getattr(self, "_users", None)
         if table is None:
             table = {}
             self._users = table
@@ -105,22 +110,26 @@ class MemoryUserMethods:
             table = self._user_table()
             if user_id in table and not replace:
                 raise StoreError(f"user {user_id!r} already exists (rotate with --rotate)")
-            created = table[user_id][1] if user_id in table else time.time()
-            table[user_id] = (token_hash, created)
-            return User(id=user_id, created_at=created)
+            user = table[user_id][1] if user_id in table else User(id=user_id, created_at=time.time())
+            table[user_id] = (token_hash, user)
+            return user
 
     def user_for_token_hash(self, token_hash: str) -> User | None:
         with self._users_lock:
-            for uid, (h, created) in self._user_table().items():
+            for h, user in self._user_table().values():
                 if secrets.compare_digest(h, token_hash):
-                    return User(id=uid, created_at=created)
+                    return user
         return None
 
     def list_users(self) -> list[User]:
         with self._users_lock:
-            return [User(id=u, created_at=c) for u, (_, c) in sorted(self._user_table().items())]
+            return [user for _, (_, user) in sorted(self._user_table().items())]
+
+    def _user_generation(self, user_id: str) -> str | None:
+        with self._users_lock:
+            entry = self._user_table().get(user_id)
+            return entry[1].generation if entry else None
 
     def remove_user(self, user_id: str) -> bool:
         with self._users_lock:
             return self._user_table().pop(user_id, None) is not None
-
