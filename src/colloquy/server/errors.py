@@ -39,6 +39,7 @@ from ..errors import (
     OverloadedError,
     RateLimitError,
     StoreError,
+    StoreUnavailable,
     ToolError,
 )
 
@@ -103,6 +104,7 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     BadRequestError: (502, "model_refused_request"),
     ModelError: (502, "model_error"),
     ToolError: (500, "tool_error"),
+    StoreUnavailable: (503, "store_unavailable"),  # the database is down or locked: retry
     StoreError: (500, "store_error"),
     ServiceError: (500, "server_error"),
     ColloquyError: (500, "server_error"),

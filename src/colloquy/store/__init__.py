@@ -14,8 +14,9 @@ from pathlib import Path
 from platformdirs import user_data_path
 
 from ..errors import ConfigError
-from .base import Conversation, NewMessage, Store, new_id
+from .base import Conversation, LogRead, NewMessage, Store, new_id
 from .memory import MemoryStore
+from .owner import Owner
 from .sqlite import SQLiteStore
 
 
@@ -60,8 +61,10 @@ def open_store(
 
 __all__ = [
     "Conversation",
+    "LogRead",
     "MemoryStore",
     "NewMessage",
+    "Owner",
     "SQLiteStore",
     "Store",
     "default_db_path",

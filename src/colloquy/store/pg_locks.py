@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from ..errors import StoreError
+from ..errors import StoreUnavailable
 from .locks import Release, lock_key
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class AdvisoryLocks:
             except psycopg.OperationalError as e:
                 self._drop()
                 if attempt == 2:
-                    raise StoreError(f"PostgreSQL turn locks unavailable: {e}") from e
+                    raise StoreUnavailable(f"PostgreSQL is unavailable (turn locks): {e}") from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop(self) -> None:

@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
         "the PostgreSQL store needs the postgres extra: pip install 'colloquy[postgres]'"
     ) from e
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from . import queries
 from .locks import TurnLocks, lock_key
 from .migrations import MIGRATIONS, Migration
@@ -113,11 +113,16 @@ class PostgresStore(SQLStore):
         max_size: int = 20,
         connect_timeout: float = 10.0,
         synchronous_commit: bool = True,
+        pool_timeout: float = 10.0,
     ) -> None:
         """``synchronous_commit=False`` stops waiting for the server's WAL flush at each commit:
         a server crash may forget the last moments of commits (never corrupt anything), the
         durability SQLite's WAL mode with ``synchronous=NORMAL`` gives. Turns get several
-        milliseconds faster where fsync is slow (see the README, PostgreSQL)."""
+        milliseconds faster where fsync is slow (see the README, PostgreSQL).
+
+        ``pool_timeout`` (seconds): how long a unit of work waits for a connection (all in use,
+        or the server unreachable) before :class:`StoreUnavailable`, which the service answers
+        with 503 and Retry-After."""
         self.url = url
         self.schema = schema
         self.synchronous_commit = synchronous_commit
@@ -129,9 +134,13 @@ class PostgresStore(SQLStore):
                     apply_pg_migrations(conn, schema=schema)
         except psycopg.Error as e:
             raise StoreError(f"cannot open PostgreSQL database {redact(url)}: {e}") from e
+        # ``check``: every connection is tested as it leaves the pool (one empty query), so
+        # after a server restart the dead ones are replaced instead of failing a turn.
         self.pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="colloquy",
-            kwargs={"autocommit": True}, configure=self._configure,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            configure=self._configure, check=ConnectionPool.check_connection,
+            timeout=pool_timeout,
         )
         self.connect_timeout = connect_timeout
         # Turn locks are held for a whole turn (model call included) on a connection of their
@@ -158,14 +167,17 @@ class PostgresStore(SQLStore):
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled autocommit connection, for single statements that need no transaction
-        (reads): one round trip instead of three."""
+        (reads): one round trip instead of three. A lost or unreachable server is
+        :class:`StoreUnavailable` (nothing of the unit of work was committed: safe to retry)."""
         try:
             with self.pool.connection() as conn:
                 yield conn
         except PoolTimeout as e:
-            raise StoreError(f"no free PostgreSQL connection (pool of {self.pool.max_size}): {e}") from e
+            raise StoreUnavailable(
+                f"no PostgreSQL connection within {self.pool.timeout:g}s (pool of "
+                f"{self.pool.max_size}; is the server up?): {e}") from e
         except psycopg.OperationalError as e:
-            raise StoreError(f"PostgreSQL failed: {e}") from e
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {e}") from e
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[psycopg.Connection[Any]]:

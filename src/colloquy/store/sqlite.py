@@ -19,10 +19,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from ..files import ensure_private_file, private_dir
 from . import queries
 from .locks import TurnLocks, file_locks
@@ -41,6 +41,20 @@ def _writer_lock(path: Path) -> threading.RLock:
     key = str(path.resolve())
     with _WRITERS_LOCK:
         return _WRITERS.setdefault(key, threading.RLock())
+
+
+@contextmanager
+def _unavailable_when_locked(store: SQLiteStore) -> Iterator[None]:
+    """SQLite's "database is locked" (busy past the timeout) as :class:`StoreUnavailable`:
+    nothing of the unit of work was stored, and retrying later is safe."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise StoreUnavailable(
+                f"the database {store.path} stayed locked by another process for more than "
+                f"{store.busy_timeout:g}s: {e}", retry_after=max(1.0, store.busy_timeout / 2)) from e
+        raise
 
 
 def apply_migrations(
@@ -88,15 +102,19 @@ class SQLiteStore(SQLStore):
 
     dialect = queries.SQLITE
 
-    def __init__(self, path: str | Path, *, migrate: bool = True, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, migrate: bool = True, create: bool = True,
+                 busy_timeout: float = 30.0) -> None:
         """Open (with ``create``, create) the database file and bring its schema up to date.
         Raises StoreError, one line, when the file is missing (without ``create``), is not a
-        SQLite database, or cannot be opened or migrated (permissions, a read-only directory)."""
+        SQLite database, or cannot be opened or migrated (permissions, a read-only directory).
+        ``busy_timeout`` (seconds): how long a write waits for another process's write lock
+        before :class:`StoreUnavailable` (the service answers 503 with Retry-After)."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:  # pragma: no cover - depends on the system
             raise StoreError(f"colloquy needs SQLite 3.35 or newer; this Python has "
                              f"{sqlite3.sqlite_version}")
         self.path = Path(path).expanduser()
         self.url = str(self.path)
+        self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -123,12 +141,13 @@ class SQLiteStore(SQLStore):
         if conn is None:
             try:
                 conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                    self.path, isolation_level=None, check_same_thread=False,
+                    timeout=self.busy_timeout,
                 )
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             except sqlite3.Error as e:  # e.g. "file is not a database"
                 if conn is not None:
                     conn.close()
@@ -140,18 +159,25 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One atomic unit of work; ``BEGIN IMMEDIATE`` for writers (see the module docstring)."""
+        """One atomic unit of work; ``BEGIN IMMEDIATE`` for writers (see the module docstring).
+        A database still locked after ``busy_timeout`` is :class:`StoreUnavailable`."""
         conn = self._conn()
-        with self._writer if write else nullcontext():
+        with self._writer if write else nullcontext(), _unavailable_when_locked(self):
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield conn
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
                 else:
-                    conn.execute("COMMIT")
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
             except sqlite3.OperationalError as e:
                 if "readonly" in str(e):  # a read-only file or directory: one clear line
                     raise StoreError(f"cannot write to database {self.path}: {e}") from e
@@ -167,8 +193,10 @@ class SQLiteStore(SQLStore):
             self._all.clear()
         self._local = threading.local()
 
-    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return nullcontext(self._conn())
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with _unavailable_when_locked(self):
+            yield self._conn()
 
     def _turn_locks(self) -> TurnLocks:
         return file_locks(self.path)
