@@ -51,6 +51,9 @@ from .text import clean_json_text
 
 #: Tables that never hold anything about a user.
 SKIP_TABLES = {"schema_migrations"}
+#: Columns that are no data about anyone: a record's generation (store/owner.py) is set anew
+#: by an import, as for any record created again.
+_NOT_EXPORTED = {"generation"}
 _ALL = 10**9
 
 
@@ -230,7 +233,7 @@ def export_user(store: Store, user_id: str) -> dict[str, Any]:
     convs = store.list_conversations(user_id=user_id, limit=_ALL)
     sessions = [
         {
-            "conversation": c.model_dump(mode="json"),
+            "conversation": c.model_dump(mode="json", exclude={"generation"}),
             "messages": [sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
                          for sm in store.load(c.id)],
         }
@@ -251,7 +254,7 @@ def export_user(store: Store, user_id: str) -> dict[str, Any]:
                 if name not in specs:
                     continue
                 where = _where(specs[name], "user")
-                cols = all_cols[name]
+                cols = [c for c in all_cols[name] if c not in _NOT_EXPORTED]
                 rows = conn.execute(
                     _q(dialect, f"SELECT {', '.join(_ident(c) for c in cols)} FROM {_ident(name)} "
                                 f"WHERE {where}"),

@@ -10,12 +10,9 @@ sit beside the log and never replace it.
 from __future__ import annotations
 
 import copy
-import itertools
-import threading
 import time
 import uuid
-import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -24,33 +21,9 @@ from ..errors import ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..text import JSONDict, Text, clean, clean_json, clean_persona, clean_title, require_text
 from ..usage import Usage
+from .caches import forget_cached, register_cache
 from .memory_records import MemoryRecordStore
 from .owner import Owner, new_generation
-
-
-#: Objects that keep conversation data in this process's memory (recall indexes, summary
-#: caches): a deleted conversation must leave nothing behind here either, not just on disk.
-_CACHES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-_CACHE_KEYS = itertools.count()
-_CACHES_LOCK = threading.Lock()
-
-
-def register_cache(cache: Any) -> None:
-    """Register an object with a ``forget_conversations(ids)`` method; it is called whenever
-    conversations are deleted (by any store, or by ``users delete`` and ``purge``). Held weakly."""
-    with _CACHES_LOCK:
-        _CACHES[next(_CACHE_KEYS)] = cache
-
-
-def forget_cached(conversation_ids: Iterable[str]) -> None:
-    """Drop what in-memory caches hold about these conversations."""
-    ids = set(conversation_ids)
-    if not ids:
-        return
-    with _CACHES_LOCK:
-        caches = list(_CACHES.values())
-    for cache in caches:
-        cache.forget_conversations(ids)
 
 
 def users_conversation(store: Any, user_id: str, ref: str) -> Conversation | None:
@@ -325,3 +298,15 @@ class StoreBase:
         owner: Owner | None = None,
     ) -> list[StoredMessage]:
         return self._append(conversation_id, messages, expected_seq, time.time(), owner)
+
+
+__all__ = [
+    "Conversation",
+    "LogRead",
+    "NewMessage",
+    "Store",
+    "StoreBase",
+    "forget_cached",
+    "new_id",
+    "register_cache",
+]

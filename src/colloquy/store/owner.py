@@ -23,6 +23,7 @@ import uuid
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import OwnerGone
+from .caches import forget_cached
 
 
 def new_generation() -> str:
@@ -57,6 +58,7 @@ def check_owner(owner: Owner | None, conversation: str | None, user: str | None)
     if owner.conversation_id is not None and (
         conversation is None or (owner.generation is not None and conversation != owner.generation)
     ):
+        forget_cached([owner.conversation_id])  # what this process still holds of it goes too
         raise OwnerGone(f"conversation {owner.conversation_id!r}", owner.conversation_id)
     if owner.user_id is not None and owner.user_generation is not None and user != owner.user_generation:
         raise OwnerGone(f"user {owner.user_id!r}")

@@ -47,6 +47,9 @@ from .migrations import MIGRATIONS, Migration
 from .pg_locks import AdvisoryLocks
 from .sqlbase import SQLStore
 
+#: Seconds the pool keeps retrying a lost connection in the background before a new request
+#: may start a fresh attempt (see PostgresStore.__init__).
+RECONNECT_TIMEOUT = 4.0
 #: The expression the idempotency index is built on (migration 0200); queries must match it.
 IDEMPOTENCY_EXPR = queries.POSTGRES.idempotency_expr
 
@@ -136,11 +139,15 @@ class PostgresStore(SQLStore):
             raise StoreError(f"cannot open PostgreSQL database {redact(url)}: {e}") from e
         # ``check``: every connection is tested as it leaves the pool (one empty query), so
         # after a server restart the dead ones are replaced instead of failing a turn.
+        # ``reconnect_timeout``: the pool's background reconnection backs off exponentially
+        # (1, 2, 4, 8... s) while the server is down; giving up after a few seconds lets the
+        # next request start a fresh attempt at once, so service resumes as soon as the server
+        # is back rather than after the backoff.
         self.pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="colloquy",
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
             configure=self._configure, check=ConnectionPool.check_connection,
-            timeout=pool_timeout,
+            timeout=pool_timeout, reconnect_timeout=RECONNECT_TIMEOUT,
         )
         self.connect_timeout = connect_timeout
         # Turn locks are held for a whole turn (model call included) on a connection of their
