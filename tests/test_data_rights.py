@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,9 @@ def _pg_data_files(store: Any) -> list[Path] | None:
 def test_postgres_delete_leaves_no_bytes_in_the_relation_files() -> None:
     store = throwaway_postgres_store()
     try:
-        marker = "zqplantedpg5e2d1b"
+        # Unique per run: other runs (other worktrees, CI) plant theirs in the same database,
+        # whose relation files this test scans.
+        marker = f"zqplantedpg{uuid.uuid4().hex[:12]}"
         populate(store, "alice", marker, conversations=3)
         populate(store, "bob", "zqbobmarker")
         with store.pool.connection() as conn:
