@@ -70,14 +70,17 @@ def _same_schema(store: Any) -> Any:
 
 
 def test_a_deleted_user_leaves_no_rate_limit_row(store: Store) -> None:
-    store.take_rate("ann", 1.0, 5)  # type: ignore[attr-defined]
-    store.take_rate("bob", 1.0, 5)  # type: ignore[attr-defined]
-    delete_user(store, "ann")
-    if not hasattr(store, "transaction"):
-        return  # the memory store keeps nothing past the process
-    assert "rate_limits" in discover_tables(store)
-    with store.transaction(write=False) as conn:  # type: ignore[attr-defined]
-        assert [r[0] for r in conn.execute("SELECT user_id FROM rate_limits").fetchall()] == ["bob"]
+    store.take_rate("ann", 60.0, 5)  # type: ignore[attr-defined]
+    store.take_rate("bob", 60.0, 5)  # type: ignore[attr-defined]
+    report = delete_user(store, "ann")
+    assert report.rows["rate_limits"] == 1  # the memory store's state in process, a row in SQL
+    if hasattr(store, "transaction"):
+        assert "rate_limits" in discover_tables(store)
+        with store.transaction(write=False) as conn:  # type: ignore[attr-defined]
+            assert [r[0] for r in conn.execute("SELECT user_id FROM rate_limits")] == ["bob"]
+    # A new user of that name starts with a full burst; the other user's state is kept.
+    assert store.take_rate("ann", 60.0, 1) == 0.0  # type: ignore[attr-defined]
+    assert store.take_rate("bob", 60.0, 1) > 0  # type: ignore[attr-defined]
 
 
 def test_a_rate_limit_is_an_interval_per_request() -> None:

@@ -323,6 +323,9 @@ def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteRepo
         remove = getattr(store, "remove_user", None)
         if callable(remove):
             report.rows["users"] = int(bool(remove(user_id)))
+        forget_rate = getattr(store, "forget_rate", None)  # the memory store's, in process
+        if callable(forget_rate):
+            report.rows["rate_limits"] = int(forget_rate(user_id))
         return report
     gone = [c.id for c in store.list_conversations(user_id=user_id, limit=_ALL)]
     _delete_sql(store, "user", user_id, report)

@@ -28,6 +28,8 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
         self._conversations: dict[str, Conversation] = {}
         self._messages: dict[str, list[StoredMessage]] = {}
         self._lock = threading.RLock()
+        #: user id -> GCRA theoretical arrival time (see :meth:`take_rate`).
+        self._rates: dict[str, float] = {}
 
     def find_conversation(self, conversation_id: str) -> Conversation | None:
         with self._lock:
@@ -128,12 +130,19 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
         (GCRA), in this process's memory: 0.0 when allowed, else the seconds to wait."""
         now = time.time()
         with self._lock:
-            rates: dict[str, float] = self.__dict__.setdefault("_rates", {})
+            rates = self._rates
             base = max(rates.get(user_id, now), now)
             if base + interval - now <= burst * interval:
                 rates[user_id] = base + interval
                 return 0.0
             return max(0.0, rates[user_id] - now - (burst - 1) * interval)
+
+    def forget_rate(self, user_id: str) -> int:
+        """Drop the user's rate-limit state (1 if there was some): ``delete_user`` calls it, as
+        the SQL stores delete the user's ``rate_limits`` row, so a deleted user leaves no trace
+        in the process and a new user of that name starts with a full burst."""
+        with self._lock:
+            return int(self._rates.pop(user_id, None) is not None)
 
     def close(self) -> None:
         pass

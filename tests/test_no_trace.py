@@ -1,0 +1,139 @@
+"""A deleted user leaves no trace: not in any table, and not in the process that served them.
+
+Each test has two users do everything the library and the service let them write (named
+conversations, turns with idempotency keys, the OpenAI-compatible route, facts, a summary, a
+cursor, rate-limit state, an account), deletes one, then searches for that user's name and
+conversation ids in every row of every table (SQL stores) and in every object the store and the
+service hold in memory (any store, the memory store's being its whole state). The other user's
+data is still found, so the search itself is shown to work.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from colloquy import Chat, EchoModel, Store
+from colloquy.memory.records import Fact, Summary
+from colloquy.models import Model
+from colloquy.rights import delete_user, discover_tables
+from colloquy.server import create_app
+from colloquy.server.ratelimit import RateLimit
+from colloquy.store.users import issue_token
+from server_helpers import bearer
+
+ANN, BOB = "zqann", "zqbob"  # names no other string contains
+
+
+def rows_text(store: Store) -> str:
+    """Every row of every table (SQL stores); '' for the memory store."""
+    if not hasattr(store, "transaction"):
+        return ""
+    out, tables = [], discover_tables(store)
+    with store.transaction(write=False) as conn:  # type: ignore[attr-defined]
+        for table in tables:
+            out.extend(repr(r) for r in conn.execute(f'SELECT * FROM "{table}"').fetchall())
+    return "\n".join(out)
+
+
+def held_text(*roots: Any) -> str:
+    """Every string reachable from ``roots`` through containers and colloquy's own objects
+    (their attributes, pydantic fields, dataclass fields): what the process holds, except the
+    requests the offline model (the test double) records by design. Each line
+    is ``path = string``, so a failure names where the string is held."""
+    seen: set[int] = set()
+    found: list[str] = []
+    todo: list[tuple[Any, str]] = [(r, type(r).__name__) for r in roots]
+    while todo:
+        obj, path = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (str, bytes)):
+            text = obj if isinstance(obj, str) else obj.decode("utf-8", "replace")
+            found.append(f"{path} = {text!r}")
+        elif isinstance(obj, dict):
+            todo.extend((k, f"{path} key") for k in list(obj))
+            todo.extend((v, f"{path}[{k!r}]") for k, v in list(obj.items()))
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(list(obj)))
+        elif type(obj).__module__.startswith("colloquy"):
+            attrs = dict(getattr(obj, "__dict__", {}))
+            for slot in getattr(type(obj), "__slots__", ()):
+                if hasattr(obj, slot):
+                    attrs[slot] = getattr(obj, slot)
+            attrs["__pydantic_extra__"] = getattr(obj, "__pydantic_extra__", None)
+            if isinstance(obj, Model):
+                attrs.pop("requests", None)  # the offline test model's own record of requests
+            todo.extend((v, f"{path}.{k}") for k, v in attrs.items() if v is not None)
+    return "\n".join(found)
+
+
+def library_writes(store: Store, user: str) -> list[str]:
+    """What a library user writes: two conversations (one named), turns with an idempotency
+    key, a summary, a cursor, a fact, an account and rate-limit state. Returns the ids."""
+    ids = []
+    for i in range(2):
+        chat = Chat(EchoModel(), store=store, session_id=f"c_{user}_{i}", user_id=user)
+        chat.send(f"{user} says hello {i}", idempotency_key=f"key-{user}-{i}")
+        ids.append(chat.session_id)
+    named = store.create_conversation(user_id=user, name=f"trip-{user}")
+    Chat(EchoModel(), store=store, session_id=named.id, user_id=user).send("named")
+    ids.append(named.id)
+    store.save_summary(Summary(conversation_id=ids[0], start_seq=1, end_seq=2,
+                               text=f"{user} said hello"))
+    store.set_memory_cursor(ids[0], "facts", 2)
+    store.add_fact(Fact(user_id=user, subject="name", statement=f"is called {user}",
+                        source_conversation=ids[0], source_seq=1))
+    store.add_user(user, f"hash-{user}")  # type: ignore[attr-defined]
+    store.take_rate(user, 60.0, 5)  # type: ignore[attr-defined]
+    return ids
+
+
+def assert_gone(text: str, user: str, ids: list[str], where: str) -> None:
+    for needle in (user, *ids):
+        held = [line for line in text.splitlines() if needle in line]
+        assert not held, f"{needle!r} is still in {where}: {held[:5]}"
+
+
+def test_delete_user_leaves_no_trace_in_the_database_or_the_store_object(store: Store) -> None:
+    ann = library_writes(store, ANN)
+    bob = library_writes(store, BOB)
+    delete_user(store, ANN)
+    assert_gone(rows_text(store), ANN, ann, "the database")
+    assert_gone(held_text(store), ANN, ann, "the store object")
+    assert BOB in held_text(store) + rows_text(store)  # the search finds what is there
+    # The same name starts afresh: a new account's rate limit owes nothing to the old one.
+    assert store.take_rate(ANN, 60.0, 1) == 0.0  # type: ignore[attr-defined]
+
+
+def test_delete_me_leaves_no_trace_in_the_serving_process(store: Store) -> None:
+    app = create_app(store=store, model=EchoModel(), environ={}, rate_limit=RateLimit(100))
+    client = TestClient(app)
+    tokens = {u: issue_token(store, u) for u in (ANN, BOB)}
+    for user, token in tokens.items():
+        h = bearer(token)
+        r = client.post("/v1/conversations", headers=h, json={"title": f"{user}'s"})
+        assert r.status_code == 201, r.text
+        r = client.post(f"/v1/conversations/{r.json()['id']}/messages",
+                        json={"content": f"I am {user}"},
+                        headers={**h, "Idempotency-Key": f"k-{user}"})
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/chat/completions", headers={**h, "X-Colloquy-Conversation": "oa"},
+                        json={"messages": [{"role": "user", "content": f"{user} via openai"}]})
+        assert r.status_code == 200, r.text
+        assert client.post("/v1/memory", headers=h,
+                           json={"statement": f"likes {user}"}).status_code == 201
+    ann = [c.id for c in store.list_conversations(user_id=ANN)]
+    assert len(ann) == 2
+    r = client.delete("/v1/me", headers=bearer(tokens[ANN]))
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/me", headers=bearer(tokens[ANN])).status_code == 401
+    service = app.state.service
+    assert_gone(rows_text(store), ANN, ann, "the database")
+    assert_gone(held_text(store, service), ANN, ann, "the serving process")
+    assert BOB in held_text(store, service) + rows_text(store)
+    export = client.get("/v1/me/export", headers=bearer(tokens[BOB]))
+    assert ANN not in json.dumps(export.json())
