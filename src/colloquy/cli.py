@@ -25,7 +25,7 @@ from .files import private_dir, private_open
 from .guards import build_guards
 from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from .store import Store, default_db_path, open_store
-from .store.base import new_id, users_conversation
+from .store.base import Conversation, new_id, resolve_conversation, users_conversation
 from .text import clean
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
@@ -39,6 +39,14 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="database: a SQLite file path, 'memory', or "
                    "postgresql://... (default: $COLLOQUY_DB, else a file in the user data dir)")
+
+
+def _add_session_ref(p: argparse.ArgumentParser) -> None:
+    """A session argument: its id, or with ``--user`` the name that user knows it by, resolved
+    as ``chat --user U --session NAME`` resolves it (store.base.resolve_conversation)."""
+    p.add_argument("id", metavar="ID", help="the session's id; with --user, the user's name for "
+                   "it (as the service and 'sessions list' show it)")
+    p.add_argument("--user", metavar="ID", help="resolve ID among this user's sessions")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -320,28 +328,34 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     for c in convs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
         # The name, as the service shows it; the id too where they differ.
-        ref = c.name if c.name == c.id else f"{c.name} (id {c.id})"
-        sys.stdout.write(f"{ref}\t{when}\t{c.last_seq} msgs\t{c.model}\t"
+        sys.stdout.write(f"{_ref(c)}\t{when}\t{c.last_seq} msgs\t{c.model}\t"
                          f"user={c.user_id or '-'}\t{c.title or ''}\n")
     return EXIT_OK
 
 
+def _ref(conv: Conversation) -> str:
+    """A conversation as the CLI shows it: its name, and its id where they differ."""
+    return conv.name if conv.name == conv.id else f"{conv.name} (id {conv.id})"
+
+
 def cmd_sessions_show(args: argparse.Namespace) -> int:
     store = open_store(args.db, create=False)
+    conv = resolve_conversation(store, args.id, args.user)
     if args.json:
-        _dump(_conversation_json(store, args.id), sys.stdout)
+        _dump(_conversation_json(store, conv.id), sys.stdout)
         return EXIT_OK
-    conv = store.get_conversation(args.id)
-    sys.stdout.write(f"session {conv.id} · model {conv.model} · user {conv.user_id or '-'}\n")
+    sys.stdout.write(f"session {_ref(conv)} · model {conv.model} · "
+                     f"user {conv.user_id or '-'}\n")
     if conv.persona:
         sys.stdout.write(f"system: {conv.persona}\n")
-    for sm in store.load(args.id):
+    for sm in store.load(conv.id):
         sys.stdout.write(_render(sm) + "\n")
     return EXIT_OK
 
 
 def cmd_sessions_export(args: argparse.Namespace) -> int:
-    data = _conversation_json(open_store(args.db, create=False), args.id)
+    store = open_store(args.db, create=False)
+    data = _conversation_json(store, resolve_conversation(store, args.id, args.user).id)
     if args.output and args.output != "-":
         with private_open(args.output) as f:  # owner-only, like the database
             _dump(data, f)
@@ -352,16 +366,18 @@ def cmd_sessions_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_delete(args: argparse.Namespace) -> int:
-    open_store(args.db, create=False).delete_conversation(args.id)
-    sys.stderr.write(f"deleted session {args.id}\n")
+    store = open_store(args.db, create=False)
+    conv = resolve_conversation(store, args.id, args.user)
+    store.delete_conversation(conv.id)
+    sys.stderr.write(f"deleted session {_ref(conv)}\n")
     return EXIT_OK
 
 
 def cmd_context(args: argparse.Namespace) -> int:
     store = open_store(args.db, create=False)
-    store.get_conversation(args.id)  # a clear error for an unknown id
-    chat = Chat(args.model, store=store, session_id=args.id, policy=policy_from_args(args),
-                max_tokens=args.max_tokens)
+    conv = resolve_conversation(store, args.id, args.user)  # a clear error for an unknown one
+    chat = Chat(args.model, store=store, session_id=conv.id, user_id=conv.user_id,
+                policy=policy_from_args(args), max_tokens=args.max_tokens)
     request = chat.next_request(args.message)
     if args.json:
         _dump(request.to_anthropic(), sys.stdout)
@@ -412,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("delete", cmd_sessions_delete, "delete a session and its messages"),
     ):
         p = ssub.add_parser(name, help=helptext)
-        p.add_argument("id", metavar="ID")
+        _add_session_ref(p)
         if name == "show":
             p.add_argument("--json", action="store_true")
         if name == "export":
@@ -421,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     from .rights_cli import add_purge_command, add_rename_command, add_user_data_commands
 
-    add_rename_command(ssub, _add_db)
+    add_rename_command(ssub, _add_db, _add_session_ref)
 
     p = sub.add_parser("context", help="the exact request the next turn of a session would send")
-    p.add_argument("id", metavar="ID")
+    _add_session_ref(p)
     _add_policy(p)
     p.add_argument("--message", metavar="TEXT", help="include this new user message")
     p.add_argument("--model", metavar="M", help="model to build for (default: the session's)")

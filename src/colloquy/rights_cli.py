@@ -4,7 +4,7 @@
     colloquy users import FILE [--replace]      restore an export (colloquy.rights_import)
     colloquy users delete ID --yes              delete every row about a user, bytes erased
     colloquy purge --older-than 30d [--dry-run] retention: drop conversations idle that long
-    colloquy sessions rename ID TITLE           edit a conversation's title
+    colloquy sessions rename ID TITLE [--user U] edit a conversation's title
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .rights import (
     purge_conversations,
 )
 from .store import open_store
+from .store.base import resolve_conversation
 
 AddDb = Callable[[argparse.ArgumentParser], None]
 
@@ -122,8 +123,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_sessions_rename(args: argparse.Namespace) -> int:
     title = " ".join(args.title.split())  # a blank one is refused by the store (the text rules)
-    conv = open_store(args.db, create=False).update_conversation(args.id, title=title)
-    sys.stderr.write(f"renamed {conv.id}: {conv.title}\n")
+    store = open_store(args.db, create=False)
+    conv = store.update_conversation(resolve_conversation(store, args.id, args.user).id,
+                                     title=title)
+    sys.stderr.write(f"renamed {conv.name}: {conv.title}\n")
     return 0
 
 
@@ -162,9 +165,9 @@ def add_purge_command(sub: Any, add_db: AddDb) -> None:
     p.set_defaults(func=cmd_purge)
 
 
-def add_rename_command(ssub: Any, add_db: AddDb) -> None:
+def add_rename_command(ssub: Any, add_db: AddDb, add_ref: AddDb) -> None:
     p = ssub.add_parser("rename", help="set a session's title")
-    p.add_argument("id", metavar="ID")
+    add_ref(p)  # ID [--user U], as for sessions show|export|delete
     p.add_argument("title", metavar="TITLE")
     add_db(p)
     p.set_defaults(func=cmd_sessions_rename)

@@ -20,6 +20,7 @@ from ..context.base import ContextPolicy
 from ..context.presets import POLICY_NAMES, load_policy_config, make_extraction, make_policy
 from ..errors import ConfigError, StoreError
 from ..store import open_store
+from ..store.base import conversation_names
 from .extract import FactExtraction
 from .records import Fact
 
@@ -122,8 +123,12 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
-def _fact_row(f: Fact) -> str:
-    origin = (f"from {f.source_conversation}#{f.source_seq}" if f.source_conversation
+def _fact_row(f: Fact, names: dict[str, str]) -> str:
+    """One tab-separated line; the source by the name the user knows (``sessions show --user
+    U NAME`` opens it), or "a deleted conversation"."""
+    src = f.source_conversation
+    origin = ((f"from {names[src]}#{f.source_seq}" if src in names
+               else "from a deleted conversation") if src
               else "added by hand" if f.origin == "user" else "extracted")
     state = "" if f.active else f"\tretired {_when(f.valid_until)}" + (
         f" -> {f.superseded_by}" if f.superseded_by else "")
@@ -131,15 +136,17 @@ def _fact_row(f: Fact) -> str:
 
 
 def cmd_memory_list(args: argparse.Namespace) -> int:
-    facts = open_store(args.db, create=False).list_facts(args.user, include_retired=args.all)
+    store = open_store(args.db, create=False)
+    facts = store.list_facts(args.user, include_retired=args.all)
     if args.json:
         sys.stdout.write(json.dumps([f.model_dump(mode="json") for f in facts], indent=2,
                                     ensure_ascii=False) + "\n")
         return 0
     if not facts:
         sys.stderr.write(f"no facts for user {args.user!r}\n")
+    names = conversation_names(store, args.user, (f.source_conversation for f in facts))
     for f in facts:
-        sys.stdout.write(_fact_row(f) + "\n")
+        sys.stdout.write(_fact_row(f, names) + "\n")
     return 0
 
 

@@ -332,7 +332,8 @@ def create_app(
 
     @api.get("/memory", response_model=FactList, summary="the facts remembered about the caller")
     def list_facts(user: CurrentUser) -> FactList:
-        return FactList(facts=[FactOut.of(f) for f in service.facts(user)])
+        facts, names = service.facts(user)
+        return FactList(facts=[FactOut.of(f, names) for f in facts])
 
     @api.post("/memory", status_code=201, response_model=FactOut,
               summary="remember a fact (the same fact twice is kept once)")

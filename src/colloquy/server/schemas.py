@@ -3,6 +3,7 @@ validates requests with clear 422 errors and the OpenAPI description is generate
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import Header
@@ -176,16 +177,21 @@ class FactOut(BaseModel):
     subject: str
     statement: str
     origin: str
-    #: Where it was learnt (None when added by hand).
-    source_conversation: str | None = None
-    source_seq: int | None = None
+    source_conversation: str | None = Field(
+        None, description="the conversation it was learnt in, by the name the caller uses for "
+        "it (as in /v1/conversations/{name}); null when added by hand or when that "
+        "conversation has been deleted")
+    source_seq: int | None = Field(None, description="the message it was learnt from")
     valid_from: float
     created_at: float
 
     @classmethod
-    def of(cls, f: Fact) -> FactOut:
+    def of(cls, f: Fact, names: Mapping[str, str] | None = None) -> FactOut:
+        """``names``: conversation id -> the caller's name for it (store.conversation_names);
+        a source outside it is not shown (an internal id means nothing to the caller)."""
+        name = (names or {}).get(f.source_conversation or "")
         return cls(id=f.id, subject=f.subject, statement=f.statement, origin=f.origin,
-                   source_conversation=f.source_conversation, source_seq=f.source_seq,
+                   source_conversation=name, source_seq=f.source_seq if name else None,
                    valid_from=f.valid_from, created_at=f.created_at)
 
 

@@ -41,7 +41,7 @@ from ..messages import StoredMessage
 from ..models import Model, get_model, model_spec
 from ..rights import DeleteReport, delete_user, export_user
 from ..store import Conversation, Store, new_id
-from ..store.base import register_cache
+from ..store.base import conversation_names, register_cache
 from ..store.memory_records import FactNotFound
 from ..store.owner import Owner
 from ..store.users import User
@@ -306,8 +306,12 @@ class ChatService:
 
     # -- facts ----------------------------------------------------------------------------------
 
-    def facts(self, user: User) -> list[Fact]:
-        return self.store.list_facts(user.id)  # type: ignore[attr-defined, no-any-return]
+    def facts(self, user: User) -> tuple[list[Fact], dict[str, str]]:
+        """The caller's active facts, and the names the caller knows their source conversations
+        by (conversation id -> name; a deleted conversation is absent)."""
+        facts: list[Fact] = self.store.list_facts(user.id)  # type: ignore[attr-defined]
+        return facts, conversation_names(self.store, user.id,
+                                         (f.source_conversation for f in facts))
 
     def add_fact(self, user: User, statement: str, subject: str | None) -> Fact:
         fact = Fact(user_id=user.id, subject=subject or "", statement=statement.strip(),

@@ -38,6 +38,30 @@ def users_conversation(store: Any, user_id: str, ref: str) -> Conversation | Non
     return conv
 
 
+def resolve_conversation(store: Any, ref: str, user_id: str | None = None) -> Conversation:
+    """The conversation a CLI argument means: with ``user_id``, the one that user calls ``ref``
+    (:func:`users_conversation`, as ``colloquy chat --user U --session REF`` resolves it);
+    without, the conversation whose id is ``ref``. :class:`ConversationNotFound` otherwise,
+    whoever else holds that name."""
+    conv = (users_conversation(store, user_id, ref) if user_id is not None
+            else store.find_conversation(ref))
+    if conv is None:
+        raise ConversationNotFound(ref)
+    return conv
+
+
+def conversation_names(store: Any, user_id: str, ids: Iterable[str | None]) -> dict[str, str]:
+    """id -> the name ``user_id`` knows it by (:attr:`Conversation.name`), for those of ``ids``
+    that are conversations of that user (a deleted one, or another user's, is left out): what a
+    fact's ``source_conversation`` shows the user. One lookup per distinct id."""
+    names: dict[str, str] = {}
+    for cid in {i for i in ids if i}:
+        conv = store.find_conversation(cid)
+        if conv is not None and conv.user_id == user_id:
+            names[cid] = conv.name
+    return names
+
+
 def new_id(prefix: str = "c") -> str:
     """A short random id, readable in a terminal (``c_3f9a1b2c4d5e``)."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
