@@ -16,13 +16,13 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from colloquy import Chat, EchoModel, Store
-from colloquy.memory.records import Fact, Summary
 from colloquy.models import Model
 from colloquy.rights import delete_user, discover_tables
 from colloquy.server import create_app
 from colloquy.server.ratelimit import RateLimit
 from colloquy.store.users import issue_token
 from server_helpers import bearer
+from test_data_rights import populate
 
 ANN, BOB = "zqann", "zqbob"  # names no other string contains
 
@@ -72,24 +72,15 @@ def held_text(*roots: Any) -> str:
 
 
 def library_writes(store: Store, user: str) -> list[str]:
-    """What a library user writes: two conversations (one named), turns with an idempotency
-    key, a summary, a cursor, a fact, an account and rate-limit state. Returns the ids."""
-    ids = []
-    for i in range(2):
-        chat = Chat(EchoModel(), store=store, session_id=f"c_{user}_{i}", user_id=user)
-        chat.send(f"{user} says hello {i}", idempotency_key=f"key-{user}-{i}")
-        ids.append(chat.session_id)
+    """What a library user writes (test_data_rights.populate: conversations, a summary, a
+    cursor, a fact, an account), and a named conversation, a turn with an idempotency key and
+    rate-limit state. Returns the conversation ids."""
+    ids = populate(store, user, f"marker-{user}")
     named = store.create_conversation(user_id=user, name=f"trip-{user}")
-    Chat(EchoModel(), store=store, session_id=named.id, user_id=user).send("named")
-    ids.append(named.id)
-    store.save_summary(Summary(conversation_id=ids[0], start_seq=1, end_seq=2,
-                               text=f"{user} said hello"))
-    store.set_memory_cursor(ids[0], "facts", 2)
-    store.add_fact(Fact(user_id=user, subject="name", statement=f"is called {user}",
-                        source_conversation=ids[0], source_seq=1))
-    store.add_user(user, f"hash-{user}")  # type: ignore[attr-defined]
+    Chat(EchoModel(), store=store, session_id=named.id, user_id=user).send(
+        "named", idempotency_key=f"key-{user}")
     store.take_rate(user, 60.0, 5)  # type: ignore[attr-defined]
-    return ids
+    return [*ids, named.id]
 
 
 def assert_gone(text: str, user: str, ids: list[str], where: str) -> None:
