@@ -1,6 +1,7 @@
 """Every CLI command that takes a session resolves it as ``colloquy chat --user U --session
 NAME`` does: with ``--user``, by the name that user knows (the one the service and ``sessions
-list`` show), never reaching another user's conversation of that name or id; and the memory
+list`` show), never reaching another user's conversation of that name or id; without, by id or
+by a name only one user has (an operator's view across users); and the memory
 API and ``memory list`` show a fact's source conversation by that name, not an internal id.
 On SQLite and PostgreSQL."""
 
@@ -52,9 +53,16 @@ def test_sessions_commands_resolve_a_users_name(db: str, capsys: pytest.CaptureF
         for ref in ("notes", bob):  # another user's id: not found, as for a free name
             code, _, err = run(capsys, "sessions", "show", ref, "--user", "ann", "--db", db)
             assert code == 1 and f"no conversation with id {ref!r}" in err
-        code, _, err = run(capsys, "sessions", "show", "plans", "--db", db)  # no --user: an id
-        assert code == 1 and "no conversation with id 'plans'" in err
+        # Without --user: an id, else the one conversation of that name (as sessions list shows
+        # it); a name several users have is refused with their names, never guessed.
         assert run(capsys, "sessions", "show", carl, "--db", db)[0] == 0
+        code, _, err = run(capsys, "sessions", "show", "plans", "--db", db)
+        assert code == 2 and "several users have a conversation called 'plans' ('ann', 'bob')" \
+            in err and "add --user" in err
+        solo = named(store, "dan", "solo-1", "dan's line")
+        code, out, _ = run(capsys, "sessions", "show", "solo-1", "--db", db)
+        assert code == 0 and out.startswith(f"session solo-1 (id {solo}) · ") and "dan's line" in out
+        assert run(capsys, "sessions", "show", "nothing-here", "--db", db)[0] == 1
 
         # export, rename, context, delete: each on ann's "plans" only.
         code, out, _ = run(capsys, "sessions", "export", "plans", "--user", "ann", "--db", db)

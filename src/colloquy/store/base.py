@@ -17,7 +17,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import ConversationNotFound, StoreError
+from ..errors import ConfigError, ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..text import JSONDict, Text, clean, clean_json, clean_persona, clean_title, require_text
 from ..usage import Usage
@@ -40,14 +40,29 @@ def users_conversation(store: Any, user_id: str, ref: str) -> Conversation | Non
 
 def resolve_conversation(store: Any, ref: str, user_id: str | None = None) -> Conversation:
     """The conversation a CLI argument means: with ``user_id``, the one that user calls ``ref``
-    (:func:`users_conversation`, as ``colloquy chat --user U --session REF`` resolves it);
-    without, the conversation whose id is ``ref``. :class:`ConversationNotFound` otherwise,
-    whoever else holds that name."""
-    conv = (users_conversation(store, user_id, ref) if user_id is not None
-            else store.find_conversation(ref))
+    (:func:`users_conversation`, as ``colloquy chat --user U --session REF`` resolves it), never
+    another user's; without, the conversation whose id is ``ref``, else the one conversation
+    called ``ref`` (what ``sessions list`` shows). :class:`ConversationNotFound` when there is
+    none; :class:`ConfigError` when several users have a conversation called ``ref`` (the
+    message names them: add ``--user``)."""
+    if user_id is not None:
+        conv = users_conversation(store, user_id, ref)
+    else:
+        conv = store.find_conversation(ref)
+        if conv is None:
+            named: list[Conversation] = store.list_named(ref, limit=_SHOWN_OWNERS + 1)
+            if len(named) > 1:
+                owners = ", ".join(sorted(repr(c.user_id) for c in named[:_SHOWN_OWNERS]))
+                more = ", ..." if len(named) > _SHOWN_OWNERS else ""
+                raise ConfigError(f"several users have a conversation called {ref!r} "
+                                  f"({owners}{more}): add --user to say whose")
+            conv = named[0] if named else None
     if conv is None:
         raise ConversationNotFound(ref)
     return conv
+
+
+_SHOWN_OWNERS = 5
 
 
 def conversation_names(store: Any, user_id: str, ids: Iterable[str | None]) -> dict[str, str]:
@@ -157,6 +172,11 @@ class Store(MemoryRecordStore, Protocol):
 
     def find_named(self, user_id: str, name: str) -> Conversation | None:
         """The conversation ``user_id`` calls ``name`` (see :attr:`Conversation.name`)."""
+        ...
+
+    def list_named(self, name: str, limit: int = 100) -> list[Conversation]:
+        """Every user's conversations called ``name``, newest activity first: for an operator's
+        tools (the CLI), never for a user's request (a user sees only their own names)."""
         ...
 
     def list_conversations(

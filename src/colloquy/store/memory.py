@@ -40,6 +40,12 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             return next((c for c in self._conversations.values()
                          if c.user_id == user_id and c.name == name), None)
 
+    def list_named(self, name: str, limit: int = 100) -> list[Conversation]:
+        with self._lock:
+            convs = [c for c in self._conversations.values() if c.name == name]
+        convs.sort(key=lambda c: (c.updated_at, c.created_at), reverse=True)
+        return convs[:limit]
+
     @contextmanager
     def _owned(self, owner: Owner | None) -> Iterator[None]:
         """Hold the store's lock, with ``owner`` checked (see store/owner.py)."""

@@ -85,6 +85,7 @@ INSERT_CONVERSATION = (
 SELECT_CONVERSATION = f"SELECT {CONV_COLS} FROM conversations WHERE id = ?"
 SELECT_NAMED = f"SELECT {CONV_COLS} FROM conversations WHERE user_id = ? AND name = ?"
 _ACTIVITY_ORDER = "ORDER BY updated_at DESC, created_at DESC LIMIT ?"
+LIST_NAMED = f"SELECT {CONV_COLS} FROM conversations WHERE name = ? {_ACTIVITY_ORDER}"
 LIST_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations {_ACTIVITY_ORDER}"
 LIST_USER_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations WHERE user_id = ? {_ACTIVITY_ORDER}"
 #: The columns update_conversation may set (besides updated_at); the SET list is built from

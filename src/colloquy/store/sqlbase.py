@@ -104,6 +104,9 @@ class SQLStore(StoreBase, LockMethods):
         row = self._one(Q.SELECT_NAMED, (user_id, name))
         return Q.conversation(row) if row else None
 
+    def list_named(self, name: str, limit: int = 100) -> list[Conversation]:
+        return [Q.conversation(r) for r in self._rows(Q.LIST_NAMED, (name, limit))]
+
     def list_conversations(self, user_id: str | None = None, limit: int = 100) -> list[Conversation]:
         if user_id is None:
             rows = self._rows(Q.LIST_CONVERSATIONS, (limit,))
