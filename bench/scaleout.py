@@ -104,6 +104,16 @@ class Client:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        try:
+            return await self._request(method, path, body)
+        except (ConnectionError, IndexError, asyncio.IncompleteReadError):
+            # The server closed an idle keep-alive connection (uvicorn: after 5 s): once more,
+            # on a new one. Nothing was sent on the closed one but this request.
+            self.close()
+            self.reader = self.writer = None
+            return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -130,13 +140,15 @@ class Client:
 
 async def drive(port: int, tokens: Sequence[str], clients: int, seconds: float) -> dict[str, Any]:
     conns = [Client(port, tokens[i]) for i in range(clients)]
-    cids: list[str] = []
-    for c in conns:
+
+    async def start(c: Client) -> str:  # warm: each conversation has a turn and a cached Chat
         status, body = await c.request("POST", "/v1/conversations", {})
         assert status in (200, 201), body
-        cids.append(json.loads(body)["id"])
-    for c, cid in zip(conns, cids):  # warm: each conversation has a turn and a cached Chat
+        cid: str = json.loads(body)["id"]
         await c.request("POST", f"/v1/conversations/{cid}/messages", {"content": "warm up"})
+        return cid
+
+    cids = list(await asyncio.gather(*(start(c) for c in conns)))
     latencies: list[float] = []
     errors = 0
     stop = time.monotonic() + seconds
