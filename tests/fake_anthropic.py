@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fake_wire import Drops, wait_unless_dropped
+
 
 @dataclass
 class Recorded:
@@ -33,7 +35,9 @@ class Recorded:
 @dataclass
 class Reply:
     """One scripted answer. ``events`` makes it an SSE stream of (event name, data) pairs;
-    ``drop_after`` closes the connection mid-stream after that many events."""
+    ``drop_after`` closes the connection mid-stream after that many events. ``delay`` waits
+    before answering and ``event_delay`` between streamed events, both noticing a client that
+    hangs up meanwhile (recorded in :attr:`FakeAnthropic.drops`)."""
 
     status: int = 200
     json: Any = None
@@ -41,6 +45,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop_after: int | None = None
+    event_delay: float = 0.0
 
 
 _ids = itertools.count(1)
@@ -292,6 +297,8 @@ class FakeAnthropic:
         self.api_key = api_key
         self.strict = strict
         self.requests: list[Recorded] = []
+        #: Answers whose client hung up before they were complete.
+        self.drops = Drops()
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _handler_for(self))
@@ -384,8 +391,9 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self._send_json(404, error_body("not_found_error", f"no route {self.path}"), {})
                 return
             reply = fake._next_reply(request)
-            if reply.delay:
-                time.sleep(reply.delay)
+            if reply.delay and not wait_unless_dropped(self.connection, reply.delay, fake.drops):
+                self.close_connection = True
+                return
             headers = {"request-id": f"req_fake_{next(_ids):04d}", **reply.headers}
             if reply.events is not None:
                 self._send_stream(reply, headers)
@@ -411,6 +419,10 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             for n, (event, data) in enumerate(_events(reply)):
+                if n and reply.event_delay and not wait_unless_dropped(
+                        self.connection, reply.event_delay, fake.drops):
+                    self.close_connection = True
+                    return
                 if reply.drop_after is not None and n >= reply.drop_after:
                     self.wfile.flush()
                     self.close_connection = True

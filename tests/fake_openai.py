@@ -32,6 +32,8 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fake_wire import Drops, wait_unless_dropped
+
 
 @dataclass
 class ToolCall:
@@ -64,7 +66,10 @@ class Turn:
     model: str | None = None
     refusal: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds before answering, and between streamed chunks; a client that hangs up
+    #: meanwhile is noticed at once (FakeOpenAI.drops).
     delay: float = 0.0
+    piece_delay: float = 0.0
 
     def finish(self) -> str:
         if self.finish_reason:
@@ -184,6 +189,8 @@ class FakeOpenAI:
         self.tool_call_ids = tool_call_ids
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
+        #: Answers whose client hung up before they were complete.
+        self.drops = Drops()
         self._lock = threading.Lock()
         self._counter = 0
         fake = self
@@ -289,13 +296,14 @@ class FakeOpenAI:
             self._send_sse(h, chunks, request_id, {})
             return
         reply = self._quirks(reply)
-        if reply.delay:
-            time.sleep(reply.delay)
+        if reply.delay and not wait_unless_dropped(h.connection, reply.delay, self.drops):
+            h.close_connection = True
+            return
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             include_usage = include_usage and self.stream_usage
             self._send_sse(h, _stream_chunks(reply, request_id, model, include_usage),
-                           request_id, reply.headers)
+                           request_id, reply.headers, reply.piece_delay, self.drops)
         else:
             self._send_json(h, 200, _completion(reply, request_id, model), request_id,
                             reply.headers)
@@ -328,7 +336,8 @@ class FakeOpenAI:
 
     @staticmethod
     def _send_sse(h: BaseHTTPRequestHandler, chunks: list[Any], request_id: str,
-                  headers: dict[str, str]) -> None:
+                  headers: dict[str, str], piece_delay: float = 0.0,
+                  drops: Drops | None = None) -> None:
         # HTTP/1.0 without content-length: the body ends when the connection closes.
         h.send_response(200)
         h.send_header("content-type", "text/event-stream")
@@ -336,7 +345,11 @@ class FakeOpenAI:
         for k, v in headers.items():
             h.send_header(k, v)
         h.end_headers()
-        for chunk in chunks:
+        for n, chunk in enumerate(chunks):
+            if n and piece_delay and drops is not None and not wait_unless_dropped(
+                    h.connection, piece_delay, drops):
+                h.close_connection = True
+                return
             h.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             h.wfile.flush()
         h.wfile.write(b"data: [DONE]\n\n")

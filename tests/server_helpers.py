@@ -70,14 +70,24 @@ def add_user(db: str | Path, name: str) -> str:
 def serve_subprocess(db: str | Path, *extra: str, log: Path | None = None,
                      env: dict[str, str] | None = None) -> Iterator[str]:
     """``colloquy serve`` as a real process; yields its base URL once /healthz answers."""
+    with serve_process(db, *extra, log=log, env=env) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve_process(db: str | Path, *extra: str, log: Path | None = None, model: str = "echo",
+                  env: dict[str, str] | None = None, startup: float = 30.0,
+                  ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As :func:`serve_subprocess`, yielding the process too (to signal it); ``model`` and
+    ``env`` as given (default: echo, the environment without provider keys)."""
     port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", str(db),
-         "--model", "echo", *extra], stdout=out, stderr=subprocess.STDOUT, env=env or clean_env())
+         "--model", model, *extra], stdout=out, stderr=subprocess.STDOUT, env=env or clean_env())
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + startup
         while True:
             try:
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
@@ -87,9 +97,10 @@ def serve_subprocess(db: str | Path, *extra: str, log: Path | None = None,
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"colloquy serve did not start (exit {proc.poll()})")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

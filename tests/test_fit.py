@@ -169,3 +169,19 @@ def test_over_the_real_adapter_an_oversized_paste_is_answered_and_so_are_later_t
         assert turn("x " * 300_000) == "fine"
         for i in range(5):
             assert turn(f"short {i}") == "fine"
+
+
+def test_the_async_turn_fits_the_request_too(tmp_path: Path) -> None:
+    """The service's path (Chat.asend, the SDK's async client): the same size rule, one turn."""
+    import asyncio
+
+    with FakeAnthropic() as fake:
+        model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url,
+                               environ={}, max_retries=0)
+        chat = Chat(model, store=SQLiteStore(tmp_path / "c.db"), context_window=WINDOW,
+                    max_tokens=MAX_TOKENS, title_model=False, counter=TokenCounter())
+        fake.enqueue(message(text("fine")), message(text("still fine")))
+        reply = asyncio.run(chat.asend("x " * 300_000))
+        assert any("cut" in n and "context window" in n for n in reply.notes), reply.notes
+        assert len(json.dumps(fake.requests[0].body)) < WINDOW * 4, "sent over the window"
+        assert asyncio.run(chat.asend("short")).text == "still fine"

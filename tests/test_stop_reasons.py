@@ -118,3 +118,33 @@ def test_an_openai_reply_cut_by_length_is_not_run() -> None:
         assert chat.send("email bob").stop_reason == "max_tokens"
         assert ran == []
         assert chat.send("again").text == "ok"
+
+
+def test_the_async_turn_never_runs_a_cut_call_either() -> None:
+    """The service's path: the SDKs' async clients, streamed (Anthropic) and not (OpenAI)."""
+    import asyncio
+
+    async def streamed(chat: Chat) -> list[object]:
+        return [event async for event in chat.astream("email the draft")]
+
+    with FakeAnthropic() as fake:
+        fake.enqueue(stream(text("Sending."), tool_use("toolu_cut", "send_email", {}),
+                            stop_reason="max_tokens"),
+                     message(text("Who should get it?")))
+        model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url,
+                               environ={}, max_retries=0)
+        chat = Chat(model, tools=[send_email], store=MemoryStore(), title_model=False)
+        final = asyncio.run(streamed(chat))[-1]
+        assert getattr(final, "stop_reason") == "max_tokens" and ran == []
+        assert any("not run" in n for n in getattr(final, "notes"))
+        assert asyncio.run(chat.asend("bob")).text == "Who should get it?"
+    with FakeOpenAI() as server:
+        server.push(Turn(tool_calls=[ToolCall(id="call_1", name="send_email", arguments='{"to": "bo')],
+                         finish_reason="length"),
+                    Turn(text="ok"))
+        model2 = OpenAIModel("gpt-4o", api_key="sk-x", base_url=server.base_url, environ={},
+                             max_retries=0)
+        chat2 = Chat(model2, tools=[send_email], store=MemoryStore(), title_model=False)
+        assert asyncio.run(chat2.asend("email bob")).stop_reason == "max_tokens"
+        assert ran == []
+        assert asyncio.run(chat2.asend("again")).text == "ok"

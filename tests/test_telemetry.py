@@ -346,3 +346,28 @@ def test_a_call_handed_to_another_thread_is_one_span(spans: InMemorySpanExporter
     assert [s.name for s in spans.get_finished_spans()] == ["chat threaded"]
     m.request(req)  # and the request itself, called directly, is a span of its own
     assert len(spans.get_finished_spans()) == 2
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_async_turn_is_one_trace_too(spans: InMemorySpanExporter, streaming: bool) -> None:
+    """The async API awaits the model on the event loop, outside the turn's own steps (see
+    colloquy.effects): the call still starts in the turn's context, so its span is the turn's
+    child with purpose "turn", and so are the tool spans, the lock's and the store's."""
+    model = ScriptedModel([tool_call("get_weather", {"city": "Oslo"}), "Snow in Oslo."])
+    chat = Chat(model, store=MemoryStore(), session_id="trip-2", tools=[get_weather])
+
+    async def main() -> str:
+        if not streaming:
+            return (await chat.asend("Weather in Oslo?")).text
+        return "".join([e async for e in chat.astream("Weather in Oslo?") if isinstance(e, str)])
+
+    assert asyncio.run(main()) == "Snow in Oslo."
+    found = list(spans.get_finished_spans())
+    turn = _one(found, "invoke_agent colloquy")
+    assert {s.context.trace_id for s in found} == {turn.context.trace_id}
+    calls = [s for s in found if s.name == "chat scripted"]
+    assert len(calls) == 2 and all(_parent(c) == turn.context.span_id for c in calls)
+    assert all(dict(c.attributes or {})["colloquy.purpose"] == "turn" for c in calls)
+    tools = [s for s in found if s.name.startswith("execute_tool")]
+    assert len(tools) == 1 and _parent(tools[0]) == turn.context.span_id
+    assert _parent(_one(found, "colloquy.turn_lock")) == turn.context.span_id

@@ -7,19 +7,18 @@
       -> persist the reply and usage  (one transaction)
 
 The CLI and the HTTP server call :class:`Chat`; they never assemble prompts, touch SQL or call a
-provider themselves. The core is synchronous (SQLite and the SDKs' sync clients); the async
-twins run it in a worker thread, so there is one implementation of the turn, not two.
+provider themselves. The turn is written once (:meth:`Chat._turn`), as a generator of the waits
+it needs (the turn lock, the model, tools: see :mod:`colloquy.effects`); the sync API drives it
+with blocking calls, the async API on the event loop with the SDKs' async clients, so a turn
+waiting on a model holds no thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
-import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -31,22 +30,23 @@ from .context.fit import fit_to_window
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
-from .continuity import auto_title, check_key, key_meta, prior_turn, turn_lock
+from .continuity import auto_title, check_key, key_meta, prior_turn
+from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
-                     MissingAPIKeyError, ModelError, ToolError)
+                     MissingAPIKeyError, ToolError)
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
                        ToolResultBlock)
-from .models import Model, ModelRequest, ModelResponse, TextDelta, get_model, model_spec
+from .models import Model, ModelRequest, ModelResponse, get_model, model_spec
 from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
 from .store.base import forget_cached
 from .store.owner import Owner
 from .telemetry import call_purpose, conversation, isolated
 from .telemetry.turns import context_attributes, store_system, turn_span, work_span
-from .tokens import TokenCounter, counter as default_counter, estimate_tools
+from .tokens import TokenCounter, counter as default_counter, estimate_text, estimate_tools
 from .text import clean_persona, require_text
-from .tools import Tool, as_tools, run_calls
+from .tools import Tool, as_tools
 from .usage import Usage, cost_of
 
 DEFAULT_POLICY = RollingWindow(turns=20)
@@ -134,6 +134,11 @@ class SessionCost(BaseModel):
 
 
 UserInput = str | Message | Sequence[ContentBlock]
+#: One turn's own sampling options: (temperature, max_tokens); None keeps the chat's own.
+Options = tuple[float | None, int | None]
+#: The stop_reason stored on a reply cut short because its caller went away (see
+#: colloquy.effects): the text received so far is kept, its usage billed.
+CANCELLED = "cancelled"
 
 
 def _user_message(content: UserInput) -> Message:
@@ -218,8 +223,9 @@ class Chat:
         #: Titles new conversations (see colloquy.continuity.title_model_for); False: first words.
         self.title_model = title_model
         self.guards = GuardSet(guards)
-        #: Where the async twins run the turn (None: the event loop's default executor, whose
-        #: few threads cap how many turns can wait on a model at once; a server passes its own).
+        #: Where the async API runs the turn's short steps between waits (store transactions,
+        #: the policy); None: the event loop's default executor. The model call itself is
+        #: awaited on the loop and holds no thread.
         self.executor = executor
         #: The most tokens a request may hold, reply included (None: the model's own, from
         #: colloquy.models.limits). Every request is fitted under it, whatever the policy.
@@ -228,10 +234,11 @@ class Chat:
         #: The generation of the conversation this Chat's view (log, caches) belongs to.
         self._generation: str | None = existing.generation if existing else None
         self._log: list[StoredMessage] = []
+        #: Guards the loaded log (short holds: a store read or write).
         self._lock = threading.RLock()
-        #: One turn's own sampling options (send(..., temperature=, max_tokens=)), set and
-        #: cleared under the turn's lock, so a Chat shared by requests never mixes them up.
-        self._turn_options: tuple[float | None, int | None] = (None, None)
+        #: One turn at a time on this Chat; held across the model call, so it is a plain Lock
+        #: (any thread may release it: the async API's steps run on different threads).
+        self._gate = threading.Lock()
 
     # -- the log -------------------------------------------------------------------------------
 
@@ -272,9 +279,8 @@ class Chat:
 
     def history(self) -> list[StoredMessage]:
         """The whole stored log, oldest first, synced with the store."""
-        with self._lock:
-            self._sync()
-            return list(self._log)
+        self._sync()
+        return list(self._log)
 
     def _sync(self) -> None:
         """Read only what other writers appended since our last read: a turn's cost must not
@@ -284,6 +290,10 @@ class Chat:
         the conversation, or deleted it and created it anew, the view held here (log, cached
         record, recall index, summary cache) is dropped, never served or spliced into the new
         conversation's requests."""
+        with self._lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
         after = self._log[-1].seq if self._log else 0
         with work_span("colloquy.store.load", **{"db.system.name": store_system(self.store),
                                                  "colloquy.store.after_seq": after}) as span:
@@ -330,66 +340,64 @@ class Chat:
 
     def _append(self, *items: NewMessage) -> list[StoredMessage]:
         # Under the turn lock the log is current; expected_seq catches a writer that bypassed it.
-        last = self._log[-1].seq if self._log else 0
-        with work_span("colloquy.store.append", **{"db.system.name": store_system(self.store),
-                                                   "colloquy.store.messages": len(items)}):
-            stored = self.store.append(self.session_id, items, expected_seq=last, owner=self.owner)
-        if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
-            self._sync_full()
-        else:
-            self._log.extend(stored)
-        return stored
-
-    def _sync_full(self) -> None:
-        self._log = self.store.load(self.session_id)
+        with self._lock:
+            last = self._log[-1].seq if self._log else 0
+            with work_span("colloquy.store.append", **{"db.system.name": store_system(self.store),
+                                                       "colloquy.store.messages": len(items)}):
+                stored = self.store.append(self.session_id, items, expected_seq=last,
+                                           owner=self.owner)
+            if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
+                self._log = self.store.load(self.session_id)
+            else:
+                self._log.extend(stored)
+            return stored
 
     # -- context -------------------------------------------------------------------------------
 
-    def _context_input(self, history: Sequence[StoredMessage]) -> ContextInput:
+    def _context_input(self, history: Sequence[StoredMessage],
+                       options: Options = (None, None)) -> ContextInput:
         return ContextInput(
             history=history, system=self.system, model=self.model.name,
-            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(),
+            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(options),
             user_id=self.user_id, conversation_id=self.session_id, counter=self.counter,
             store=self.store, conversation_generation=self._generation,
         )
 
-    def build_context(self, history: Sequence[StoredMessage] | None = None) -> Context:
+    def build_context(self, history: Sequence[StoredMessage] | None = None,
+                      options: Options = (None, None)) -> Context:
         """Run the policy on the log, fit the result under the model's context window
         (colloquy.context.fit), then repair what the API would refuse."""
-        with self._lock:
-            if history is None:
-                self._sync()
-                history = self._log
-            history = self.guards.visible(history)  # blocked turns are never replayed
-            with work_span("colloquy.context") as span:
-                inp = self._context_input(history)
-                ctx = fit_to_window(self.policy.build(inp), inp, self.window)
-                system, messages, sources, notes = repair_request(
-                    ctx.system, ctx.messages, ctx.sources or None)
-                ctx.system, ctx.messages, ctx.sources = system, messages, sources
-                ctx.notes.extend(notes)
-                if span.is_recording():
-                    context_attributes(span, self.policy, len(history), ctx, self.counter.count(
-                        self.model.name, ctx.system, ctx.messages,
-                        extra=estimate_tools([t.spec for t in self.tools.values()])))
-            return ctx
+        if history is None:
+            history = self.history()
+        history = self.guards.visible(history)  # blocked turns are never replayed
+        with work_span("colloquy.context") as span:
+            inp = self._context_input(history, options)
+            ctx = fit_to_window(self.policy.build(inp), inp, self.window)
+            system, messages, sources, notes = repair_request(
+                ctx.system, ctx.messages, ctx.sources or None)
+            ctx.system, ctx.messages, ctx.sources = system, messages, sources
+            ctx.notes.extend(notes)
+            if span.is_recording():
+                context_attributes(span, self.policy, len(history), ctx, self.counter.count(
+                    self.model.name, ctx.system, ctx.messages,
+                    extra=estimate_tools([t.spec for t in self.tools.values()])))
+        return ctx
 
     @property
     def window(self) -> int:
         """The context window every request is fitted under, in tokens."""
         return self.context_window or window_of(self.model)
 
-    def _request(self, ctx: Context) -> ModelRequest:
+    def _request(self, ctx: Context, options: Options = (None, None)) -> ModelRequest:
         validate(ctx.messages, ctx.system)
         return ModelRequest(
             model=self.model.name, system=ctx.system, messages=ctx.messages,
-            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(),
-            temperature=self._turn_options[0] if self._turn_options[0] is not None
-            else self.temperature,
+            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(options),
+            temperature=options[0] if options[0] is not None else self.temperature,
         )
 
-    def _max_tokens(self) -> int:
-        return self._turn_options[1] or self.max_tokens
+    def _max_tokens(self, options: Options = (None, None)) -> int:
+        return options[1] or self.max_tokens
 
     def next_request(self, text: str | None = None) -> ModelRequest:
         """Exactly the request the next turn would send, without sending or storing anything.
@@ -397,16 +405,14 @@ class Chat:
         With ``text``, it is the request for that new message; without, it is what the policy
         keeps of the stored log as it stands.
         """
-        with self._lock:
-            self._sync()
-            history: list[StoredMessage] = list(self._log)
-            if text is not None:
-                history.append(StoredMessage(
-                    conversation_id=self.session_id,
-                    seq=(history[-1].seq if history else 0) + 1,
-                    message=_user_message(text),
-                ))
-            return self._request(self.build_context(history))
+        history = self.history()
+        if text is not None:
+            history.append(StoredMessage(
+                conversation_id=self.session_id,
+                seq=(history[-1].seq if history else 0) + 1,
+                message=_user_message(text),
+            ))
+        return self._request(self.build_context(history))
 
     # -- turns ---------------------------------------------------------------------------------
 
@@ -419,7 +425,7 @@ class Chat:
         message raises :class:`IdempotencyKeyReused` and stores nothing. ``temperature`` and
         ``max_tokens`` override the chat's own for this turn only."""
         reply: Reply | None = None
-        for event in self._turn(content, False, idempotency_key, (temperature, max_tokens)):
+        for event in run(self._turn(content, False, idempotency_key, (temperature, max_tokens))):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
@@ -429,8 +435,12 @@ class Chat:
         self, content: UserInput, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
     ) -> Iterator[str | Reply]:
-        """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`."""
-        yield from self._turn(content, True, idempotency_key, (temperature, max_tokens))
+        """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`.
+
+        Closing the generator early (``stream.close()``, or leaving a ``for`` loop over it that
+        is then closed) stops the model call and stores the text received so far with
+        ``stop_reason`` ``"cancelled"`` and its usage."""
+        yield from run(self._turn(content, True, idempotency_key, (temperature, max_tokens)))
 
     def check_idempotency_key(self, content: UserInput, idempotency_key: str | None) -> None:
         """Raise :class:`IdempotencyKeyReused` now if the key was already used in this
@@ -443,172 +453,177 @@ class Chat:
 
     async def asend(self, content: UserInput, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None) -> Reply:
-        loop = asyncio.get_running_loop()
-        # The caller's context goes along (its current span parents the turn's).
-        return await loop.run_in_executor(self.executor, contextvars.copy_context().run,
-                                          functools.partial(
-            self.send, content, idempotency_key=idempotency_key, temperature=temperature,
-            max_tokens=max_tokens))
+        """The async twin of :meth:`send`: the model call is awaited on the event loop (the
+        SDKs' async clients), the short steps around it run on :attr:`executor`. Cancelling
+        the task stops the model call and stores the partial reply (see :meth:`stream`)."""
+        reply: Reply | None = None
+        async for event in arun(self._turn(content, False, idempotency_key,
+                                           (temperature, max_tokens)), self.executor):
+            if isinstance(event, Reply):
+                reply = event
+        assert reply is not None
+        return reply
 
-    async def astream(
+    def astream(
         self, content: UserInput, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
     ) -> AsyncIterator[str | Reply]:
-        """The async twin of :meth:`stream`: the sync turn runs in a worker thread and hands
-        events over through a queue, so the event loop never blocks on the model or the store."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        def work() -> None:
-            try:
-                for event in self.stream(content, idempotency_key=idempotency_key,
-                                         temperature=temperature, max_tokens=max_tokens):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("event", event))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-
-        worker = loop.run_in_executor(self.executor, contextvars.copy_context().run, work)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "event":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    break
-        finally:
-            await worker
+        """The async twin of :meth:`stream` (cancelling the task or closing the iterator stops
+        the model call and stores the partial reply). Nothing runs until it is iterated."""
+        return arun(self._turn(content, True, idempotency_key, (temperature, max_tokens)),
+                    self.executor)
 
     def _turn(
         self, content: UserInput, streaming: bool, idempotency_key: str | None = None,
-        options: tuple[float | None, int | None] = (None, None),
-    ) -> Iterator[str | Reply]:
-        """The turn, traced: its span (colloquy.telemetry.turns) is current while the turn's
-        own code runs, in a private context, so the caller never sees it."""
-        return isolated(self._traced_turn(content, streaming, idempotency_key, options))
-
-    def _traced_turn(
-        self, content: UserInput, streaming: bool, idempotency_key: str | None,
-        options: tuple[float | None, int | None],
-    ) -> Generator[str | Reply, None, None]:
-        with turn_span(self.session_id, self.model, streaming) as scope, \
-                conversation(self.session_id):
-            for event in self._turn_steps(content, streaming, idempotency_key, options):
-                if isinstance(event, Reply):
-                    outcome = "blocked" if event.blocked else "replayed" if any(
-                        n.startswith("replayed") for n in event.notes) else "ok"
-                    scope.finished(usage=event.usage, cost_usd=event.cost_usd,
-                                   rounds=event.rounds, outcome=outcome)
-                elif event:
-                    scope.delta()
-                yield event
-
-    @contextlib.contextmanager
-    def _turn_locks(self, options: tuple[float | None, int | None]) -> Iterator[None]:
-        """This Chat's lock, then the conversation's turn lock (one turn at a time per
-        conversation, across processes: colloquy.continuity); the wait is a span of its own."""
-        with contextlib.ExitStack() as held:
-            with work_span("colloquy.turn_lock", **{"gen_ai.conversation.id": self.session_id}):
-                held.enter_context(self._lock)
-                held.enter_context(turn_lock(self.store, self.session_id))
-            held.enter_context(self._options(options))
-            yield
-
-    def _turn_steps(
-        self, content: UserInput, streaming: bool, idempotency_key: str | None,
-        options: tuple[float | None, int | None],
-    ) -> Iterator[str | Reply]:
+        options: Options = (None, None),
+    ) -> Turn:
+        """The turn, once for every caller: a generator of the effects it waits on (see
+        colloquy.effects), returning the Reply; traced, its span (colloquy.telemetry.turns)
+        current while the turn's own code runs, in a private context the caller never sees."""
         message = _user_message(content)
         extra_meta = key_meta(idempotency_key, message)
-        with self._turn_locks(options):
-            self._sync()  # first: it notices a conversation deleted or replaced elsewhere
-            self._ensure_conversation()
-            prior = prior_turn(self, idempotency_key, message)
-            if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
-                if streaming and prior.text:
-                    yield prior.text
-                yield prior
-                return
-            checked = self._guard("input", message.text)
-            if checked.changed:
-                message = replace_text(message, checked.text)
-            if checked.blocked is not None:
-                yield from self._blocked_turn(message, checked, extra_meta)
-                return
-            if prior is None:  # else: a retry whose first attempt died before answering
-                self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
-            total = Usage()
-            #: Priced per call and added up: tiered prices apply to each call, not to the sum.
-            total_cost: float | None = 0.0
-            notes: list[str] = []
-            rounds = 0
-            while True:
-                rounds += 1
-                ctx = self.build_context(self._log)
-                notes.extend(persist_derived(self.store, ctx.derived, self.owner))
-                for record in ctx.derived:  # e.g. a summary written for this turn: billed too
-                    self._account_derived(record)
-                notes.extend(n for n in ctx.notes if n not in notes)
-                request = self._request(ctx)
-                buffered = streaming and bool(self.guards.stage("output"))
-                response = yield from self._call(request, streaming and not buffered)
-                raw_estimate = self._calibrate(request, response)
-                total = total + response.usage
-                cost = self.model.cost(response.usage)
-                total_cost = None if cost is None or total_cost is None else total_cost + cost
-                meta: dict[str, Any] = {"raw_input_estimate": raw_estimate}
-                if response.stop_reason:
-                    meta["stop_reason"] = response.stop_reason
-                if response.usage.estimated:  # the provider sent no usage (see Usage)
-                    meta[USAGE_ESTIMATED] = True
-                reply_row = NewMessage(
-                    message=response.message, usage=response.usage,
-                    model=response.model or self.model.name, cost_usd=cost, meta=meta,
-                )
-                calls = response.tool_uses
-                held = not_run_reason(response.stop_reason)
-                if held and (calls or response.stop_reason != "stop_sequence"):
-                    notes.append(held + (f"; its tool call(s) {', '.join(c.name for c in calls)} "
-                                         "were not run" if calls else ""))
-                if not calls or not self.tools or held:
-                    response, reply_row, checked_out = self._guard_reply(response, reply_row)
-                    if buffered and response.text:
-                        yield response.text  # output guards ran on the whole text first
-                    (stored,) = self._append(reply_row)
-                    if calls and held:  # answered, so the log stays valid for the next turn
-                        self._append(NewMessage(message=Message(role="user", content=[
-                            ToolResultBlock(tool_use_id=c.id, is_error=True,
-                                            content=f"not run: {held}") for c in calls
-                        ]), meta={"stop_reason": response.stop_reason}))
-                    notes.extend(extract_after_turn(self))  # never raises
-                    auto_title(self, response.text)  # never raises
-                    yield Reply(
-                        text=response.text, message=response.message, conversation_id=self.session_id,
-                        seq=stored.seq, usage=total, cost_usd=total_cost,
-                        model=response.model or self.model.name, stop_reason=response.stop_reason,
-                        rounds=rounds, notes=notes,
-                        guards=[v.record() for v in checked.verdicts + checked_out.verdicts],
-                    )
-                    return
-                # Store the tool call before running it: if the process dies mid-tool, the log
-                # still shows what was asked (and repair answers it as interrupted).
-                self._append(reply_row)
-                if rounds > self.max_tool_rounds:
-                    # Over the limit: answer the calls without running them (the log stays valid).
-                    skipped = f"not run: over the limit of {self.max_tool_rounds} tool rounds"
+        return isolated(self._traced_turn(message, streaming, idempotency_key, extra_meta,
+                                          options))
+
+    def _traced_turn(
+        self, message: Message, streaming: bool, idempotency_key: str | None,
+        extra_meta: dict[str, Any], options: Options,
+    ) -> Turn:
+        with turn_span(self.session_id, self.model, streaming) as scope, \
+                conversation(self.session_id):
+            # One turn at a time per conversation, across processes (colloquy.continuity):
+            # the locks are the first effect; the wait is a span of its own.
+            with work_span("colloquy.turn_lock", **{"gen_ai.conversation.id": self.session_id}):
+                release = yield Acquire(self)
+            try:
+                reply = yield from self._locked_turn(message, streaming, idempotency_key,
+                                                     extra_meta, options, scope.delta)
+            finally:
+                release()
+            outcome = "blocked" if reply.blocked else "replayed" if any(
+                n.startswith("replayed") for n in reply.notes) else "ok"
+            scope.finished(usage=reply.usage, cost_usd=reply.cost_usd, rounds=reply.rounds,
+                           outcome=outcome)
+            return reply
+
+    def _locked_turn(
+        self, message: Message, streaming: bool, idempotency_key: str | None,
+        extra_meta: dict[str, Any], options: Options, delta: Callable[[], None],
+    ) -> Turn:
+        self._sync()  # first: it notices a conversation deleted or replaced elsewhere
+        self._ensure_conversation()
+        prior = prior_turn(self, idempotency_key, message)
+        if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
+            if streaming and prior.text:
+                delta()
+                yield Emit(prior.text)
+            return prior
+        checked = self._guard("input", message.text)
+        if checked.changed:
+            message = replace_text(message, checked.text)
+        if checked.blocked is not None:
+            reply = self._blocked_turn(message, checked, extra_meta)
+            if reply.text:
+                delta()
+            yield Emit(reply.text)
+            return reply
+        if prior is None:  # else: a retry whose first attempt died before answering
+            self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
+        total = Usage()
+        #: Priced per call and added up: tiered prices apply to each call, not to the sum.
+        total_cost: float | None = 0.0
+        notes: list[str] = []
+        rounds = 0
+        while True:
+            rounds += 1
+            ctx = self.build_context(self._log, options)
+            notes.extend(persist_derived(self.store, ctx.derived, self.owner))
+            for record in ctx.derived:  # e.g. a summary written for this turn: billed too
+                self._account_derived(record)
+            notes.extend(n for n in ctx.notes if n not in notes)
+            request = self._request(ctx, options)
+            buffered = streaming and bool(self.guards.stage("output"))
+            try:
+                with call_purpose("turn"):  # the call's span is a child of the turn's
+                    response = yield CallModel(self.model, request, streaming and not buffered,
+                                               contextvars.copy_context(), delta)
+            except TurnInterrupted as stop:
+                self._store_interrupted(request, stop)
+                raise
+            raw_estimate = self._calibrate(request, response)
+            total = total + response.usage
+            cost = self.model.cost(response.usage)
+            total_cost = None if cost is None or total_cost is None else total_cost + cost
+            meta: dict[str, Any] = {"raw_input_estimate": raw_estimate}
+            if response.stop_reason:
+                meta["stop_reason"] = response.stop_reason
+            if response.usage.estimated:  # the provider sent no usage (see Usage)
+                meta[USAGE_ESTIMATED] = True
+            reply_row = NewMessage(
+                message=response.message, usage=response.usage,
+                model=response.model or self.model.name, cost_usd=cost, meta=meta,
+            )
+            calls = response.tool_uses
+            held = not_run_reason(response.stop_reason)
+            if held and (calls or response.stop_reason != "stop_sequence"):
+                notes.append(held + (f"; its tool call(s) {', '.join(c.name for c in calls)} "
+                                     "were not run" if calls else ""))
+            if not calls or not self.tools or held:
+                response, reply_row, checked_out = self._guard_reply(response, reply_row)
+                (stored,) = self._append(reply_row)
+                if calls and held:  # answered, so the log stays valid for the next turn
                     self._append(NewMessage(message=Message(role="user", content=[
-                        ToolResultBlock(tool_use_id=c.id, is_error=True, content=skipped)
-                        for c in calls
-                    ])))
-                    raise ToolError(
-                        f"the model was still calling tools after {self.max_tool_rounds} rounds; "
-                        "every call and result is stored, send a new message to go on"
-                    )
-                results = run_calls(self.tools, calls)  # each an execute_tool span
-                self._append(NewMessage(message=Message(role="user", content=list(results))))
+                        ToolResultBlock(tool_use_id=c.id, is_error=True,
+                                        content=f"not run: {held}") for c in calls
+                    ]), meta={"stop_reason": response.stop_reason}))
+                if buffered and response.text:
+                    delta()
+                    yield Emit(response.text)  # output guards ran on the whole text first
+                notes.extend(extract_after_turn(self))  # never raises
+                auto_title(self, response.text)  # never raises
+                return Reply(
+                    text=response.text, message=response.message, conversation_id=self.session_id,
+                    seq=stored.seq, usage=total, cost_usd=total_cost,
+                    model=response.model or self.model.name, stop_reason=response.stop_reason,
+                    rounds=rounds, notes=notes,
+                    guards=[v.record() for v in checked.verdicts + checked_out.verdicts],
+                )
+            # Store the tool call before running it: if the process dies mid-tool, the log
+            # still shows what was asked (and repair answers it as interrupted).
+            self._append(reply_row)
+            if rounds > self.max_tool_rounds:
+                # Over the limit: answer the calls without running them (the log stays valid).
+                skipped = f"not run: over the limit of {self.max_tool_rounds} tool rounds"
+                self._append(NewMessage(message=Message(role="user", content=[
+                    ToolResultBlock(tool_use_id=c.id, is_error=True, content=skipped)
+                    for c in calls
+                ])))
+                raise ToolError(
+                    f"the model was still calling tools after {self.max_tool_rounds} rounds; "
+                    "every call and result is stored, send a new message to go on"
+                )
+            results = yield RunTools(self.tools, calls, contextvars.copy_context())  # tool spans
+            self._append(NewMessage(message=Message(role="user", content=list(results))))
+
+    def _store_interrupted(self, request: ModelRequest, stop: TurnInterrupted) -> None:
+        """Store what an interrupted call produced: the text so far (possibly none: the
+        context skips an empty message), ``stop_reason`` "cancelled", and its usage, the
+        provider's when it sent one, else estimated (``usage_estimated`` in the meta): the
+        provider bills a cut-off call too. Never raises (the caller's exception goes on)."""
+        try:
+            usage = stop.usage
+            meta: dict[str, Any] = {"stop_reason": CANCELLED}
+            if usage is None:
+                usage = Usage(input_tokens=self.count_tokens(request),
+                              output_tokens=estimate_text(stop.text) if stop.text else 0,
+                              estimated=True)
+                meta[USAGE_ESTIMATED] = True
+            content: list[ContentBlock] = [TextBlock(text=stop.text)] if stop.text.strip() else []
+            self._append(NewMessage(
+                message=Message(role="assistant", content=content), usage=usage,
+                model=self.model.name, cost_usd=self.model.cost(usage), meta=meta))
+        except Exception as e:  # noqa: BLE001 - the interruption must go on
+            log.warning("could not store the interrupted reply of %s: %s", self.session_id, e)
 
     def _guard(self, stage: Stage, text: str) -> GuardOutcome:
         ctx = GuardContext(
@@ -622,17 +637,9 @@ class Chat:
                 self.record_side_call("guard", model.name, usage, model.cost(usage))
         return outcome
 
-    @contextlib.contextmanager
-    def _options(self, options: tuple[float | None, int | None]) -> Iterator[None]:
-        self._turn_options = options
-        try:
-            yield
-        finally:
-            self._turn_options = (None, None)
-
     def _blocked_turn(
         self, message: Message, checked: GuardOutcome, extra_meta: dict[str, Any] | None = None
-    ) -> Iterator[str | Reply]:
+    ) -> Reply:
         """Store a blocked turn (the user's message and the guard's answer, both carrying the
         verdict) and answer with the guard's message; the model is not called."""
         assert checked.blocked is not None
@@ -642,8 +649,7 @@ class Chat:
             NewMessage(message=message, meta={**meta, **(extra_meta or {})}),  # a retry replays
             NewMessage(message=Message.assistant(text), meta={**meta, "stop_reason": "guard"}),
         )
-        yield text
-        yield Reply(
+        return Reply(
             text=text, message=answer.message, conversation_id=self.session_id, seq=answer.seq,
             usage=Usage(), cost_usd=0.0, model=self.model.name, stop_reason="guard", rounds=0,
             notes=[f"blocked by guard {checked.blocked.guard!r}: {checked.blocked.reason}"],
@@ -665,31 +671,6 @@ class Chat:
             meta.pop("blocked", None)
             meta["output_blocked"] = True
         return response, row.model_copy(update={"message": response.message, "meta": meta}), checked
-
-    def _call(self, request: ModelRequest, streaming: bool) -> Generator[str, None, ModelResponse]:
-        """Call the model; yields text deltas when streaming, returns the final response."""
-        with call_purpose("turn"):
-            return (yield from self._call_model(request, streaming))
-
-    def _call_model(self, request: ModelRequest, streaming: bool) -> Generator[str, None, ModelResponse]:
-        try:
-            if not streaming:
-                return self.model.request(request)
-            final: ModelResponse | None = None
-            for event in self.model.stream(request):
-                if isinstance(event, TextDelta):
-                    yield event.text
-                else:
-                    final = event
-            if final is None:
-                raise ModelError("the model's stream ended without a final message", provider=self.model.provider)
-            return final
-        except ColloquyError:
-            raise
-        except Exception as e:
-            raise ModelError(
-                f"model call failed: {type(e).__name__}: {e}", provider=self.model.provider
-            ) from e
 
     def _calibrate(self, request: ModelRequest, response: ModelResponse) -> int:
         """Fold the billed prompt size into the estimator; return the raw estimate (stored with

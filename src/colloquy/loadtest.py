@@ -1,10 +1,14 @@
 """``colloquy loadtest``: N simulated users holding multi-turn conversations against a running
 ``colloquy serve``, reporting throughput, latency percentiles, errors and time to first token.
 
-Why a built-in asyncio client rather than Locust: the load is a fixed script (create a
-conversation, then T turns, each waiting for the previous reply, as a person would), the report
-must come back as JSON for docs and CI, and httpx is already a dependency; Locust would add a
-web UI, gevent and a second process model for no extra insight here.
+Why a built-in asyncio client beside the Locust file (``bench/locustfile.py``, the same
+scenarios for those who run Locust): the load is a fixed script (create a conversation, then T
+turns, each waiting for the previous reply, as a person would), the report comes back as JSON for
+docs and CI, and it must cost far less than the server it measures. Each simulated user keeps
+one keep-alive connection of its own (a client with a one-connection pool: a single pool of N
+connections costs O(N) per request to search), SSE is parsed by httpx-sse, and the generator's
+own CPU per request is reported beside the percentiles (``client_cpu_ms_per_request``; target
+<= 1 ms, bench/load.py).
 
 Safety rails: loopback only (``--allow-remote`` to point it elsewhere, e.g. a staging box you
 own), at most :data:`MAX_USERS` users and :data:`MAX_TURNS` turns each, and a wall-clock bound
@@ -18,6 +22,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import ssl
 import sys
 import time
 from collections import Counter
@@ -26,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from httpx_sse import aconnect_sse
 from pydantic import BaseModel, Field
 
 from .errors import ColloquyError, ConfigError
@@ -67,6 +73,14 @@ class LoadTestResult(BaseModel):
     #: True when --duration stopped the run before every turn was played.
     stopped_by_duration: bool = False
     output_tokens: int = 0
+    #: The generator's own CPU (user + system) over the run, and per request sent: a load
+    #: generator that costs as much as the server measures itself, not the server.
+    client_cpu_s: float = 0.0
+    client_cpu_ms_per_request: float | None = None
+    #: Requests sent (conversation creations and turns).
+    requests: int = 0
+    #: Streamed ``delta`` events received (only with ``stream``).
+    stream_events: int = 0
 
     def render(self) -> str:
         def ms(x: float | None) -> str:
@@ -84,6 +98,9 @@ class LoadTestResult(BaseModel):
         if self.ttft is not None:
             lines.append(f"  first token  p50 {ms(self.ttft.p50)}  p95 {ms(self.ttft.p95)}  "
                          f"p99 {ms(self.ttft.p99)}")
+        per = self.client_cpu_ms_per_request
+        lines.append(f"  generator CPU {self.client_cpu_s:.2f} s for {self.requests} requests"
+                     + (f" ({per:.2f} ms per request)" if per is not None else ""))
         lines.append(f"  errors {self.errors}" + (
             "  " + ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_kind.items()))
             if self.errors_by_kind else ""))
@@ -128,6 +145,8 @@ class _Tally:
     ttfts: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     attempted: int = 0
+    requests: int = 0
+    stream_events: int = 0
     conversations: int = 0
     output_tokens: int = 0
     stopped: bool = False
@@ -144,6 +163,7 @@ async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
     body = {"content": text, "stream": stream}
     t0 = time.perf_counter()
     tally.attempted += 1
+    tally.requests += 1
     try:
         if not stream:
             r = await client.post(path, json=body)
@@ -155,23 +175,22 @@ async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
             tally.output_tokens += int((reply.get("usage") or {}).get("output_tokens") or 0)
             return
         first: float | None = None
-        event, done = "", None
-        async with client.stream("POST", path, json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                tally.errors[f"http {r.status_code}"] += 1
+        done = None
+        async with aconnect_sse(client, "POST", path, json=body) as source:
+            if source.response.status_code != 200:
+                await source.response.aread()
+                tally.errors[f"http {source.response.status_code}"] += 1
                 return
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    if event == "delta" and first is None:
+            async for event in source.aiter_sse():
+                if event.event == "delta":
+                    tally.stream_events += 1
+                    if first is None:
                         first = time.perf_counter() - t0
-                    elif event == "done":
-                        done = json.loads(line[5:])
-                    elif event == "error":
-                        tally.errors["stream error"] += 1
-                        return
+                elif event.event == "done":
+                    done = json.loads(event.data)
+                elif event.event == "error":
+                    tally.errors["stream error"] += 1
+                    return
         if done is None:
             tally.errors["stream ended without done"] += 1
             return
@@ -186,6 +205,7 @@ async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
 
 async def _user(client: httpx.AsyncClient, user: int, turns: int, stream: bool,
                 deadline: float, tally: _Tally) -> None:
+    tally.requests += 1
     try:
         r = await client.post("/v1/conversations", json={"title": f"loadtest user {user}"})
     except httpx.HTTPError as e:
@@ -203,6 +223,22 @@ async def _user(client: httpx.AsyncClient, user: int, turns: int, stream: bool,
         await _turn(client, conv, _message(user, t), stream, tally)
 
 
+def _client(base: str, token: str, timeout: float, tls: ssl.SSLContext) -> httpx.AsyncClient:
+    """One user's client: one keep-alive connection (the TLS context shared: building one
+    per client would cost milliseconds each). With the server extra installed, httpx runs over
+    aiohttp's transport (httpx-aiohttp: the same client API, a parser in C), which halves the
+    generator's CPU per request (bench/load.py prints it)."""
+    options: dict[str, Any] = dict(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), trust_env=False,
+        verify=tls)
+    try:
+        from httpx_aiohttp import HttpxAiohttpClient
+    except ImportError:
+        return httpx.AsyncClient(**options)
+    return HttpxAiohttpClient(**options)
+
+
 async def run_loadtest_async(
     url: str, token: str, *, users: int = 10, turns: int = 5, stream: bool = False,
     duration: float = 60.0, timeout: float = 60.0, allow_remote: bool = False,
@@ -218,17 +254,15 @@ async def run_loadtest_async(
         raise ConfigError("a token is needed: --token or COLLOQUY_TOKEN "
                           "(create one with: colloquy users add NAME)")
     tally = _Tally()
-    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
-    async with httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
-        timeout=httpx.Timeout(timeout), trust_env=False,
-    ) as client:
-        r = await client.get("/v1/me")
+    tls = ssl.create_default_context()
+    clients = [_client(base, token, timeout, tls) for _ in range(users)]
+    try:
+        r = await clients[0].get("/v1/me")
         if r.status_code in (401, 403):
             raise ConfigError(f"the server refused the token (HTTP {r.status_code})")
-        t0 = time.perf_counter()
+        cpu0, t0 = time.process_time(), time.perf_counter()
         deadline = time.monotonic() + duration
-        tasks = [asyncio.create_task(_user(client, u, turns, stream, deadline, tally))
+        tasks = [asyncio.create_task(_user(clients[u], u, turns, stream, deadline, tally))
                  for u in range(users)]
         # A turn already started is allowed its own timeout past the deadline, no more.
         _, pending = await asyncio.wait(tasks, timeout=duration + timeout)
@@ -237,6 +271,9 @@ async def run_loadtest_async(
             tally.stopped = True
         await asyncio.gather(*pending, return_exceptions=True)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
     completed = len(tally.latencies)
     return LoadTestResult(
         url=base, users=users, turns_per_user=turns, stream=stream, completed=completed,
@@ -245,15 +282,27 @@ async def run_loadtest_async(
         duration_s=round(elapsed, 4), throughput_rps=round(completed / elapsed, 2) if elapsed else 0.0,
         latency=stats(tally.latencies), ttft=stats(tally.ttfts) if stream else None,
         stopped_by_duration=tally.stopped, output_tokens=tally.output_tokens,
+        client_cpu_s=round(cpu, 4), requests=tally.requests, stream_events=tally.stream_events,
+        client_cpu_ms_per_request=round(1000 * cpu / tally.requests, 4) if tally.requests else None,
     )
 
 
 def run_loadtest(url: str, token: str, **kwargs: Any) -> LoadTestResult:
-    """The blocking form of :func:`run_loadtest_async`."""
+    """The blocking form of :func:`run_loadtest_async` (on uvloop when it is installed, as
+    with the server extra: a cheaper event loop for the generator too)."""
     try:
-        return asyncio.run(run_loadtest_async(url, token, **kwargs))
-    except httpx.ConnectError as e:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(run_loadtest_async(url, token, **kwargs))
+    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
         raise ColloquyError(f"cannot reach {url}: {e} (is colloquy serve running?)") from e
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 # -- the command ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import anthropic
@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..messages import ContentBlock, TextBlock, ToolUseBlock
 from ..usage import Usage
-from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta
+from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta, per_loop
 
 PROVIDER = "anthropic"
 API_KEY_VAR = "ANTHROPIC_API_KEY"
@@ -216,20 +216,24 @@ class AnthropicModel(Model):
         max_retries: int = 2,
         timeout: float = 600.0,
         client: anthropic.Anthropic | None = None,
+        async_client: anthropic.AsyncAnthropic | None = None,
     ) -> None:
         """Fail here, not on the first message, when no key is set. A ready ``client`` (a
-        custom transport, Bedrock or Vertex) is used as is and needs no key from us."""
+        custom transport, Bedrock or Vertex) is used as is and needs no key from us; give its
+        ``async_client`` twin too, or async callers run the sync client in a thread."""
         self.name = name
+        self._async: anthropic.AsyncAnthropic | None = async_client
         if client is not None:
             self._client = client
             self._secret = getattr(client, "api_key", None)
+            self._async_options: dict[str, Any] | None = None
             return
         env = os.environ if environ is None else environ
         key = api_key or env.get(API_KEY_VAR)
         if not key:
             raise MissingAPIKeyError(API_KEY_VAR, name)
         self._secret = key
-        self._client = anthropic.Anthropic(
+        self._async_options = dict(
             api_key=key,
             base_url=base_url or env.get(BASE_URL_VAR) or DEFAULT_BASE_URL,
             max_retries=max_retries,
@@ -237,6 +241,14 @@ class AnthropicModel(Model):
             # long generation may legitimately take minutes to read.
             timeout=anthropic.Timeout(timeout, connect=min(timeout, 10.0)),
         )
+        self._client = anthropic.Anthropic(**self._async_options)
+
+    def _async_client(self) -> anthropic.AsyncAnthropic | None:
+        """The async twin of the client, one per event loop (its connection pool belongs to
+        the loop that made it), built on first use; None when only a sync client was given."""
+        if self._async is not None or self._async_options is None:
+            return self._async
+        return per_loop(self, lambda: anthropic.AsyncAnthropic(**self._async_options or {}))
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
         body = request.to_anthropic()
@@ -271,6 +283,34 @@ class AnthropicModel(Model):
                     if text:
                         yield TextDelta(text=text)
                 final = stream.get_final_message()
+        except _CAUGHT as err:
+            raise self._error(err) from err
+        yield to_model_response(final)
+
+    async def arequest(self, request: ModelRequest) -> ModelResponse:
+        client = self._async_client()
+        if client is None:
+            return await super().arequest(request)
+        try:
+            message = await client.messages.create(**self._create_kwargs(request))
+        except _CAUGHT as err:
+            raise self._error(err) from err
+        return to_model_response(message)
+
+    async def astream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """As :meth:`stream`, on the event loop; closing the iterator (or cancelling its task)
+        closes the HTTP response at once, which ends the generation at the provider."""
+        client = self._async_client()
+        if client is None:
+            async for event in super().astream(request):
+                yield event
+            return
+        try:
+            async with client.messages.stream(**self._create_kwargs(request)) as stream:
+                async for text in stream.text_stream:
+                    if text:
+                        yield TextDelta(text=text)
+                final = await stream.get_final_message()
         except _CAUGHT as err:
             raise self._error(err) from err
         yield to_model_response(final)

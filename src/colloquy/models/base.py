@@ -3,12 +3,21 @@
 A model adapter implements :meth:`Model.request` (one call in, one response out) and, when the
 provider streams, :meth:`Model.stream`. Everything else (context policies, storage, the tool
 loop, cost accounting) lives in the engine, so a new provider is one small class.
+
+The async API (``Chat.asend``/``astream``, the service) calls :meth:`Model.arequest` and
+:meth:`Model.astream`. Adapters with an async client (the Anthropic and OpenAI SDKs') override
+them, so a call that waits on the provider holds no thread; the defaults run the sync methods
+in a thread of their own pool (:data:`BLOCKING_CALL_THREADS`), so every model works there too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +29,36 @@ from ..usage import FREE_PROVIDERS, Usage, cost_of
 StopReason = Literal[
     "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal", "error"
 ]
+
+#: Threads for the calls of models that have no async client (the default arequest/astream):
+#: each waiting call holds one, as every turn did before the async API (issue 16).
+BLOCKING_CALL_THREADS = 64
+_blocking: ThreadPoolExecutor | None = None
+_blocking_guard = threading.Lock()
+
+
+_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Any]] = (
+    weakref.WeakKeyDictionary())
+
+
+def per_loop(owner: object, make: Callable[[], Any]) -> Any:
+    """``owner``'s object for the running event loop (an SDK's async client: its connection
+    pool belongs to one loop), made on first use and dropped with the loop."""
+    loop = asyncio.get_running_loop()
+    with _blocking_guard:
+        table = _per_loop.setdefault(loop, {})
+        made = table.get(id(owner))
+        if made is None or made[0] is not owner:
+            made = table[id(owner)] = (owner, make())
+        return made[1]
+
+
+def _blocking_pool() -> ThreadPoolExecutor:
+    global _blocking
+    with _blocking_guard:
+        if _blocking is None:
+            _blocking = ThreadPoolExecutor(BLOCKING_CALL_THREADS, thread_name_prefix="colloquy-model")
+        return _blocking
 
 
 class ToolSpec(BaseModel):
@@ -137,6 +176,55 @@ class Model(ABC):
         if response.text:
             yield TextDelta(text=response.text)
         yield response
+
+    async def arequest(self, request: ModelRequest) -> ModelResponse:
+        """The async :meth:`request`. The default runs :meth:`request` in a thread (so the
+        event loop never blocks); a cancelled caller stops waiting at once, but the thread's
+        call runs to its end (only an async client can cut it short)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_blocking_pool(), self.request, request)
+
+    async def astream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """The async :meth:`stream`. The default iterates :meth:`stream` in a thread and hands
+        its events over; closing this iterator closes that stream at its next event."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        closed = threading.Event()
+
+        def put(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: no one is listening any more
+                closed.set()
+
+        def pump() -> None:
+            events = self.stream(request)
+            try:
+                for event in events:
+                    if closed.is_set():
+                        break
+                    put(("event", event))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
+                put(("error", e))
+            else:
+                put(("end", None))
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+
+        loop.run_in_executor(_blocking_pool(), pump)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "event":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            closed.set()
 
     def count_tokens(self, request: ModelRequest) -> int | None:
         """The exact input token count from the provider, or ``None`` if it has no such call."""

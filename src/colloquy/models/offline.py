@@ -7,11 +7,12 @@ assert what a provider *would have been sent*.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from ..messages import ContentBlock, TextBlock, ToolUseBlock
@@ -59,14 +60,59 @@ class _RecordingModel(Model):
             yield TextDelta(text=piece)
         yield response
 
-    def _response(self, request: ModelRequest, content: list[ContentBlock]) -> ModelResponse:
+    async def arequest(self, request: ModelRequest) -> ModelResponse:
+        """Answers on the event loop (the echo model's latency is an ``asyncio.sleep``, so a
+        waiting call holds no thread). A subclass that overrides :meth:`request`, and
+        :class:`FunctionModel` (whose function may block), answer in a thread instead."""
+        if not self._answers_inline():
+            return await super().arequest(request)
+        await self._await_latency()
+        return self._answer(request)
+
+    async def astream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        if not self._answers_inline():
+            async for event in super().astream(request):
+                yield event
+            return
+        response = await self.arequest(request)
+        for piece in _chunks(response.text):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield TextDelta.model_construct(text=piece)  # a str from our own split: no checks
+        yield response
+
+    def request(self, request: ModelRequest) -> ModelResponse:
+        latency = self._latency()
+        if latency:
+            time.sleep(latency)
+        return self._answer(request)
+
+    def _latency(self) -> float:
+        return 0.0
+
+    def _answers_inline(self) -> bool:
+        cls = type(self)
+        return cls.request is _RecordingModel.request and cls.stream is _RecordingModel.stream
+
+    async def _await_latency(self) -> None:
+        latency = self._latency()
+        if latency:
+            await asyncio.sleep(latency)
+
+    def _answer(self, request: ModelRequest) -> ModelResponse:
+        """Record the request and compute the reply (no waiting)."""
+        raise NotImplementedError
+
+    def _response(self, request: ModelRequest, content: list[ContentBlock],
+                  input_tokens: int | None = None) -> ModelResponse:
         text = "".join(b.text for b in content if isinstance(b, TextBlock))
         has_tools = any(isinstance(b, ToolUseBlock) for b in content)
         return ModelResponse(
             content=content,
             stop_reason="tool_use" if has_tools else "end_turn",
             usage=Usage(
-                input_tokens=counter.raw(request.system, request.messages),
+                input_tokens=counter.raw(request.system, request.messages)
+                if input_tokens is None else input_tokens,
                 output_tokens=estimate_text(text) + 10 * sum(isinstance(b, ToolUseBlock) for b in content),
             ),
             model=self.name,
@@ -113,10 +159,11 @@ class EchoModel(_RecordingModel):
                 raise ConfigError(f"echo model: {key} must not be negative")
         return cls(**options)
 
-    def request(self, request: ModelRequest) -> ModelResponse:
+    def _latency(self) -> float:
+        return self.latency
+
+    def _answer(self, request: ModelRequest) -> ModelResponse:
         self._record(request)
-        if self.latency:
-            time.sleep(self.latency)
         last_user = next(
             (m.text for m in reversed(request.messages) if m.role == "user" and m.text), ""
         )
@@ -129,7 +176,7 @@ class EchoModel(_RecordingModel):
         if self.words > len(text.split()):
             filler = _FILLER * (self.words // len(_FILLER) + 1)
             text += " " + " ".join(filler[: self.words - len(text.split())])
-        return self._response(request, [TextBlock(text=text)])
+        return self._response(request, [TextBlock(text=text)], input_tokens=tokens)
 
 
 _FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
@@ -157,7 +204,7 @@ class ScriptedModel(_RecordingModel):
     def remaining(self) -> int:
         return len(self._queue)
 
-    def request(self, request: ModelRequest) -> ModelResponse:
+    def _answer(self, request: ModelRequest) -> ModelResponse:
         self._record(request)
         with self._lock:
             if not self._queue:
@@ -191,7 +238,10 @@ class FunctionModel(_RecordingModel):
         super().__init__(name, delay)
         self.fn = fn
 
-    def request(self, request: ModelRequest) -> ModelResponse:
+    def _answers_inline(self) -> bool:
+        return False  # the function may block (a test's barrier, a slow computation)
+
+    def _answer(self, request: ModelRequest) -> ModelResponse:
         self._record(request)
         out = self.fn(request)
         if isinstance(out, ModelResponse):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import openai
@@ -31,7 +31,8 @@ from ..errors import (
 from ..messages import ContentBlock, TextBlock, ToolUseBlock, to_openai_messages
 from ..tokens import estimated_usage
 from ..usage import Usage
-from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta
+from .base import (Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta,
+                   per_loop)
 from .limits import LOCAL_PROVIDERS
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -83,6 +84,7 @@ class OpenAIModel(Model):
         max_retries: int = 2,
         timeout: float = 600.0,
         client: openai.OpenAI | None = None,
+        async_client: openai.AsyncOpenAI | None = None,
     ) -> None:
         """Resolve key and URL now, so a missing key fails at startup rather than mid-chat.
 
@@ -99,12 +101,20 @@ class OpenAIModel(Model):
                 raise MissingAPIKeyError("OPENAI_API_KEY", name)
             key = PLACEHOLDER_API_KEY
         self._api_key = key or ""
-        self._client = client or openai.OpenAI(
-            api_key=self._api_key,
-            base_url=self.base_url,
-            max_retries=max_retries,
-            timeout=timeout,
-        )
+        options: dict[str, Any] = dict(
+            api_key=self._api_key, base_url=self.base_url, max_retries=max_retries, timeout=timeout)
+        self._client = client or openai.OpenAI(**options)
+        #: The async client's options (None: a ready sync client was given without its twin,
+        #: so async callers run it in a thread).
+        self._async_options = None if client is not None else options
+        self._async = async_client
+
+    def _async_client(self) -> openai.AsyncOpenAI | None:
+        """The async twin of the client, one per event loop (its connection pool belongs to
+        the loop that made it), built on first use."""
+        if self._async is not None or self._async_options is None:
+            return self._async
+        return per_loop(self, lambda: openai.AsyncOpenAI(**self._async_options or {}))
 
     @property
     def _is_custom_server(self) -> bool:
@@ -137,21 +147,48 @@ class OpenAIModel(Model):
             raise self._map_error(e) from e
         return self._from_completion(completion, request)
 
-    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
-        """Yield text as it arrives, assembling tool calls from their pieces, then the response.
+    async def arequest(self, request: ModelRequest) -> ModelResponse:
+        """As :meth:`request`, awaited on the event loop with the SDK's async client."""
+        client = self._async_client()
+        if client is None:
+            return await super().arequest(request)
+        try:
+            completion = await client.chat.completions.create(**self._params(request))
+        except openai.OpenAIError as e:
+            raise self._map_error(e) from e
+        return self._from_completion(completion, request)
 
-        ``include_usage`` makes the server send a final usage-only chunk, without which a
-        streamed reply could not be billed.
-        """
+    def _stream_params(self, request: ModelRequest) -> dict[str, Any]:
+        """``include_usage`` makes the server send a final usage-only chunk, without which a
+        streamed reply could not be billed."""
+        return {**self._params(request), "stream": True,
+                "stream_options": {"include_usage": True}}
+
+    def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
+        """Yield text as it arrives, assembling tool calls from their pieces, then the response."""
         state = _StreamState(self.name)
         try:
-            stream = self._client.chat.completions.create(
-                **self._params(request),
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            with stream:
+            with self._client.chat.completions.create(**self._stream_params(request)) as stream:
                 for chunk in stream:
+                    for text in state.add(chunk):
+                        yield TextDelta(text=text)
+        except openai.OpenAIError as e:
+            raise self._map_error(e) from e
+        yield self._from_stream(state, request)
+
+    async def astream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """As :meth:`stream`, on the event loop; closing the iterator (or cancelling its task)
+        closes the HTTP response at once."""
+        client = self._async_client()
+        if client is None:
+            async for event in super().astream(request):
+                yield event
+            return
+        state = _StreamState(self.name)
+        try:
+            stream = await client.chat.completions.create(**self._stream_params(request))
+            async with stream:
+                async for chunk in stream:
                     for text in state.add(chunk):
                         yield TextDelta(text=text)
         except openai.OpenAIError as e:

@@ -6,10 +6,9 @@ turn is :class:`colloquy.Chat`'s, persistence is the store's. Errors are transla
 """
 
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -20,6 +19,7 @@ from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,6 +52,7 @@ from .schemas import (
     MessageOut,
     ReplyOut,
 )
+from .inflight import cancel_on_disconnect
 from .service import ChatService, ServerSettings
 
 log = logging.getLogger("colloquy.server")
@@ -84,9 +85,12 @@ SSE_DOC = (
 )
 
 
+_to_json = json.JSONEncoder(ensure_ascii=False).encode  # built once: one per event costs
+
+
 def sse(event: str, data: Any) -> str:
     """One server-sent event."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"event: {event}\ndata: {_to_json(data)}\n\n"
 
 
 def error_json(error: BaseException, redactor: E.Redactor) -> dict[str, Any]:
@@ -107,8 +111,13 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(send, int(value))
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.limit:
+                    await self._refuse(send, int(value))
+                    return
+                # The server reads exactly Content-Length bytes: nothing to count, and no
+                # wrapper on every chunk the response streams back.
+                await self.app(scope, receive, send)
                 return
         seen = 0
         over = False
@@ -146,6 +155,32 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response that does not set them. A plain ASGI
+    middleware: Starlette's ``BaseHTTPMiddleware`` would run each request in a task group of
+    its own (CPU per request) and stand between a streaming body and its client's disconnect."""
+
+    _headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                extra = [(k, v) for k, v in self._headers if k not in present]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -192,18 +227,14 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = service
+    # At shutdown (after uvicorn's --drain-timeout has cut what was still running), let the cut
+    # turns store their partial replies before the process exits.
+    app.router.on_shutdown.append(service.inflight.settled)
     app.state.store = store
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _install_error_handlers(app, redactor)
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        return response
+    app.add_middleware(SecurityHeaders)
 
     users = cast(UserStore, store)  # every shipped store keeps the service's users
     bearer = HTTPBearer(auto_error=False, description="a token from `colloquy users add NAME`")
@@ -272,17 +303,25 @@ def create_app(
         description=SSE_DOC,
     )
     async def send_message(conversation_id: str, body: MessageCreate, user: CurrentUser,
-                           response: Response, idempotency_key: IdempotencyKeyHeader = None,
-                           ) -> Any:
+                           request: Request, response: Response,
+                           idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
-        chat = await service.turn_chat(user, conversation_id, body.content, key)
+        ticket = service.inflight.admit()  # 503 at once past the limit
+        try:
+            chat = await service.turn_chat(user, conversation_id, body.content, key)
+        except BaseException:
+            ticket.release()
+            raise
         if not body.stream:
-            reply, replayed = await service.send(chat, body.content, key)
+            with ticket:
+                reply, replayed = await cancel_on_disconnect(
+                    request.receive, service.send(chat, body.content, key))
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
             return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
 
         async def events() -> AsyncIterator[str]:
+            # A disconnect cancels this body (Starlette), which stops the turn (colloquy.effects).
             try:
                 async for event in service.stream(chat, body.content, key):
                     if isinstance(event, str):
@@ -297,9 +336,12 @@ def create_app(
             except Exception as e:  # noqa: BLE001 - the stream has started: report in-band
                 log.error("turn failed: %s", redactor(f"{type(e).__name__}: {e}"))
                 yield sse("error", {"error": {"type": "server_error", "message": "internal error"}})
+            finally:
+                ticket.release()
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(ticket.release))
 
     @api.get("/conversations/{conversation_id}/context", response_model=ContextOut,
              responses=NOT_FOUND, summary="exactly the request the next turn would send")

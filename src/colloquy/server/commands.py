@@ -105,6 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, not {args.threads}")
+    if args.max_inflight is not None and args.max_inflight < 1:
+        raise ConfigError(f"--max-inflight must be at least 1, not {args.max_inflight}")
+    if args.drain_timeout < 0:
+        raise ConfigError(f"--drain-timeout must not be negative, not {args.drain_timeout}")
     RateLimit.parse(args.rate_limit)  # a clear error now, not in every worker
     get_model(args.model)  # fails here, in one line, on a missing API key or unknown model
     for name in args.allow_model or ():
@@ -115,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "db": db, "model": args.model, "system": args.system or "",
         "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
         "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
-        "threads": args.threads,
+        "threads": args.threads, "max_inflight": args.max_inflight,
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
         "policy": args.policy, "policy_config": args.policy_config,
         "extract_facts": args.extract_facts, "memory_model": args.memory_model,
@@ -156,7 +160,10 @@ def _run(args: argparse.Namespace, settings: dict[str, Any]) -> None:
                      f"(model {args.model or 'default'}, {args.workers} worker(s))\n")
     uvicorn.run("colloquy.server.commands:app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
-                proxy_headers=False, server_header=False)
+                proxy_headers=False, server_header=False,
+                # SIGTERM: stop accepting, let turns in flight finish up to the deadline, then
+                # cancel them (each stores its partial reply: colloquy.effects).
+                timeout_graceful_shutdown=args.drain_timeout)
 
 
 def parse_metrics(value: str) -> tuple[str, str, int]:
@@ -216,7 +223,7 @@ def app_from_env() -> Any:
         "policy": policy,
         "extract_facts": extraction,
     }
-    for key in ("max_message_chars", "max_body_bytes", "threads"):
+    for key in ("max_message_chars", "max_body_bytes", "threads", "max_inflight"):
         if raw.get(key):
             options[key] = int(raw[key])
     mode = raw.get("metrics", "off")
@@ -268,9 +275,15 @@ def add_serve_command(
     add_guards(p)  # --guard SPEC, --guards FILE, --guard-model M: as for colloquy chat
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes over the same database (default 1)")
-    p.add_argument("--threads", type=int, default=64, metavar="N",
-                   help="turns each worker runs at once, each waiting on the model in a thread "
-                   "(default 64)")
+    p.add_argument("--threads", type=int, default=16, metavar="N",
+                   help="threads per worker for the turns' short steps (store, policy); a turn "
+                   "waiting on the model holds none (default 16)")
+    p.add_argument("--max-inflight", type=int, default=None, metavar="N",
+                   help="turns a worker holds in flight; past it, 503 with Retry-After at once "
+                   "(default sized by memory: see the README, Service)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM, seconds to let turns in flight finish before cutting them "
+                   "(their partial replies are stored; default 30)")
     p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",
                    help="per-user request rate, one limit for every process and machine on "
                    "the database, e.g. 60/minute, 5/s, off (default 120/minute)")

@@ -76,6 +76,20 @@ class Busy(ServiceError):
     """The same request (idempotency key) is still being answered, or failed: retry later."""
 
 
+class Overloaded(ServiceError):
+    """The worker already has its limit of turns in flight (``serve --max-inflight``): answered
+    at once with 503 and ``Retry-After`` rather than queued without bound."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its turn ended: the model call was stopped and the partial
+    reply stored. Its response (499, nginx's "client closed request") reaches no one."""
+
+
 #: The one table: exception class -> (HTTP status, error type). The most specific class wins
 #: (the lookup walks each error's MRO). ModelError subclasses are the provider's trouble, not
 #: the caller's: 502/503/504, with Retry-After where the provider gave one.
@@ -89,6 +103,8 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request"),
     InvalidTextError: (422, "invalid_request"),  # as the schemas' own validation errors
     Busy: (409, "conflict"),
+    Overloaded: (503, "overloaded"),
+    ClientDisconnected: (499, "client_closed_request"),
     ConflictError: (409, "conflict"),
     ConversationBusy: (409, "conversation_busy"),
     InvalidConversationError: (409, "invalid_conversation"),

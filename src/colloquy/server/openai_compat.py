@@ -9,20 +9,21 @@ as the persona of a conversation created by its first request.
 """
 
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from ..chat import Reply
 from ..errors import ColloquyError
 from ..store.users import User
 from . import errors as E
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader, OAMessage
+from .inflight import cancel_on_disconnect
 from .service import ChatService
 
 CONVERSATION_HEADER = "X-Colloquy-Conversation"
@@ -91,6 +92,7 @@ def add_openai_routes(
     async def chat_completions(
         body: ChatCompletionRequest,
         user: Annotated[User, Depends(current_user)],
+        request: Request,
         response: Response,
         x_colloquy_conversation: Annotated[str | None, Header(
             alias=CONVERSATION_HEADER, max_length=128)] = None,
@@ -109,16 +111,23 @@ def add_openai_routes(
             raise E.InvalidRequest("the last message must be the user's new message")
         content = service.check_content(_text(last))
         system = next((_text(m) for m in body.messages if m.role in ("system", "developer")), None)
-        conv = await asyncio.to_thread(
-            service.conversation_for_openai, user, conversation_id, system, body.model)
-        chat = await service.turn_chat(user, conv.name, content, idempotency_key)
+        ticket = service.inflight.admit()  # 503 at once past the limit
+        try:
+            conv = await service.run(
+                service.conversation_for_openai, user, conversation_id, system, body.model)
+            chat = await service.turn_chat(user, conv.name, content, idempotency_key)
+        except BaseException:
+            ticket.release()
+            raise
         temperature, max_tokens = body.temperature, body.max_completion_tokens or body.max_tokens
         created = int(time.time())
         headers = {CONVERSATION_HEADER: conv.name}
 
         if not body.stream:
-            reply, replayed = await service.send(chat, content, idempotency_key,
-                                                 temperature=temperature, max_tokens=max_tokens)
+            with ticket:
+                reply, replayed = await cancel_on_disconnect(request.receive, service.send(
+                    chat, content, idempotency_key, temperature=temperature,
+                    max_tokens=max_tokens))
             response.headers.update(headers)
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
@@ -161,7 +170,10 @@ def add_openai_routes(
                 status, kind = E.status_for(e)
                 err = {"error": {"type": kind, "code": status, "message": redactor(str(e))}}
                 yield f"data: {json.dumps(err)}\n\n"
+            finally:
+                ticket.release()
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
+                                 headers={**headers, "Cache-Control": "no-cache"},
+                                 background=BackgroundTask(ticket.release))

@@ -111,6 +111,9 @@ class MessageOut(BaseModel):
     model: str | None = None
     usage: Usage | None = None
     cost_usd: float | None = None
+    #: Why a reply ended ("end_turn", "max_tokens", ...; "cancelled": its client went away and
+    #: this is the text received until then).
+    stop_reason: str | None = None
 
     @classmethod
     def of(cls, sm: StoredMessage) -> MessageOut:
@@ -118,6 +121,7 @@ class MessageOut(BaseModel):
             seq=sm.seq, role=sm.role, text=sm.message.text, created_at=sm.created_at,
             content=[b.model_dump(mode="json", exclude_none=True) for b in sm.message.content],
             model=sm.model, usage=sm.usage, cost_usd=sm.cost_usd,
+            stop_reason=sm.meta.get("stop_reason") if sm.role == "assistant" else None,
         )
 
 

@@ -17,7 +17,9 @@ becomes an id.
 
 Turns on one conversation are serialised by Chat's turn lock (across processes too); an
 asyncio lock per conversation queues them inside the process first, so waiting turns do not
-each hold a worker thread.
+each hold a worker thread. A turn waiting on the model holds no thread either (the async API,
+colloquy.effects); how many turns a worker holds is bounded by ``max_inflight`` (see
+colloquy.server.inflight).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import contextlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..chat import Chat, Reply
 from ..context.base import ContextPolicy
@@ -48,9 +50,11 @@ from ..store.users import User
 from ..text import clean, require_text
 from .errors import InvalidRequest, PayloadTooLarge, Redactor
 from ..usage import Usage
+from .inflight import InFlight, default_max_inflight
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
 
+T = TypeVar("T")
 #: The note Chat puts on a reply that answers an idempotency key seen before.
 REPLAYED_NOTE = "replayed"
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
@@ -83,9 +87,13 @@ class ServerSettings:
     max_message_chars: int = 32_000
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 256 * 1024
-    #: Turns one process runs at once. A turn mostly waits on the model, in a thread of its own:
-    #: asyncio's default pool (cores + 4 threads) would cap a 2-core server at 6 turns in flight.
-    threads: int = 64
+    #: Threads for the turns' short steps (store transactions, the context policy, guards and
+    #: side calls of models without an async client). A turn waiting on the model holds none,
+    #: so this does not bound the turns in flight; ``max_inflight`` does.
+    threads: int = 16
+    #: Turns one worker holds in flight; past it a turn is answered 503 with Retry-After at
+    #: once. The default is sized by memory (colloquy.server.inflight.default_max_inflight).
+    max_inflight: int = field(default_factory=default_max_inflight)
     #: Conversations whose Chat (and loaded log) stays in memory between requests, least
     #: recently used dropped first: a new Chat per request would reload the whole log, making
     #: each turn cost more than the last (850 ms per turn at 10,000 turns against 14 ms,
@@ -127,8 +135,10 @@ class ChatService:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         if settings.threads < 1:
             raise ValueError(f"threads must be at least 1, not {settings.threads}")
-        #: The turns' own threads (see ServerSettings.threads); idle threads cost nothing.
-        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="colloquy-turn")
+        #: The turns' steps' threads (see ServerSettings.threads); idle threads cost nothing.
+        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="colloquy-step")
+        #: Turns in flight, against ServerSettings.max_inflight (503 past it).
+        self.inflight = InFlight(settings.max_inflight)
         self._chats: OrderedDict[str, Chat] = OrderedDict()
         self._chats_lock = threading.Lock()
         register_cache(self)  # a deleted conversation's Chat (and log) is dropped at once
@@ -194,6 +204,10 @@ class ChatService:
 
     # -- turns ----------------------------------------------------------------------------------
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the service's step threads: store reads must not block the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     def chat(self, user: User, name: str) -> Chat:
         """The conversation's Chat, kept between requests so that a turn reads only what is
         new in the log (``Chat._sync``), from this process or any other. The name is resolved
@@ -225,9 +239,12 @@ class ChatService:
         conversation, and the idempotency key (a key already used with another message is
         refused here, with a status, before a stream starts)."""
         self.check_content(content)
-        chat = await asyncio.to_thread(self.chat, user, name)
+        return await self.run(self._turn_chat, user, name, content, key)
+
+    def _turn_chat(self, user: User, name: str, content: str, key: str | None) -> Chat:
+        chat = self.chat(user, name)
         if key is not None:
-            await asyncio.to_thread(chat.check_idempotency_key, content, key)
+            chat.check_idempotency_key(content, key)
         return chat
 
     def forget_conversations(self, ids: set[str]) -> None:

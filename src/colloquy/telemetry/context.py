@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 #: The purposes colloquy's own calls declare (the ``colloquy.purpose`` span attribute and the
 #: ``purpose`` metric label); calls made outside any of them are ``other``.
@@ -29,6 +29,7 @@ _conversation: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 Y = TypeVar("Y")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 @contextmanager
@@ -67,18 +68,27 @@ def current_conversation() -> str | None:
     return _conversation.get()
 
 
-def isolated(gen: Generator[Y, None, R]) -> Generator[Y, None, R]:
+def isolated(gen: Generator[Y, S, R]) -> Generator[Y, S, R]:
     """Run ``gen`` step by step in a private copy of the current context: what it sets (the
     current span, :func:`call_purpose`) stays inside, even across its yields, and its cleanup
     (``close``) runs in that context too. Its steps may run in different threads one after
-    the other (never two at once, as with any generator)."""
+    the other (never two at once, as with any generator). Values sent and exceptions thrown
+    in go through to ``gen`` (the turn's effects, colloquy.effects, are answered that way)."""
     ctx = contextvars.copy_context()
+    sent: Any = None
+    error: BaseException | None = None
     try:
         while True:
             try:
-                item = ctx.run(next, gen)
+                item = ctx.run(gen.throw, error) if error is not None else ctx.run(gen.send, sent)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            yield item
+            sent, error = None, None
+            try:
+                sent = yield item
+            except GeneratorExit:
+                raise
+            except BaseException as e:  # noqa: BLE001 - thrown on into gen
+                error = e
     finally:
         ctx.run(gen.close)
