@@ -108,7 +108,9 @@ def test_untitled_conversation_takes_its_first_words_as_title(env: Env) -> None:
     assert title.startswith("Plan a weekend in Lisbon") and len(title) <= 60
 
 
-def test_streaming_turn_sends_deltas_then_the_reply_with_usage(env: Env) -> None:
+def test_streaming_turn_sends_deltas_then_the_reply_with_usage(store: SQLiteStore) -> None:
+    # Words 10 ms apart: deltas that arrive together would be sent as one (server.coalesce).
+    env = Env(store, model=EchoModel(delay=0.01), rate_limit=None)
     cid = env.new()
     env.say(cid, "first")
     r = env.say(cid, "second", stream=True)

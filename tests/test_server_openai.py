@@ -27,7 +27,7 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     store = SQLiteStore(Path(tmp_path_factory.mktemp("oa")) / "oa.db")
-    model = EchoModel()
+    model = EchoModel(delay=0.01)  # streamed words 10 ms apart, so each is its own chunk
     ada, bob = issue_token(store, "ada"), issue_token(store, "bob")
     app = create_app(store=store, model=model, environ={}, rate_limit=None,
                      system="You are colloquy's test persona.")

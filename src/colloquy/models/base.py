@@ -16,6 +16,7 @@ import asyncio
 import threading
 import weakref
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -139,10 +140,12 @@ class ModelResponse(BaseModel):
         return self.message.tool_uses
 
 
-class TextDelta(BaseModel):
-    """A piece of streamed text."""
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of streamed text. A plain frozen dataclass, not a pydantic model: a stream makes
+    one per delta, and validating each cost a streamed turn a tenth of its CPU in the service
+    (bench/stream.py's profile, issue 16); the adapters build it from the SDKs' own strings."""
 
-    model_config = ConfigDict(frozen=True)
     text: str
 
 

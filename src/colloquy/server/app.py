@@ -93,6 +93,11 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {_to_json(data)}\n\n"
 
 
+def sse_delta(text: str) -> str:
+    """``sse("delta", {"text": text})``, built without encoding a dict (one per delta)."""
+    return f'event: delta\ndata: {{"text": {_to_json(text)}}}\n\n'
+
+
 def error_json(error: BaseException, redactor: E.Redactor) -> dict[str, Any]:
     _, kind = E.status_for(error)
     return {"error": {"type": kind, "message": redactor(str(error))}}
@@ -239,17 +244,23 @@ def create_app(
     users = cast(UserStore, store)  # every shipped store keeps the service's users
     bearer = HTTPBearer(auto_error=False, description="a token from `colloquy users add NAME`")
 
-    def current_user(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> User:
-        if creds is None:
-            raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        user = authenticate(users, creds.credentials)
+    def user_for(token: str) -> User:
+        """The token's user, rate-limited (store reads: run on the service's threads)."""
+        user = authenticate(users, token)
         if user is None:
             raise E.NotAuthenticated("invalid bearer token")
         if limiter is not None:
             limiter.check(user.id)  # one limit per user across processes (in the database)
         return user
+
+    async def current_user(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> User:
+        # On the service's own pool (loop.run_in_executor), not as a sync dependency on
+        # anyio's, whose trip costs more CPU per request (bench/load.py's profile, issue 16).
+        if creds is None:
+            raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        return await service.run(user_for, creds.credentials)
 
     CurrentUser = Annotated[User, Depends(current_user)]
     # Routes are added to the app itself (no sub-routers), so app.routes lists every one of
@@ -325,7 +336,7 @@ def create_app(
             try:
                 async for event in service.stream(chat, body.content, key):
                     if isinstance(event, str):
-                        yield sse("delta", {"text": event})
+                        yield sse_delta(event)
                     else:
                         reply, replayed = event
                         yield sse("done", ReplyOut.of(reply, replayed=replayed,

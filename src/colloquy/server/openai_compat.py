@@ -18,8 +18,9 @@ from fastapi import Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..chat import Reply
+from ..chat import Chat, Reply
 from ..errors import ColloquyError
+from ..store import Conversation
 from ..store.users import User
 from . import errors as E
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader, OAMessage
@@ -68,7 +69,7 @@ def _extension(reply: Reply, name: str) -> dict[str, Any]:
 
 
 def add_openai_routes(
-    routes: Any, service: ChatService, current_user: Callable[..., User], redactor: E.Redactor
+    routes: Any, service: ChatService, current_user: Callable[..., Any], redactor: E.Redactor
 ) -> None:
     """Add the route to the app through its route helper (``routes.post``)."""
 
@@ -113,9 +114,11 @@ def add_openai_routes(
         system = next((_text(m) for m in body.messages if m.role in ("system", "developer")), None)
         ticket = service.inflight.admit()  # 503 at once past the limit
         try:
-            conv = await service.run(
-                service.conversation_for_openai, user, conversation_id, system, body.model)
-            chat = await service.turn_chat(user, conv.name, content, idempotency_key)
+            def prepare() -> tuple[Conversation, Chat]:  # one trip to a thread, not two
+                conv = service.conversation_for_openai(user, conversation_id, system, body.model)
+                return conv, service.prepare_turn(user, conv.name, content, idempotency_key)
+
+            conv, chat = await service.run(prepare)
         except BaseException:
             ticket.release()
             raise

@@ -50,6 +50,7 @@ from ..store.users import User
 from ..text import clean, require_text
 from .errors import InvalidRequest, PayloadTooLarge, Redactor
 from ..usage import Usage
+from .coalesce import coalesced
 from .inflight import InFlight, default_max_inflight
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
@@ -239,9 +240,10 @@ class ChatService:
         conversation, and the idempotency key (a key already used with another message is
         refused here, with a status, before a stream starts)."""
         self.check_content(content)
-        return await self.run(self._turn_chat, user, name, content, key)
+        return await self.run(self.prepare_turn, user, name, content, key)
 
-    def _turn_chat(self, user: User, name: str, content: str, key: str | None) -> Chat:
+    def prepare_turn(self, user: User, name: str, content: str, key: str | None) -> Chat:
+        """:meth:`turn_chat`'s work once the caller is known (blocking: store reads)."""
         chat = self.chat(user, name)
         if key is not None:
             chat.check_idempotency_key(content, key)
@@ -297,10 +299,12 @@ class ChatService:
     async def stream(self, chat: Chat, content: str, key: str | None = None, *,
                      temperature: float | None = None, max_tokens: int | None = None,
                      ) -> AsyncIterator[str | tuple[Reply, bool]]:
-        """Text deltas, then ``(reply, replayed)``."""
+        """Text deltas, then ``(reply, replayed)``. Deltas that arrive while the previous
+        one is still being sent go out as one (colloquy.server.coalesce)."""
         async with self._turn(chat.session_id):
-            async for event in chat.astream(content, idempotency_key=key,
-                                            temperature=temperature, max_tokens=max_tokens):
+            async for event in coalesced(chat.astream(
+                    content, idempotency_key=key, temperature=temperature,
+                    max_tokens=max_tokens)):
                 if isinstance(event, str):
                     if event:
                         yield event

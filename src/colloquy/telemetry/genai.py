@@ -69,6 +69,16 @@ def _version() -> str | None:
 
 #: colloquy's tracer (a proxy until the application installs a TracerProvider).
 tracer = trace.get_tracer("colloquy", _version())
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def tracing() -> bool:
+    """Whether an application installed a tracer provider (the SDK's, say). Until one does,
+    every span is a no-op that records nothing, so colloquy's own spans (the turn's and its
+    work's, colloquy.telemetry.turns) are not made at all: a tenth of a JSON turn's CPU in the
+    service went to no-op spans (bench/load.py's profile, issue 16). Checked on each use, so a
+    provider installed later is seen at once."""
+    return not isinstance(trace.get_tracer_provider(), _NO_PROVIDER)
 
 OPERATION = "chat"
 CONTENT_VAR = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"

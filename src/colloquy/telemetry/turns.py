@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -37,7 +37,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ..usage import Usage
 from . import events
-from .genai import capturing_content, error_type, tracer
+from .genai import capturing_content, error_type, tracer, tracing
 
 AGENT = "colloquy"
 
@@ -77,6 +77,7 @@ class TurnScope:
 def turn_span(conversation_id: str, model: Any, streaming: bool) -> Iterator[TurnScope]:
     """The span of one turn, current inside; listeners get TurnStarted / TurnEnded."""
     name = str(getattr(model, "name", ""))
+    recording = tracing()  # else no span is made (see tracing)
     span = tracer.start_span(f"invoke_agent {AGENT}", kind=SpanKind.INTERNAL, attributes={
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": AGENT,
@@ -84,14 +85,14 @@ def turn_span(conversation_id: str, model: Any, streaming: bool) -> Iterator[Tur
         "gen_ai.request.model": name,
         "gen_ai.conversation.id": conversation_id,
         "colloquy.turn.streaming": streaming,
-    })
+    }) if recording else trace.INVALID_SPAN
     scope = TurnScope(span, time.perf_counter())
     listening = events.listening()
     if listening:
         events.emit("turn_started", events.TurnStarted(conversation_id, name, streaming))
     try:
         with trace.use_span(span, end_on_exit=False, record_exception=False,
-                            set_status_on_exception=False):
+                            set_status_on_exception=False) if recording else nullcontext():
             yield scope
     except BaseException as e:
         scope.outcome = error_type(e)
@@ -110,12 +111,16 @@ def turn_span(conversation_id: str, model: Any, streaming: bool) -> Iterator[Tur
                 time_to_first_token=scope.first_token, outcome=scope.outcome))
 
 
-@contextmanager
-def work_span(name: str, **attributes: Any) -> Iterator[Span]:
-    """A child span of colloquy's own work (store, lock, context); errors are recorded."""
-    with tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes={
-            k: v for k, v in attributes.items() if v is not None}) as span:
-        yield span
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)
+
+
+def work_span(name: str, **attributes: Any) -> AbstractContextManager[Span]:
+    """A child span of colloquy's own work (store, lock, context), current inside; errors are
+    recorded. Without a tracer provider, a shared no-op (see genai.tracing)."""
+    if not tracing():
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes={
+        k: v for k, v in attributes.items() if v is not None})
 
 
 def context_attributes(span: Span, policy: Any, history: int, ctx: Any, tokens: int) -> None:
