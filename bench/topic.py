@@ -11,10 +11,14 @@ unless ``--eval FILE`` gives another file of the same shape (``test``/``oos_test
     python bench/topic.py [--domains a,b,c] [--eval FILE] [--json] [--cache DIR]
 
 Rows per domain (all with all-MiniLM-L6-v2 embeddings, except keywords):
-  keywords         TopicGuard(method="keywords") with the topic list below, as the README set it
-                   up before: shared words, messages of <= 3 words pass
-  embeddings       TopicGuard(method="embeddings"): cosine to the topic list >= 0.2, <= 3 words
+  keywords         TopicGuard(method="keywords") with the topic list below, as the README sets
+                   it up: shared words; greetings, thanks and acknowledgements pass (no length
+                   rule: the "pleasantries" line shows how many queries that list lets through)
+  embeddings       TopicGuard(method="embeddings"): cosine to the topic list >= 0.2, pleasantries
                    pass (ROC AUC of the cosine)
+  keywords+conv    the same guards' real ``check`` with each message preceded by an on-topic
+  embeddings+conv  user turn (a random training query of the domain): how much the conversation
+                   rule lets off-topic messages through
   centroid-20      the issue's baseline: cosine to the centroid of 20 random training examples of
                    the domain, threshold chosen on val for the best balanced accuracy (so on val
                    it is tuned on the data it is scored on)
@@ -37,7 +41,9 @@ of on-topic passed and off-topic blocked), ROC AUC of the guard's score, ms per 
 
 Then the conversational follow-up set (bench/data/topic_followups.json, written for colloquy):
 on-topic follow-ups passed and off-topic switches blocked, by the real ``check`` with the
-conversation (``recent``) and without it, and with the cascade (judge double as above).
+conversation (``recent``) and without it, and with the cascade (judge double as above), for the
+examples/own classifier and for the description guards (keywords, embeddings; "alone": the
+message without the earlier exchange).
 
 Targets (issue 18), for the examples/own row of each domain: balanced accuracy >= 0.93, ROC AUC
 >= 0.97, at most 5% of on-topic queries blocked. Exit status 1 when one is missed.
@@ -60,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
 
-from colloquy.guards import GuardContext, LearnedTopicGuard, TopicGuard  # noqa: E402
+from colloquy.guards import GuardContext, LearnedTopicGuard, TopicGuard, is_pleasantry  # noqa: E402
 from colloquy.guards.classifier import fit_topic_classifier, generic_messages  # noqa: E402
 from colloquy.messages import Message, StoredMessage  # noqa: E402
 from colloquy.models import FunctionModel  # noqa: E402
@@ -177,7 +183,7 @@ def run_domain(dm: str, dev: dict[str, Any], evalset: dict[str, list[Any]], dom_
     sample = random.Random(0).sample(ev_on + ev_other + ev_oos, 20)
     rows: dict[str, dict[str, Any]] = {}
 
-    # keywords and embeddings: the description-based guard as the README configured it.
+    # keywords and embeddings: the description-based guard as the README configures it.
     kw = TopicGuard(TOPICS[dm], method="keywords")
     ctx = GuardContext(stage="input")
     kw_scores = [np.asarray([0.0 if kw.check(t, ctx) else 1.0 for t in texts])
@@ -185,12 +191,23 @@ def run_domain(dm: str, dev: dict[str, Any], evalset: dict[str, list[Any]], dom_
     rows["keywords"] = figures([s < 0.5 for s in kw_scores], kw_scores)
     rows["keywords"]["ms_per_check"] = ms_per_check(kw, sample)
     topic_vec = emb([TOPICS[dm]])[0]
-    short = [np.asarray([len(t.split()) <= 3 for t in texts]) for texts in (ev_on, ev_other, ev_oos)]
+    polite = [np.asarray([is_pleasantry(t) for t in texts]) for texts in (ev_on, ev_other, ev_oos)]
     cos = [v @ topic_vec for v in V]
-    rows["embeddings"] = figures([~sh & (c < 0.2) for sh, c in zip(short, cos)], cos)
+    rows["embeddings"] = figures([~pl & (c < 0.2) for pl, c in zip(polite, cos)], cos)
     rows["embeddings"]["ms_per_check"] = ms_per_check(
         TopicGuard(TOPICS[dm], method="embeddings", embed=lambda ts: emb.model.encode(
             ts, normalize_embeddings=True).tolist()), sample)
+    pleasantries = {k: float(np.mean(pl)) for k, pl in zip(("on_topic", "other_domain", "oos"), polite)}
+    pleasantries["examples"] = sorted({t for texts, pl in zip((ev_other, ev_oos), polite)
+                                       for t, p in zip(texts, pl) if p})[:8]
+    # the same guards' real check, each message after an on-topic user turn of the domain.
+    before = random.Random(1).choices(on_tr, k=len(ev_on) + len(ev_other) + len(ev_oos))
+    for name, g in (("keywords+conv", kw), ("embeddings+conv", TopicGuard(
+            TOPICS[dm], method="embeddings", embed=emb))):
+        it = iter(before)
+        rows[name] = figures([[g.check(t, GuardContext(stage="input", recent=_stored(
+            [("user", next(it))]))) is not None for t in texts] for texts in (ev_on, ev_other, ev_oos)])
+        rows[name]["ms_per_check"] = None
 
     # the issue's baseline: nearest centroid of 20 training examples, threshold chosen on val.
     pick = random.Random(0).sample(on_tr, 20)
@@ -265,18 +282,22 @@ def run_domain(dm: str, dev: dict[str, Any], evalset: dict[str, list[Any]], dom_
     follow_truth = {f["message"]: f["on_topic"] for f in followups}
     for name, g in (("without conversation", LearnedTopicGuard(clf, embed=emb, context_weight=0.0)),
                     ("with conversation", guard),
-                    ("cascade", LearnedTopicGuard(clf, embed=emb, judge=oracle_judge(follow_truth, 0)))):
+                    ("cascade", LearnedTopicGuard(clf, embed=emb, judge=oracle_judge(follow_truth, 0))),
+                    ("keywords alone", kw), ("keywords", kw),
+                    ("embeddings alone", TopicGuard(TOPICS[dm], method="embeddings", embed=emb)),
+                    ("embeddings", TopicGuard(TOPICS[dm], method="embeddings", embed=emb))):
         passed_on, blocked_off, wrong = [], [], []
         for f in followups:
-            c = GuardContext(stage="input", recent=_stored([("user", f["user"]), ("assistant", f["assistant"])]))
+            turns = [] if name.endswith(" alone") else [("user", f["user"]), ("assistant", f["assistant"])]
+            c = GuardContext(stage="input", recent=_stored(turns))
             ok = g.check(f["message"], c) is None
             (passed_on if f["on_topic"] else blocked_off).append(ok if f["on_topic"] else not ok)
             if ok != f["on_topic"]:
                 wrong.append(f["message"])
         conv[name] = {"on_topic_passed": float(np.mean(passed_on)),
                       "off_topic_blocked": float(np.mean(blocked_off)),
-                      "judge_share": g.judge_share, "wrong": wrong}
-    return {"rows": rows, "followups": conv, "counts": {
+                      "judge_share": getattr(g, "judge_share", 0.0), "wrong": wrong}
+    return {"rows": rows, "followups": conv, "pleasantries": pleasantries, "counts": {
         "on_topic": len(ev_on), "other_domain": len(ev_other), "oos": len(ev_oos)}}
 
 
@@ -345,7 +366,13 @@ def print_report(report: dict[str, Any]) -> None:
                   f"{_pct(row['other_domain_blocked']):>8}{_pct(row['oos_blocked']):>8}"
                   f"{row['balanced_accuracy']:>8.3f}{auc:>7}{ms:>8}{_pct(row['judge_share']):>7}"
                   f"  {row['negatives']}")
-    print("\nconversational follow-ups (bench/data/topic_followups.json), examples/own classifier:")
+    print("\npleasantries (greetings, thanks, acknowledgements) that pass the description guards:")
+    for dm, r in report["domains"].items():
+        p = r["pleasantries"]
+        print(f"{dm:<19}on-topic {p['on_topic']:6.1%}  other-domain {p['other_domain']:6.1%}  "
+              f"oos {p['oos']:6.1%}  e.g. {'; '.join(p['examples'])}")
+    print("\nconversational follow-ups (bench/data/topic_followups.json): examples/own classifier, "
+          "and the description guards (keywords, embeddings) with the conversation:")
     for dm, r in report["domains"].items():
         for name, f in r["followups"].items():
             print(f"{dm:<19}{name:<22} on-topic passed {f['on_topic_passed']:6.1%}  off-topic "

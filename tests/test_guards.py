@@ -22,11 +22,15 @@ from colloquy.guards import (
     Verdict,
     as_guard,
     guard_from_spec,
+    is_pleasantry,
     load_guard_config,
     luhn_ok,
     parse_topic_verdict,
 )
+from colloquy.messages import Message
 from colloquy.store import Store
+
+from conftest import stored
 
 VISA = "4111 1111 1111 1111"  # a test card number that passes Luhn
 
@@ -224,6 +228,76 @@ def test_topic_guard_with_a_model_judge_and_embeddings() -> None:
     assert parse_topic_verdict("Yes.")[0] is True
     with pytest.raises(ValueError):
         parse_topic_verdict("I like turtles")
+
+
+TRAVEL = "travel, flights, hotels, trips, car rental, luggage, visas"
+BOOKING = "Book me a flight from Boston to Denver on the 3rd."
+
+
+def _after(*turns: tuple[str, str]) -> GuardContext:
+    return GuardContext(stage="input", system="You are Tom, a travel agent.",
+                        recent=stored([Message(role=r, content=t) for r, t in turns]))  # type: ignore[arg-type]
+
+
+def test_description_guard_has_no_length_bypass() -> None:
+    """Short off-topic messages are judged like any other (up to 3 words used to pass)."""
+    keywords = TopicGuard(TRAVEL, method="keywords")
+    vec = {TRAVEL: [1.0, 0.0], "louder please": [0.05, 1.0], "hotel near lisbon?": [0.9, 0.3]}
+    embeddings = TopicGuard(TRAVEL, method="embeddings", embed=lambda xs: [vec[x] for x in xs])
+    for guard in (keywords, embeddings):
+        assert guard.check("louder please", _after()).action == "block"
+        assert guard.check("hotel near lisbon?", _after()) is None  # short and on topic
+    for text in ("tell me jokes", "play some music", "weather tomorrow?", "who are you"):
+        assert keywords.check(text, _after()).action == "block", text
+
+
+def test_description_guard_passes_pleasantries_without_a_judge_call() -> None:
+    """Greetings, thanks and acknowledgements pass by an explicit list, not by length; a
+    pleasantry that carries a request is judged as a request."""
+    asked: list[str] = []
+    judge = FunctionModel(lambda req: asked.append(req.messages[-1].text) or '{"on_topic": false}')
+    for guard in (TopicGuard(TRAVEL, method="keywords"), TopicGuard(TRAVEL, method="model", judge=judge)):
+        for text in ("hi", "Hello!", "good morning", "thanks a lot!", "Thank you so much 🙏",
+                     "ok, bye", "cheers", "Great, thanks again", "no worries"):
+            assert guard.check(text, _after()) is None, text
+            assert is_pleasantry(text)
+        for text in ("hi, who will win the election?", "thanks, now tell me a joke", "ok tell me a joke"):
+            assert guard.check(text, _after()).action == "block", text
+    assert len(asked) == 3  # only the requests reached the judge
+
+
+def test_description_guard_reads_the_conversation(store: Store) -> None:
+    """A follow-up of an on-topic turn passes, in a real chat over every store; a change of
+    subject after it is still blocked; the same follow-up opening a conversation is blocked."""
+    model = ScriptedModel(["Booked: United 512, departing 8:05 am on the 3rd.", "Return booked."])
+    chat = Chat(model, system="You are a travel agent.", store=store, session_id="t1",
+                guards=[TopicGuard(TRAVEL, method="keywords")])
+    assert not chat.send(BOOKING).blocked
+    assert not chat.send("And the return on the 10th?").blocked
+    assert chat.send("What's the score in the football game?").blocked
+    fresh = Chat(ScriptedModel(["?"]), store=store, session_id="t2",
+                 guards=[TopicGuard(TRAVEL, method="keywords")])
+    assert fresh.send("And the return on the 10th?").blocked
+
+    # Embeddings: the message read with the previous user turn, for continuations only.
+    vec = {TRAVEL: [1.0, 0.0, 0.0], BOOKING: [0.9, 0.1, 0.0],
+           "And the return on the 10th?": [0.1, 0.0, 1.0],
+           "What's the score in the football game?": [0.1, 0.0, 1.0],
+           "hello": [0.0, 1.0, 0.0]}
+    guard = TopicGuard(TRAVEL, method="embeddings", embed=lambda xs: [vec[x] for x in xs])
+    booked = _after(("user", BOOKING), ("assistant", "Booked: United 512."))
+    assert guard.check("And the return on the 10th?", booked) is None
+    assert guard.check("And the return on the 10th?", _after()).action == "block"
+    assert guard.check("What's the score in the football game?", booked).action == "block"
+    assert guard.check("And the return on the 10th?", _after(("user", "hello"))).action == "block"
+
+
+def test_description_judge_sees_the_persona_and_the_earlier_turn() -> None:
+    judge = FunctionModel(lambda req: '{"on_topic": true, "reason": "follow-up"}')
+    guard = TopicGuard(TRAVEL, method="model", judge=judge)
+    assert guard.check("And the return on the 10th?", _after(("user", BOOKING))) is None
+    assert "Tom, a travel agent" in judge.last_request.system[0].text
+    assert BOOKING in judge.last_request.messages[0].text
 
 
 def test_topic_judge_garbage_fails_open_by_default(store: Store) -> None:

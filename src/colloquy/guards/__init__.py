@@ -47,7 +47,8 @@ from .classifier import (
     load_examples,
 )
 from .language import detect_language, is_english
-from .learned import LearnedTopicGuard, asks_to_change_rules
+from .conversation import asks_to_change_rules, continues, is_pleasantry
+from .learned import LearnedTopicGuard
 from .length import LengthGuard
 from .pii import PII_KINDS, PIIRedactor, luhn_ok
 from .runner import GuardOutcome, GuardSet, replace_text
@@ -63,6 +64,8 @@ __all__ = [
     "is_english",
     "LearnedTopicGuard",
     "asks_to_change_rules",
+    "continues",
+    "is_pleasantry",
     "ask_topic_judge",
     "DEFAULT_FAIL_MESSAGE",
     "VERDICTS",

@@ -18,17 +18,14 @@ Per message (input stage):
    classifier's uncertain ``band``, the judge decides; it sees the persona, the topic and the
    recent turns, and its calls are billed as side calls through ``GuardContext.calls``.
    Otherwise the classifier decides alone. Without a judge, the in-context score counts only
-   for a message that reads as a continuation (:data:`CONTINUATION`: "And the return on the
-   10th?", "make it 8 instead"): an embedding alone cannot tell a follow-up from a change of
-   subject: on CLINC150's val split, after an on-topic turn, letting every message borrow its
-   predecessor's topic cut the off-topic queries blocked by 12-26 points; with the rule, by 3-8
-   (bench/topic.py, "+conversation"). ``stats`` counts checks and
-   judge calls (and why), so the judge share can be reported.
+   for a message that reads as a continuation ("And the return on the 10th?", "make it 8
+   instead"; :func:`~colloquy.guards.conversation.carried_by`, shared with the description
+   guard). ``stats`` counts checks and judge calls (and why), so the judge share can be
+   reported.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -37,43 +34,13 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from .base import Guard, GuardContext, OnError, Verdict
 from .classifier import TopicClassifier, fit_topic_classifier, load_examples
+from .conversation import (CONTEXT_WEIGHT, asks_to_change_rules, carried_by, previous_user_text,
+                           with_context)
 from .embedder import SentenceEmbedder, default_embedder
 from .language import detect_language, preload
 from .topic import ask_topic_judge
 
 NonEnglish = Literal["judge", "allow", "block"]
-
-#: Requests to drop the assistant's instructions, persona or topic (case-insensitive). A phrase
-#: list, not a classifier: it only decides who judges (the model judge, or a block without one).
-RULE_CHANGE = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass|drop|skip)\b[^.?!]{0,40}?"
-    r"\b(?:instructions?|rules?|topics?|guidelines?|prompts?|restrictions?|persona|system|"
-    r"everything (?:you were|i) (?:told|said))\b"
-    r"|\byou are now\b|\bfrom now on,? you\b|\bpretend (?:to be|you(?: are|'re))\b"
-    r"|\b(?:system|developer|hidden) prompt\b|\bjailbreak|\bno (?:more )?restrictions\b"
-    r"|\bdeveloper mode\b|\bact as (?:if|an? |my )",
-    re.I,
-)
-
-
-#: Words that mark a message as continuing the previous turn ("And the return on the 10th?",
-#: "Make it 8 instead", "what about savings?"): a leading connective, or a word that refers back.
-#: About 17% of CLINC150's self-contained queries contain one, so the cue alone decides nothing.
-CONTINUATION = re.compile(
-    r"^\W*(?:and|but|also|so|ok|okay|what about|how about|then|or|yes|no|make it|the)\b"
-    r"|\b(?:it|that|this|those|these|them|there|one|instead|same|else|too|either|another)\b",
-    re.I,
-)
-
-
-def continues(text: str) -> bool:
-    """Whether ``text`` reads as a continuation of the previous turn (see :data:`CONTINUATION`)."""
-    return CONTINUATION.search(text) is not None
-
-
-def asks_to_change_rules(text: str) -> bool:
-    """Whether ``text`` asks the assistant to set aside its instructions or topic."""
-    return RULE_CHANGE.search(text) is not None
 
 
 class LearnedTopicGuard(Guard):
@@ -99,7 +66,7 @@ class LearnedTopicGuard(Guard):
         topics: str = "",
         judge: Any = None,
         embed: Callable[[list[str]], Any] | None = None,
-        context_weight: float = 0.5,
+        context_weight: float = CONTEXT_WEIGHT,
         non_english: NonEnglish = "judge",
         target_false_block: float = 0.05,
         steer: str | None = None,
@@ -161,13 +128,6 @@ class LearnedTopicGuard(Guard):
         """Judge calls per check so far (0.0 before any check)."""
         return self.stats["judge_calls"] / self.stats["checks"] if self.stats["checks"] else 0.0
 
-    def previous_user_text(self, ctx: GuardContext) -> str:
-        """The text of the last user message this one continues ("" when none)."""
-        for sm in reversed(ctx.recent):
-            if sm.role == "user" and sm.message.text.strip():
-                return sm.message.text
-        return ""
-
     def score(self, text: str, previous: str = "") -> tuple[float, float]:
         """``(alone, in_context)``: P(on topic) for ``text``, and for ``text`` read with the
         ``previous`` user message (equal to ``alone`` when there is none)."""
@@ -177,8 +137,7 @@ class LearnedTopicGuard(Guard):
             p = float(self.classifier.score_vectors(self._embed([text]))[0])
             return p, p
         vecs = self._embed([text, previous])
-        mixed = vecs[0] + self.context_weight * vecs[1]
-        mixed = mixed / (np.linalg.norm(mixed) or 1.0)
+        mixed = np.asarray(with_context(vecs[0], vecs[1], self.context_weight), dtype="float32")
         alone, in_context = self.classifier.score_vectors(np.vstack([vecs[0], mixed]))
         return float(alone), float(in_context)
 
@@ -205,7 +164,7 @@ class LearnedTopicGuard(Guard):
                 return Verdict.block(self.steer, reason=f"language {lang!r}: not judged (English only)")
             return Verdict(action="allow", note=f"language {lang!r}: the topic classifier is "
                            "English-only, so this message was not judged")
-        alone, in_context = self.score(text, self.previous_user_text(ctx))
+        alone, in_context = self.score(text, previous_user_text(ctx))
         return self.decide(text, ctx, alone, in_context)
 
     def decide(self, text: str, ctx: GuardContext, alone: float, in_context: float) -> Verdict | None:
@@ -218,10 +177,10 @@ class LearnedTopicGuard(Guard):
                 return self._judge(text, ctx, "context")
             if low <= alone < high:
                 return self._judge(text, ctx, "band")
-            p = alone
+            on_topic = alone >= threshold
         else:
-            p = in_context if flips and continues(text) else alone
-        if p >= threshold:
+            on_topic = carried_by(text, alone >= threshold, in_context >= threshold)
+        if on_topic:
             return None
         return Verdict.block(self.steer, reason=(
             f"off topic (classifier): P(on topic) {alone:.2f} alone, {in_context:.2f} in context "

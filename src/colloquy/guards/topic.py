@@ -1,4 +1,9 @@
-"""The topic guard by description: a model judge, embedding similarity or shared keywords."""
+"""The topic guard by description: a model judge, embedding similarity or shared keywords.
+
+It reads the conversation the way the example-based guard does (:mod:`colloquy.guards.conversation`):
+a message is judged alone and with the user turn it continues, so "And the return on the 10th?"
+after a flight booking passes; nothing passes on length ("louder please" is judged like any
+message), and only greetings, thanks and acknowledgements pass whatever the topic."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from ..errors import ConfigError
 from ..messages import Message, TextBlock
 from ..text import as_data
 from .base import Guard, GuardContext, OnError, Verdict
+from .conversation import CONTEXT_WEIGHT, carried_by, is_pleasantry, previous_user_text, with_context
 from .embedder import SentenceEmbedder, _cosine, default_embedder
 
 TOPIC_JUDGE_SYSTEM = """You decide whether a user's message is within the allowed topics of an \
@@ -67,11 +73,18 @@ class TopicGuard(Guard):
 
     ``method``:
         ``model``       a cheap model call returning ``{"on_topic": bool, "reason": str}``
-                        (``judge`` is any colloquy Model or model name)
+                        (``judge`` is any colloquy Model or model name); it sees the persona
+                        (``ctx.system``) and the recent turns
         ``embeddings``  cosine similarity of the message to the topic description, above
                         ``threshold`` (``embed`` or ``colloquy[embeddings]``)
         ``keywords``    the message shares a word with the topics (offline, crude)
         ``auto``        the judge model when given, else embeddings when available, else keywords
+
+    Embeddings and keywords also score the message read with the previous user turn (its
+    embedding plus ``context_weight`` times the turn's; for keywords, the turn's words), which
+    counts for a message that reads as a continuation
+    (:func:`~colloquy.guards.conversation.carried_by`). Greetings, thanks and acknowledgements
+    (:data:`~colloquy.guards.conversation.PLEASANTRY`) always pass; no message passes on length.
     """
 
     name = "topic"
@@ -84,8 +97,8 @@ class TopicGuard(Guard):
         judge: Any = None,
         embed: Callable[[list[str]], list[list[float]]] | None = None,
         threshold: float = 0.2,
+        context_weight: float = CONTEXT_WEIGHT,
         steer: str | None = None,
-        short_ok: int = 3,
         on_error: OnError = "open",
         timeout: float | None = 10.0,
     ) -> None:
@@ -116,8 +129,7 @@ class TopicGuard(Guard):
         self.steer = steer or (
             f"Sorry, I can only help with {self.topics}. Is there something about that I can do for you?"
         )
-        #: Messages of at most this many words ("hi", "thanks!") are always allowed.
-        self.short_ok = short_ok
+        self.context_weight = context_weight
         self.on_error = on_error
         self.timeout = timeout
         self._topic_vec: list[float] | None = None
@@ -125,31 +137,42 @@ class TopicGuard(Guard):
         self._lock = threading.Lock()
 
     def check(self, text: str, ctx: GuardContext) -> Verdict | None:
-        if len(text.split()) <= self.short_ok:
+        if not text.strip() or is_pleasantry(text):
             return None
-        on_topic, reason = getattr(self, f"_by_{self.method}")(text, ctx)
+        if self.method == "model":
+            on_topic, reason = ask_topic_judge(self.judge, self.topics, text, ctx, persona=ctx.system)
+        elif self.method == "embeddings":
+            on_topic, reason = self._by_embeddings(text, previous_user_text(ctx))
+        else:
+            on_topic, reason = self._by_keywords(text, previous_user_text(ctx))
         if on_topic:
             return None
         return Verdict.block(self.steer, reason=f"off topic ({self.method}): {reason}")
 
-    def _by_keywords(self, text: str, ctx: GuardContext) -> tuple[bool, str]:
+    def _by_keywords(self, text: str, previous: str) -> tuple[bool, str]:
         shared = self._topic_words & _keywords(text)
-        return bool(shared), f"shared words {sorted(shared)}" if shared else "no topic word"
+        carried = self._topic_words & _keywords(previous) if previous and not shared else set()
+        if carried_by(text, bool(shared), bool(carried)):
+            why = shared or carried
+            return True, f"shared words {sorted(why)}" + ("" if shared else " (previous turn)")
+        return False, "no topic word"
 
-    def _by_embeddings(self, text: str, ctx: GuardContext) -> tuple[bool, str]:
+    def _by_embeddings(self, text: str, previous: str) -> tuple[bool, str]:
         assert self.embed is not None
         if isinstance(self.embed, SentenceEmbedder) and not self.embed.ready():
-            on_topic, why = self._by_keywords(text, ctx)
+            on_topic, why = self._by_keywords(text, previous)
             state = f"failed: {self.embed.error}" if self.embed.error else "still loading"
             return on_topic, f"embedding model {state}; by keywords: {why}"
         with self._lock:
             if self._topic_vec is None:
                 self._topic_vec = list(self.embed([self.topics])[0])
-        sim = _cosine(self._topic_vec, list(self.embed([text])[0]))
-        return sim >= self.threshold, f"similarity {sim:.2f} (threshold {self.threshold})"
-
-    def _by_model(self, text: str, ctx: GuardContext) -> tuple[bool, str]:
-        return ask_topic_judge(self.judge, self.topics, text, ctx)
+        vecs = [list(v) for v in self.embed([text, previous] if previous else [text])]
+        alone = _cosine(self._topic_vec, vecs[0])
+        in_context = (_cosine(self._topic_vec, with_context(vecs[0], vecs[1], self.context_weight))
+                      if previous else alone)
+        on_topic = carried_by(text, alone >= self.threshold, in_context >= self.threshold)
+        return on_topic, (f"similarity {alone:.2f} alone, {in_context:.2f} in context "
+                          f"(threshold {self.threshold})")
 
 
 def ask_topic_judge(judge: Any, topics: str, text: str, ctx: GuardContext, *,
