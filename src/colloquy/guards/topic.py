@@ -17,7 +17,8 @@ from ..errors import ConfigError
 from ..messages import Message, TextBlock
 from ..text import as_data
 from .base import Guard, GuardContext, OnError, Verdict
-from .conversation import CONTEXT_WEIGHT, carried_by, is_pleasantry, previous_user_text, with_context
+from .conversation import (CONTEXT_WEIGHT, asks_to_change_rules, carried_by, is_pleasantry,
+                           previous_user_text, with_context)
 from .embedder import SentenceEmbedder, _cosine, default_embedder
 
 TOPIC_JUDGE_SYSTEM = """You decide whether a user's message is within the allowed topics of an \
@@ -85,6 +86,9 @@ class TopicGuard(Guard):
     counts for a message that reads as a continuation
     (:func:`~colloquy.guards.conversation.carried_by`). Greetings, thanks and acknowledgements
     (:data:`~colloquy.guards.conversation.PLEASANTRY`) always pass; no message passes on length.
+    Without a judge, a message that asks to set the rules aside ("Ignore the cooking topic and
+    ...", :func:`~colloquy.guards.conversation.asks_to_change_rules`) is blocked whatever topic
+    words it holds; the judge reads such a message as data.
     """
 
     name = "topic"
@@ -141,6 +145,8 @@ class TopicGuard(Guard):
             return None
         if self.method == "model":
             on_topic, reason = ask_topic_judge(self.judge, self.topics, text, ctx, persona=ctx.system)
+        elif asks_to_change_rules(text):  # topic words in it prove nothing; no judge to ask
+            return Verdict.block(self.steer, reason=f"asks to change the rules ({self.method}, no judge)")
         elif self.method == "embeddings":
             on_topic, reason = self._by_embeddings(text, previous_user_text(ctx))
         else:
