@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from ..errors import ConfigError
 from .base import GuardContext
 
 #: How much of the previous user turn's embedding is added to the message's when it is read in
@@ -95,6 +96,13 @@ def with_context(vector: Sequence[float], previous: Sequence[float],
     mixed = [float(a) + weight * float(b) for a, b in zip(vector, previous)]
     norm = sum(x * x for x in mixed) ** 0.5 or 1.0
     return [x / norm for x in mixed]
+
+
+def context_weight_ok(weight: float) -> float:
+    """``weight`` when it is in [0, 1] (0 reads every message alone); else ConfigError."""
+    if not 0 <= weight <= 1:
+        raise ConfigError(f"topic guard: context_weight must be in [0, 1], not {weight}")
+    return weight
 
 
 def carried_by(text: str, on_topic_alone: bool, on_topic_in_context: bool) -> bool:

@@ -34,8 +34,8 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from .base import Guard, GuardContext, OnError, Verdict
 from .classifier import TopicClassifier, fit_topic_classifier, load_examples
-from .conversation import (CONTEXT_WEIGHT, asks_to_change_rules, carried_by, previous_user_text,
-                           with_context)
+from .conversation import (CONTEXT_WEIGHT, asks_to_change_rules, carried_by, context_weight_ok,
+                           previous_user_text, with_context)
 from .embedder import SentenceEmbedder, default_embedder
 from .language import detect_language, preload
 from .topic import ask_topic_judge
@@ -75,8 +75,7 @@ class LearnedTopicGuard(Guard):
     ) -> None:
         if non_english not in ("judge", "allow", "block"):
             raise ConfigError(f"topic guard: non_english must be judge, allow or block, not {non_english!r}")
-        if not 0 <= context_weight <= 1:
-            raise ConfigError(f"topic guard: context_weight must be in [0, 1], not {context_weight}")
+        self.context_weight = context_weight_ok(context_weight)
         embed = embed or default_embedder()
         if embed is None:
             raise ConfigError("the example-based topic guard needs colloquy[embeddings] "
@@ -101,7 +100,6 @@ class LearnedTopicGuard(Guard):
 
             judge = get_model(judge)
         self.judge = judge
-        self.context_weight = context_weight
         self.non_english = non_english
         preload()  # the language detector loads in the background, like the embedding model
         self.steer = steer or (f"Sorry, I can only help with {self.topics}. "

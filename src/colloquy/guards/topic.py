@@ -17,8 +17,8 @@ from ..errors import ConfigError
 from ..messages import Message, TextBlock
 from ..text import as_data
 from .base import Guard, GuardContext, OnError, Verdict
-from .conversation import (CONTEXT_WEIGHT, asks_to_change_rules, carried_by, is_pleasantry,
-                           previous_user_text, with_context)
+from .conversation import (CONTEXT_WEIGHT, asks_to_change_rules, carried_by, context_weight_ok,
+                           is_pleasantry, previous_user_text, with_context)
 from .embedder import SentenceEmbedder, _cosine, default_embedder
 
 TOPIC_JUDGE_SYSTEM = """You decide whether a user's message is within the allowed topics of an \
@@ -133,7 +133,7 @@ class TopicGuard(Guard):
         self.steer = steer or (
             f"Sorry, I can only help with {self.topics}. Is there something about that I can do for you?"
         )
-        self.context_weight = context_weight
+        self.context_weight = context_weight_ok(context_weight)
         self.on_error = on_error
         self.timeout = timeout
         self._topic_vec: list[float] | None = None
