@@ -16,10 +16,15 @@ text (content blocks and tool inputs, messages' meta, conversations, facts, summ
 construction path is covered, reading rows stored before this rule included; bytes are decoded
 with ``errors="replace"`` where they enter (the CLI's stdin, import files).
 
-**Empty or whitespace-only content is refused** where new content is accepted (a user's
-message, a fact's statement, a title) by :func:`require_text`, with one error class,
+**Blank content is refused** where new content is accepted (a user's message, a fact's
+statement, a title, a user id that owns something) by :func:`require_text`, with one error class,
 :class:`~colloquy.errors.InvalidTextError` (a ``ValueError`` too; HTTP 422, a one-line CLI
-error). Reading stored data never refuses. A whitespace-only persona means "no persona"
+error). Reading stored data never refuses. *Blank* (:func:`is_blank`) means nothing but
+whitespace (``str.isspace``: U+3000, U+2028, ...) and invisible format characters, Unicode
+general category ``Cf`` as ``unicodedata`` reports it (zero-width space U+200B, ZWNJ/ZWJ
+U+200C-U+200D, word joiner U+2060, BOM U+FEFF, soft hyphen U+00AD, bidi marks): text made of
+them shows as nothing, so it is no more a message than spaces are. A Cf character *inside*
+visible text is kept (ZWJ emoji sequences, Persian ZWNJ). A blank persona means "no persona"
 (:func:`clean_persona`): a ``--system "$PERSONA"`` with an empty variable, or an OpenAI client's
 blank system message, should not fail a chat, and Anthropic refuses a blank system block.
 
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -100,19 +106,36 @@ def clean_json_text(text: str) -> str:
     return json.dumps(clean_json(value))
 
 
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: only whitespace and format (``Cf``) characters, or
+    empty. Cost: stops at the first visible character (one ``strip`` for ASCII text)."""
+    rest = text.strip()
+    if not rest:
+        return True
+    if rest.isascii():  # no ASCII character is Cf
+        return False
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in rest)
+
+
 def require_text(text: str, what: str) -> str:
-    """``text`` cleaned; :class:`InvalidTextError` ("``what`` is empty") when nothing but
-    whitespace is left. ``what`` names the value: ``"the message"``, ``"the title"``."""
+    """``text`` cleaned; :class:`InvalidTextError` ("``what`` is empty") when it is blank
+    (:func:`is_blank`). ``what`` names the value: ``"the message"``, ``"the title"``."""
     text = clean(text)
-    if not text.strip():
+    if is_blank(text):
         raise InvalidTextError(f"{what} is empty")
     return text
 
 
-def clean_persona(text: str) -> str:
-    """A persona (system prompt): cleaned, and ``""`` (no persona) when only whitespace."""
+def clean_or_empty(text: str) -> str:
+    """``text`` cleaned, and ``""`` (none) when blank: for values where blank means "not set"
+    (a stored conversation's model)."""
     text = clean(text)
-    return text if text.strip() else ""
+    return "" if is_blank(text) else text
+
+
+def clean_persona(text: str) -> str:
+    """A persona (system prompt): cleaned, and ``""`` (no persona) when blank."""
+    return clean_or_empty(text)
 
 
 def clean_title(text: str | None) -> str | None:
@@ -120,7 +143,7 @@ def clean_title(text: str | None) -> str | None:
     if text is None:
         return None
     text = clean(text)
-    return text if text.strip() else None
+    return None if is_blank(text) else text
 
 
 #: A string field that follows the character rule (pydantic).
@@ -166,8 +189,10 @@ __all__ = [
     "clean",
     "clean_json",
     "clean_json_text",
+    "clean_or_empty",
     "clean_persona",
     "clean_title",
+    "is_blank",
     "quoted",
     "require_text",
 ]

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..text import JSONDict, Text, clean, require_text
+from ..text import JSONDict, Text, clean, is_blank, require_text
 
 
 def new_id(prefix: str) -> str:
@@ -62,7 +62,7 @@ DEFAULT_SUBJECT = "general"
 
 def _subject(text: str) -> str:
     text = clean(text).strip()
-    return text or DEFAULT_SUBJECT
+    return DEFAULT_SUBJECT if is_blank(text) else text
 
 
 class Fact(BaseModel):

@@ -19,7 +19,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from ..errors import ConfigError, ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
-from ..text import JSONDict, Text, clean, clean_json, clean_persona, clean_title, require_text
+from ..text import (
+    JSONDict, Text, clean_json, clean_or_empty, clean_persona, clean_title, is_blank, require_text,
+)
 from ..usage import Usage
 from .caches import forget_cached, register_cache
 from .memory_records import MemoryRecordStore
@@ -85,8 +87,10 @@ def new_id(prefix: str = "c") -> str:
 class Conversation(BaseModel):
     """A conversation's record. Its messages live in the log, not here.
 
-    Its strings follow the text rules (colloquy.text) however it is built, stored rows
-    included: a blank title reads as None (untitled), a blank persona as "" (none)."""
+    Its strings follow the text rules (colloquy.text) however it is built, stored rows and
+    imported files included: a blank title reads as None (untitled), a blank persona as ""
+    (none), a blank model as "" (none: a resumed session uses the default model, where a blank
+    name would fail it), a blank name as no name (the id)."""
 
     model_config = ConfigDict(frozen=True)
     id: Text
@@ -95,7 +99,7 @@ class Conversation(BaseModel):
     #: The system prompt, stored so a resumed session keeps its persona byte for byte.
     persona: Annotated[str, AfterValidator(clean_persona)] = ""
     #: The model as get_model() rebuilds it, provider prefix included (``ollama:llama3``).
-    model: Text = ""
+    model: Annotated[str, AfterValidator(clean_or_empty)] = ""
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     #: Sequence number of the newest message (0 when empty); the next append takes last_seq + 1.
@@ -113,8 +117,10 @@ class Conversation(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _name_defaults_to_id(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("name") and data.get("id"):
-            data = {**data, "name": data["id"]}
+        if isinstance(data, dict) and data.get("id"):
+            name = data.get("name")
+            if not name or (isinstance(name, str) and is_blank(name)):
+                data = {**data, "name": data["id"]}
         return data
 
 
@@ -319,7 +325,7 @@ class StoreBase:
             k: v for k, v in (
                 ("title", None if title is None else require_text(title, "the title")),
                 ("persona", None if persona is None else clean_persona(persona)),
-                ("model", None if model is None else clean(model)),
+                ("model", None if model is None else clean_or_empty(model)),
                 ("meta", None if meta is None else clean_json(copy.deepcopy(meta))),
             ) if v is not None
         }

@@ -1,0 +1,72 @@
+"""The text rules' edges (colloquy.text) after issue 11: invisible-only text is blank, a blank
+user id owns nothing, non-UTF-8 bytes in SQLite rows read as U+FFFD, blank values in an import,
+and ``memory forget`` of an unknown id."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from colloquy import Chat, EchoModel, MemoryStore, ScriptedModel, SQLiteStore
+from colloquy.cli import main
+from colloquy.errors import InvalidTextError
+from colloquy.memory.records import Fact
+from colloquy.rights import export_user, import_user
+from colloquy.store import Conversation, Store
+from colloquy.text import clean_persona, clean_title, is_blank, require_text
+
+FFFD = "\ufffd"
+#: Text that shows nothing: zero-width and other format (Cf) characters, alone or with spaces.
+INVISIBLE = ["\u200b", "\ufeff", "\u200b\u200c\u200d", "\u2060", " \u200b\n\ufeff ", "\u00ad",
+             "\u202e\u200e", "\u3000\u200b\u2028"]
+#: Visible text holding format characters: kept as it is.
+VISIBLE = ["\U0001f469\u200d\U0001f4bb", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+           "\u200bx", "a\ufeff"]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- 1. invisible-only text is blank -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blank", INVISIBLE)
+def test_invisible_only_text_is_blank_everywhere_the_rules_apply(blank: str) -> None:
+    assert is_blank(blank)
+    with pytest.raises(InvalidTextError, match="the message is empty"):
+        require_text(blank, "the message")
+    assert clean_title(blank) is None and clean_persona(blank) == ""
+    assert Fact(user_id="u", subject=blank, statement="x").subject == "general"
+    assert Conversation(id="c", title=blank, persona=blank, model=blank, name=blank).model_dump(
+        include={"title", "persona", "model", "name"}) == {
+        "title": None, "persona": "", "model": "", "name": "c"}
+
+
+@pytest.mark.parametrize("text", VISIBLE)
+def test_format_characters_inside_visible_text_are_kept(text: str) -> None:
+    assert not is_blank(text) and require_text(text, "the message") == text
+
+
+def test_invisible_only_messages_titles_and_facts_are_refused(store: Store) -> None:
+    model = ScriptedModel(["unused"])
+    chat = Chat(model, store=store, session_id="zw", user_id="ada", title_model=False)
+    for blank in INVISIBLE:
+        with pytest.raises(InvalidTextError, match="the message is empty"):
+            chat.send(blank)
+        with pytest.raises(InvalidTextError, match="the fact's statement is empty"):
+            store.add_fact(Fact(user_id="ada", subject="x", statement=blank))
+        with pytest.raises(InvalidTextError, match="the title is empty"):
+            store.create_conversation(id="t", title=blank)
+    assert model.requests == [] and store.find_conversation("zw") is None
+    assert store.list_facts("ada") == []
