@@ -70,3 +70,28 @@ def test_invisible_only_messages_titles_and_facts_are_refused(store: Store) -> N
             store.create_conversation(id="t", title=blank)
     assert model.requests == [] and store.find_conversation("zw") is None
     assert store.list_facts("ada") == []
+
+
+# -- 2. a blank user id owns nothing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["", "  ", "\u200b", "\t\u3000"])
+def test_a_blank_user_id_owns_no_fact_and_no_conversation(store: Store, user: str) -> None:
+    with pytest.raises(InvalidTextError, match="the user id is empty"):
+        store.add_fact(Fact(user_id=user, subject="x", statement="likes tea"))
+    kept = store.add_fact(Fact(user_id="ada", subject="x", statement="likes tea"))
+    with pytest.raises(InvalidTextError, match="the user id is empty"):
+        store.supersede_fact(kept.id, Fact(user_id=user, subject="x", statement="likes coffee"))
+    with pytest.raises(InvalidTextError, match="the user id is empty"):
+        store.create_conversation(id="owned", user_id=user)
+    assert store.find_conversation("owned") is None
+    assert [f.statement for f in store.list_facts("ada")] == ["likes tea"]
+    assert store.list_facts(user, include_retired=True) == []
+
+
+def test_cli_memory_add_refuses_a_blank_user(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "m.db")
+    code, out, err = cli(capsys, "memory", "add", "--user", "  ", "likes tea", "--db", db)
+    assert code != 0 and "user id is empty" in err and "Traceback" not in err and out == ""
+    assert SQLiteStore(db).list_facts("  ", include_retired=True) == []

@@ -93,8 +93,10 @@ class Fact(BaseModel):
 
     def checked(self) -> Fact:
         """This fact, ready to be stored: :class:`~colloquy.errors.InvalidTextError` when its
-        statement is empty or only whitespace. Every store's ``add_fact`` and
-        ``supersede_fact`` call it, so no entry point can store a blank fact."""
+        statement or its user id is blank (colloquy.text.is_blank). Every store's ``add_fact``
+        and ``supersede_fact`` call it, so no entry point (library, CLI, service, import) can
+        store a blank fact, nor one owned by a blank user id."""
+        require_text(self.user_id, "the user id")
         require_text(self.statement, "the fact's statement")
         return self
 

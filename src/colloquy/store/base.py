@@ -287,8 +287,10 @@ class StoreBase:
     ) -> Conversation:
         """A new conversation; ``name`` (default: the id) must be free among ``user_id``'s
         conversations, and the id free among all. :class:`StoreError` otherwise."""
-        # The text rules (colloquy.text): a blank title is refused; the record cleans the rest.
+        # The text rules (colloquy.text): a blank title or owner is refused (a blank user id
+        # would own a conversation no one can name); the record cleans the rest.
         title = None if title is None else require_text(title, "the title")
+        user_id = None if user_id is None else require_text(user_id, "the user id")
         conv = Conversation(
             id=id or new_id(), user_id=user_id, persona=persona, model=model, title=title,
             meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict
