@@ -95,3 +95,41 @@ def test_cli_memory_add_refuses_a_blank_user(tmp_path: Path,
     code, out, err = cli(capsys, "memory", "add", "--user", "  ", "likes tea", "--db", db)
     assert code != 0 and "user id is empty" in err and "Traceback" not in err and out == ""
     assert SQLiteStore(db).list_facts("  ", include_retired=True) == []
+
+
+# -- 3. non-UTF-8 bytes in SQLite rows -------------------------------------------------------------
+
+
+def test_rows_with_bytes_that_are_not_utf8_read_everywhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = str(tmp_path / "bad.db")
+    store = SQLiteStore(db)
+    Chat(EchoModel(), store=store, session_id="s", user_id="ann", title_model=False).send("hi")
+    store.add_fact(Fact(user_id="ann", subject="drink", statement="likes tea"))
+    store.close()
+    raw = sqlite3.connect(db)  # another tool writes bytes that are not UTF-8
+    raw.execute("UPDATE conversations SET title = CAST(X'6361E9FF00' AS TEXT)")
+    raw.execute("UPDATE facts SET statement = CAST(X'6C696B6573E92074' AS TEXT)")
+    raw.commit()
+    raw.close()
+    code, out, err = cli(capsys, "sessions", "list", "--db", db)
+    assert code == 0 and f"ca{FFFD}{FFFD}" in out, err
+    code, out, err = cli(capsys, "sessions", "show", "s", "--json", "--db", db)
+    assert code == 0 and json.loads(out)["conversation"]["title"] == f"ca{FFFD}{FFFD}{FFFD}", err
+    code, out, err = cli(capsys, "sessions", "export", "s", "-o", str(tmp_path / "s.json"),
+                         "--db", db)
+    assert code == 0, err
+    code, out, err = cli(capsys, "users", "export", "ann", "-o", str(tmp_path / "u.json"),
+                         "--db", db)
+    assert code == 0, err
+    exported = json.loads((tmp_path / "u.json").read_text(encoding="utf-8"))
+    assert FFFD in json.dumps(exported, ensure_ascii=False)
+    code, out, err = cli(capsys, "memory", "list", "--user", "ann", "--db", db)
+    assert code == 0 and f"likes{FFFD} t" in out, err
+    code, out, err = cli(capsys, "context", "s", "--json", "--db", db)
+    assert code == 0, err
+    monkeypatch.setattr("sys.stdin", io.StringIO("again\n"))
+    code, out, err = cli(capsys, "chat", "--model", "echo", "--session", "s", "--user", "ann",
+                         "--db", db)
+    assert code == 0 and "Traceback" not in err, err

@@ -15,6 +15,7 @@ The database file is created 0600 before SQLite opens it, so its ``-wal`` and ``
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -31,6 +32,10 @@ from .sqlbase import SQLStore
 
 #: RETURNING (used by the shared statements of queries.py) came with SQLite 3.35.
 MIN_SQLITE = (3, 35, 0)
+
+#: The connections' text_factory: UTF-8 with U+FFFD for bytes that are not UTF-8 (a partial of
+#: ``bytes.decode``, so no Python frame per value).
+_decode_text = functools.partial(bytes.decode, encoding="utf-8", errors="replace")
 
 _WRITERS: dict[str, threading.RLock] = {}
 _WRITERS_LOCK = threading.Lock()
@@ -144,6 +149,11 @@ class SQLiteStore(SQLStore):
                     self.path, isolation_level=None, check_same_thread=False,
                     timeout=self.busy_timeout,
                 )
+                # Text read back is decoded with errors="replace": a row written by another
+                # tool with bytes that are not UTF-8 reads with U+FFFD (the text rules,
+                # colloquy.text) instead of failing every read of it ("Could not decode to
+                # UTF-8 column"). A C-level callable: see bench/store.py for its cost.
+                conn.text_factory = _decode_text
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
