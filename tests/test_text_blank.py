@@ -133,3 +133,34 @@ def test_rows_with_bytes_that_are_not_utf8_read_everywhere(
     code, out, err = cli(capsys, "chat", "--model", "echo", "--session", "s", "--user", "ann",
                          "--db", db)
     assert code == 0 and "Traceback" not in err, err
+
+
+# -- 4. blank values in an import ----------------------------------------------------------------
+
+
+def test_import_blank_name_and_model_are_none_and_dropped_facts_are_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = MemoryStore()
+    Chat(EchoModel(), store=src, session_id="c1", user_id="zed", title_model=False).send("hi")
+    src.add_fact(Fact(user_id="zed", subject="s", statement="likes tea"))
+    data = export_user(src, "zed")
+    data["sessions"][0]["conversation"].update(name="  ", model=" ")
+    data["facts"].append({**data["facts"][0], "id": "f_blank", "statement": "\u200b "})
+    store = MemoryStore()
+    report = import_user(store, data)
+    got = store.get_conversation("c1")
+    assert got.name == "c1" and got.model == ""
+    assert report.dropped_facts == ["f_blank"]
+    assert [f.statement for f in store.list_facts("zed")] == ["likes tea"]
+    # Resumed by its name, with the default model: the turn goes through.
+    reply = Chat(EchoModel(), store=store, session_id="c1", user_id="zed",
+                 title_model=False).send("again")
+    assert reply.text
+    # The CLI names what was left out.
+    path = tmp_path / "zed.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    code, out, err = cli(capsys, "users", "import", str(path), "--db", str(tmp_path / "d.db"))
+    assert code == 0 and "f_blank" in err and "blank statement" in err, err
+    code, out, err = cli(capsys, "sessions", "list", "--user", "zed", "--db",
+                         str(tmp_path / "d.db"))
+    assert code == 0 and out.split("\t")[0] == "c1", out

@@ -105,6 +105,9 @@ class ImportReport:
     rows: dict[str, int] = field(default_factory=dict)
     conversations: int = 0
     skipped_tables: list[str] = field(default_factory=list)
+    #: Ids of facts in the file left out because their statement is blank (older colloquy
+    #: stored such facts; they are not a reason to refuse the file).
+    dropped_facts: list[str] = field(default_factory=list)
 
 
 # -- SQL dialects ---------------------------------------------------------------------------------
@@ -292,7 +295,8 @@ def import_user(store: Store, data: dict[str, Any], *, replace: bool = False) ->
         raise StoreError(f"user {user_id!r} already has conversations or facts here; "
                          "use --replace to overwrite them")
     check_against_store(store, plan)  # ids held here by another user refuse the file
-    report = ImportReport(user_id=user_id, skipped_tables=plan.skipped_tables)
+    report = ImportReport(user_id=user_id, skipped_tables=plan.skipped_tables,
+                          dropped_facts=plan.dropped_facts)
     gone = [c.id for c in store.list_conversations(user_id=user_id, limit=_ALL)]
     if _is_sql(store):
         specs = {t: s for t, s in user_tables(discover_tables(store)).items()

@@ -82,8 +82,10 @@ def cmd_users_import(args: argparse.Namespace) -> int:
     skipped = (f"; not imported (accounts, tokens and tables import does not restore are never "
                f"taken from a file): {', '.join(report.skipped_tables)}"
                if report.skipped_tables else "")
+    dropped = (f"; left out {len(report.dropped_facts)} facts with a blank statement: "
+               f"{', '.join(report.dropped_facts)}" if report.dropped_facts else "")
     sys.stderr.write(f"imported {report.conversations} conversations of {report.user_id} "
-                     f"({rows}){skipped}\n")
+                     f"({rows}){skipped}{dropped}\n")
     return 0
 
 

@@ -38,7 +38,7 @@ from .memory.records import Fact, Summary
 from .messages import ImageBlock, Message, StoredMessage, ToolResultBlock
 from .store import Conversation, NewMessage, Store
 from .store.turns import IDEMPOTENCY_KEY
-from .text import clean, clean_json
+from .text import clean, clean_json, is_blank
 from .usage import Usage
 
 #: Size limits of imported values, in characters (JSON text for meta and content). Far above
@@ -70,6 +70,8 @@ class ImportPlan:
     #: (conversation_id, kind, seq)
     cursors: list[tuple[str, str, int]] = field(default_factory=list)
     skipped_tables: list[str] = field(default_factory=list)
+    #: Ids of the facts left out because their statement is blank (see _drop_blank_facts).
+    dropped_facts: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Rows per table (tables with none left out)."""
@@ -100,7 +102,7 @@ class _Row:
             raise self.refuse(f"{name} must be a string, not {_kind(v)}")
         if len(v) > LIMITS[limit]:
             raise self.refuse(f"{name} is {len(v)} characters, over the limit of {LIMITS[limit]}")
-        if not empty and not v.strip():
+        if not empty and is_blank(v):
             raise self.refuse(f"{name} is empty")
         if limit in ("id", "name") and any(ord(c) < 32 or ord(c) == 127 for c in v):
             raise self.refuse(f"{name} holds control characters")
@@ -211,8 +213,10 @@ def plan_import(data: Any, user_id: str | None = None) -> ImportPlan:
 def _drop_blank_facts(plan: ImportPlan) -> None:
     """Facts whose statement is blank (stored before the text rules refused them) are left out,
     not a reason to refuse a file colloquy itself wrote; a fact they superseded keeps its
-    retirement without a successor."""
-    blank = {f.id for f in plan.facts if not f.statement.strip()}
+    retirement without a successor. Their ids are kept in ``plan.dropped_facts`` so the
+    report says what was left out."""
+    blank = {f.id for f in plan.facts if is_blank(f.statement)}
+    plan.dropped_facts = sorted(blank)  # named in the import's report
     if blank:
         plan.facts = [f if f.superseded_by not in blank else f.model_copy(update={
             "superseded_by": None}) for f in plan.facts if f.id not in blank]
