@@ -164,3 +164,20 @@ def test_import_blank_name_and_model_are_none_and_dropped_facts_are_named(
     code, out, err = cli(capsys, "sessions", "list", "--user", "zed", "--db",
                          str(tmp_path / "d.db"))
     assert code == 0 and out.split("\t")[0] == "c1", out
+
+
+# -- 5. memory forget of an unknown id: one outcome ----------------------------------------------------
+
+
+def test_memory_forget_of_an_unknown_id_forgets_nothing_and_says_one_thing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "f.db")
+    code, fid, _ = cli(capsys, "memory", "add", "--user", "ann", "likes tea", "--db", db)
+    fid = fid.strip()
+    code, out, err = cli(capsys, "memory", "forget", "--user", "ann", "nosuch", "--db", db)
+    assert code == 2 and "no such fact" in err and "nosuch" in err and "forgot " not in err
+    code, out, err = cli(capsys, "memory", "forget", "--user", "ann", fid, "nosuch", "--db", db)
+    assert code == 2 and "forgot " not in err and "nothing was forgotten" in err
+    assert [f.id for f in SQLiteStore(db).list_facts("ann")] == [fid]
+    code, out, err = cli(capsys, "memory", "forget", "--user", "ann", fid, "--db", db)
+    assert code == 0 and "forgot 1 fact" in err

@@ -165,12 +165,14 @@ def cmd_memory_forget(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         raise ConfigError("memory forget needs fact ids or --all (not both)")
     store = open_store(args.db, create=False)
-    n = store.forget_facts(args.user, None if args.all else list(args.ids))
-    sys.stderr.write(f"forgot {n} fact{'s' if n != 1 else ''} of user {args.user!r}\n")
-    if args.ids and n < len(args.ids):
+    if args.ids:  # one outcome: an unknown id refuses the whole command, nothing forgotten
         known = {f.id for f in store.list_facts(args.user, include_retired=True)}
-        missing = [i for i in args.ids if i not in known]
-        raise ConfigError(f"no such fact for user {args.user!r}: {', '.join(missing)}")
+        missing = [i for i in dict.fromkeys(args.ids) if i not in known]
+        if missing:
+            raise ConfigError(f"no such fact for user {args.user!r}: {', '.join(missing)}; "
+                              "nothing was forgotten")
+    n = store.forget_facts(args.user, None if args.all else list(dict.fromkeys(args.ids)))
+    sys.stderr.write(f"forgot {n} fact{'s' if n != 1 else ''} of user {args.user!r}\n")
     return 0
 
 
