@@ -117,12 +117,14 @@ def load(path: Path) -> Conversation:
             text = turn.get("text", "").strip()
             if turn.get("blip_caption"):
                 text += f" [shares a photo: {turn['blip_caption']}]"
-            if rows and rows[-1]["role"] == role:
+            # Consecutive turns of one speaker merge into one message, but never across a
+            # session boundary: each message keeps the date of the session it was said in.
+            if rows and rows[-1]["role"] == role and rows[-1]["session"] == n:
                 rows[-1]["text"] += "\n" + text
                 rows[-1]["dia_ids"].append(turn["dia_id"])
             else:
                 rows.append({"role": role, "text": text, "dia_ids": [turn["dia_id"]],
-                             "created_at": start + j * TURN_SECONDS})
+                             "created_at": start + j * TURN_SECONDS, "session": n})
     messages = [
         StoredMessage(conversation_id=cid, seq=i, created_at=r["created_at"],
                       message=Message(role=r["role"], content=[TextBlock(text=r["text"])]),
