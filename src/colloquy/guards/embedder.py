@@ -28,7 +28,7 @@ class SentenceEmbedder:
 
     def _load(self) -> None:
         try:
-            from ..context.recall import sentence_model
+            from ..embeddings import sentence_model
 
             self._model = sentence_model()
         except Exception as e:  # noqa: BLE001 - reported by ready()/error, never raised

