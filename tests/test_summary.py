@@ -7,17 +7,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from colloquy import Chat
 from colloquy.context import FullHistory, problems
 from colloquy.context.compose import ComposedPolicy, RecentTurns
-from colloquy.context.summary import Summariser, SummaryPart
+from colloquy.context.summary import Summariser, SummaryPart, replaced_tokens, summary_problem
 from colloquy.errors import OverloadedError
 from colloquy.memory.offline import ExtractiveSummariser
 from colloquy.memory.transcript import parse_lines, section
-from colloquy.messages import Message, StoredMessage
-from colloquy.models import EchoModel, FunctionModel, ModelRequest, ScriptedModel
+from colloquy.messages import Message, StoredMessage, TextBlock
+from colloquy.models import EchoModel, FunctionModel, ModelRequest, ModelResponse, ScriptedModel
 from colloquy.store import SQLiteStore, Store
 from colloquy.tokens import TokenCounter
+from colloquy.usage import Usage
 
 PERSONA = "You are a travel agent. Be brief."
 
@@ -179,10 +182,98 @@ def test_summary_respects_its_allowance(store: Store, counter: TokenCounter) -> 
     policy = ComposedPolicy(1000, parts=[part], recent=RecentTurns(turns=1),
                             caps={"recent": 0, "summary": 300})  # nothing spills over to it
     chat = Chat(echo, system=PERSONA, store=store, session_id="s1", policy=policy, counter=counter)
-    chat.send("one")
+    # The old turn is long, so the summary is shorter than what it replaces (else it would be
+    # rejected), yet longer than the summary's allowance.
+    chat.send(" ".join(f"detail {i} of the Lisbon plan;" for i in range(600)))
     reply = chat.send("two")
     block = echo.last_request.system[1].text
     assert counter.count("echo", [echo.last_request.system[1]]) <= 300 + 8
     assert "point number 199" in block and "point number 0 " not in block  # newest points kept
     assert any("cut to fit" in n for n in reply.notes)
     assert counter.count("echo", echo.last_request.system, echo.last_request.messages) <= 1000
+
+
+# -- a weak or strange summariser: its output is checked, not trusted ---------------------------
+
+LOOPING = "- The user talked about the trip. " * 40
+GOOD = "- [#1] the user plans a trip to Lisbon"
+
+
+def weak_chat(store: Store, counter: TokenCounter, replies: list[object],
+              echo: EchoModel) -> tuple[Chat, ScriptedModel]:
+    summariser = ScriptedModel(replies)  # type: ignore[arg-type]
+    part = SummaryPart(Summariser(summariser), min_new_turns=2)
+    policy = ComposedPolicy(4000, parts=[part], recent=RecentTurns(turns=2))
+    chat = Chat(echo, system=PERSONA, store=store, session_id="s1", policy=policy, counter=counter)
+    return chat, summariser
+
+
+def cut_off(text: str) -> ModelResponse:
+    return ModelResponse(content=[TextBlock(text=text)], stop_reason="max_tokens",
+                         usage=Usage(input_tokens=100, output_tokens=600), model="scripted")
+
+
+def long_words(n: int) -> str:
+    """n distinct words: long, but not repetitive."""
+    return "- " + " ".join(f"word{i}" for i in range(n))
+
+
+def test_summary_problem_names_each_kind() -> None:
+    assert summary_problem(GOOD, 100) is None
+    assert "empty" in (summary_problem("  ", 100) or "")
+    assert "cut off" in (summary_problem(GOOD, 100, "max_tokens") or "")
+    assert "longer than" in (summary_problem(long_words(300), 100) or "")
+    assert "repeats itself" in (summary_problem(LOOPING, 10_000) or "")
+    # a loop of varied lines: most 4-word phrases come back
+    varied = " ".join(f"and then the user said the trip was great {i % 3}" for i in range(30))
+    assert "repeats itself" in (summary_problem(varied, 10_000) or "")
+    # the offline summariser's real output on a long chat is not a loop
+    log = [StoredMessage(conversation_id="c", seq=i, created_at=0.0,
+                         message=Message.user(f"On day {i} Ana visited museum number {i} in Lisbon "
+                                              f"with {['Tom', 'Eva', 'Rui'][i % 3]}."))
+           for i in range(1, 40)]
+    text = Summariser(ExtractiveSummariser(), max_tokens=600).summarise(None, log)
+    assert summary_problem(text, replaced_tokens(None, log)) is None
+
+
+@pytest.mark.parametrize("kind", ["longer", "looping", "cut off"])
+def test_a_weak_summary_is_rejected_and_the_window_is_used(
+        store: Store, counter: TokenCounter, kind: str) -> None:
+    bad: object = {"longer": long_words(400), "looping": LOOPING,
+                   "cut off": cut_off("- [#1] the user plans a trip to")}[kind]
+    echo = EchoModel()
+    chat, summariser = weak_chat(store, counter, [bad], echo)
+    for i in range(3):
+        chat.send(f"q{i}")
+    reply = chat.send("q3")  # turns 1-2 are old: the summariser is asked, and its answer refused
+    assert len(summariser.requests) == 1
+    assert any(n.startswith("summary: summary rejected") and "plain window" in n
+               for n in reply.notes), reply.notes
+    assert store.list_summaries("s1") == []  # nothing weak is stored
+    assert [b.text for b in echo.last_request.system] == [PERSONA]  # no summary block
+    assert [m.text for m in echo.last_request.messages if m.role == "user"] == ["q0", "q1", "q2", "q3"]
+    # The rejected call still cost money: it is billed to the conversation as a side call.
+    (side,) = chat.cost().side_calls
+    assert (side.purpose, side.calls) == ("summary", 1) and side.usage.output_tokens > 0
+    # No retry on the very next turn: a model that always fails is asked once per 2 turns.
+    chat.send("q4")
+    assert len(summariser.requests) == 1
+
+
+def test_a_rejected_summary_keeps_the_previous_one(store: Store, counter: TokenCounter) -> None:
+    echo = EchoModel()
+    chat, summariser = weak_chat(store, counter, [GOOD, LOOPING, "- [#1] trip to Lisbon; [#5] Porto"], echo)
+    for i in range(4):
+        chat.send(f"q{i}")
+    assert len(store.list_summaries("s1")) == 1
+    chat.send("q4")
+    reply = chat.send("q5")
+    assert any("summary rejected" in n and "repeats itself" in n and "previous summary" in n
+               for n in reply.notes), reply.notes
+    assert GOOD in echo.last_request.system[1].text  # the previous summary, not the loop
+    assert len(store.list_summaries("s1")) == 1
+    chat.send("q6")
+    chat.send("q7")  # two more old turns: asked again, and this one is good
+    assert len(summariser.requests) == 3
+    assert "Porto" in echo.last_request.system[1].text
+    assert store.list_summaries("s1")[-1].meta["replaced_tokens"] > store.list_summaries("s1")[-1].meta["tokens"]

@@ -714,7 +714,8 @@ class Chat:
         meta = getattr(record, "meta", None) or {}
         if isinstance(meta, dict) and meta.get("usage"):
             self.record_side_call(
-                type(record).__name__.lower(), str(getattr(record, "model", "") or "unknown"),
+                str(getattr(record, "purpose", "") or type(record).__name__.lower()),
+                str(getattr(record, "model", "") or "unknown"),
                 Usage.model_validate(meta["usage"]), meta.get("cost_usd"))
 
     def record_side_call(self, purpose: str, model: str, usage: Usage, cost_usd: float | None) -> None:

@@ -9,7 +9,13 @@ summary is a derived record (:class:`~colloquy.memory.Summary`, with the seq ran
 returned for the engine to persist; the stored turns are never touched.
 
 A summariser failure never costs a turn: the part falls back to the previous summary if there is
-one, else to nothing (the plain window), and says so in a note.
+one, else to nothing (the plain window), and says so in a note. A weak or strange model fails
+too, by its output: a summary that is longer than the text it replaces (the previous summary plus
+the newly old messages), that repeats itself (a looping model), or that was cut off at the
+token cap (``stop_reason`` ``max_tokens``) is rejected (:func:`summary_problem`) and treated like
+a failed call; the call is still billed. After a failure the part waits for another
+``min_new_turns`` old turns before it asks again, so a model that always fails costs one call
+per ``min_new_turns`` turns, not one per turn.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,13 +82,113 @@ class Summariser(MemoryModelUser):
     def summarise_with_usage(
         self, previous: str | None, messages: Sequence[StoredMessage]
     ) -> tuple[str, Usage]:
-        """The summary and what the call cost in tokens (kept in the record's meta)."""
+        """The summary and what the call cost in tokens (kept in the record's meta).
+
+        Raises :class:`SummaryRejected` (with the call's usage) when the output is empty, cut
+        off, looping or longer than what it replaces (see :func:`summary_problem`)."""
         with call_purpose("summary"):
             response = self.model.request(self.request(previous, messages))
         text = response.text.strip()
-        if not text:
-            raise ValueError("the summariser returned an empty summary")
+        source = f"{previous or ''}\n{transcript(messages)}"
+        replaced = estimate_text(source)
+        problem = summary_problem(text, replaced, response.stop_reason, source)
+        if problem:
+            raise SummaryRejected(problem, response.usage, estimate_text(text), replaced)
         return text, response.usage
+
+
+class SummaryRejected(ValueError):
+    """The summariser answered, but its summary is unusable; ``usage`` is what the call cost."""
+
+    def __init__(self, reason: str, usage: Usage, tokens: int = 0, replaced: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.usage = usage
+        self.tokens = tokens
+        self.replaced = replaced
+
+
+#: A line (or sentence) of at least this many characters seen this many times is a loop.
+LOOP_LINE_CHARS = 16
+LOOP_LINE_REPEATS = 3
+#: Share of repeated word 4-grams above which a summary of 40+ words is a loop: a model stuck in
+#: a loop repeats most of its 4-grams, a summary of distinct points few (bench/memory.py prints
+#: the highest share among the summaries it made).
+LOOP_NGRAM_SHARE = 0.35
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORDS = re.compile(r"\w+")
+_TAG = re.compile(r"^\s*-?\s*\[#[^\]]*\]\s*(?:user|assistant)?:?\s*|\[#[^\]]*\]", re.M)
+
+
+def replaced_tokens(previous: str | None, messages: Sequence[StoredMessage]) -> int:
+    """Estimated tokens of what a new summary replaces: the previous summary and the text of
+    the newly old messages (as the summariser's transcript shows them)."""
+    return estimate_text(f"{previous or ''}\n{transcript(messages)}")
+
+
+def summary_problem(text: str, replaced: int, stop_reason: str | None = None,
+                    source: str = "") -> str | None:
+    """Why a summary must not be used, or None when it is fine.
+
+    Rejected: empty; cut off (``stop_reason == "max_tokens"``: the model ran out of room, the
+    summary ends mid-thought and often mid-loop); looping (a line or sentence of 16+ characters
+    three times, or over 35% of its word 4-grams repeated, counting only the repeats that the
+    ``source`` text it summarises does not have itself: a faithful summary of repetitive tool
+    output is not a loop); longer than the ``replaced`` tokens it stands for (a summary that
+    costs more than the text defeats its purpose: a small local model's 600-token loop once
+    raised every turn's input from 216 to 702 tokens, issue 13)."""
+    if not text.strip():
+        return "the summariser returned an empty summary"
+    if stop_reason == "max_tokens":
+        return "the summary was cut off at the summariser's max_tokens"
+    pieces = Counter(_pieces(text))
+    seen = Counter(_pieces(source)) if source else Counter()
+    for piece, n in pieces.items():
+        if n >= LOOP_LINE_REPEATS and n > seen[piece]:
+            return f"the summary repeats itself ({piece[:40]!r} {n} times)"
+    grams = _grams(text)
+    if len(grams) >= 37:  # 40 words
+        known = Counter(_grams(source)) if source else Counter()
+        counts = Counter(grams)
+        extra = sum(n - max(1, known[g]) for g, n in counts.items() if n > max(1, known[g]))
+        share = extra / len(grams)
+        if share > LOOP_NGRAM_SHARE:
+            return f"the summary repeats itself ({share:.0%} of its 4-word phrases are repeats)"
+    tokens = estimate_text(text)
+    if tokens > replaced:
+        return (f"the summary (~{tokens} tokens) is longer than the ~{replaced} tokens of text "
+                "it replaces")
+    return None
+
+
+def _pieces(text: str) -> list[str]:
+    """Lines and sentences of 16+ characters, lowercased, without their "[#12] user:" tags."""
+    out = []
+    for p in _SENTENCE.split(text):
+        p = _TAG.sub("", p).strip().lower()
+        if len(p) >= LOOP_LINE_CHARS:
+            out.append(p)
+    return out
+
+
+def _grams(text: str) -> list[tuple[str, ...]]:
+    words = [w.lower() for w in _WORDS.findall(_TAG.sub(" ", text))]
+    return [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+
+
+class RejectedCall:
+    """A summariser call whose output was rejected: nothing to persist, but billed as a side
+    call of the conversation (the engine reads ``purpose``, ``model`` and ``meta["usage"]``)."""
+
+    purpose = "summary"
+
+    def __init__(self, model: str, usage: Usage, cost_usd: float | None) -> None:
+        self.model = model
+        self.meta = {"usage": usage.model_dump(), "cost_usd": cost_usd, "rejected": True}
+
+    def persist(self, store: object) -> None:
+        """Nothing is stored: the rejected text is not kept."""
 
 
 def render_summary(summary: Summary) -> str:
@@ -110,6 +217,8 @@ class SummaryPart:
         #: Summaries this part made, per conversation, until the engine has persisted them
         #: (and for callers that never persist, e.g. a bench replaying a log).
         self._made: dict[str, tuple[str | None, Summary]] = {}
+        #: Per conversation, the newest seq of a failed or rejected attempt (retry after more).
+        self._failed: dict[str, int] = {}
         register_cache(self)
 
     def forget_conversations(self, ids: set[str]) -> None:
@@ -117,6 +226,7 @@ class SummaryPart:
         with self._lock:
             for cid in ids:
                 self._made.pop(cid, None)
+                self._failed.pop(cid, None)
 
     def _previous(self, inp: ContextInput, up_to: int) -> Summary | None:
         conv = inp.conversation_id or ""
@@ -140,22 +250,32 @@ class SummaryPart:
         new = _after(old, covered)
         res = PartResult()
         summary = prev
-        if new and self._due(new):
+        if new and self._due(inp.conversation_id or "", new):
             try:
                 text, usage = self.summariser.summarise_with_usage(prev.text if prev else None, new)
             except Exception as e:  # noqa: BLE001 - any failure falls back, with a note
                 what = "the previous summary" if prev else "the plain window"
-                res.notes.append(f"summariser failed ({type(e).__name__}: {e}); using {what}")
+                with self._lock:
+                    self._failed[inp.conversation_id or ""] = new[-1].seq
+                if isinstance(e, SummaryRejected):
+                    res.notes.append(f"summary rejected: {e.reason}; using {what}")
+                    res.derived.append(RejectedCall(self.summariser.model_name, e.usage,
+                                                    cost_of(self.summariser.model.price_key, e.usage)))
+                else:
+                    res.notes.append(f"summariser failed ({type(e).__name__}: {e}); using {what}")
             else:
                 summary = Summary(
                     conversation_id=inp.conversation_id or "", text=text,
                     start_seq=prev.start_seq if prev else old[0].seq, end_seq=new[-1].seq,
                     model=self.summariser.model_name, previous_id=prev.id if prev else None,
                     meta={"usage": usage.model_dump(),
-                          "cost_usd": cost_of(self.summariser.model.price_key, usage)},
+                          "cost_usd": cost_of(self.summariser.model.price_key, usage),
+                          "tokens": estimate_text(text),
+                          "replaced_tokens": replaced_tokens(prev.text if prev else None, new)},
                 )
                 with self._lock:
                     self._made[inp.conversation_id or ""] = (inp.conversation_generation, summary)
+                    self._failed.pop(inp.conversation_id or "", None)
                 res.derived.append(summary)
         if summary is None:
             return res
@@ -173,7 +293,11 @@ class SummaryPart:
         res.tokens = math.ceil(estimate_text(block) * scale)
         return res
 
-    def _due(self, new: Sequence[StoredMessage]) -> bool:
+    def _due(self, conversation: str, new: Sequence[StoredMessage]) -> bool:
+        with self._lock:
+            failed = self._failed.get(conversation)
+        if failed is not None:  # after a failure, wait for min_new_turns more turns
+            new = _after(new, failed)
         turns = sum(1 for sm in new if sm.message.starts_turn)
         if turns >= self.min_new_turns:
             return True
@@ -217,5 +341,6 @@ def _fit(summary: Summary, budget: int, scale: float) -> str | None:
     return None
 
 
-__all__ = ["SUMMARY_INSTRUCTIONS", "Summariser", "SummaryPart", "carried_seqs", "render_summary"]
+__all__ = ["SUMMARY_INSTRUCTIONS", "Summariser", "SummaryPart", "SummaryRejected", "carried_seqs",
+           "render_summary", "replaced_tokens", "summary_problem"]
 
