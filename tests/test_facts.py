@@ -6,13 +6,14 @@ sessions."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from colloquy import Chat
 from colloquy.context import problems
 from colloquy.context.compose import ComposedPolicy
-from colloquy.context.facts import HEADER, FactsPart
+from colloquy.context.facts import HEADER, NEW_HEADER, FactsPart
 from colloquy.errors import RateLimitError, StoreError
 from colloquy.memory import Fact
 from colloquy.memory.extract import (
@@ -24,7 +25,7 @@ from colloquy.memory.extract import (
 )
 from colloquy.memory.offline import RuleFactExtractor
 from colloquy.messages import Message, StoredMessage
-from colloquy.models import EchoModel, ScriptedModel, tool_call
+from colloquy.models import EchoModel, ModelRequest, ScriptedModel, tool_call
 from colloquy.store import Store
 from colloquy.store.memory_records import FactNotFound
 from colloquy.tokens import TokenCounter
@@ -304,3 +305,103 @@ def test_facts_follow_the_user_into_a_new_session(store: Store, counter: TokenCo
     Chat(other, system=PERSONA, store=store, session_id="bob1", user_id="bob",
          policy=ComposedPolicy(2000, parts=[FactsPart()]), counter=counter).send("hi")
     assert [b.text for b in other.last_request.system] == [PERSONA]
+
+
+# -- facts and the prompt cache ----------------------------------------------------------------
+
+CACHED_PERSONA = "You are a patient travel assistant who answers in detail. " * 120  # ~1,500 tokens
+TOPICS = ["where should I stay near my home?", "which units for the hike?", "can I bring my dog?",
+          "any work events?", "what about trains?", "is the museum open?", "best bakery?",
+          "how is the weather?", "any festivals?", "where to swim?", "what to pack?", "a good book?"]
+
+
+def prefix_units(request: ModelRequest) -> tuple[list[str], int]:
+    """The request as the API caches it (tools, system blocks, message blocks; cache_control
+    markers left out) and the index of its last breakpoint."""
+    body = request.to_anthropic()
+    seq: list[str] = []
+    last = -1
+    blocks: list[dict[str, Any]] = [*(body.get("tools") or []), *(body.get("system") or [])]
+    for m in body["messages"]:
+        blocks += m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+    for b in blocks:
+        if b.get("cache_control"):
+            last = len(seq)
+        seq.append(json.dumps({k: v for k, v in b.items() if k != "cache_control"}, sort_keys=True))
+    return seq, last
+
+
+def reused_pairs(requests: list[ModelRequest]) -> int:
+    """Turn pairs whose request starts with everything the previous one cached."""
+    n = 0
+    for a, b in zip(requests, requests[1:]):
+        sa, bp = prefix_units(a)
+        sb, _ = prefix_units(b)
+        n += bp >= 0 and sa[:bp + 1] == sb[:bp + 1]
+    return n
+
+
+def cached_chat(store: Store, model: ScriptedModel, budget: int = 8000, **kw: Any) -> Chat:
+    from colloquy.context import make_policy
+
+    policy = make_policy("memory", max_input_tokens=budget, chat_model="claude-sonnet-4-6",
+                         config={"summary": {"model": "offline-summariser"}})
+    return Chat(model, system=CACHED_PERSONA, store=store, session_id="s", user_id="ana",
+                title_model=False, policy=policy, **kw)
+
+
+def test_facts_keep_the_cached_prefix_across_topics(store: Store) -> None:
+    for s, st in [("home", "lives in Lisbon"), ("units", "prefers metric units"),
+                  ("employer", "works at Acme"), ("pet", "has a dog named Rex")]:
+        store.add_fact(fact(subject=s, statement=st))
+    model = ScriptedModel([f"Answer {i}: " + "details " * 60 for i in range(len(TOPICS))],
+                          name="claude-sonnet-4-6")
+    chat = cached_chat(store, model)
+    for q in TOPICS:
+        chat.send(q)
+    assert all("metric units" in r.system[1].text for r in model.requests)
+    # Every turn re-ranked the facts before; now the block holds still and the whole cached
+    # prefix of each request is the start of the next.
+    assert reused_pairs(model.requests) == len(TOPICS) - 1
+
+
+def test_a_new_fact_is_per_turn_until_the_window_trims_past_its_message(store: Store) -> None:
+    store.add_fact(fact(subject="home", statement="lives in Lisbon"))
+    replies = [f"Reply {i}: " + "words about the trip " * 60 for i in range(40)]
+    model = ScriptedModel(replies, name="claude-sonnet-4-6")
+    chat = cached_chat(store, model, budget=6000,
+                       extract_facts=FactExtraction(FactExtractor(RuleFactExtractor())))
+    chat.send("hello there")
+    chat.send("I moved to Porto.")  # learnt after this turn: lives in Porto
+    chat.send("what should I see first?")
+    request = model.requests[-1]
+    system = "\n".join(b.text for b in request.system)
+    newest = request.messages[-1]
+    # The cached block still holds what was known when the window began (Lisbon); the fact
+    # learnt since sits in the newest message, under a header saying newer facts win.
+    assert '"lives in Lisbon"' in system and "Porto" not in system
+    assert '"lives in Porto"' in newest.content[0].text and NEW_HEADER in newest.content[0].text
+    assert reused_pairs(model.requests) == len(model.requests) - 1
+    # Trims move the window past the message the fact came from: the block is refreshed then.
+    i = 0
+    while '"lives in Porto"' not in "\n".join(b.text for b in model.requests[-1].system):
+        chat.send(f"tell me more about place {i}")
+        i += 1
+        assert i < 30, "the window never trimmed past the fact's message"
+    system = "\n".join(b.text for b in model.requests[-1].system)
+    assert "Lisbon" not in system  # superseded and now older than the window: gone
+    # Between trims every turn reuses the previous request's cached prefix; a trim costs one.
+    pairs = len(model.requests) - 1
+    assert reused_pairs(model.requests) >= pairs - (1 + pairs // 8)
+
+
+def test_the_cached_facts_block_is_the_same_in_every_process(store: Store) -> None:
+    for i in range(6):
+        store.add_fact(fact(subject=f"s{i}", statement=f"likes thing number {i}"))
+    model = ScriptedModel([f"Answer {i}" for i in range(6)], name="claude-sonnet-4-6")
+    chat = cached_chat(store, model)
+    for q in TOPICS[:5]:
+        chat.send(q)
+    # A fresh policy object (another worker process) builds the same system prompt.
+    other = cached_chat(store, ScriptedModel([], name="claude-sonnet-4-6"))
+    assert other.next_request("a good book?").system == chat.next_request("a good book?").system

@@ -63,6 +63,10 @@ class Context:
     derived: list[Any] = field(default_factory=list)
     #: For composed contexts: the stored seqs each part (summary, facts, recall) carries.
     part_sources: dict[str, list[int]] = field(default_factory=dict)
+    #: The newest message carries per-turn blocks (recalled excerpts, new facts) that the next
+    #: request will not repeat: a cache breakpoint there would write what is never read again
+    #: (see cache.add_breakpoints).
+    volatile_last: bool = False
 
     @property
     def included_seqs(self) -> set[int]:

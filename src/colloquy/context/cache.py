@@ -101,13 +101,15 @@ def add_breakpoints(
     Breakpoints, in order: the persona (first system block); the stable end of the history
     (the user message that ended the previous request; with ``volatile_last``, e.g. when the
     newest message carries per-turn excerpts, the message just before the newest one); the
-    newest message (unless ``volatile_last``). Each only where the calibrated prefix up to it
+    newest message (unless ``volatile_last`` or ``ctx.volatile_last``, which a composed policy
+    sets when it put per-turn blocks in the newest message). Each only where the calibrated prefix up to it
     reaches the model's minimum cacheable length, never more than 4 in the request. Nothing is
     marked for a non-Anthropic model.
     """
     minimum = min_tokens if min_tokens is not None else min_cacheable_tokens(inp.model)
     if minimum is None or not is_anthropic(inp.model):
         return ctx
+    volatile_last = volatile_last or ctx.volatile_last
     scale = inp.counter.factor(inp.model)
     free = MAX_BREAKPOINTS - count_breakpoints(ctx.system, ctx.messages)
     # Prefix sizes: tools, then system blocks, then messages (the API's cache order).

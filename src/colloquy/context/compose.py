@@ -56,8 +56,12 @@ class PartResult:
     #: Records for the engine to persist (each has ``persist(store)``).
     derived: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: Calibrated token estimate of ``blocks`` (the composite re-checks it).
+    #: Calibrated token estimate of ``blocks`` and ``tail`` (the composite re-checks it).
     tokens: int = 0
+    #: Per-turn blocks that go at the start of the newest user message whatever the part's
+    #: placement (e.g. facts learned since the cached facts block), so the cached system
+    #: prompt and history stay byte-stable.
+    tail: list[TextBlock] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -68,6 +72,9 @@ class ContextPart(Protocol):
     # Optional attribute ``covers_turns`` (default True): the part's sources stand in for those
     # turns (summary, recall), so the verbatim window does not repeat them. Facts set it False:
     # a fact learnt at seq 5 does not make turn 5 redundant.
+    # Optional attribute ``needs_window`` (default False): with ``stable_window``, a part ranked
+    # above "recent" keeps its place in the budget but is rendered once the window is known,
+    # and receives its real start (stable facts split their block there).
 
     def render(self, inp: ContextInput, window_start: int, budget: int) -> PartResult:
         """``window_start``: index in ``inp.history`` where the verbatim recent turns begin
@@ -261,14 +268,24 @@ class ComposedPolicy:
         by_name = {p.name: p for p in self.parts}
 
         spill = 0  # allowance a stage left unused passes to the next one
+        deferred: list[tuple[str, int]] = []  # (stage, budget) of parts waiting for the window
+        reserved = 0  # their budgets, held while the window is chosen
         for stage in self.stages:
-            left = limit - cal(used)
+            left = limit - cal(used) - reserved
             if stage == "recent":
                 before = cal(used)
-                start, used = self._recent(inp, turns, start, used, cal, limit,
+                start, used = self._recent(inp, turns, start, used, cal, limit - reserved,
                                            0 if self.stable_window else spill)
                 spill = max(0, self.cap("recent") + spill - (cal(used) - before))
                 window_known = True
+                for name, budget in deferred:  # render them now, in the budget they held
+                    reserved -= budget
+                    budget = max(0, min(budget, limit - cal(used) - reserved))
+                    used, spill_part = self._render_part(
+                        by_name[name], name, inp, start, budget, used, cal, limit, notes,
+                        results, carried)
+                    spill += spill_part  # what it left unused passes down, as before
+                deferred = []
             elif stage == "window":
                 if self.stable_window:
                     continue
@@ -276,20 +293,14 @@ class ComposedPolicy:
             else:
                 part = by_name[stage]
                 budget = max(0, min(self.cap(stage) + spill, left))
-                res = part.render(inp, start if window_known else provisional, budget)
-                raw = sum(estimate_text(b.text) for b in res.blocks)
-                res.tokens = cal(raw)
-                if res.blocks and (res.tokens > budget or cal(used + raw) > limit):
-                    notes.append(f"{stage}: left out, its ~{res.tokens} tokens are over its "
-                                 f"{budget}-token allowance")
-                    res = PartResult(derived=res.derived, notes=res.notes)
-                    spill = budget
-                else:
-                    spill = max(0, budget - res.tokens)
-                    used += raw
-                    if getattr(part, "covers_turns", True):
-                        carried.update(res.sources)
-                results[stage] = res
+                if not window_known and self.stable_window and getattr(part, "needs_window", False):
+                    deferred.append((stage, budget))
+                    reserved += budget
+                    spill = 0
+                    continue
+                used, spill = self._render_part(
+                    part, stage, inp, start if window_known else provisional, budget, used, cal,
+                    limit, notes, results, carried)
 
         # Assemble: persona, then part blocks in part order, then the verbatim turns.
         system = list(persona)
@@ -302,9 +313,10 @@ class ComposedPolicy:
                 tail.extend(res.blocks)
             else:
                 system.extend(res.blocks)
+            tail.extend(res.tail)
             derived.extend(res.derived)
             notes.extend(n if n.startswith(f"{part.name}:") else f"{part.name}: {n}" for n in res.notes)
-            if res.blocks:
+            if res.blocks or res.tail:
                 part_sources[part.name] = list(res.sources)
         kept = history[start:]
         messages = [sm.message for sm in kept]
@@ -324,13 +336,36 @@ class ComposedPolicy:
                        if messages[i].role == "user"), None)
             if at is None or at != len(messages) - 1:
                 system.extend(tail)
+                tail = []
             else:
                 last = messages[at]
                 results_first = [b for b in last.content if isinstance(b, ToolResultBlock)]
                 rest = [b for b in last.content if not isinstance(b, ToolResultBlock)]
                 messages[at] = Message(role="user", content=[*results_first, *tail, *rest])
         return Context(system=system, messages=messages, sources=sources, notes=notes,
-                       derived=derived, part_sources=part_sources)
+                       derived=derived, part_sources=part_sources, volatile_last=bool(tail))
+
+    def _render_part(
+        self, part: ContextPart, stage: str, inp: ContextInput, window_start: int, budget: int,
+        used: int, cal: Any, limit: int, notes: list[str], results: dict[str, PartResult],
+        carried: set[int],
+    ) -> tuple[int, int]:
+        """Render one part within ``budget``; returns (raw tokens used so far, unused budget)."""
+        res = part.render(inp, window_start, budget)
+        raw = sum(estimate_text(b.text) for b in [*res.blocks, *res.tail])
+        res.tokens = cal(raw)
+        if (res.blocks or res.tail) and (res.tokens > budget or cal(used + raw) > limit):
+            notes.append(f"{stage}: left out, its ~{res.tokens} tokens are over its "
+                         f"{budget}-token allowance")
+            res = PartResult(derived=res.derived, notes=res.notes)
+            spill = budget
+        else:
+            spill = max(0, budget - res.tokens)
+            used += raw
+            if getattr(part, "covers_turns", True):
+                carried.update(res.sources)
+        results[stage] = res
+        return used, spill
 
     def _recent(
         self, inp: ContextInput, turns: _Turns, start: int, used: int, cal: Any, limit: int,

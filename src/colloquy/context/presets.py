@@ -133,8 +133,11 @@ def make_policy(
     summariser_name, _ = default_memory_models(chat_model)
     parts: list[ContextPart] = []
     transforms: list[MessageTransform] = []
+    cache = _table(config, "cache")
+    use_cache = bool(cache.pop("enabled", name == "memory" and _is_anthropic(chat_model)))
     if name in {"facts", "memory"}:
-        parts.append(_build(FactsPart, _table(config, "facts"), "facts"))
+        # With prompt caching, facts keep a byte-stable cached block (see context/facts.py).
+        parts.append(_build(FactsPart, {"stable": use_cache, **_table(config, "facts")}, "facts"))
     if name in {"summary", "memory"}:
         opts = _table(config, "summary")
         summariser = Summariser(opts.pop("model", summariser_name),
@@ -149,8 +152,6 @@ def make_policy(
         if pruning is not None:
             transforms.append(pruning)
 
-    cache = _table(config, "cache")
-    use_cache = bool(cache.pop("enabled", name == "memory" and _is_anthropic(chat_model)))
     recent: RecentWindow = RecentTurns(turns=int(turns) if turns else None)
     placement = dict(_table(config, "placement"))
     caps = {**PRESET_CAPS.get(name, {}), **_table(config, "caps")}
