@@ -1,0 +1,132 @@
+"""Recall that reads more than words: the dates messages were said and point to, who said them,
+what sits next to a match, and what only the embeddings find."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from colloquy.context import ContextInput
+from colloquy.context.dates import absolute_tokens, day_tokens, query_date_tokens, relative_tokens
+from colloquy.context.fusion import FusionWeights, fused_features, rank_by
+from colloquy.context.recall import BM25Retriever, RecallPart, RecallPolicy, context_seqs
+from colloquy.messages import Message, StoredMessage
+
+
+def ts(y: int, m: int, d: int, h: int = 13) -> float:
+    return datetime(y, m, d, h, tzinfo=timezone.utc).timestamp()
+
+
+FILLER = ["How was your weekend? Quiet, I read a novel about sailors.",
+          "Any plans for the evening? Cooking pasta and watching a film.",
+          "Did you see the match? It went to extra time, very tense.",
+          "The weather is grey again, but the garden needs the rain."]
+
+
+def dated_log(said: list[tuple[float, str, str]], cid: str = "c") -> list[StoredMessage]:
+    """(time, speaker, text) per message; roles alternate user/assistant; ``meta["speaker"]``."""
+    return [StoredMessage(conversation_id=cid, seq=i, created_at=t,
+                          message=Message(role="user" if i % 2 else "assistant", content=text),
+                          meta={"speaker": who} if who else {})
+            for i, (t, who, text) in enumerate(said, start=1)]
+
+
+def sessions(days: list[tuple[int, int, int]], per_day: int = 12) -> list[tuple[float, str, str]]:
+    out = []
+    for n, (y, m, d) in enumerate(days):
+        for j in range(per_day):
+            out.append((ts(y, m, d) + 30 * j, "", f"{FILLER[(n + j) % 4]} [{n}.{j}]"))
+    return out
+
+
+def recalled(history: list[StoredMessage], question: str, part: RecallPart, budget: int = 900,
+             asked: float | None = None) -> set[int]:
+    last = history[-1]
+    q = StoredMessage(conversation_id=last.conversation_id, seq=last.seq + 1,
+                      created_at=asked or last.created_at + 60, message=Message.user(question))
+    ctx = RecallPolicy(budget, recall_share=0.9, part=part).build(
+        ContextInput(history=[*history, q], conversation_id=last.conversation_id))
+    return context_seqs(ctx)
+
+
+def test_date_tokens_of_messages_and_questions() -> None:
+    said = ts(2023, 12, 5)  # a Tuesday
+    assert relative_tokens("I went to a support group yesterday", said)[:1] == ["d20231204"]
+    assert "d20231202" in relative_tokens("last Saturday was fun", said)
+    assert set(day_tokens(datetime(2023, 11, 27).date())) <= set(relative_tokens("last week", said))
+    assert "m202311" in relative_tokens("last month", said) and "y2022" in relative_tokens("last year", said)
+    assert "d20231121" in relative_tokens("two weeks ago", said)
+    assert absolute_tokens("What did Tim say on 16 November, 2023?")[:2] == ["md1116", "d20231116"]
+    assert "md1201" in absolute_tokens("the forest picture shared on December 1,2023")
+    assert "y2022" in absolute_tokens("What did she read in 2022?")
+    assert absolute_tokens("you may go") == []  # "may" the verb is not May
+    assert query_date_tokens("What did I do yesterday?", said)[:1] == ["d20231204"]
+
+
+def test_yesterday_is_found_by_the_day_it_points_to() -> None:
+    days = [(2023, 11, d) for d in range(1, 29, 3)] + [(2023, 12, 5)] + [
+        (2023, 12, d) for d in range(9, 31, 3)]
+    said = sessions(days)
+    pottery = next(i for i, (t, _, _) in enumerate(said) if t >= ts(2023, 12, 5))
+    said[pottery + 2] = (said[pottery + 2][0], "", "I finally went to my first class yesterday!")
+    history = dated_log(said)
+    seq = pottery + 3
+    question = "What did I do on 4 December?"
+    # Fused recall resolves "yesterday" against the message's own date (5 December).
+    assert seq in recalled(history, question, RecallPart("bm25"))
+    # Words alone cannot: the message says neither "4" nor "December".
+    assert seq not in recalled(history, question, RecallPart(lambda: BM25Retriever(), neighbour_min=0.0))
+
+
+def test_a_question_naming_a_day_finds_what_was_said_that_day() -> None:
+    days = [(2023, 10, d) for d in range(2, 30, 2)] + [(2023, 11, 16)] + [
+        (2023, 11, d) for d in range(18, 30, 2)]
+    said = sessions(days)
+    first = next(i for i, (t, _, _) in enumerate(said) if t >= ts(2023, 11, 16))
+    said[first + 4] = (said[first + 4][0], "", "My knee hurts after the long run, I need rest.")
+    history = dated_log(said)
+    got = recalled(history, "What did Tim say about his injury on 16 November, 2023?",
+                   RecallPart("bm25"))
+    assert first + 5 in got
+
+
+def test_the_speaker_a_question_names_comes_first() -> None:
+    said: list[tuple[float, str, str]] = []
+    for i in range(60):
+        who = "Caroline" if i % 2 == 0 else "Melanie"
+        said.append((ts(2023, 5, 1 + i // 12) + 30 * i, who, f"{FILLER[i % 4]} ({i})"))
+    said[10] = (said[10][0], "Caroline", "I painted a lake at sunset last week, all in blue.")
+    said[31] = (said[31][0], "Melanie", "I painted a sunrise over the lake, lots of orange.")
+    history = dated_log(said)
+    part = RecallPart("bm25")
+    idx = part.index_for(ContextInput(history=history, conversation_id="c"))
+    idx.update(history, len(history))
+
+    def ranked(question: str) -> list[int]:
+        return [k for k, _ in part.rank(idx, question, None, None)]
+
+    # Both said "painted"; the one the question names comes first.
+    melanie, caroline = ranked("What did Melanie paint?"), ranked("What did Caroline paint?")
+    assert melanie.index(32) < melanie.index(11)  # seqs are 1-based
+    assert caroline.index(11) < caroline.index(32)
+    assert 32 in recalled(history, "What did Melanie paint?", RecallPart("bm25"), budget=150)
+
+
+def test_a_unit_only_the_embeddings_find_is_a_candidate_past_the_keyword_hits() -> None:
+    # 400 messages share the question's words (more than the 300 keyword candidates); the one
+    # that answers it shares none of them.
+    said = [(ts(2023, 1, 1) + 60 * i, "", f"I bring my lunch home from the office, day {i}.")
+            for i in range(400)]
+    said.insert(200, (ts(2023, 1, 1) + 60 * 200 + 30, "", "We adopted a tabby kitten from the shelter."))
+    history = dated_log(said)
+    part = RecallPart("hybrid")
+    last = history[-1]
+    q = StoredMessage(conversation_id="c", seq=last.seq + 1, created_at=last.created_at + 60,
+                      message=Message.user("Which pet did I bring home?"))
+    idx = part.index_for(ContextInput(history=[*history, q], conversation_id="c"))
+    idx.update([*history, q], len(history))
+    keys, rows = fused_features(idx, idx.retriever, q.message.text, q.created_at, q.seq)
+    kitten = 201
+    assert kitten in keys  # a candidate although BM25 never matched it
+    by_dense = rank_by(keys, rows, FusionWeights(body=0, context=0, dates=0, speaker=0,
+                                                 neighbour_text=0, neighbour_dense=0, session=0))
+    assert by_dense[0][0] == kitten
