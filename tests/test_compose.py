@@ -259,8 +259,14 @@ def test_named_policies_and_config() -> None:
     from colloquy.context.policies import FullHistory, RollingWindow, TokenBudget
     from colloquy.context.presets import PRESETS, preset
 
+    from colloquy.context.default import DefaultPolicy
+
     assert isinstance(make_policy("window", window=3), RollingWindow)
     assert isinstance(make_policy("budget", max_input_tokens=500), TokenBudget)
+    # No name: the default policy (what a chat uses without one), fitted or with a budget.
+    assert isinstance(make_policy(None), DefaultPolicy) and make_policy(None).max_input_tokens is None
+    fixed = make_policy("default", max_input_tokens=4000, config={"recall": {"retriever": "bm25"}})
+    assert isinstance(fixed, DefaultPolicy) and (fixed.max_input_tokens, fixed.retriever) == (4000, "bm25")
     assert isinstance(make_policy("full"), FullHistory)
     memory = make_policy("memory", max_input_tokens=3000, chat_model="echo")
     assert isinstance(memory, ComposedPolicy) and memory.max_input_tokens == 3000
@@ -281,7 +287,8 @@ def test_named_policies_and_config() -> None:
         make_policy("nope")
     with pytest.raises(ConfigError, match=r"bad \[summary\] options"):
         make_policy("summary", config={"summary": {"bogus": 1}})
-    assert set(PRESETS) == {"window", "budget", "full", "summary", "facts", "recall", "memory"}
+    assert set(PRESETS) == {"default", "window", "budget", "full", "summary", "facts", "recall",
+                            "memory"}
     bench = preset("summary", max_input_tokens=900)
     assert bench.parts[0].summariser.model_name == "offline-summariser"  # type: ignore[attr-defined]
 

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .context.base import Context, ContextInput, ContextPolicy
-from .context.policies import RollingWindow
+from .context.default import DefaultPolicy
 from .context.fit import fit_to_window
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
@@ -48,8 +48,6 @@ from .tokens import TokenCounter, counter as default_counter, estimate_text, est
 from .text import clean_persona, require_text
 from .tools import Tool, as_tools
 from .usage import Usage, cost_of
-
-DEFAULT_POLICY = RollingWindow(turns=20)
 
 #: Stop reasons after which a reply's tool calls are never run, and why (said in Reply.notes
 #: and in the is_error tool_result stored for each call). max_tokens: the reply was cut, so a
@@ -212,7 +210,9 @@ class Chat:
         self.system = clean_persona(system) if system is not None else (
             existing.persona if existing else "")
         self.user_id = user_id if user_id is not None else (existing.user_id if existing else None)
-        self.policy: ContextPolicy = policy or DEFAULT_POLICY
+        # The default remembers: recent turns plus recalled older ones, under a budget fitted to
+        # the model (context/default.py). One per Chat: it holds this conversation's index.
+        self.policy: ContextPolicy = policy or DefaultPolicy()
         self.tools = as_tools(tools)
         self.temperature = temperature
         self.max_tokens = max_tokens

@@ -50,8 +50,9 @@ def _add_session_ref(p: argparse.ArgumentParser) -> None:
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=int, metavar="N", help="keep the last N turns (default 20); "
-                   "with --policy, its cap on recent turns")
+    p.add_argument("--window", type=int, metavar="N",
+                   help="keep the last N turns (with no policy flag at all: the default policy, "
+                   "recent turns + recalled older ones); with --policy, its cap on recent turns")
     p.add_argument("--max-input-tokens", type=int, metavar="N",
                    help="keep the newest turns that fit under N input tokens; with --policy, "
                    "its budget")

@@ -2,6 +2,8 @@
 build.
 
 Names:
+    default  what a chat uses without a policy: recent turns + recalled older turns under a
+             budget fitted to the model, cache-friendly, no extra model call (context/default.py)
     window   the last N turns (``--window``, default 20)
     budget   the newest turns under ``--max-input-tokens``
     full     everything
@@ -57,7 +59,7 @@ from .facts import FactsPart
 from .policies import FullHistory, RollingWindow, TokenBudget
 from .summary import Summariser, SummaryPart
 
-POLICY_NAMES = ("window", "budget", "full", "summary", "facts", "recall", "memory")
+POLICY_NAMES = ("default", "window", "budget", "full", "summary", "facts", "recall", "memory")
 DEFAULT_MAX_INPUT_TOKENS = 8000
 DEFAULT_WINDOW = 20
 _KNOWN_KEYS = {"policy", "max_input_tokens", "window", "min_recent_turns", "priority", "caps",
@@ -118,11 +120,17 @@ def make_policy(
 ) -> ContextPolicy:
     """Build a named policy (see the module docstring); flags override ``config``."""
     config = config or {}
-    name = name or config.get("policy") or "window"
+    name = name or config.get("policy") or "default"
     if name not in POLICY_NAMES:
         raise ConfigError(f"unknown policy {name!r}: use one of {', '.join(POLICY_NAMES)}")
     budget = max_input_tokens or config.get("max_input_tokens")
     turns = window or config.get("window")
+    if name == "default":
+        from .default import DefaultPolicy
+
+        options = _table(config, "recall")
+        return DefaultPolicy(max_input_tokens=int(budget) if budget else None,
+                             retriever=options.get("retriever"))
     if name == "window":
         return RollingWindow(turns=int(turns or DEFAULT_WINDOW))
     if name == "full":
@@ -193,6 +201,7 @@ PRESET_CAPS: dict[str, dict[str, float | int]] = {
 
 #: The named policies, with what each holds (for --help, benches and docs).
 PRESETS: dict[str, str] = {
+    "default": "recent turns + recalled older turns, budget fitted to the model (no extra call)",
     "window": "the last N turns",
     "budget": "the newest turns under the token budget",
     "full": "the whole history",
@@ -225,7 +234,7 @@ def make_extraction(
     ``every=0`` turns it off."""
     config = config or {}
     opts = _table(config, "extract")
-    name = policy_name or config.get("policy") or "window"
+    name = policy_name or config.get("policy") or "default"
     default_every = 1 if name in {"facts", "memory"} else 0
     n = every if every is not None else int(opts.get("every", default_every))
     if n <= 0:
