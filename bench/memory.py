@@ -124,11 +124,12 @@ def load(path: Path) -> Conversation:
                 rows[-1]["dia_ids"].append(turn["dia_id"])
             else:
                 rows.append({"role": role, "text": text, "dia_ids": [turn["dia_id"]],
-                             "created_at": start + j * TURN_SECONDS, "session": n})
+                             "created_at": start + j * TURN_SECONDS, "session": n,
+                             "speaker": str(turn["speaker"])})
     messages = [
         StoredMessage(conversation_id=cid, seq=i, created_at=r["created_at"],
                       message=Message(role=r["role"], content=[TextBlock(text=r["text"])]),
-                      meta={"dia_ids": r["dia_ids"]})
+                      meta={"dia_ids": r["dia_ids"], "speaker": r["speaker"]})
         for i, r in enumerate(rows, start=1)
     ]
     seq_of = {d: sm.seq for sm in messages for d in sm.meta["dia_ids"]}
@@ -247,6 +248,9 @@ class Result:
     extract_s: float = 0.0
     turns: int = 0
     over_budget: int = 0
+    #: Summaries made during the replay: (their tokens, tokens of the text they replaced).
+    summaries: list[tuple[int, int]] = field(default_factory=list)
+    rejected: int = 0
 
     def recall(self, which: str = "all", cats: Sequence[int] = (1, 2, 3, 4)) -> float:
         table = {"all": self.hits_all, "any": self.hits_any, "parts": self.hits_parts}[which]
@@ -263,6 +267,14 @@ def replay(conv: Conversation, policy: ContextPolicy, res: Result, env: Env,
         t0 = time.perf_counter()
         ctx = policy.build(inp)
         res.build_s += time.perf_counter() - t0
+        for record in ctx.derived:
+            meta = getattr(record, "meta", {}) or {}
+            if "replaced_tokens" in meta:
+                res.summaries.append((int(meta["tokens"]), int(meta["replaced_tokens"])))
+        res.rejected += sum("summary rejected" in n for n in ctx.notes)
+        if env.store is not None:  # the engine persists derived records after the build
+            for record in ctx.derived:
+                record.persist(env.store)
         if env.extraction is not None:  # the engine's hook after a turn (offline extractor)
             t0 = time.perf_counter()
             env.extraction.run(env.store, USER_ID, conv.id, conv.messages[:i + 1])
@@ -323,7 +335,7 @@ def composite_presets() -> dict[str, Setup]:
 
     out: dict[str, Setup] = {}
     for name in presets.PRESETS:
-        if name in {"window", "budget", "full"}:
+        if name in {"window", "budget", "full", "default"}:
             continue
         ext = presets.make_extraction(name, chat_model="echo")
         out[f"preset:{name}"] = Setup(lambda b, n=name: presets.preset(n, max_input_tokens=b), ext)
@@ -331,15 +343,26 @@ def composite_presets() -> dict[str, Setup]:
 
 
 def policies(dense: bool, share: float) -> dict[str, Setup]:
+    """The policies of the main table. ``recall-*`` rows use the fused ranking (context/
+    fusion.py) unless named ``-rrf`` or ``-plain`` (the rankings before it, for comparison)."""
+    from colloquy.context.default import DefaultPolicy
+    from colloquy.context.retrieval import BM25Retriever
+
     out: dict[str, Setup] = {
         "window": Setup(lambda b: TokenBudget(b)),
         "cache-window": Setup(lambda b: CacheAwareWindow(b)),
+        "default-bm25": Setup(lambda b: DefaultPolicy(b, retriever="bm25")),
+        "recall-bm25-plain/0.9": Setup(lambda b: RecallPolicy(b, recall_share=share, part=RecallPart(
+            lambda: BM25Retriever(), neighbour_min=0.0))),
         "recall-bm25": Setup(lambda b: RecallPolicy(b, part=RecallPart("bm25"))),
         f"recall-bm25/{share}": Setup(lambda b: RecallPolicy(b, recall_share=share,
                                                              part=RecallPart("bm25"))),
     }
     if dense:
-        out["recall-dense"] = Setup(lambda b: RecallPolicy(b, part=RecallPart("dense")))
+        out["default"] = Setup(lambda b: DefaultPolicy(b, retriever="hybrid"))
+        out["recall-dense"] = Setup(lambda b: RecallPolicy(b, part=RecallPart("dense", neighbour_min=0.0)))
+        out[f"recall-rrf/{share}"] = Setup(lambda b: RecallPolicy(
+            b, recall_share=share, part=RecallPart("rrf", neighbour_min=0.0)))
         out["recall-hybrid"] = Setup(lambda b: RecallPolicy(b, part=RecallPart("hybrid")))
         out[f"recall-hybrid/{share}"] = Setup(lambda b: RecallPolicy(
             b, recall_share=share, part=RecallPart("hybrid")))
@@ -356,21 +379,39 @@ def fmt(x: float) -> str:
     return "  -  " if math.isnan(x) else f"{x:.3f}"
 
 
-def cache_comparison(conv: Conversation, budgets: Sequence[int], turns: int) -> list[dict[str, Any]]:
-    """Naive rolling window vs cache-aware trimming of the same size over a ``turns``-turn replay,
+def cache_contenders(dense: bool) -> dict[str, Setup]:
+    """Policies billed against the naive window in the cost replay: cache-aware trimming alone,
+    with facts about the user (the ``facts`` preset with caching on, the offline extractor
+    running after every turn), and the default policy (recall included)."""
+    from colloquy.context import presets
+    from colloquy.context.default import DefaultPolicy
+
+    facts = presets.make_extraction("facts", model="offline-facts")
+    return {
+        "stepped": Setup(lambda b: CacheAwareWindow(b)),
+        "stepped+facts": Setup(lambda b: presets.make_policy(
+            "facts", max_input_tokens=b, chat_model=MODEL, config={"cache": {"enabled": True}}),
+            facts),
+        "default": Setup(lambda b: DefaultPolicy(b, retriever="hybrid" if dense else "bm25")),
+    }
+
+
+def cache_comparison(conv: Conversation, budgets: Sequence[int], turns: int,
+                     contenders: dict[str, Setup]) -> list[dict[str, Any]]:
+    """Naive rolling window vs each contender of the same budget over a ``turns``-turn replay,
     billed as one continuous chat (30 s between turns) and with the sessions' real dates."""
     rows = []
     for b in budgets:
         for mode in ("continuous", "session dates"):
             out: dict[str, Any] = {"budget": b, "timing": mode}
-            for name, make in (("naive", lambda b: TokenBudget(b)), ("stepped", lambda b: CacheAwareWindow(b))):
+            start = conv.messages[0].created_at
+            clock = (lambda sm: start + sm.seq * TURN_SECONDS) if mode == "continuous" else None
+            for name, setup in (("naive", Setup(lambda b: TokenBudget(b))), *contenders.items()):
                 res = Result(name, b)
-                start = conv.messages[0].created_at
-                clock = (lambda sm: start + sm.seq * TURN_SECONDS) if mode == "continuous" else None
-                replay(conv, make(b), res, Env(TokenCounter()), limit=turns, clock=clock)
+                replay(conv, setup.make(b), res, make_env(conv, setup.extraction), limit=turns,
+                       clock=clock)
                 out[name] = res.usage
                 out["turns"] = res.turns
-            out["ratio"] = weighted(out["naive"]) / max(1.0, weighted(out["stepped"]))
             rows.append(out)
     return rows
 
@@ -396,18 +437,73 @@ def index_growth(conv: Conversation, sizes: Sequence[int] = (100, 1000, 10000)) 
     return out
 
 
+def load_line() -> str:
+    one, five, _ = os.getloadavg()
+    return f"machine load {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def summary_report(results: Sequence[Result]) -> None:
+    rows = [r for r in results if r.summaries or r.rejected]
+    if not rows:
+        return
+    print()
+    print("Summaries made during the replay (offline summariser): size vs the text each replaced "
+          "(previous summary + newly old messages), in estimated tokens; rejected = refused as "
+          "cut off, looping or longer than what they replace (context/summary.py).")
+    print(f"{'policy':<22}{'budget':>7}{'made':>6}{'rejected':>9}{'mean size':>10}"
+          f"{'mean replaced':>14}{'max size/replaced':>18}")
+    for r in rows:
+        sizes = [t for t, _ in r.summaries]
+        replaced = [x for _, x in r.summaries]
+        worst = max((t / max(1, x) for t, x in r.summaries), default=float("nan"))
+        print(f"{r.policy:<22}{r.budget:>7}{len(sizes):>6}{r.rejected:>9}"
+              f"{sum(sizes) / max(1, len(sizes)):>10.0f}{sum(replaced) / max(1, len(replaced)):>14.0f}"
+              f"{worst:>18.2f}")
+
+
+def cost_report(rows: Sequence[dict[str, Any]], conv_id: str, names: Sequence[str]) -> None:
+    print()
+    print(f"Input cost vs a naive rolling window of the same budget, {rows[0]['turns']}-turn replay "
+          f"of {conv_id} (weighted = uncached + 1.25 x write + 0.1 x read, in tokens; ratio = "
+          "naive / policy):")
+    h2 = f"{'budget':>7} {'timing':<14}{'naive':>11}" + "".join(
+        f"{n:>16}{'ratio':>7}" for n in names)
+    print(h2)
+    print("-" * len(h2))
+    for row in rows:
+        line = f"{row['budget']:>7} {row['timing']:<14}{weighted(row['naive']):>11,.0f}"
+        for n in names:
+            line += f"{weighted(row[n]):>16,.0f}{weighted(row['naive']) / max(1.0, weighted(row[n])):>6.1f}x"
+        print(line)
+
+
+SECTIONS = ("table", "tune", "cost", "index")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one conversation only")
     ap.add_argument("--budgets", default="1000,2000,4000,8000")
+    ap.add_argument("--dense-budgets", default="4000,8000",
+                    help="budgets of the rows that embed (slow on CPU); default 4000,8000")
     ap.add_argument("--no-dense", action="store_true", help="skip the embedding retrievers")
     ap.add_argument("--policies", default="", help="comma-separated subset of policy names")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {', '.join(SECTIONS)}")
     ap.add_argument("--cache-turns", type=int, default=300)
     ap.add_argument("--share", type=float, default=0.9,
                     help="recall_share of the recall-heavy variants (default 0.9)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch intra-op threads for the embeddings (default: colloquy's, 1)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    from colloquy import embeddings
+
+    if args.torch_threads is not None:
+        embeddings.set_torch_threads(args.torch_threads)
+    sections = set(args.sections.split(","))
     budgets = [int(b) for b in args.budgets.split(",")]
+    dense_budgets = [int(b) for b in args.dense_budgets.split(",")]
     files = sorted(data_dir().glob("*.json"))
     if args.quick:
         files = files[:1]
@@ -421,13 +517,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_q = sum(len(c.questions) for c in convs)
     n_turns = sum(len(requests_of(c)) for c in convs)
     print(f"LoCoMo: {len(convs)} conversation(s), {sum(len(c.messages) for c in convs)} messages "
-          f"(merged), {n_turns} assistant turns replayed, {n_q} questions with evidence; "
-          f"model priced: {MODEL}")
+          f"(merged within sessions), {n_turns} assistant turns replayed, {n_q} questions with "
+          f"evidence; model priced: {MODEL}; {load_line()}; torch threads "
+          f"{embeddings.torch_threads() or 'default'}")
     if not dense:
         print("dense/hybrid recall: skipped (pip install 'colloquy[embeddings]' to include them)")
     results: list[Result] = []
-    for name, setup in table.items():
+    embeds = {"default", "recall-dense", "recall-hybrid", f"recall-hybrid/{args.share}",
+              f"recall-rrf/{args.share}"}
+    for name, setup in table.items() if "table" in sections else ():
         for b in budgets:
+            if name in embeds and b not in dense_budgets:
+                continue
             res = Result(name, b)
             for conv in convs:
                 policy = setup.make(b)
@@ -435,58 +536,111 @@ def main(argv: Sequence[str] | None = None) -> int:
                 replay(conv, policy, res, env)
                 ask(conv, policy, res, env)
             results.append(res)
-            print(f"  measured {name} @ {b}", file=sys.stderr)
+            print(f"  measured {name} @ {b} ({load_line()})", file=sys.stderr)
 
-    head = (f"{'policy':<20}{'budget':>7} {'all 1-4':>8}{'any 1-4':>8}{'c1':>7}{'c2':>7}{'c3':>7}"
-            f"{'c4':>7}{'c5':>7}{'parts':>7} {'prompt Mtok':>11}{'weighted':>9}{'cost $':>8}"
-            f"{'ms/turn':>8}")
-    print()
-    print("Evidence recall (share of questions whose evidence turns are in the context), input")
-    print("billed over the replay with simulated Anthropic prompt caching, policy build time.")
-    print("Summaries/facts (if any) use the deterministic offline summariser/extractor.")
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        cost = price.cost(r.usage)
-        print(f"{r.policy:<20}{r.budget:>7} {fmt(r.recall('all')):>8}{fmt(r.recall('any')):>8}"
-              + "".join(f"{fmt(r.recall('all', (c,))):>7}" for c in (1, 2, 3, 4, 5))
-              + f"{fmt(r.recall('parts')):>7} {r.usage.prompt_tokens / 1e6:>11.3f}"
-              f"{weighted(r.usage) / 1e6:>9.3f}{cost:>8.2f}{1000 * r.build_s / max(1, r.turns):>8.2f}")
-    for r in results:
-        if r.extract_s:
-            print(f"note: {r.policy} @ {r.budget}: fact extraction (offline extractor, after each "
-                  f"turn) took {1000 * r.extract_s / max(1, r.turns):.2f} ms/turn, not in ms/turn")
-    over = [r for r in results if r.over_budget]
-    for r in over:
-        print(f"note: {r.policy} @ {r.budget}: {r.over_budget} question contexts over budget "
-              "(the newest turn alone did not fit)")
+    if results:
+        head = (f"{'policy':<22}{'budget':>7} {'all 1-4':>8}{'any 1-4':>8}{'c1':>7}{'c2':>7}{'c3':>7}"
+                f"{'c4':>7}{'c5':>7}{'parts':>7} {'prompt Mtok':>11}{'weighted':>9}{'cost $':>8}"
+                f"{'ms/turn':>8}")
+        print()
+        print("Evidence recall (share of questions whose evidence turns are in the context), input")
+        print("billed over the replay with simulated Anthropic prompt caching, policy build time")
+        print("(embedding new messages and the question included). Summaries/facts (if any) use")
+        print("the deterministic offline summariser/extractor.")
+        print(head)
+        print("-" * len(head))
+        for r in results:
+            cost = price.cost(r.usage)
+            print(f"{r.policy:<22}{r.budget:>7} {fmt(r.recall('all')):>8}{fmt(r.recall('any')):>8}"
+                  + "".join(f"{fmt(r.recall('all', (c,))):>7}" for c in (1, 2, 3, 4, 5))
+                  + f"{fmt(r.recall('parts')):>7} {r.usage.prompt_tokens / 1e6:>11.3f}"
+                  f"{weighted(r.usage) / 1e6:>9.3f}{cost:>8.2f}{1000 * r.build_s / max(1, r.turns):>8.2f}")
+        for r in results:
+            if r.extract_s:
+                print(f"note: {r.policy} @ {r.budget}: fact extraction (offline extractor, after "
+                      f"each turn) took {1000 * r.extract_s / max(1, r.turns):.2f} ms/turn, not in ms/turn")
+        for r in results:
+            if r.over_budget:
+                print(f"note: {r.policy} @ {r.budget}: {r.over_budget} question contexts over "
+                      "budget (the newest turn alone did not fit)")
+        summary_report(results)
 
-    longest = max(convs, key=lambda c: len(requests_of(c)))
-    rows = cache_comparison(longest, [b for b in budgets if b >= 2000] or budgets, args.cache_turns)
-    print()
-    print(f"Cache-aware trimming vs naive rolling window, same budget, {rows[0]['turns']}-turn replay "
-          f"of {longest.id} (weighted = uncached + 1.25 x write + 0.1 x read, in tokens):")
-    h2 = (f"{'budget':>7} {'timing':<14}{'naive weighted':>15}{'stepped weighted':>17}"
-          f"{'stepped read':>13}{'write':>10}{'ratio':>7}")
-    print(h2)
-    print("-" * len(h2))
-    for row in rows:
-        s = row["stepped"]
-        print(f"{row['budget']:>7} {row['timing']:<14}{weighted(row['naive']):>15,.0f}"
-              f"{weighted(s):>17,.0f}{s.cache_read_tokens:>13,}{s.cache_write_tokens:>10,}"
-              f"{row['ratio']:>6.1f}x")
-    print()
-    print("Recall index upkeep (BM25/FTS5): per turn, incremental vs rebuilding from the log")
-    print(f"{'messages':>9}{'ms/turn incremental':>21}{'ms rebuild':>12}")
-    for n, inc, full in index_growth(convs[0]):
-        print(f"{n:>9,}{inc:>21.3f}{full:>12.1f}")
+    studies = []
+    if "tune" in sections:
+        from memory_tune import Setting, prepare, print_study, study
+
+        from colloquy.context.fusion import FusionWeights
+
+        for mode in (["hybrid"] if dense else []) + ["bm25"]:
+            t0 = time.perf_counter()
+            cases = prepare(convs, inp_for, lambda c: make_env(c, None), [4000, 8000],
+                            args.share, mode)
+            print(f"  prepared {len(cases)} {mode} cases in {time.perf_counter() - t0:.0f} s "
+                  f"({load_line()})", file=sys.stderr)
+            start = Setting(FusionWeights(), 0.5)
+            frozen = () if mode == "hybrid" else ("dense", "neighbour_dense")
+            if mode == "bm25":
+                start = Setting(FusionWeights(dense=0.0, neighbour_dense=0.0), 0.5)
+            studies.append(study(cases, mode, start, frozen))
+            print_study(studies[-1], [4000, 8000])
+
+    cost_rows: list[dict[str, Any]] = []
+    if "cost" in sections:
+        longest = max(convs, key=lambda c: len(requests_of(c)))
+        contenders = cache_contenders(dense)
+        cost_rows = cache_comparison(longest, [b for b in budgets if b >= 2000] or budgets,
+                                     args.cache_turns, contenders)
+        cost_report(cost_rows, longest.id, list(contenders))
+
+    if "index" in sections:
+        print()
+        print("Recall index upkeep (BM25/FTS5): per turn, incremental vs rebuilding from the log")
+        print(f"{'messages':>9}{'ms/turn incremental':>21}{'ms rebuild':>12}")
+        for n, inc, full in index_growth(convs[0]):
+            print(f"{n:>9,}{inc:>21.3f}{full:>12.1f}")
+
+    ok = checks(results, cost_rows, len(convs))
     if args.json:
         print(json.dumps([{
             "policy": r.policy, "budget": r.budget, "recall_all": r.recall("all"),
             "recall_any": r.recall("any"), "by_category": {c: r.recall("all", (c,)) for c in range(1, 6)},
             "usage": r.usage.model_dump(), "ms_per_turn": 1000 * r.build_s / max(1, r.turns),
+            "summaries": r.summaries, "rejected_summaries": r.rejected,
         } for r in results], indent=1))
-    return 0
+    return 0 if ok else 1
+
+
+def checks(results: Sequence[Result], cost_rows: Sequence[dict[str, Any]], n_convs: int) -> bool:
+    """The issue's targets, on the whole development split (skipped on a subset)."""
+    lines: list[tuple[str, bool]] = []
+    by = {(r.policy, r.budget): r for r in results}
+    recalls = [r for r in results if r.policy.startswith(("recall-", "default"))]
+    for b, target in ((4000, 0.88), (8000, 0.94)):
+        at = [r for r in recalls if r.budget == b]
+        if not at or n_convs < 5:
+            continue
+        best = max(at, key=lambda r: r.recall("all"))
+        lines.append((f"best configuration at {b}: {best.policy} {best.recall('all'):.3f} "
+                      f"vs >= {target}", best.recall("all") >= target))
+        if b == 4000:
+            c1 = best.recall("all", (1,))
+            lines.append((f"its category 1 at 4000: {c1:.3f} vs >= 0.65", c1 >= 0.65))
+        default = by.get(("default", b)) or by.get(("default-bm25", b))
+        if default is not None:
+            gap = best.recall("all") - default.recall("all")
+            lines.append((f"{default.policy} at {b}: {default.recall('all'):.3f}, "
+                          f"{gap:.3f} below the best vs <= 0.02", gap <= 0.02))
+    for row in cost_rows:
+        if row["budget"] == 4000 and "stepped+facts" in row:
+            ratio = weighted(row["naive"]) / max(1.0, weighted(row["stepped+facts"]))
+            lines.append((f"stepped window with facts at 4000 ({row['timing']}): {ratio:.1f}x "
+                          "cheaper than the naive window vs >= 3x", ratio >= 3.0))
+    if lines:
+        print()
+        print("checks:")
+        for text, passed in lines:
+            print(f"  {text}: {'PASS' if passed else 'FAIL'}")
+    return all(p for _, p in lines)
 
 
 if __name__ == "__main__":

@@ -112,8 +112,8 @@ class SummaryRejected(ValueError):
 LOOP_LINE_CHARS = 16
 LOOP_LINE_REPEATS = 3
 #: Share of repeated word 4-grams above which a summary of 40+ words is a loop: a model stuck in
-#: a loop repeats most of its 4-grams, a summary of distinct points few (bench/memory.py prints
-#: the highest share among the summaries it made).
+#: a loop repeats most of its 4-grams, a summary of distinct points few (bench/memory.py reports
+#: how many of the summaries it made were rejected, and their sizes).
 LOOP_NGRAM_SHARE = 0.35
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
