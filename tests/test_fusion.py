@@ -62,14 +62,23 @@ def test_date_tokens_of_messages_and_questions() -> None:
     assert query_date_tokens("What did I do yesterday?", said)[:1] == ["d20231204"]
 
 
+def said_on(day: tuple[int, int, int], offset: int, text: str, before: int,
+            after: int) -> tuple[list[StoredMessage], int]:
+    """Sessions every few days around ``day`` (``before`` of them first, ``after`` later), with
+    ``text`` as the ``offset``-th message of that day's session; the log and that message's seq."""
+    start = datetime(*day, tzinfo=timezone.utc).timestamp()
+    days = [tuple(datetime.fromtimestamp(start - 86400 * 3 * k, tz=timezone.utc).timetuple()[:3])
+            for k in range(before, 0, -1)]
+    days += [day] + [tuple(datetime.fromtimestamp(start + 86400 * 3 * k, tz=timezone.utc).timetuple()[:3])
+                     for k in range(1, after + 1)]
+    said = sessions(days)  # type: ignore[arg-type]
+    first = next(i for i, (t, _, _) in enumerate(said) if t >= ts(*day))
+    said[first + offset] = (said[first + offset][0], "", text)
+    return dated_log(said), first + offset + 1
+
+
 def test_yesterday_is_found_by_the_day_it_points_to() -> None:
-    days = [(2023, 11, d) for d in range(1, 29, 3)] + [(2023, 12, 5)] + [
-        (2023, 12, d) for d in range(9, 31, 3)]
-    said = sessions(days)
-    pottery = next(i for i, (t, _, _) in enumerate(said) if t >= ts(2023, 12, 5))
-    said[pottery + 2] = (said[pottery + 2][0], "", "I finally went to my first class yesterday!")
-    history = dated_log(said)
-    seq = pottery + 3
+    history, seq = said_on((2023, 12, 5), 2, "I finally went to my first class yesterday!", 9, 8)
     question = "What did I do on 4 December?"
     # Fused recall resolves "yesterday" against the message's own date (5 December).
     assert seq in recalled(history, question, RecallPart("bm25"))
@@ -78,15 +87,9 @@ def test_yesterday_is_found_by_the_day_it_points_to() -> None:
 
 
 def test_a_question_naming_a_day_finds_what_was_said_that_day() -> None:
-    days = [(2023, 10, d) for d in range(2, 30, 2)] + [(2023, 11, 16)] + [
-        (2023, 11, d) for d in range(18, 30, 2)]
-    said = sessions(days)
-    first = next(i for i, (t, _, _) in enumerate(said) if t >= ts(2023, 11, 16))
-    said[first + 4] = (said[first + 4][0], "", "My knee hurts after the long run, I need rest.")
-    history = dated_log(said)
-    got = recalled(history, "What did Tim say about his injury on 16 November, 2023?",
-                   RecallPart("bm25"))
-    assert first + 5 in got
+    history, seq = said_on((2023, 11, 16), 4, "My knee hurts after the long run, I need rest.", 14, 6)
+    assert seq in recalled(history, "What did Tim say about his injury on 16 November, 2023?",
+                           RecallPart("bm25"))
 
 
 def test_the_speaker_a_question_names_comes_first() -> None:

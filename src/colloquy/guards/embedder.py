@@ -50,15 +50,9 @@ class SentenceEmbedder:
 def default_embedder() -> SentenceEmbedder | None:
     """A :class:`SentenceEmbedder` when ``colloquy[embeddings]`` is installed, else None (checked
     without importing it, so this is cheap)."""
-    import importlib.util
+    from ..embeddings import embeddings_available
 
-    for module in ("sentence_transformers", "colloquy.context.recall"):
-        try:
-            if importlib.util.find_spec(module) is None:
-                return None
-        except (ImportError, ValueError):
-            return None
-    return SentenceEmbedder()
+    return SentenceEmbedder() if embeddings_available() else None
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
