@@ -1,10 +1,11 @@
 """Fitting recall's fusion weights on LoCoMo, and checking that they hold on unseen conversations.
 
-Used by bench/memory.py (``--tune``, on by default). For each question and budget, the recall
-part's candidates and their signals are computed once with the library's own code
+Used by bench/memory.py (its ``tune`` section, on by default). For each question and budget, the
+recall part's candidates and their signals are computed once with the library's own code
 (``colloquy.context.fusion.fused_features``, on the index a ``RecallPolicy`` builds); a weight
-vector is then scored by ranking with ``rank_by`` and packing with ``RecallPart._pack`` (the very
-packing the policy uses), so trying a vector costs a dot product and a packing per question.
+vector is then scored by ranking as ``rank_by`` does (with numpy) and packing with
+``RecallPart._pack`` (the very packing the policy uses), so trying a vector costs a dot product
+and a packing per question.
 Only the leftover-budget extension of the verbatim window is not replayed here (the main table's
 rows are real policy builds).
 
@@ -24,6 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+import numpy as np
 
 from colloquy.context import ContextInput
 from colloquy.context.compose import PartResult
@@ -62,6 +65,7 @@ class Case:
     index: Any = field(repr=False)
     inp: Any = field(repr=False)
     question: str = ""
+    matrix: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -113,18 +117,15 @@ def hit(case: Case, setting: Setting, part: RecallPart, extra: float = 0.0) -> b
     if not need:
         return True
     part.neighbour_min = setting.neighbour_min
-    if extra:  # rows carry one more signal (a second round) weighted ``extra``
-        hits = _rank_extended(case.keys, case.rows, [*setting.weights.as_list(), extra])
-    else:
-        hits = rank_by(case.keys, case.rows, setting.weights)
+    # rank_by's order, with numpy (the tuner ranks each case hundreds of times)
+    w = setting.weights.as_list() + ([extra] if extra else [])
+    matrix = case.matrix if case.matrix is not None else np.asarray(case.rows, dtype=float)
+    case.matrix = matrix
+    scores = matrix[:, :len(w)] @ np.asarray(w) if len(matrix) else np.zeros(0)
+    order = np.lexsort((np.asarray(case.keys), -scores))
+    hits = [(case.keys[i], float(scores[i])) for i in order if scores[i] > 0]
     chosen = part._pack(case.index, hits, case.before, case.part_budget, case.inp)
     return need <= {s for u in chosen for s in u.seqs}
-
-
-def _rank_extended(keys: Sequence[int], rows: Sequence[Sequence[float]],
-                   w: Sequence[float]) -> list[tuple[int, float]]:
-    out = [(k, sum(a * b for a, b in zip(w, row))) for k, row in zip(keys, rows)]
-    return sorted([kv for kv in out if kv[1] > 0], key=lambda kv: (-kv[1], kv[0]))
 
 
 def recall_of(cases: Sequence[Case], setting: Setting,
@@ -252,7 +253,7 @@ def with_second_round(case: Case, first: Setting, top: int = 5) -> Case:
     old = dict(zip(case.keys, case.rows))
     zero = [0.0] * len(SIGNALS)
     rows = [[*old.get(k, zero), extra.get(k, 0.0)] for k in keys]
-    return replace(case, keys=keys, rows=rows)
+    return replace(case, keys=keys, rows=rows, matrix=None)
 
 
 def fmt(x: float) -> str:

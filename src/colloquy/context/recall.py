@@ -27,15 +27,12 @@ its first build). Retrievers (context/retrieval.py):
 from __future__ import annotations
 
 import math
-import re
-import sqlite3
 import threading
 import time
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
 
 from ..embeddings import THREADS_ENV as TORCH_THREADS_ENV  # noqa: F401 - re-exported
 from ..embeddings import sentence_model, torch_threads  # noqa: F401 - re-exported
