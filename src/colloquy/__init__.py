@@ -103,6 +103,9 @@ from .store.memory_records import FactNotFound, MemoryRecordStore
 from .context.cache import CacheAwareWindow, CacheBreakpoints, SteppedWindow
 from .context.pruning import ToolOutputPruning
 from .context.recall import RecallPart, RecallPolicy
+# Issue 13: the default policy remembers; recall's fused ranking.
+from .context.default import DefaultPolicy, default_budget
+from .context.fusion import FusionWeights
 from .tokens import TokenCounter
 from .tools import Tool, tool
 from .usage import Price, Usage, cost_of, set_price
@@ -190,6 +193,9 @@ __all__ = [
 # Memory (issue 3).
 __all__ += [
     "ComposedPolicy",
+    "DefaultPolicy",
+    "FusionWeights",
+    "default_budget",
     "ContextPart",
     "ExtractionError",
     "ExtractiveSummariser",
