@@ -1,8 +1,8 @@
 """The size rule: no request is ever built over the model's context window.
 
 Policies choose what the model sees by their own measure (turns, a token budget, a summary);
-none of them may be trusted to stay under the window, least of all a user's own policy or the
-rolling window with one pasted message larger than the model can read. So the
+none of them may be trusted to stay under the window, least of all a user's own policy or
+a rolling window with one pasted message larger than the model can read. So the
 engine applies :func:`fit_to_window` once, to whatever the policy built, before the request is
 repaired and sent:
 
