@@ -4,6 +4,8 @@ budget fitted to its model, with no extra model call and a cache-friendly prefix
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -11,7 +13,6 @@ import pytest
 from colloquy import Chat, MemoryStore
 from colloquy.context import RollingWindow, problems
 from colloquy.context.default import DEFAULT_BUDGET_CAP, DefaultPolicy, default_budget
-from colloquy.embeddings import embeddings_available
 from colloquy.models import EchoModel, ModelRequest, ScriptedModel
 from colloquy.models.limits import DEFAULT_CONTEXT_WINDOW
 from colloquy.store import Store
@@ -44,8 +45,31 @@ def test_the_default_budget_is_fitted_to_the_model() -> None:
 def test_a_chat_without_a_policy_gets_the_default() -> None:
     chat = Chat(EchoModel(), store=MemoryStore())
     assert isinstance(chat.policy, DefaultPolicy)
-    assert chat.policy.retriever == ("hybrid" if embeddings_available() else "bm25")
+    assert chat.policy.retriever == "bm25"
     assert Chat(EchoModel(), store=MemoryStore()).policy is not chat.policy  # one per chat
+
+
+def test_a_chat_without_a_policy_never_loads_the_embedding_model() -> None:
+    # Loading torch and the sentence model took 38 s on a busy machine: a chat that asked for no
+    # policy must not pay that inside a turn, even once its log outgrows the budget and recall
+    # runs (a fresh interpreter, so no other test has imported torch).
+    script = f"""
+import json, sys
+from colloquy import Chat, MemoryStore
+from colloquy.models import EchoModel
+model = EchoModel()
+chat = Chat(model, store=MemoryStore(), title_model=False)
+chat.send({KITTEN!r})
+for i in range(60):
+    chat.send({FILLER!r}[i % 4] * 12 + f" ({{i}})")
+chat.send("What did I name the kitten?")
+print(json.dumps({{"recalled": "<earlier_excerpts>" in json.dumps(model.last_request.to_anthropic()),
+                  "loaded": sorted(m for m in ("torch", "sentence_transformers") if m in sys.modules)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"recalled": True, "loaded": []}
 
 
 def test_older_turns_stay_reachable_with_one_model_call_per_turn(store: Store, counter: TokenCounter) -> None:

@@ -7,8 +7,10 @@ conversation), and most users never change the default. This policy keeps older 
 instead, for the price of a search over the stored log:
 
 * **Recall** of older turns (context/recall.py): BM25 over the log, fused with the dates, speaker,
-  neighbour and session signals; with ``pip install 'colloquy[embeddings]'``, sentence
-  embeddings too (the model loads on the first turn that has anything to recall).
+  neighbour and session signals. Sentence embeddings are opt-in
+  (``DefaultPolicy(retriever="hybrid")``, ``pip install 'colloquy[embeddings]'``): loading torch
+  and the model took 38 s on a busy 2-core machine (load 10), and a resumed long conversation
+  would embed its whole log, both inside a turn that a chat without a policy never asked for.
 * **The whole log while it fits** the budget, verbatim (nothing to recall yet).
 * **Then a cache-friendly recent window**: the newest turns verbatim in at most
   :data:`DEFAULT_RECENT_SHARE` of the budget, trimmed in steps on a fixed grid (context/cache.py's
@@ -29,7 +31,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from ..embeddings import embeddings_available
 from ..errors import ConfigError
 from ..models.limits import context_window
 from .base import Context, ContextInput
@@ -79,13 +80,14 @@ class DefaultPolicy:
     """What ``Chat(...)`` and ``colloquy chat`` use when given no policy (module docstring).
 
     ``DefaultPolicy()`` fits its budget to each request's model; ``DefaultPolicy(4000)`` fixes
-    it. ``retriever`` is ``"hybrid"`` when the embeddings extra is installed, else ``"bm25"``.
+    it. ``retriever`` is ``"bm25"`` (default) or ``"hybrid"`` (sentence embeddings too; needs the
+    embeddings extra; ConfigError at the first recall without it).
     """
 
     max_input_tokens: int | None = None
     recent_share: float = DEFAULT_RECENT_SHARE
     cap: int = DEFAULT_BUDGET_CAP
-    retriever: str | None = None
+    retriever: str | None = "bm25"
     part: RecallPart = field(init=False, repr=False)
     _policies: dict[tuple[int, bool], ComposedPolicy | CacheBreakpoints] = field(
         default_factory=dict, repr=False)
@@ -97,7 +99,7 @@ class DefaultPolicy:
         if not 0.0 < self.recent_share < 1.0:
             raise ConfigError(f"recent_share must be in (0, 1), not {self.recent_share}")
         if self.retriever is None:
-            self.retriever = "hybrid" if embeddings_available() else "bm25"
+            self.retriever = "bm25"
         # One recall part (one index per conversation) whatever the budget of the request.
         self.part = RecallPart(self.retriever)
 
