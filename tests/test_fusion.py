@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from colloquy.context import ContextInput
-from colloquy.context.dates import absolute_tokens, day_tokens, query_date_tokens, relative_tokens
+from colloquy.context.dates import (MAX_SCAN_CHARS, absolute_tokens, day_tokens, message_date_tokens,
+                                    query_date_tokens, relative_tokens)
 from colloquy.context.fusion import FusionWeights, fused_features, rank_by
 from colloquy.context.recall import BM25Retriever, RecallPart, RecallPolicy, context_seqs
 from colloquy.messages import Message, StoredMessage
@@ -60,6 +61,19 @@ def test_date_tokens_of_messages_and_questions() -> None:
     assert "y2022" in absolute_tokens("What did she read in 2022?")
     assert absolute_tokens("you may go") == []  # "may" the verb is not May
     assert query_date_tokens("What did I do yesterday?", said)[:1] == ["d20231204"]
+
+
+def test_a_pasted_document_is_scanned_for_dates_up_to_a_bound() -> None:
+    # A 1.2 MB paste took 9 s to scan (minutes when it held many dates, each match checked against
+    # all earlier ones), in every turn that indexed it. Dates early in a long text still count.
+    said = ts(2023, 12, 5)
+    head = "We met on 4 December 2023 and yesterday we talked. "
+    many_dates = " ".join(f"On {d} March 2021 it rained." for d in range(1, 29)) + " "
+    long = head + many_dates * (2 * MAX_SCAN_CHARS // len(many_dates)) + "and on 9 June 2020 too"
+    tokens = message_date_tokens(long, said)
+    assert {"d20231204", "md0301", "md0328"} <= set(tokens)  # the start, yesterday resolved
+    assert "md0609" not in tokens  # past the bound: not read
+    assert query_date_tokens(long, said) == query_date_tokens(long[:MAX_SCAN_CHARS], said)
 
 
 def said_on(day: tuple[int, int, int], offset: int, text: str, before: int,
