@@ -351,7 +351,7 @@ def policies(dense: bool, share: float) -> dict[str, Setup]:
     out: dict[str, Setup] = {
         "window": Setup(lambda b: TokenBudget(b)),
         "cache-window": Setup(lambda b: CacheAwareWindow(b)),
-        "default-bm25": Setup(lambda b: DefaultPolicy(b, retriever="bm25")),
+        "default": Setup(lambda b: DefaultPolicy(b)),  # what a chat without a policy gets (BM25)
         "recall-bm25-plain/0.9": Setup(lambda b: RecallPolicy(b, recall_share=share, part=RecallPart(
             lambda: BM25Retriever(), neighbour_min=0.0))),
         "recall-bm25": Setup(lambda b: RecallPolicy(b, part=RecallPart("bm25"))),
@@ -359,7 +359,7 @@ def policies(dense: bool, share: float) -> dict[str, Setup]:
                                                              part=RecallPart("bm25"))),
     }
     if dense:
-        out["default"] = Setup(lambda b: DefaultPolicy(b, retriever="hybrid"))
+        out["default-hybrid"] = Setup(lambda b: DefaultPolicy(b, retriever="hybrid"))
         out["recall-dense"] = Setup(lambda b: RecallPolicy(b, part=RecallPart("dense", neighbour_min=0.0)))
         out[f"recall-rrf/{share}"] = Setup(lambda b: RecallPolicy(
             b, recall_share=share, part=RecallPart("rrf", neighbour_min=0.0)))
@@ -392,7 +392,7 @@ def cache_contenders(dense: bool) -> dict[str, Setup]:
         "stepped+facts": Setup(lambda b: presets.make_policy(
             "facts", max_input_tokens=b, chat_model=MODEL, config={"cache": {"enabled": True}}),
             facts),
-        "default": Setup(lambda b: DefaultPolicy(b, retriever="hybrid" if dense else "bm25")),
+        "default": Setup(lambda b: DefaultPolicy(b)),
     }
 
 
@@ -523,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not dense:
         print("dense/hybrid recall: skipped (pip install 'colloquy[embeddings]' to include them)")
     results: list[Result] = []
-    embeds = {"default", "recall-dense", "recall-hybrid", f"recall-hybrid/{args.share}",
+    embeds = {"default-hybrid", "recall-dense", "recall-hybrid", f"recall-hybrid/{args.share}",
               f"recall-rrf/{args.share}"}
     for name, setup in table.items() if "table" in sections else ():
         for b in budgets:
@@ -625,7 +625,7 @@ def checks(results: Sequence[Result], cost_rows: Sequence[dict[str, Any]], n_con
         if b == 4000:
             c1 = best.recall("all", (1,))
             lines.append((f"its category 1 at 4000: {c1:.3f} vs >= 0.65", c1 >= 0.65))
-        default = by.get(("default", b)) or by.get(("default-bm25", b))
+        default = by.get(("default", b))
         if default is not None:
             gap = best.recall("all") - default.recall("all")
             lines.append((f"{default.policy} at {b}: {default.recall('all'):.3f}, "
