@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from colloquy.context import ContextInput, ContextPolicy, TokenBudget  # noqa: E402
 from colloquy.context.cache import CacheAwareWindow, min_cacheable_tokens  # noqa: E402
 from colloquy.context.recall import RecallPart, RecallPolicy, context_seqs  # noqa: E402
+from colloquy.context.retrieval import EXACT_UNITS, MAX_POSTINGS  # noqa: E402
 from colloquy.messages import Message, StoredMessage, TextBlock  # noqa: E402
 from colloquy.tokens import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, TokenCounter, estimate_block  # noqa: E402
 from colloquy.usage import Usage, price_for  # noqa: E402
@@ -342,6 +343,15 @@ def composite_presets() -> dict[str, Setup]:
     return out
 
 
+def capped_bm25() -> Any:
+    """The default's retriever with query terms capped whatever the index's size."""
+    from colloquy.context.retrieval import SignalRetriever
+
+    r = SignalRetriever()
+    r.bm25.exact_units = 0
+    return r
+
+
 def policies(dense: bool, share: float) -> dict[str, Setup]:
     """The policies of the main table. ``recall-*`` rows use the fused ranking (context/
     fusion.py) unless named ``-rrf`` or ``-plain`` (the rankings before it, for comparison)."""
@@ -355,6 +365,9 @@ def policies(dense: bool, share: float) -> dict[str, Setup]:
         "recall-bm25-plain/0.9": Setup(lambda b: RecallPolicy(b, recall_share=share, part=RecallPart(
             lambda: BM25Retriever(), neighbour_min=0.0))),
         "recall-bm25": Setup(lambda b: RecallPolicy(b, part=RecallPart("bm25"))),
+        # The default with its BM25 queries capped (BM25Retriever.affordable) at every log size,
+        # not only past EXACT_UNITS: what the cap costs in recall, measured where it is exact.
+        "default-capped": Setup(lambda b: DefaultPolicy(b, retriever=capped_bm25)),  # type: ignore[arg-type]
         f"recall-bm25/{share}": Setup(lambda b: RecallPolicy(b, recall_share=share,
                                                              part=RecallPart("bm25"))),
     }
@@ -435,6 +448,31 @@ def index_growth(conv: Conversation, sizes: Sequence[int] = (100, 1000, 10000)) 
             idx.update(log, end)
         out.append((n, 1000 * (time.perf_counter() - t0) / 20, 1000 * rebuild))
     return out
+
+
+def query_cost(convs: Sequence[Conversation], sizes: Sequence[int] = (1000, 5000, 20000)
+               ) -> list[tuple[int, float, float, float]]:
+    """BM25 query time over growing indexes of LoCoMo's messages (repeated past the five
+    conversations' 2,698), asked LoCoMo's questions: (units, ms exact, ms capped, share of the
+    query terms the cap keeps)."""
+    from colloquy.context.retrieval import BM25Retriever, query_terms
+
+    texts = [sm.message.text for c in convs for sm in c.messages]
+    questions = [q.text for c in convs for q in c.questions][:200]
+    out = []
+    for n in sizes:
+        row = [n]
+        for exact in (True, False):
+            r = BM25Retriever(exact_units=10**9 if exact else 0)
+            r.add([(i + 1, texts[i % len(texts)], "") for i in range(n)])
+            t0 = time.perf_counter()
+            for q in questions:
+                r.columns(q, 300)
+            row.append(1000 * (time.perf_counter() - t0) / len(questions))
+        kept = sum(len(r.affordable(query_terms(q))) for q in questions)
+        row.append(kept / max(1, sum(len(query_terms(q)) for q in questions)))
+        out.append(tuple(row))
+    return out  # type: ignore[return-value]
 
 
 def load_line() -> str:
@@ -598,6 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'messages':>9}{'ms/turn incremental':>21}{'ms rebuild':>12}")
         for n, inc, full in index_growth(convs[0]):
             print(f"{n:>9,}{inc:>21.3f}{full:>12.1f}")
+        print()
+        print("BM25 query cost per question: all its terms vs capped (its rarest terms while their")
+        print(f"units add up to {MAX_POSTINGS}; the recall index caps past {EXACT_UNITS:,} units)")
+        print(f"{'units':>9}{'ms exact':>10}{'ms capped':>11}{'terms kept':>12}")
+        for n, exact, capped, kept in query_cost(convs):
+            print(f"{n:>9,}{exact:>10.2f}{capped:>11.2f}{kept:>12.2f}")
+        print(f"({load_line()})")
 
     ok = checks(results, cost_rows, len(convs))
     if args.json:

@@ -18,13 +18,18 @@ import re
 import sqlite3
 import threading
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..embeddings import dimension, embed
 from ..errors import ConfigError
 
+
+#: Up to this many units, BM25 queries keep all their terms (see BM25Retriever)...
+EXACT_UNITS = 2000
+#: ...beyond, the units the terms of one query name may add up to about this many.
+MAX_POSTINGS = 600
 
 #: An indexed unit: (key, text, context) or (key, text, context, dates).
 Item = tuple[int, str, str] | tuple[int, str, str, str]
@@ -80,9 +85,19 @@ class BM25Retriever:
     (the day it was said, the days its "yesterday"s point to), weighted ``dates_weight``, matched
     by the date tokens of the query. FTS5 inserts are incremental, so adding a turn costs the
     same at turn 10 and turn 10,000.
+
+    A query reads the posting list of every term it names, so in a long log a question with
+    common words ("now", "week", "one") touches nearly every unit: 20,000 units took FTS5 about
+    0.4 s per query on a busy 2-core machine. So once the index holds more than ``exact_units``
+    units, a query keeps its rarest terms (by how many units say each word, in their text or
+    their neighbours', counted as units are added) while their units add up to at most
+    ``max_postings``, and drops the rest: the terms that would cost the most carry the least
+    weight in BM25 (their inverse document frequency is lowest). Up to ``exact_units`` (the
+    LoCoMo conversations of bench/memory.py hold 370-680) nothing is dropped.
     """
 
-    def __init__(self, context_weight: float = 0.3, dates_weight: float = 1.0) -> None:
+    def __init__(self, context_weight: float = 0.3, dates_weight: float = 1.0,
+                 max_postings: int = MAX_POSTINGS, exact_units: int = EXACT_UNITS) -> None:
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute(
             "CREATE VIRTUAL TABLE units USING fts5(body, context, dates, "
@@ -91,6 +106,10 @@ class BM25Retriever:
         self._lock = threading.Lock()
         self.context_weight = float(context_weight)
         self.dates_weight = float(dates_weight)
+        self.max_postings = int(max_postings)
+        self.exact_units = int(exact_units)
+        #: Units saying each word (lowercased, unstemmed) or date token: what a term costs.
+        self.df: Counter[str] = Counter()
         self.added = 0
         self.updated = 0
 
@@ -99,10 +118,28 @@ class BM25Retriever:
         return (item[0], item[1], item[2], item[3] if len(item) > 3 else "")  # type: ignore[misc]
 
     def add(self, items: Sequence[Item]) -> None:
+        rows = [self._row(i) for i in items]
         with self._lock:
             self._db.executemany("INSERT INTO units (rowid, body, context, dates) VALUES (?, ?, ?, ?)",
-                                 [self._row(i) for i in items])
+                                 rows)
+            for _, body, context, dates in rows:
+                words = {w.lower() for w in _WORD.findall(f"{body} {context}")}
+                self.df.update(words | set(dates.split()))
             self.added += len(items)
+
+    def affordable(self, terms: Sequence[str]) -> list[str]:
+        """All of ``terms`` up to ``exact_units`` units; beyond, the rarest of them whose units
+        add up to at most ``max_postings`` (at least the rarest one), in their given order."""
+        if self.added <= self.exact_units:
+            return list(terms)
+        cost = 0
+        kept: set[str] = set()
+        for term in sorted(set(terms), key=lambda t: self.df.get(t, 0)):
+            cost += self.df.get(term, 0)
+            if kept and cost > self.max_postings:
+                break
+            kept.add(term)
+        return [t for t in terms if t in kept]
 
     def set_context(self, key: int, text: str, context: str) -> None:
         # DELETE + INSERT: an FTS5 UPDATE of one column costs ~50x more on a large index.
@@ -126,7 +163,7 @@ class BM25Retriever:
                 dates: Sequence[str] = ()) -> list[tuple[int, float, float, float]]:
         """Up to ``limit`` (key, body, context, dates) BM25 scores (higher is better), best first
         by their weighted sum; ``dates`` are the query's date tokens."""
-        terms = [*query_terms(query), *dates]
+        terms = self.affordable([*query_terms(query), *dates])
         if not terms or limit <= 0:
             return []
         rank = f"bm25(units, 1.0, {self.context_weight}, {self.dates_weight})"
