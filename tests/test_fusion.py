@@ -147,3 +147,20 @@ def test_a_unit_only_the_embeddings_find_is_a_candidate_past_the_keyword_hits() 
     by_dense = rank_by(keys, rows, FusionWeights(body=0, context=0, dates=0, speaker=0,
                                                  neighbour_text=0, neighbour_dense=0, session=0))
     assert by_dense[0][0] == kitten
+
+
+def test_a_long_index_asks_only_its_rarest_terms() -> None:
+    # Every posting list a query names is read: in a long log, common words touch every unit
+    # (70 ms per question at 20,000 LoCoMo units). Past exact_units, the rarest terms are kept.
+    from colloquy.context.retrieval import query_terms
+
+    items = [(i, f"weekly meeting notes, item {i}", "") for i in range(1, 101)]
+    question = "What about the weekly meeting with Biscuit?"
+    long = BM25Retriever(exact_units=50, max_postings=20)
+    long.add([*items, (101, "my kitten Biscuit slept through the weekly meeting", "")])
+    assert long.affordable(query_terms(question)) == ["biscuit"]
+    assert long.columns(question, 5)[0][0] == 101
+    short = BM25Retriever(exact_units=1000, max_postings=20)  # under exact_units: every term
+    short.add([*items, (101, "my kitten Biscuit slept through the weekly meeting", "")])
+    assert short.affordable(query_terms(question)) == ["weekly", "meeting", "biscuit"]
+    assert short.columns(question, 5)[0][0] == 101
