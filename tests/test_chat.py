@@ -502,6 +502,15 @@ def test_echo_model_is_deterministic() -> None:
     assert a.request(req).id != a.request(req).id, "only the response id differs"
 
 
+def test_echo_model_reports_the_users_words_not_the_blocks_a_policy_added() -> None:
+    # The default policy puts recalled excerpts before the user's text in the newest message:
+    # echoed back, they were stored and recalled again, growing every turn.
+    req = ModelRequest(model="echo", messages=[Message(role="user", content=[
+        TextBlock(text="<earlier_excerpts>\nuser: an old turn\n</earlier_excerpts>"),
+        TextBlock(text="the new question")])])
+    assert EchoModel().request(req).text.endswith("last user text: 'the new question'")
+
+
 def test_echo_model_skips_tool_result_messages_for_the_last_user_text() -> None:
     from colloquy.messages import ToolResultBlock
 

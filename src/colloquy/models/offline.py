@@ -164,8 +164,13 @@ class EchoModel(_RecordingModel):
 
     def _answer(self, request: ModelRequest) -> ModelResponse:
         self._record(request)
+        # The user's own words: the last text block of the last user message with text (a
+        # policy puts blocks of its own, e.g. recalled excerpts, before them; echoing those
+        # back would store them again, and recall them, every turn).
         last_user = next(
-            (m.text for m in reversed(request.messages) if m.role == "user" and m.text), ""
+            (texts[-1] for m in reversed(request.messages) if m.role == "user"
+             and (texts := [b.text for b in m.content if isinstance(b, TextBlock) and b.text])),
+            "",
         )
         tokens = counter.raw(request.system, request.messages)
         n = len(request.messages)
