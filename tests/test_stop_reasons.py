@@ -92,14 +92,20 @@ def test_a_text_reply_cut_by_max_tokens_says_so() -> None:
     assert any("max_tokens" in n for n in reply.notes)
 
 
+def _chat_cut_while_streaming_a_tool_call(fake: FakeAnthropic) -> Chat:
+    """A Claude chat whose next streamed reply is cut by max_tokens inside a send_email call,
+    and whose reply after that asks who should get it."""
+    fake.enqueue(stream(text("Sending."), tool_use("toolu_cut", "send_email", {}),
+                        stop_reason="max_tokens"),
+                 message(text("Who should get it?")))
+    model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url,
+                           environ={}, max_retries=0)
+    return Chat(model, tools=[send_email], store=MemoryStore(), title_model=False)
+
+
 def test_a_cut_tool_call_streamed_by_the_anthropic_api_is_not_run() -> None:
     with FakeAnthropic() as fake:
-        fake.enqueue(stream(text("Sending."), tool_use("toolu_cut", "send_email", {}),
-                            stop_reason="max_tokens"),
-                     message(text("Who should get it?")))
-        model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url,
-                               environ={}, max_retries=0)
-        chat = Chat(model, tools=[send_email], store=MemoryStore(), title_model=False)
+        chat = _chat_cut_while_streaming_a_tool_call(fake)
         events = list(chat.stream("email the draft"))
         final = events[-1]
         assert getattr(final, "stop_reason") == "max_tokens" and ran == []
@@ -128,12 +134,7 @@ def test_the_async_turn_never_runs_a_cut_call_either() -> None:
         return [event async for event in chat.astream("email the draft")]
 
     with FakeAnthropic() as fake:
-        fake.enqueue(stream(text("Sending."), tool_use("toolu_cut", "send_email", {}),
-                            stop_reason="max_tokens"),
-                     message(text("Who should get it?")))
-        model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url,
-                               environ={}, max_retries=0)
-        chat = Chat(model, tools=[send_email], store=MemoryStore(), title_model=False)
+        chat = _chat_cut_while_streaming_a_tool_call(fake)
         final = asyncio.run(streamed(chat))[-1]
         assert getattr(final, "stop_reason") == "max_tokens" and ran == []
         assert any("not run" in n for n in getattr(final, "notes"))
