@@ -76,15 +76,14 @@ LANGGRAPH_REFERENCE = (
 class TimedEcho(EchoModel):
     """The echo model, timing its own work so it can be subtracted from the turn.
 
-    EchoModel records every request it receives (a test-double feature); the bench drops that
-    record after each call so the double's memory does not grow with the run.
+    EchoModel keeps the last requests it received (a test-double feature); the bench keeps
+    none, so the double holds no request in the memory figures.
     """
 
-    def __init__(self, keep_requests: bool = False) -> None:
-        super().__init__()
+    def __init__(self) -> None:
+        super().__init__(keep_requests=0)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
-        self.keep_requests = keep_requests
 
     def request(self, request: ModelRequest) -> ModelResponse:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -93,8 +92,6 @@ class TimedEcho(EchoModel):
         finally:
             self.seconds += time.perf_counter() - t0
             self.cpu_seconds += time.process_time() - c0
-            if not self.keep_requests:
-                self.requests.clear()
 
 
 class TimedStore(SQLiteStore):

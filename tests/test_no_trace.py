@@ -16,7 +16,6 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from colloquy import Chat, EchoModel, Store
-from colloquy.models import Model
 from colloquy.rights import delete_user, discover_tables
 from colloquy.server import create_app
 from colloquy.server.ratelimit import RateLimit
@@ -40,9 +39,9 @@ def rows_text(store: Store) -> str:
 
 def held_text(*roots: Any) -> str:
     """Every string reachable from ``roots`` through containers and colloquy's own objects
-    (their attributes, pydantic fields, dataclass fields): what the process holds, except the
-    requests the offline model (the test double) records by design. Each line
-    is ``path = string``, so a failure names where the string is held."""
+    (their attributes, pydantic fields, dataclass fields): what the process holds, the offline
+    model's record of requests included. Each line is ``path = string``, so a failure names
+    where the string is held."""
     seen: set[int] = set()
     found: list[str] = []
     todo: list[tuple[Any, str]] = [(r, type(r).__name__) for r in roots]
@@ -65,20 +64,18 @@ def held_text(*roots: Any) -> str:
                 if hasattr(obj, slot):
                     attrs[slot] = getattr(obj, slot)
             attrs["__pydantic_extra__"] = getattr(obj, "__pydantic_extra__", None)
-            if isinstance(obj, Model):
-                attrs.pop("requests", None)  # the offline test model's own record of requests
             todo.extend((v, f"{path}.{k}") for k, v in attrs.items() if v is not None)
     return "\n".join(found)
 
 
-def library_writes(store: Store, user: str) -> list[str]:
+def library_writes(store: Store, user: str, model: EchoModel) -> list[str]:
     """What a library user writes (test_data_rights.populate: conversations, a summary, a
     cursor, a fact, an account), and a named conversation, a turn with an idempotency key and
     rate-limit state. Returns the conversation ids."""
     ids = populate(store, user, f"marker-{user}")
     named = store.create_conversation(user_id=user, name=f"trip-{user}")
-    Chat(EchoModel(), store=store, session_id=named.id, user_id=user).send(
-        "named", idempotency_key=f"key-{user}")
+    Chat(model, store=store, session_id=named.id, user_id=user).send(
+        f"named by {user}", idempotency_key=f"key-{user}")
     store.take_rate(user, 60.0, 5)  # type: ignore[attr-defined]
     return [*ids, named.id]
 
@@ -90,12 +87,15 @@ def assert_gone(text: str, user: str, ids: list[str], where: str) -> None:
 
 
 def test_delete_user_leaves_no_trace_in_the_database_or_the_store_object(store: Store) -> None:
-    ann = library_writes(store, ANN)
-    bob = library_writes(store, BOB)
+    model = EchoModel()  # one model object for both users, as in a server
+    ann = library_writes(store, ANN, model)
+    bob = library_writes(store, BOB, model)
+    assert ANN in held_text(model)  # the model's record of requests holds what it was sent
     delete_user(store, ANN)
     assert_gone(rows_text(store), ANN, ann, "the database")
-    assert_gone(held_text(store), ANN, ann, "the store object")
+    assert_gone(held_text(store, model), ANN, ann, "the store and model objects")
     assert BOB in held_text(store) + rows_text(store)  # the search finds what is there
+    assert BOB in held_text(model)  # only the deleted user's requests were dropped
     # The same name starts afresh: a new account's rate limit owes nothing to the old one.
     assert store.take_rate(ANN, 60.0, 1) == 0.0  # type: ignore[attr-defined]
 
@@ -119,6 +119,8 @@ def test_delete_me_leaves_no_trace_in_the_serving_process(store: Store) -> None:
                            json={"statement": f"likes {user}"}).status_code == 201
     ann = [c.id for c in store.list_conversations(user_id=ANN)]
     assert len(ann) == 2
+    model = app.state.service.default_model
+    assert ANN in held_text(model)  # what the model was sent, both routes
     r = client.delete("/v1/me", headers=bearer(tokens[ANN]))
     assert r.status_code == 200, r.text
     assert client.get("/v1/me", headers=bearer(tokens[ANN])).status_code == 401
@@ -126,5 +128,6 @@ def test_delete_me_leaves_no_trace_in_the_serving_process(store: Store) -> None:
     assert_gone(rows_text(store), ANN, ann, "the database")
     assert_gone(held_text(store, service), ANN, ann, "the serving process")
     assert BOB in held_text(store, service) + rows_text(store)
+    assert BOB in held_text(model)  # only the deleted user's requests were dropped
     export = client.get("/v1/me/export", headers=bearer(tokens[BOB]))
     assert ANN not in json.dumps(export.json())

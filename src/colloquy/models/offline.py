@@ -1,8 +1,12 @@
 """Models that need no network: for offline demos, debugging, and users' own tests.
 
 They are real :class:`Model` implementations, not mocks: the engine, policies and storage run
-exactly as with a provider, and each double records every request it received so a test can
+exactly as with a provider, and each double records the requests it received so a test can
 assert what a provider *would have been sent*.
+
+The record is bounded and forgets deleted conversations: ``colloquy serve --model echo`` runs
+demos and load tests for hours, so an unbounded record would grow without end, and a deleted
+user's words must leave the process too, not just the database (see colloquy.store.caches).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+from ..caches import register_cache
 from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..telemetry.context import current_conversation
 from ..tokens import counter, estimate_text
 from ..usage import Usage
 from .base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
@@ -33,18 +39,52 @@ def tool_call(name: str, input: dict[str, Any] | None = None, id: str | None = N
     return ToolUseBlock(id=id or f"toolu_{uuid.uuid4().hex[:20]}", name=name, input=input or {})
 
 
-class _RecordingModel(Model):
-    """Records every request, thread-safely, and streams replies word by word."""
+#: How many requests an offline model keeps by default (the most recent ones).
+KEEP_REQUESTS = 100
 
-    def __init__(self, name: str, delay: float = 0.0) -> None:
+
+class _RecordingModel(Model):
+    """Records the last ``keep_requests`` requests, thread-safely, and streams replies word by
+    word.
+
+    Each request is recorded with the conversation it was made for (the turn's, as telemetry
+    knows it: colloquy.telemetry.context); deleting a conversation drops its requests, and
+    those made outside any conversation, since they cannot be told apart (the model is
+    registered with colloquy.store.caches like the recall indexes and summary caches)."""
+
+    def __init__(self, name: str, delay: float = 0.0, keep_requests: int = KEEP_REQUESTS) -> None:
+        if keep_requests < 0:
+            raise ValueError("keep_requests must not be negative")
         self.name = name
         self.delay = delay
-        self.requests: list[ModelRequest] = []
+        self.keep_requests = keep_requests
+        self._log: list[tuple[str | None, ModelRequest]] = []
         self._lock = threading.Lock()
+        register_cache(self)
+
+    @property
+    def requests(self) -> list[ModelRequest]:
+        """The requests received, oldest first: the last ``keep_requests`` of them, less those
+        of deleted conversations (a copy: clear the record with :meth:`clear_requests`)."""
+        with self._lock:
+            return [request for _, request in self._log]
+
+    def clear_requests(self) -> None:
+        """Forget every recorded request."""
+        with self._lock:
+            self._log.clear()
 
     def _record(self, request: ModelRequest) -> None:
         with self._lock:
-            self.requests.append(request)
+            self._log.append((current_conversation(), request))
+            if len(self._log) > self.keep_requests:
+                del self._log[: len(self._log) - self.keep_requests]
+
+    def forget_conversations(self, ids: set[str]) -> None:
+        """Drop the requests made for these (deleted) conversations, and those made outside
+        any conversation (see the class docstring)."""
+        with self._lock:
+            self._log = [(cid, r) for cid, r in self._log if cid is not None and cid not in ids]
 
     @property
     def last_request(self) -> ModelRequest:
@@ -126,14 +166,16 @@ class EchoModel(_RecordingModel):
     ``latency`` (seconds before answering), ``delay`` (seconds between streamed words) and
     ``words`` (pad the reply to this many words) let load tests simulate a real model's timing
     and reply length without a network; as a model name: ``echo?latency=0.2&delay=0.01&words=50``.
+    ``keep_requests``: how many of the latest requests :attr:`requests` keeps.
     """
 
     provider = "offline"
 
     def __init__(
-        self, name: str = "echo", latency: float = 0.0, delay: float = 0.0, words: int = 0
+        self, name: str = "echo", latency: float = 0.0, delay: float = 0.0, words: int = 0,
+        keep_requests: int = KEEP_REQUESTS,
     ) -> None:
-        super().__init__(name, delay)
+        super().__init__(name, delay, keep_requests)
         self.latency = latency
         self.words = words
 
@@ -197,8 +239,9 @@ class ScriptedModel(_RecordingModel):
 
     provider = "offline"
 
-    def __init__(self, replies: Iterable[Script] = (), name: str = "scripted", delay: float = 0.0):
-        super().__init__(name, delay)
+    def __init__(self, replies: Iterable[Script] = (), name: str = "scripted", delay: float = 0.0,
+                 keep_requests: int = KEEP_REQUESTS) -> None:
+        super().__init__(name, delay, keep_requests)
         self._queue: list[Script] = list(replies)
 
     def add(self, *replies: Script) -> None:
@@ -239,8 +282,9 @@ class FunctionModel(_RecordingModel):
         fn: Callable[[ModelRequest], str | list[ContentBlock] | ModelResponse],
         name: str = "function",
         delay: float = 0.0,
+        keep_requests: int = KEEP_REQUESTS,
     ) -> None:
-        super().__init__(name, delay)
+        super().__init__(name, delay, keep_requests)
         self.fn = fn
 
     def _answers_inline(self) -> bool:
