@@ -164,3 +164,38 @@ def test_a_long_index_asks_only_its_rarest_terms() -> None:
     short.add([*items, (101, "my kitten Biscuit slept through the weekly meeting", "")])
     assert short.affordable(query_terms(question)) == ["weekly", "meeting", "biscuit"]
     assert short.columns(question, 5)[0][0] == 101
+
+
+def test_a_query_ranks_a_bounded_number_of_units_whatever_the_log() -> None:
+    # A small vocabulary or a very long log: even a query's rarest term is in thousands of
+    # units, and ranking them all made a turn's time grow with the log (bench/turns.py). The
+    # query ranks only the newest max_postings units that match it.
+    r = BM25Retriever(max_postings=50)
+    r.add([(i, f"release notes for the build, entry {i}", "", "") for i in range(1, 3001)])
+    rows = r.columns("release build", 10**6)
+    assert len(rows) == 50
+    assert {k for k, *_ in rows} == set(range(2951, 3001))
+    older = r.columns("release build", 10**6, before=1001)  # below the window: its newest 50
+    assert {k for k, *_ in older} == set(range(951, 1001))
+    # A rare term is still found wherever it is.
+    r.add([(3001, "the build broke", "", "")])
+    assert r.columns("release build broke", 3)[0][0] == 3001
+
+
+def test_columns_and_rows_rank_alike() -> None:
+    from colloquy.context.fusion import FIELDS, fused_columns, rank_columns
+
+    said = sessions([(2023, 5, 7), (2023, 5, 8), (2023, 5, 9)])
+    said[14] = (said[14][0], "", "I adopted a tabby kitten and named her Biscuit.")
+    history = dated_log(said)
+    part = RecallPart("bm25")
+    idx = part.index_for(ContextInput(history=history, conversation_id="rank"))
+    idx.update(history, len(history))
+    q = "What did I name the kitten I adopted?"
+    keys, cols = fused_columns(idx, idx.retriever, q, history[-1].created_at, None)
+    assert len(cols) == len(FIELDS) and all(len(c) == len(keys) for c in cols)
+    keys2, rows = fused_features(idx, idx.retriever, q, history[-1].created_at, None)
+    assert keys2 == keys and rows == [list(r) for r in zip(*cols)]
+    w = FusionWeights()
+    assert rank_by(keys, rows, w) == rank_columns(keys, cols, w)
+    assert rank_columns(keys, cols, w)[0][0] == history[14].seq

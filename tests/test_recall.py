@@ -286,3 +286,25 @@ def test_the_shipped_retrieval_heavy_config_builds_what_it_says() -> None:
     ctx = policy.build(ContextInput(history=history, conversation_id="heavy"))
     assert problems(ctx.messages) == []
     assert "Biscuit" in ctx.system[-1].text  # recalled from far outside the small window
+
+
+def test_the_recall_block_is_estimated_from_its_lines_not_scanned_again() -> None:
+    # An 8,000-token block took ~4 ms to estimate, on every turn, twice (the composite, then
+    # the engine's fit to the model's window). Its estimate is added up from the excerpts'
+    # parts, counted once when indexed: for ASCII text exactly what scanning it would give,
+    # and what estimate_text says from then on. Non-ASCII text: about the same.
+    from colloquy.tokens import _estimate_text, estimate_text
+
+    pairs = conversation(60)
+    pairs[30] = ("Пойдём в кино на выходных? 周末去看电影吧 🎬", "The weekend is free, the match is not.")
+    for cid, rows in (("ascii", conversation(60)), ("mixed", pairs)):
+        history = with_question(log(rows, cid=cid), "The weekend <b>, the match?")
+        res = RecallPart(neighbour_min=0.0).render(
+            ContextInput(history=history, conversation_id=cid), len(history) - 1, 3000)
+        text = res.blocks[0].text
+        assert res.raw is not None and len(res.sources) > 20 and res.tokens <= 3000
+        if text.isascii():
+            assert res.raw == _estimate_text(text)
+        else:
+            assert abs(res.raw - _estimate_text(text)) <= 0.02 * res.raw
+        assert estimate_text(text) == res.raw

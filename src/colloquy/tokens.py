@@ -59,13 +59,74 @@ def _latin_estimate(text: str) -> float:
     token per word-like piece (:data:`_WORDISH`), whichever is more: punctuation-dense code
     and numbers are counted by pieces, long words by characters. A group of digits costs a
     whole token and the space before it another half (cl100k_base gives it its own)."""
+    return max(len(text) / 4.8, _pieces(text))
+
+
+def _pieces(text: str) -> float:
     wordish = _WORDISH_ASCII if text.isascii() else _WORDISH
-    pieces = len(wordish.findall(text)) * 0.75 + len(_DIGIT_GROUPS.findall(text)) * 0.5
-    return max(len(text) / 4.8, pieces)
+    return len(wordish.findall(text)) * 0.75 + len(_DIGIT_GROUPS.findall(text)) * 0.5
+
+
+#: What :func:`estimate_text` counts in a text: (characters, word pieces, tokens of the finely
+#: split scripts). Parts add up: texts joined by newlines have the sum of their parts (plus one
+#: character per newline), so a text built from pieces is estimated from theirs.
+Parts = tuple[int, float, float]
+
+
+def text_parts(text: str) -> Parts:
+    """The :data:`Parts` of ``text`` (not sampled: for pieces of a larger text)."""
+    if text.isascii():
+        return len(text), _pieces(text), 0.0
+    total, rest = _script_split(text)
+    return len(rest), (_pieces(rest) if rest else 0.0), total
+
+
+def parts_estimate(parts: Parts) -> int:
+    """The estimate of a text from its :data:`Parts` (as :func:`estimate_text` counts it)."""
+    chars, pieces, script = parts
+    if not chars and not script:
+        return 0
+    return max(1, math.ceil(script + max(chars / 4.8, pieces)))
+
+
+def add_parts(a: Parts, b: Parts, newlines: int = 0) -> Parts:
+    """The parts of two texts joined by ``newlines`` newline characters."""
+    return a[0] + b[0] + newlines, a[1] + b[1], a[2] + b[2]
+
+
+#: Texts whose builder already knew their estimate (:func:`note_estimate`), newest last.
+_NOTED: dict[str, int] = {}
+_NOTED_MAX = 256
+
+
+def note_estimate(text: str, tokens: int) -> None:
+    """Record the estimate of a text its builder already knows, so :func:`estimate_text`
+    returns it without scanning the text again.
+
+    Why: recall joins a few hundred excerpt lines whose estimates were computed once, when
+    they were indexed; scanning the joined 8,000-token block again cost ~4 ms on every turn.
+    ``tokens`` must be an estimate of the same kind (e.g. the sum of the lines' estimates,
+    which is never below the whole text's). Only the newest :data:`_NOTED_MAX` are kept.
+    """
+    with _NOTED_LOCK:
+        _NOTED.pop(text, None)
+        _NOTED[text] = tokens
+        while len(_NOTED) > _NOTED_MAX:
+            del _NOTED[next(iter(_NOTED))]
+
+
+_NOTED_LOCK = threading.Lock()
+
+
+def estimate_text(text: str) -> int:
+    """Rough BPE token count, script-aware (see :func:`_estimate_text`); a text recorded by
+    :func:`note_estimate` gets its recorded count."""
+    noted = _NOTED.get(text)
+    return noted if noted is not None else _estimate_text(text)
 
 
 @functools.lru_cache(maxsize=4_096)
-def estimate_text(text: str) -> int:
+def _estimate_text(text: str) -> int:
     """Rough BPE token count, script-aware.
 
     Latin text and code are counted by characters and words (:func:`_latin_estimate`); the
@@ -93,6 +154,12 @@ def _estimate(text: str) -> float:
 def script_estimate(text: str) -> float:
     """The uncapped estimate of a non-ASCII text: each script class at its rate, the rest as
     Latin text (what remains once those characters are taken out)."""
+    total, rest = _script_split(text)
+    return total + (_latin_estimate(rest) if rest else 0.0)
+
+
+def _script_split(text: str) -> tuple[float, str]:
+    """(tokens of the finely split scripts' characters, the rest of the text)."""
     total = 0.0
     rest = text
     if _ANY_SCRIPT.search(text) is not None:
@@ -100,7 +167,7 @@ def script_estimate(text: str) -> float:
             rest, n = pattern.subn(" ", rest)
             total += n * rate
         rest = " ".join(rest.split())
-    return total + (_latin_estimate(rest) if rest else 0.0)
+    return total, rest
 
 
 def estimate_block(block: object) -> int:

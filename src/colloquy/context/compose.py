@@ -62,6 +62,10 @@ class PartResult:
     #: placement (e.g. facts learned since the cached facts block), so the cached system
     #: prompt and history stay byte-stable.
     tail: list[TextBlock] = field(default_factory=list)
+    #: Uncalibrated estimate of ``blocks`` and ``tail`` when the part computed one (an upper
+    #: bound: recall sums its excerpts' cached counts, where estimating its whole block again
+    #: cost ~4 ms a turn); None: the composite estimates the blocks.
+    raw: int | None = None
 
 
 @runtime_checkable
@@ -352,7 +356,8 @@ class ComposedPolicy:
     ) -> tuple[int, int]:
         """Render one part within ``budget``; returns (raw tokens used so far, unused budget)."""
         res = part.render(inp, window_start, budget)
-        raw = sum(estimate_text(b.text) for b in [*res.blocks, *res.tail])
+        raw = res.raw if res.raw is not None else sum(
+            estimate_text(b.text) for b in [*res.blocks, *res.tail])
         res.tokens = cal(raw)
         if (res.blocks or res.tail) and (res.tokens > budget or cal(used + raw) > limit):
             notes.append(f"{stage}: left out, its ~{res.tokens} tokens are over its "

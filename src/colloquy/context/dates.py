@@ -23,6 +23,7 @@ turn that indexes it, and the rest of such a text is not what a question about a
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date, datetime, timedelta, timezone
 
@@ -47,6 +48,9 @@ _MONTH_YEAR = re.compile(rf"\b{_MON}\.?,?\s+{_YEAR}\b", re.I)
 _MONTH_ALONE = re.compile(rf"\b(?:in|during|since|by|of|last|this|next|early|late|mid)\s+{_MON}\b",
                           re.I)
 _YEAR_ALONE = re.compile(rf"\b(?:in|during|since|of|by|from|year)\s+{_YEAR}\b", re.I)
+#: What every absolute date above contains (a digit or a month's name): one scan rules most
+#: texts out before the six patterns run.
+_MAYBE_ABSOLUTE = re.compile(rf"\d|\b{_MON}", re.I)
 _ISO = re.compile(r"\b((?:19|20)\d\d)-(\d\d)-(\d\d)\b")
 
 _N = r"(a|an|one|two|three|four|five|six|seven|eight|nine|ten|\d+|a\s+couple\s+of|a\s+few|few)"
@@ -65,7 +69,13 @@ MAX_SCAN_CHARS = 10_000
 
 def day_tokens(d: date) -> list[str]:
     """The canonical tokens of one day (see the module docstring)."""
-    return [f"d{d:%Y%m%d}", f"md{d:%m%d}", f"m{d:%Y%m}", f"mon{d:%m}", f"y{d:%Y}"]
+    return list(_day_tokens(d))
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_tokens(d: date) -> tuple[str, ...]:
+    # Cached: every indexed message asks for the day it was said (strftime is the cost).
+    return (f"d{d:%Y%m%d}", f"md{d:%m%d}", f"m{d:%Y%m}", f"mon{d:%m}", f"y{d:%Y}")
 
 
 def _month_tokens(year: int, month: int) -> list[str]:
@@ -150,9 +160,9 @@ def relative_tokens(text: str, ts: float) -> list[str]:
 def absolute_tokens(text: str) -> list[str]:
     """Tokens of the absolute dates ``text`` names: "4 December 2023", "December 4", "December
     2023", "in December", "in 2022", "2023-12-04"."""
-    if not text:
-        return []
     text = text[:MAX_SCAN_CHARS]
+    if not text or _MAYBE_ABSOLUTE.search(text) is None:
+        return []
     out: list[str] = []
     taken = bytearray(len(text))  # 1 where an earlier, more specific pattern matched
 

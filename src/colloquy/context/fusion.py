@@ -31,11 +31,12 @@ what), not to any conversation; no annotation of the data set is read.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .dates import query_date_tokens
 
@@ -61,6 +62,10 @@ class FusionWeights:
         return list(asdict(self).values())
 
 
+#: The signals' names, in the order of their columns and weights.
+FIELDS = tuple(FusionWeights.__dataclass_fields__)
+
+
 #: Candidates taken from each retriever before fusion.
 DEFAULT_DEPTH = 300
 
@@ -70,7 +75,7 @@ def _scaled(values: dict[int, float]) -> dict[int, float]:
     return {k: v / top for k, v in values.items()} if top > 0 else {}
 
 
-def speakers_named(query: str, speakers: Sequence[str]) -> set[str]:
+def speakers_named(query: str, speakers: Iterable[str]) -> set[str]:
     """The speaker names (``meta["speaker"]`` of the log's messages) the query mentions."""
     out = set()
     for name in set(speakers):
@@ -79,29 +84,30 @@ def speakers_named(query: str, speakers: Sequence[str]) -> set[str]:
     return out
 
 
-def fused_features(
+def fused_columns(
     index: ConversationIndex, retriever: SignalRetriever, query: str, query_time: float | None,
     before: int | None, depth: int = DEFAULT_DEPTH, dense_signals: bool = True,
 ) -> tuple[list[int], list[list[float]]]:
-    """The candidate units with key < ``before`` and their signals (one row each, in the order
-    of :class:`FusionWeights`' fields). ``query_time`` (seconds) resolves the query's relative
-    dates ("yesterday"); ``dense_signals=False`` skips the embeddings."""
+    """The candidate units with key < ``before`` and their signals, one column per field of
+    :class:`FusionWeights` (in its order), one value per candidate. ``query_time`` (seconds)
+    resolves the query's relative dates ("yesterday"); ``dense_signals=False`` skips the
+    embeddings. Columns, not rows: each is one list comprehension, which is what keeps fusion
+    at about a millisecond for its ~900 candidates (bench/turns.py)."""
     keys = index.keys
     n = bisect_right(keys, before - 1) if before is not None else len(keys)
     if n == 0 or not query.strip():
-        return [], []
+        return [], [[] for _ in FIELDS]
     pos = index.position
     dates = query_date_tokens(query, query_time)
     body: dict[int, float] = {}
     ctx: dict[int, float] = {}
     dat: dict[int, float] = {}
-    candidates: set[int] = set()
     for key, b, c, d in retriever.bm25.columns(query, depth, before, dates):
         p = pos[key]
-        candidates.add(p)
         body[p], ctx[p], dat[p] = max(b, 0.0), max(c, 0.0), max(d, 0.0)
+    candidates = set(body)
     body, ctx, dat = _scaled(body), _scaled(ctx), _scaled(dat)
-    dense: Any = ()
+    dense: list[float] = []
     if retriever.dense is not None and dense_signals:
         _, cos = retriever.dense.similarities(query, before)
         if len(cos):
@@ -112,40 +118,63 @@ def fused_features(
             k = min(depth, len(dense))
             candidates.update(int(i) for i in np.argpartition(-z, k - 1)[:k])
     candidates |= {p + d for p in list(candidates) for d in (-1, 1) if 0 <= p + d < n}
-    # The dense index may lack the newest unit (indexed once its next neighbour is known).
-    n_dense = min(len(dense), n)
-
-    def dz(p: int) -> float:
-        return float(dense[p]) if 0 <= p < n_dense else 0.0
-
-    named = speakers_named(query, index.speakers[:n])
+    # The dense index may lack the newest unit (indexed once its next neighbour is known);
+    # positions past it and the -1 before the first unit read 0.
+    dense = dense[:n]
+    dget: dict[int, float] = dict(enumerate(dense))
+    order = sorted(candidates)
+    zero = [0.0] * len(order)
+    get = body.get
+    bv = [get(p, 0.0) for p in order]
+    dv = [dget.get(p, 0.0) for p in order] if dense else zero
     sessions = index.sessions
     best_in_session: dict[int, float] = {}
-    for p in candidates:
-        v = body.get(p, 0.0) + dz(p)
+    for p, v in zip(order, map(operator.add, bv, dv)):
         if v > best_in_session.get(sessions[p], 0.0):
             best_in_session[sessions[p]] = v
     session_top = max(best_in_session.values(), default=0.0) or 1.0
-    order = sorted(candidates)
-    rows = [[body.get(p, 0.0), ctx.get(p, 0.0), dat.get(p, 0.0), dz(p),
-             1.0 if named and index.speakers[p] in named else 0.0,
-             max(body.get(p - 1, 0.0), body.get(p + 1, 0.0)), max(dz(p - 1), dz(p + 1)),
-             best_in_session.get(sessions[p], 0.0) / session_top] for p in order]
-    return [keys[p] for p in order], rows
+    named = speakers_named(query, index.speaker_names)
+    speakers = index.speakers
+    cols: list[list[float]] = [
+        bv,
+        [ctx.get(p, 0.0) for p in order],
+        [dat.get(p, 0.0) for p in order],
+        dv,
+        [1.0 if speakers[p] in named else 0.0 for p in order] if named else zero,
+        [max(get(p - 1, 0.0), get(p + 1, 0.0)) for p in order],
+        [max(dget.get(p - 1, 0.0), dget.get(p + 1, 0.0)) for p in order] if dense else zero,
+        [best_in_session.get(sessions[p], 0.0) / session_top for p in order],
+    ]
+    return [keys[p] for p in order], cols
+
+
+def fused_features(
+    index: ConversationIndex, retriever: SignalRetriever, query: str, query_time: float | None,
+    before: int | None, depth: int = DEFAULT_DEPTH, dense_signals: bool = True,
+) -> tuple[list[int], list[list[float]]]:
+    """:func:`fused_columns` as rows: one list of signals per candidate (for tuning)."""
+    keys, cols = fused_columns(index, retriever, query, query_time, before, depth, dense_signals)
+    return keys, [list(row) for row in zip(*cols)]
+
+
+def rank_columns(keys: Sequence[int], cols: Sequence[Sequence[float]],
+                 weights: FusionWeights) -> list[tuple[int, float]]:
+    """(key, weighted score) of the candidates with a positive score, best first (ties: older
+    first); ``cols`` as :func:`fused_columns` gives them."""
+    scores = [0.0] * len(keys)
+    for w, col in zip(weights.as_list(), cols):
+        if w:
+            scores = list(map(operator.add, scores, map(w.__mul__, col)))
+    out = [(k, v) for k, v in zip(keys, scores) if v > 0 and not math.isnan(v)]
+    out.sort(key=lambda kv: (-kv[1], kv[0]))
+    return out
 
 
 def rank_by(keys: Sequence[int], rows: Sequence[Sequence[float]],
             weights: FusionWeights) -> list[tuple[int, float]]:
-    """(key, weighted score) of the candidates with a positive score, best first (ties: older
-    first)."""
-    w = weights.as_list()
-    out = []
-    for key, row in zip(keys, rows):
-        score = sum(a * b for a, b in zip(w, row))
-        if score > 0 and not math.isnan(score):
-            out.append((key, score))
-    out.sort(key=lambda kv: (-kv[1], kv[0]))
-    return out
+    """:func:`rank_columns` of candidates given as rows (:func:`fused_features`)."""
+    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in FIELDS]
+    return rank_columns(keys, cols, weights)
 
 
 def fused_ranking(
@@ -155,9 +184,10 @@ def fused_ranking(
     """(key, score) of the candidate units with key < ``before``, best first (ties: older
     first); only units with a positive score."""
     dense = weights.dense + weights.neighbour_dense + weights.session > 0
-    keys, rows = fused_features(index, retriever, query, query_time, before, depth, dense)
-    return rank_by(keys, rows, weights)
+    keys, cols = fused_columns(index, retriever, query, query_time, before, depth, dense)
+    return rank_columns(keys, cols, weights)
 
 
-__all__ = ["DEFAULT_DEPTH", "FusionWeights", "fused_features", "fused_ranking", "rank_by",
+__all__ = ["DEFAULT_DEPTH", "FIELDS", "FusionWeights", "fused_columns", "fused_features",
+           "fused_ranking", "rank_by", "rank_columns",
            "speakers_named"]

@@ -26,9 +26,12 @@ from ..embeddings import dimension, embed
 from ..errors import ConfigError
 
 
-#: Up to this many units, BM25 queries keep all their terms (see BM25Retriever)...
-EXACT_UNITS = 2000
-#: ...beyond, the units the terms of one query name may add up to about this many.
+#: Up to this many units, BM25 queries keep all their terms (see BM25Retriever); 0: a query is
+#: capped at every size (on LoCoMo the cap costs no measured recall: bench/memory.py's
+#: ``default-capped`` row kept 0.874 of the evidence at 4k where every term gave 0.872)...
+EXACT_UNITS = 0
+#: ...beyond, the units the terms of one query name may add up to about this many, and a query
+#: ranks at most this many units (the newest that match).
 MAX_POSTINGS = 600
 
 #: An indexed unit: (key, text, context) or (key, text, context, dates).
@@ -89,11 +92,13 @@ class BM25Retriever:
     A query reads the posting list of every term it names, so in a long log a question with
     common words ("now", "week", "one") touches nearly every unit: 20,000 units took FTS5 about
     0.4 s per query on a busy 2-core machine. So once the index holds more than ``exact_units``
-    units, a query keeps its rarest terms (by how many units say each word, in their text or
-    their neighbours', counted as units are added) while their units add up to at most
-    ``max_postings``, and drops the rest: the terms that would cost the most carry the least
-    weight in BM25 (their inverse document frequency is lowest). Up to ``exact_units`` (the
-    LoCoMo conversations of bench/memory.py hold 370-680) nothing is dropped.
+    units (by default always), a query keeps its rarest terms (by how many units say each word,
+    in their text or their neighbours', counted as units are added) while their units add up to
+    at most ``max_postings``, and drops the rest: the terms that would cost the most carry the
+    least weight in BM25 (their inverse document frequency is lowest). When even its rarest term
+    is said in more units than that (a small vocabulary, a very long log), the query ranks only
+    the newest ``max_postings`` units that match it: the cost of a query is bounded whatever
+    the log's length, and recent mentions win over old ones.
     """
 
     def __init__(self, context_weight: float = 0.3, dates_weight: float = 1.0,
@@ -166,17 +171,31 @@ class BM25Retriever:
         terms = self.affordable([*query_terms(query), *dates])
         if not terms or limit <= 0:
             return []
-        rank = f"bm25(units, 1.0, {self.context_weight}, {self.dates_weight})"
-        sql = (f"SELECT rowid, bm25(units, 1.0, 0.0, 0.0), bm25(units, 0.0, 1.0, 0.0), "
-               f"bm25(units, 0.0, 0.0, 1.0) FROM units WHERE units MATCH ?")
+        where = "units MATCH ?"
         args: list[Any] = [self._match(terms)]
         if before is not None:
-            sql += " AND rowid < ?"
+            where += " AND rowid < ?"
             args.append(before)
-        sql += f" ORDER BY {rank} LIMIT ?"
-        args.append(limit)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            if self.added > self.exact_units and self.added > self.max_postings:
+                # The newest max_postings matches bound the units ranked (class docstring):
+                # FTS5 walks a doclist backwards by rowid without ranking it.
+                floor = self._db.execute(
+                    f"SELECT rowid FROM units WHERE {where} ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                    [*args, self.max_postings - 1]).fetchone()
+                if floor is not None:
+                    where += " AND rowid >= ?"
+                    args.append(floor[0])
+            # Ranked here rather than by an ORDER BY on a fourth bm25() (which doubled the
+            # query's time): once capped, the rows are at most max_postings.
+            # The dates column holds only date tokens: with none in the query it scores 0.
+            dated = "bm25(units, 0.0, 0.0, 1.0)" if dates else "0.0"
+            rows = self._db.execute(
+                "SELECT rowid, bm25(units, 1.0, 0.0, 0.0), bm25(units, 0.0, 1.0, 0.0), "
+                f"{dated} FROM units WHERE {where}", args).fetchall()
+        cw, dw = self.context_weight, self.dates_weight
+        rows.sort(key=lambda r: (r[1] + cw * r[2] + dw * r[3], r[0]))
+        del rows[limit:]
         # FTS5 scores are "lower is better"; a column with no match scores (about) zero.
         return [(int(k), -float(b), -float(c), -float(d)) for k, b, c, d in rows]
 
