@@ -343,13 +343,23 @@ def composite_presets() -> dict[str, Setup]:
     return out
 
 
-def capped_bm25() -> Any:
-    """The default's retriever with query terms capped whatever the index's size."""
+def exact_bm25() -> Any:
+    """The default's retriever with every query term kept (no cap on the units a query reads)."""
     from colloquy.context.retrieval import SignalRetriever
 
     r = SignalRetriever()
-    r.bm25.exact_units = 0
+    r.bm25.exact_units = 10**9
     return r
+
+
+def default_variant(b: int, retriever: Any = "bm25", **part: Any) -> ContextPolicy:
+    """The default policy with some of its recall part's settings changed (a variant row)."""
+    from colloquy.context.default import DefaultPolicy
+
+    policy = DefaultPolicy(b, retriever=retriever)
+    for name, value in part.items():
+        setattr(policy.part, name, value)
+    return policy
 
 
 def policies(dense: bool, share: float) -> dict[str, Setup]:
@@ -365,9 +375,13 @@ def policies(dense: bool, share: float) -> dict[str, Setup]:
         "recall-bm25-plain/0.9": Setup(lambda b: RecallPolicy(b, recall_share=share, part=RecallPart(
             lambda: BM25Retriever(), neighbour_min=0.0))),
         "recall-bm25": Setup(lambda b: RecallPolicy(b, part=RecallPart("bm25"))),
-        # The default with its BM25 queries capped (BM25Retriever.affordable) at every log size,
-        # not only past EXACT_UNITS: what the cap costs in recall, measured where it is exact.
-        "default-capped": Setup(lambda b: DefaultPolicy(b, retriever=capped_bm25)),  # type: ignore[arg-type]
+        # The default with every BM25 query term kept (no BM25Retriever.affordable cap, which the
+        # default applies at every size): what the cap costs in recall.
+        "default-exact": Setup(lambda b: DefaultPolicy(b, retriever=exact_bm25)),  # type: ignore[arg-type]
+        # Candidates from BM25 before fusion (the default takes DEFAULT_RECALL_DEPTH, 150): more or
+        # fewer (the fewer, the faster a turn).
+        "default-depth300": Setup(lambda b: default_variant(b, depth=300)),
+        "default-depth100": Setup(lambda b: default_variant(b, depth=100)),
         f"recall-bm25/{share}": Setup(lambda b: RecallPolicy(b, recall_share=share,
                                                              part=RecallPart("bm25"))),
     }

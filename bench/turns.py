@@ -478,10 +478,11 @@ def print_report(result: Result, args: argparse.Namespace) -> None:
     print(f"colloquy turn cost: EchoModel, SQLiteStore (WAL), {pol}; "
           f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "
           f"{os.cpu_count()} CPUs")
-    print("each row times the last turns before the checkpoint (window column), not the "
-          "average since turn 1\n")
+    one, five, _ = os.getloadavg()
+    print(f"machine load at the end: {one:.1f} (1 min), {five:.1f} (5 min); each row times the "
+          "last turns before the checkpoint (window column), not the average since turn 1\n")
     head = (f"{'turns':>7} | {'window':>6} | {'ms/turn p50':>11} {'mean':>6} | "
-            f"{'engine p50':>10} {'mean':>6} {'max':>6} {'best':>5} | {'store':>5} {'policy':>6} "
+            f"{'engine p50':>10} {'mean':>6} {'max':>6} {'best':>5} {'cpu':>5} | {'store':>5} {'policy':>6} "
             f"{'count':>5} {'gc':>5} | {'bytes/turn':>10} | {'db size':>10} {'(/turn)':>8} | "
             f"{'gc pause':>8} | {'rss':>6}")
     print(head)
@@ -489,13 +490,14 @@ def print_report(result: Result, args: argparse.Namespace) -> None:
     for r in result.rows:
         print(f"{r.turns:>7,} | {r.window:>6} | {r.p50_ms:>11.3f} {r.mean_ms:>6.3f} | "
               f"{r.engine_p50_ms:>10.3f} {r.engine_mean_ms:>6.3f} {r.engine_max_ms:>6.2f} "
-              f"{r.engine_best_ms:>5.3f} | "
+              f"{r.engine_best_ms:>5.3f} {r.engine_cpu_mean_ms:>5.2f} | "
               f"{r.store_ms:>5.3f} {r.policy_ms:>6.3f} {r.count_ms:>5.3f} {r.gc_ms:>5.3f} | "
               f"{r.bytes_per_turn:>10,.0f} | {_kb(r.db_bytes):>10} {r.avg_bytes_per_turn:>8,.0f} | "
               f"{r.gc_longest_ms:>6.1f}ms | {r.rss_mb:>4.0f}MB")
     legend = [
         "ms columns are per turn. engine = total minus the echo model's own time;",
-        f"  best = the lowest engine mean over bursts of {BURST} turns.",
+        f"  best = the lowest engine mean over bursts of {BURST} turns; cpu = the engine's mean",
+        "  CPU time (process time, less inflated than wall time by other processes).",
         "Parts of engine: store = inside SQLiteStore methods, policy = policy.build,",
         "  count = the chat's token counter (the calibration re-estimate of each request),",
         "  gc = the cyclic garbage collector (gc pause: its longest single pause in the window).",
