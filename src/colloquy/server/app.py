@@ -318,18 +318,18 @@ def create_app(
                            idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         ticket = service.inflight.admit()  # 503 at once past the limit
+        if not body.stream:
+            with ticket:
+                reply, replayed = await cancel_on_disconnect(
+                    request.receive, service.send_named(user, conversation_id, body.content, key))
+            if replayed:
+                response.headers["Idempotent-Replayed"] = "true"
+            return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
         try:
             chat = await service.turn_chat(user, conversation_id, body.content, key)
         except BaseException:
             ticket.release()
             raise
-        if not body.stream:
-            with ticket:
-                reply, replayed = await cancel_on_disconnect(
-                    request.receive, service.send(chat, body.content, key))
-            if replayed:
-                response.headers["Idempotent-Replayed"] = "true"
-            return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
 
         async def events() -> AsyncIterator[str]:
             # A disconnect cancels this body (Starlette), which stops the turn (colloquy.effects).
