@@ -164,7 +164,10 @@ def find_by_idempotency_key_sql(d: Dialect) -> str:
     return f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND {d.idempotency_expr} = ?"
 
 
-def stored_message(row: Sequence[Any]) -> StoredMessage:
+def stored_message(row: Sequence[Any], message: Message | None = None) -> StoredMessage:
+    """A message row as read back; ``message``: the row's message as the writer holds it (an
+    append returns the very Message it was given instead of parsing the JSON it just wrote:
+    the same value, and the token estimate memoised on it holds)."""
     usage = None
     if row[6] is not None or row[7] is not None:
         usage = Usage(
@@ -173,7 +176,7 @@ def stored_message(row: Sequence[Any]) -> StoredMessage:
         )
     return StoredMessage(
         conversation_id=row[0], seq=row[1],
-        message=Message(role=row[2], content=json.loads(row[3])),
+        message=message if message is not None else Message(role=row[2], content=json.loads(row[3])),
         created_at=row[4], model=row[5], usage=usage, cost_usd=row[10], meta=json.loads(row[11]),
     )
 
