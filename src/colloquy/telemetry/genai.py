@@ -70,6 +70,9 @@ def _version() -> str | None:
 #: colloquy's tracer (a proxy until the application installs a TracerProvider).
 tracer = trace.get_tracer("colloquy", _version())
 _NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_ENVIRON: Any = getattr(os.environ, "_data", os.environ)  # os.environ's dict (kept in step)
+_PROVIDER_VAR: Any = (os.fsencode("OTEL_PYTHON_TRACER_PROVIDER") if _ENVIRON is not os.environ
+                      else "OTEL_PYTHON_TRACER_PROVIDER")
 
 
 def tracing() -> bool:
@@ -77,8 +80,15 @@ def tracing() -> bool:
     every span is a no-op that records nothing, so colloquy's own spans (the turn's and its
     work's, colloquy.telemetry.turns) are not made at all: a tenth of a JSON turn's CPU in the
     service went to no-op spans (bench/load.py's profile, issue 16). Checked on each use, so a
-    provider installed later is seen at once."""
-    return not isinstance(trace.get_tracer_provider(), _NO_PROVIDER)
+    provider installed later is seen at once. The global is read first: ``get_tracer_provider``
+    looks ``OTEL_PYTHON_TRACER_PROVIDER`` up in the environment on every call until a provider
+    is set, a few microseconds each, several times a turn."""
+    provider = getattr(trace, "_TRACER_PROVIDER", None)
+    if provider is None:
+        if _PROVIDER_VAR not in _ENVIRON:  # os.environ's own dict: no key encoding, no raise
+            return False
+        provider = trace.get_tracer_provider()  # loads the one the environment names
+    return not isinstance(provider, _NO_PROVIDER)
 
 OPERATION = "chat"
 CONTENT_VAR = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
