@@ -114,9 +114,12 @@ class Message(BaseModel):
         Context policies cut the log only before such messages, so a tool exchange
         (tool_use + tool_result) is never split.
         """
-        return self.role == "user" and any(
-            not isinstance(b, ToolResultBlock) for b in self.content
-        )
+        if self.role != "user":
+            return False
+        for b in self.content:  # a loop, not any(): called for every message of every window
+            if not isinstance(b, ToolResultBlock):
+                return True
+        return False
 
     def to_anthropic(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -40,16 +40,24 @@ from .wire import (
 INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
 
 
-def _plainly_valid(messages: Sequence[Message]) -> bool:
+def _plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> bool:
     """The common case, checked in one cheap pass: text only, user first, roles alternating,
-    no more breakpoints than allowed, no trailing whitespace at the end of a prefill."""
+    no more breakpoints than allowed (``system``'s counted too), no trailing whitespace at the
+    end of a prefill. Every request goes through it twice (repair, then validate), over the
+    whole window, so it avoids copies (``isspace``, not ``strip``) and generator frames."""
     expected = "user"
     marks = 0
+    for s in system:
+        if s.cache_control is not None:
+            marks += 1
     for m in messages:
         if m.role != expected or not m.content:
             return False
         for b in m.content:
-            if type(b) is not TextBlock or not b.text.strip():
+            if type(b) is not TextBlock:
+                return False
+            text = b.text
+            if not text or text.isspace():
                 return False
             if b.cache_control is not None:
                 marks += 1
@@ -63,12 +71,12 @@ def problems(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> l
     out: list[str] = system_problems(system)
     if not messages:
         return [*out, "the request has no messages"]
+    if _plainly_valid(messages, system):
+        return out
     breakpoints = count_breakpoints(system, messages)
     if breakpoints > MAX_BREAKPOINTS:
         out.append(f"the request has {breakpoints} cache_control breakpoints "
                    f"(at most {MAX_BREAKPOINTS})")
-    if _plainly_valid(messages):
-        return out
     if messages[0].role != "user":
         out.append("the first message is not from the user")
     for i, m in enumerate(messages):
@@ -240,6 +248,9 @@ def repair_request(
     Returns (system, messages, sources, notes). Every request colloquy sends goes through this
     (``Chat.build_context``), whatever the policy and the adapter.
     """
+    if _plainly_valid(messages, system) and not system_problems(system):
+        return (list(system), list(messages),
+                [list(s) for s in sources] if sources is not None else [[] for _ in messages], [])
     msgs, srcs, notes = repair(messages, sources)
     kept = [b for b in system if b.text.strip()]
     if len(kept) != len(system):
