@@ -626,6 +626,8 @@ class Chat:
             log.warning("could not store the interrupted reply of %s: %s", self.session_id, e)
 
     def _guard(self, stage: Stage, text: str) -> GuardOutcome:
+        if not self.guards.stage(stage):  # nothing to run: no context to build (every turn)
+            return GuardOutcome(text=text)
         ctx = GuardContext(
             stage=stage, system=self.system, conversation_id=self.session_id,
             user_id=self.user_id, recent=self.guards.visible(self._log)[-6:], model=self.model,

@@ -129,15 +129,17 @@ class ModelResponse(BaseModel):
 
     @property
     def message(self) -> Message:
-        return Message(role="assistant", content=self.content)
+        # The blocks were validated as this response's content (the same types a Message
+        # takes), so they are not validated again: a turn reads this several times.
+        return Message.model_construct(role="assistant", content=list(self.content))
 
     @property
     def text(self) -> str:
-        return self.message.text
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
 
     @property
     def tool_uses(self) -> list[ToolUseBlock]:
-        return self.message.tool_uses
+        return [b for b in self.content if isinstance(b, ToolUseBlock)]
 
 
 @dataclass(frozen=True, slots=True)

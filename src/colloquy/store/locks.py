@@ -242,6 +242,8 @@ class _LockFile:
 
 
 _files: dict[str, _LockFile] = {}
+#: A database path -> its lock file's real path (a path stays the same file for the process).
+_real_paths: dict[Path, str] = {}
 _files_guard = threading.Lock()
 
 
@@ -259,7 +261,9 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch
 def file_locks(db_path: Path) -> TurnLocks:
     """The turn locks of a SQLite database: byte-range locks on ``<db>.locks``, shared by every
     store of this process on that file (see the module docstring)."""
-    key = os.path.realpath(f"{db_path}.locks")
+    key = _real_paths.get(db_path)
+    if key is None:  # realpath's lstat calls once per path, not once per turn
+        key = _real_paths[db_path] = os.path.realpath(f"{db_path}.locks")
     with _files_guard:
         lf = _files.get(key)
         if lf is None:
