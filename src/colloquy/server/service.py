@@ -30,7 +30,6 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -55,6 +54,7 @@ from .coalesce import coalesced
 from .inflight import InFlight, default_max_inflight
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
+from .steps import StepPool
 
 T = TypeVar("T")
 #: The note Chat puts on a reply that answers an idempotency key seen before.
@@ -89,8 +89,9 @@ class ServerSettings:
     max_message_chars: int = 32_000
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 256 * 1024
-    #: Threads for the turns' short steps (store transactions, the context policy, guards and
-    #: side calls of models without an async client). A turn waiting on the model holds none,
+    #: Most threads for the turns' short steps (store transactions, the context policy, guards
+    #: and side calls of models without an async client): two while the steps compute, more
+    #: only while they wait (colloquy.server.steps). A turn waiting on the model holds none,
     #: so this does not bound the turns in flight; ``max_inflight`` does.
     threads: int = 16
     #: Turns one worker holds in flight; past it a turn is answered 503 with Retry-After at
@@ -138,7 +139,7 @@ class ChatService:
         if settings.threads < 1:
             raise ValueError(f"threads must be at least 1, not {settings.threads}")
         #: The turns' steps' threads (see ServerSettings.threads); idle threads cost nothing.
-        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="colloquy-step")
+        self.executor = StepPool(settings.threads)
         #: Turns in flight, against ServerSettings.max_inflight (503 past it).
         self.inflight = InFlight(settings.max_inflight)
         self._chats: OrderedDict[str, Chat] = OrderedDict()
