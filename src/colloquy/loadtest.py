@@ -36,6 +36,18 @@ from pydantic import BaseModel, Field
 
 from .errors import ColloquyError, ConfigError
 
+try:  # the server extra's: the cheap client for JSON turns
+    import aiohttp
+except ImportError:  # pragma: no cover - without it, httpx for every turn
+    aiohttp = None  # type: ignore[assignment]
+
+#: A simulated user's client: an aiohttp session (JSON turns) or an httpx client (streams).
+Client = Any
+#: What a failed request raises, whichever client sent it.
+_CLIENT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, ValueError) + (
+    (aiohttp.ClientError,) if aiohttp is not None else ())
+_CREATE_ERRORS: tuple[type[Exception], ...] = (*_CLIENT_ERRORS, asyncio.TimeoutError)
+
 MAX_USERS = 1000
 MAX_TURNS = 1000
 MAX_DURATION = 3600.0
@@ -157,8 +169,17 @@ def _message(user: int, turn: int) -> str:
             f"tonight with {['rice', 'lentils', 'pasta', 'eggs', 'tomatoes'][turn % 5]}?")
 
 
-async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
-                tally: _Tally) -> None:
+async def _post_json(client: Client, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST a JSON body; the status and the decoded JSON answer (None unless 2xx)."""
+    if isinstance(client, httpx.AsyncClient):
+        r = await client.post(path, json=body)
+        return r.status_code, r.json() if 200 <= r.status_code < 300 else None
+    async with client.post(path, json=body) as resp:
+        ok = 200 <= resp.status < 300
+        return resp.status, (await resp.json(content_type=None)) if ok else None
+
+
+async def _turn(client: Client, conv: str, text: str, stream: bool, tally: _Tally) -> None:
     path = f"/v1/conversations/{conv}/messages"
     body = {"content": text, "stream": stream}
     t0 = time.perf_counter()
@@ -166,14 +187,14 @@ async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
     tally.requests += 1
     try:
         if not stream:
-            r = await client.post(path, json=body)
-            if r.status_code != 200:
-                tally.errors[f"http {r.status_code}"] += 1
+            status, reply = await _post_json(client, path, body)
+            if status != 200:
+                tally.errors[f"http {status}"] += 1
                 return
-            reply = r.json()
             tally.latencies.append(time.perf_counter() - t0)
             tally.output_tokens += int((reply.get("usage") or {}).get("output_tokens") or 0)
             return
+        assert isinstance(client, httpx.AsyncClient)
         first: float | None = None
         done = None
         async with aconnect_sse(client, "POST", path, json=body) as source:
@@ -197,25 +218,26 @@ async def _turn(client: httpx.AsyncClient, conv: str, text: str, stream: bool,
         tally.latencies.append(time.perf_counter() - t0)
         tally.ttfts.append(first if first is not None else time.perf_counter() - t0)
         tally.output_tokens += int((done.get("usage") or {}).get("output_tokens") or 0)
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, asyncio.TimeoutError):
         tally.errors["timeout"] += 1
-    except (httpx.HTTPError, ValueError) as e:
+    except _CLIENT_ERRORS as e:
         tally.errors[type(e).__name__] += 1
 
 
-async def _user(client: httpx.AsyncClient, user: int, turns: int, stream: bool,
+async def _user(client: Client, user: int, turns: int, stream: bool,
                 deadline: float, tally: _Tally) -> None:
     tally.requests += 1
     try:
-        r = await client.post("/v1/conversations", json={"title": f"loadtest user {user}"})
-    except httpx.HTTPError as e:
+        status, created = await _post_json(client, "/v1/conversations",
+                                           {"title": f"loadtest user {user}"})
+    except _CREATE_ERRORS as e:
         tally.errors[f"create: {type(e).__name__}"] += 1
         return
-    if r.status_code not in (200, 201):
-        tally.errors[f"create: http {r.status_code}"] += 1
+    if status not in (200, 201):
+        tally.errors[f"create: http {status}"] += 1
         return
     tally.conversations += 1
-    conv = r.json()["id"]
+    conv = created["id"]
     for t in range(turns):
         if time.monotonic() >= deadline:
             tally.stopped = True
@@ -223,11 +245,24 @@ async def _user(client: httpx.AsyncClient, user: int, turns: int, stream: bool,
         await _turn(client, conv, _message(user, t), stream, tally)
 
 
+def _json_session(base: str, token: str, timeout: float, tls: ssl.SSLContext) -> Client:
+    """One user's client for JSON turns: an aiohttp session on one keep-alive connection, with
+    no cookie jar. aiohttp's own API costs a third of httpx's per request (0.25 against 0.82 ms
+    of generator CPU against bench/baseline_app.py, 50 users, load average 9), and the
+    generator must stay far cheaper than the server it measures. Without aiohttp: httpx."""
+    if aiohttp is None:  # pragma: no cover
+        return _client(base, token, timeout, tls)
+    return aiohttp.ClientSession(
+        base_url=base, headers={"Authorization": f"Bearer {token}"},
+        connector=aiohttp.TCPConnector(limit=1, ssl=tls), cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=timeout))
+
+
 def _client(base: str, token: str, timeout: float, tls: ssl.SSLContext) -> httpx.AsyncClient:
-    """One user's client: one keep-alive connection (the TLS context shared: building one
-    per client would cost milliseconds each). With the server extra installed, httpx runs over
-    aiohttp's transport (httpx-aiohttp: the same client API, a parser in C), which halves the
-    generator's CPU per request (bench/load.py prints it)."""
+    """One user's client for streamed turns (SSE parsed by httpx-sse) and the token check: one
+    keep-alive connection (the TLS context shared: building one per client would cost
+    milliseconds each). With the server extra installed, httpx runs over aiohttp's transport
+    (httpx-aiohttp: the same client API, a parser in C), which halves its CPU per request."""
     options: dict[str, Any] = dict(
         base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(timeout),
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), trust_env=False,
@@ -255,11 +290,14 @@ async def run_loadtest_async(
                           "(create one with: colloquy users add NAME)")
     tally = _Tally()
     tls = ssl.create_default_context()
-    clients = [_client(base, token, timeout, tls) for _ in range(users)]
+    clients: list[Client] = []
     try:
-        r = await clients[0].get("/v1/me")
+        async with _client(base, token, timeout, tls) as check:
+            r = await check.get("/v1/me")
         if r.status_code in (401, 403):
             raise ConfigError(f"the server refused the token (HTTP {r.status_code})")
+        clients = [_client(base, token, timeout, tls) if stream
+                   else _json_session(base, token, timeout, tls) for _ in range(users)]
         cpu0, t0 = time.process_time(), time.perf_counter()
         deadline = time.monotonic() + duration
         tasks = [asyncio.create_task(_user(clients[u], u, turns, stream, deadline, tally))
@@ -273,7 +311,8 @@ async def run_loadtest_async(
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        await asyncio.gather(*(c.aclose() if isinstance(c, httpx.AsyncClient) else c.close()
+                               for c in clients), return_exceptions=True)
     completed = len(tally.latencies)
     return LoadTestResult(
         url=base, users=users, turns_per_user=turns, stream=stream, completed=completed,
