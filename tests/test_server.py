@@ -101,6 +101,31 @@ def test_conversation_lifecycle(env: Env) -> None:
     assert env.store.find_conversation(cid) is None
 
 
+def test_a_json_turn_makes_three_trips_to_the_step_threads(env: Env) -> None:
+    """The token's user, then the turn's two steps around the model call: the caller's
+    conversation is resolved in the first of them, not in a trip of its own (issue 16: each
+    trip is a hand-over between the event loop and a thread, CPU per turn). Counted on the
+    pool itself; the turn's answer, a retry's replay and another user's 404 are unchanged."""
+    service = env.app.state.service
+    trips = 0
+    submit = service.executor.submit
+
+    def counted(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return submit(fn, *args, **kwargs)
+
+    service.executor.submit = counted
+    cid = env.new()
+    trips = 0
+    r = env.say(cid, "first", idempotency_key="k-1")
+    assert r.status_code == 200 and r.json()["seq"] == 2
+    assert trips == 3
+    again = env.say(cid, "first", idempotency_key="k-1")
+    assert again.json()["seq"] == 2 and again.headers["Idempotent-Replayed"] == "true"
+    assert env.say(cid, "hers?", who="bob").status_code == 404
+
+
 def test_untitled_conversation_takes_its_first_words_as_title(env: Env) -> None:
     cid = env.new()
     env.say(cid, "Plan a   weekend in Lisbon with two kids and a small budget please, thanks")
