@@ -20,8 +20,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreError, StoreUnavailable
 from ..files import ensure_private_file, private_dir
@@ -48,18 +49,37 @@ def _writer_lock(path: Path) -> threading.RLock:
         return _WRITERS.setdefault(key, threading.RLock())
 
 
-@contextmanager
-def _unavailable_when_locked(store: SQLiteStore) -> Iterator[None]:
+class _UnavailableWhenLocked:
     """SQLite's "database is locked" (busy past the timeout) as :class:`StoreUnavailable`:
-    nothing of the unit of work was stored, and retrying later is safe."""
-    try:
-        yield
-    except sqlite3.OperationalError as e:
-        if "locked" in str(e) or "busy" in str(e):
+    nothing of the unit of work was stored, and retrying later is safe. A class, not a
+    generator: it wraps every read and transaction (several a turn)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, sqlite3.OperationalError) and (
+                "locked" in str(error) or "busy" in str(error)):
+            store = self.store
             raise StoreUnavailable(
                 f"the database {store.path} stayed locked by another process for more than "
-                f"{store.busy_timeout:g}s: {e}", retry_after=max(1.0, store.busy_timeout / 2)) from e
-        raise
+                f"{store.busy_timeout:g}s: {error}",
+                retry_after=max(1.0, store.busy_timeout / 2)) from error
+
+
+
+class _Reading(_UnavailableWhenLocked):
+    """``SQLiteStore._read()``: the thread's connection, errors as above."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.store._conn()
 
 
 def apply_migrations(
@@ -174,7 +194,7 @@ class SQLiteStore(SQLStore):
         """One atomic unit of work; ``BEGIN IMMEDIATE`` for writers (see the module docstring).
         A database still locked after ``busy_timeout`` is :class:`StoreUnavailable`."""
         conn = self._conn()
-        with self._writer if write else nullcontext(), _unavailable_when_locked(self):
+        with self._writer if write else nullcontext(), _UnavailableWhenLocked(self):
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
@@ -205,10 +225,8 @@ class SQLiteStore(SQLStore):
             self._all.clear()
         self._local = threading.local()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with _unavailable_when_locked(self):
-            yield self._conn()
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _Reading(self)
 
     def _turn_locks(self) -> TurnLocks:
         return file_locks(self.path)
