@@ -126,6 +126,24 @@ def test_a_json_turn_makes_three_trips_to_the_step_threads(env: Env) -> None:
     assert env.say(cid, "hers?", who="bob").status_code == 404
 
 
+def test_cached_chats_are_bounded_by_count_and_by_the_messages_they_hold(
+        tmp_path: Path) -> None:
+    """Chats stay cached between turns (a rebuilt one reloads its log): at most
+    ``cached_chats`` of them, and when one is added, the others are dropped (least recently
+    used first) while they hold more than ``cached_messages`` messages together. A dropped
+    Chat is rebuilt with its whole log on its next turn."""
+    for i, options in enumerate(({"cached_chats": 3}, {"cached_chats": 10, "cached_messages": 5})):
+        env = Env(SQLiteStore(tmp_path / f"{i}.db"), rate_limit=None, **options)
+        service = env.app.state.service
+        ids = [env.new() for _ in range(4)]
+        for cid in ids:  # 2 messages each; the fourth Chat is over either bound
+            assert env.say(cid, "one").status_code == 200
+        assert [c.session_id for c in service._chats.values()] == ids[1:], options
+        r = env.say(ids[0], "again")  # rebuilt, with its whole log
+        assert r.status_code == 200 and r.json()["seq"] == 4
+        assert "received 3 messages" in r.json()["text"]
+
+
 def test_untitled_conversation_takes_its_first_words_as_title(env: Env) -> None:
     cid = env.new()
     env.say(cid, "Plan a   weekend in Lisbon with two kids and a small budget please, thanks")

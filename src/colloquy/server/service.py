@@ -100,8 +100,13 @@ class ServerSettings:
     #: Conversations whose Chat (and loaded log) stays in memory between requests, least
     #: recently used dropped first: a new Chat per request would reload the whole log, making
     #: each turn cost more than the last (850 ms per turn at 10,000 turns against 14 ms,
-    #: bench/service.py).
-    cached_chats: int = 256
+    #: bench/service.py). Sized for the users a worker serves at once: with fewer Chats than
+    #: users taking turns in a round, least-recently-used drops every one of them before its
+    #: next turn (400 users: a second turn cost 3.1 ms of CPU instead of 1.9, bench/load.py).
+    cached_chats: int = 4096
+    #: ...and at most this many messages held by those Chats together (checked when a Chat is
+    #: added), so that long conversations cannot make the cache large.
+    cached_messages: int = 200_000
     #: Record Prometheus series in this process (colloquy.server.metrics).
     metrics: bool = False
     #: Serve ``GET /metrics`` on the app itself, to ``Authorization: Bearer <this token>``
@@ -235,6 +240,10 @@ class ChatService:
             self._chats[conv.id] = chat
             while len(self._chats) > max(0, self.settings.cached_chats):
                 self._chats.popitem(last=False)
+            held = sum(len(c._log) for c in self._chats.values())
+            while held > self.settings.cached_messages and len(self._chats) > 1:
+                _, dropped = self._chats.popitem(last=False)
+                held -= len(dropped._log)
         return chat
 
     async def turn_chat(self, user: User, name: str, content: str, key: str | None) -> Chat:
