@@ -214,7 +214,8 @@ def test_every_api_route_needs_a_valid_token(env: Env) -> None:
     for method, path in _routes(env.app):
         if not path.startswith("/v1/"):
             continue
-        url = path.replace("{conversation_id}", "c_x").replace("{fact_id}", "1")
+        url = path.replace("{conversation_id}", "c_x").replace("{fact_id}", "1").replace(
+            "{seq}", "2")
         for headers in ({}, bearer("cq_not-a-real-token"), {"Authorization": "Basic YWRhOng="}):
             r = env.client.request(method, url, headers=headers, json={})
             assert r.status_code == 401, (method, path, headers, r.text)
@@ -234,6 +235,12 @@ def _cross_user_calls(cid: str) -> dict[tuple[str, str], dict[str, Any]]:
             "url": f"/v1/conversations/{cid}/messages", "json": {"content": "hi"}},
         ("GET", "/v1/conversations/{conversation_id}/context"): {
             "url": f"/v1/conversations/{cid}/context"},
+        ("POST", "/v1/conversations/{conversation_id}/edit"): {
+            "url": f"/v1/conversations/{cid}/edit", "json": {"content": "hi"}},
+        ("POST", "/v1/conversations/{conversation_id}/regenerate"): {
+            "url": f"/v1/conversations/{cid}/regenerate", "json": {}},
+        ("GET", "/v1/conversations/{conversation_id}/messages/{seq}/context"): {
+            "url": f"/v1/conversations/{cid}/messages/2/context"},
     }
 
 

@@ -34,6 +34,8 @@ from .errors import (
     MissingAPIKeyError,
     ModelConnectionError,
     ModelError,
+    NoContextRecord,
+    NothingToRevise,
     OverloadedError,
     OwnerGone,
     RateLimitError,
@@ -107,6 +109,9 @@ from .context.recall import RecallPart, RecallPolicy
 from .context.default import DefaultPolicy, default_budget
 from .context.fusion import FusionWeights
 from .tokens import TokenCounter
+# The web page's issue 15: edits and regenerations on the append-only log, what the model saw.
+from .branches import CurrentBranch
+from .context.seen import SeenContext
 from .tools import Tool, tool
 from .usage import Price, Usage, cost_of, set_price
 
@@ -226,6 +231,14 @@ __all__ += [
     "RecallPolicy",
     "SteppedWindow",
     "ToolOutputPruning",
+]
+
+# The web page (issue 15): edits and regenerations, what the model saw.
+__all__ += [
+    "CurrentBranch",
+    "NoContextRecord",
+    "NothingToRevise",
+    "SeenContext",
 ]
 
 

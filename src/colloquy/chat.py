@@ -24,9 +24,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .branches import CurrentBranch, Revision, last_turn, revision_meta
 from .context.base import Context, ContextInput, ContextPolicy
 from .context.default import DefaultPolicy
 from .context.fit import fit_to_window
+from .context.seen import CONTEXT, SeenContext, record as context_record, seen
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
@@ -282,6 +284,13 @@ class Chat:
         self._sync()
         return list(self._log)
 
+    def current_branch(self) -> list[StoredMessage]:
+        """The stored messages a model is shown again, oldest first: the log without
+        superseded turns (edits, regenerations) and blocked turns (colloquy.branches)."""
+        with self._lock:
+            self._sync()
+            return list(self._branch.visible(self._log))
+
     def _sync(self) -> None:
         """Read only what other writers appended since our last read: a turn's cost must not
         grow with the conversation's length.
@@ -369,7 +378,7 @@ class Chat:
         (colloquy.context.fit), then repair what the API would refuse."""
         if history is None:
             history = self.history()
-        history = self.guards.visible(history)  # blocked turns are never replayed
+        history = self._branch.visible(history)  # superseded, blocked turns: never replayed
         with work_span("colloquy.context") as span:
             inp = self._context_input(history, options)
             ctx = fit_to_window(self.policy.build(inp), inp, self.window)
@@ -416,78 +425,105 @@ class Chat:
 
     # -- turns ---------------------------------------------------------------------------------
 
-    def send(self, content: UserInput, *, idempotency_key: str | None = None,
-             temperature: float | None = None, max_tokens: int | None = None) -> Reply:
+    def send(self, content: UserInput | None, *, idempotency_key: str | None = None,
+             temperature: float | None = None, max_tokens: int | None = None,
+             revise: Revision | None = None) -> Reply:
         """One turn: store the message, call the model (and tools), store and return the reply.
 
         A retry with the same ``idempotency_key`` (after a network drop, say) stores nothing new
         and returns the stored reply (see colloquy.continuity); the same key with another
         message raises :class:`IdempotencyKeyReused` and stores nothing. ``temperature`` and
-        ``max_tokens`` override the chat's own for this turn only."""
+        ``max_tokens`` override the chat's own for this turn only. ``revise`` makes the turn
+        replace the newest one (see :meth:`edit_last`, :meth:`regenerate`); ``content`` is
+        None only with ``revise="regenerate"``."""
         reply: Reply | None = None
-        for event in run(self._turn(content, False, idempotency_key, (temperature, max_tokens))):
+        for event in run(self._turn(content, False, idempotency_key, (temperature, max_tokens),
+                                    revise)):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
         return reply
 
     def stream(
-        self, content: UserInput, *, idempotency_key: str | None = None,
+        self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
+        revise: Revision | None = None,
     ) -> Iterator[str | Reply]:
         """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`.
 
         Closing the generator early (``stream.close()``, or leaving a ``for`` loop over it that
         is then closed) stops the model call and stores the text received so far with
         ``stop_reason`` ``"cancelled"`` and its usage."""
-        yield from run(self._turn(content, True, idempotency_key, (temperature, max_tokens)))
+        yield from run(self._turn(content, True, idempotency_key, (temperature, max_tokens),
+                                  revise))
 
-    def check_idempotency_key(self, content: UserInput, idempotency_key: str | None) -> None:
+    def check_idempotency_key(self, content: UserInput | None, idempotency_key: str | None) -> None:
         """Raise :class:`IdempotencyKeyReused` now if the key was already used in this
         conversation with another message: what :meth:`send` would raise, checked without the
         turn lock, so a server can refuse with a status before it starts streaming (the check
-        under the lock in :meth:`send` stays the one that counts)."""
+        under the lock in :meth:`send` stays the one that counts). ``content`` None: a
+        regeneration, whose message is the stored one."""
         if idempotency_key is not None:
-            check_key(self.store, self.session_id, idempotency_key, _user_message(content),
-                      self._log)
+            check_key(self.store, self.session_id, idempotency_key,
+                      _user_message(content) if content is not None else None, self._log)
 
-    async def asend(self, content: UserInput, *, idempotency_key: str | None = None,
-                    temperature: float | None = None, max_tokens: int | None = None) -> Reply:
+    def edit_last(self, content: UserInput, *, idempotency_key: str | None = None,
+                  temperature: float | None = None, max_tokens: int | None = None) -> Reply:
+        """Replace the newest turn's user message with ``content`` and answer it.
+
+        Nothing stored is rewritten: a new turn is appended whose user message names the old
+        turn's seqs in its meta (``supersedes``), and from then on the old turn is shown to no
+        model (colloquy.branches). Raises :class:`colloquy.errors.NothingToRevise` when the
+        conversation has no turn yet."""
+        return self.send(content, idempotency_key=idempotency_key, temperature=temperature,
+                         max_tokens=max_tokens, revise="edit")
+
+    def regenerate(self, *, idempotency_key: str | None = None, temperature: float | None = None,
+                   max_tokens: int | None = None) -> Reply:
+        """Answer the newest turn's user message again, as a new turn that supersedes the old
+        one (see :meth:`edit_last`)."""
+        return self.send(None, idempotency_key=idempotency_key, temperature=temperature,
+                         max_tokens=max_tokens, revise="regenerate")
+
+    async def asend(self, content: UserInput | None, *, idempotency_key: str | None = None,
+                    temperature: float | None = None, max_tokens: int | None = None,
+                    revise: Revision | None = None) -> Reply:
         """The async twin of :meth:`send`: the model call is awaited on the event loop (the
         SDKs' async clients), the short steps around it run on :attr:`executor`. Cancelling
         the task stops the model call and stores the partial reply (see :meth:`stream`)."""
         reply: Reply | None = None
         async for event in arun(self._turn(content, False, idempotency_key,
-                                           (temperature, max_tokens)), self.executor):
+                                           (temperature, max_tokens), revise), self.executor):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
         return reply
 
     def astream(
-        self, content: UserInput, *, idempotency_key: str | None = None,
+        self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
+        revise: Revision | None = None,
     ) -> AsyncIterator[str | Reply]:
         """The async twin of :meth:`stream` (cancelling the task or closing the iterator stops
         the model call and stores the partial reply). Nothing runs until it is iterated."""
-        return arun(self._turn(content, True, idempotency_key, (temperature, max_tokens)),
-                    self.executor)
+        return arun(self._turn(content, True, idempotency_key, (temperature, max_tokens),
+                               revise), self.executor)
 
     def _turn(
-        self, content: UserInput, streaming: bool, idempotency_key: str | None = None,
-        options: Options = (None, None),
+        self, content: UserInput | None, streaming: bool, idempotency_key: str | None = None,
+        options: Options = (None, None), revise: Revision | None = None,
     ) -> Turn:
         """The turn, once for every caller: a generator of the effects it waits on (see
         colloquy.effects), returning the Reply; traced, its span (colloquy.telemetry.turns)
         current while the turn's own code runs, in a private context the caller never sees."""
-        message = _user_message(content)
-        extra_meta = key_meta(idempotency_key, message)
-        return isolated(self._traced_turn(message, streaming, idempotency_key, extra_meta,
-                                          options))
+        if content is None and revise != "regenerate":
+            raise ValueError("a turn needs a message (only regenerate reuses the last one)")
+        given = _user_message(content) if content is not None else None
+        return isolated(self._traced_turn(given, streaming, idempotency_key, options, revise))
 
     def _traced_turn(
-        self, message: Message, streaming: bool, idempotency_key: str | None,
-        extra_meta: dict[str, Any], options: Options,
+        self, given: Message | None, streaming: bool, idempotency_key: str | None,
+        options: Options, revise: Revision | None,
     ) -> Turn:
         with turn_span(self.session_id, self.model, streaming) as scope, \
                 conversation(self.session_id):
@@ -496,8 +532,8 @@ class Chat:
             with work_span("colloquy.turn_lock", **{"gen_ai.conversation.id": self.session_id}):
                 release = yield Acquire(self)
             try:
-                reply = yield from self._locked_turn(message, streaming, idempotency_key,
-                                                     extra_meta, options, scope.delta)
+                reply = yield from self._locked_turn(given, streaming, idempotency_key,
+                                                     options, revise, scope.delta)
             finally:
                 release()
             outcome = "blocked" if reply.blocked else "replayed" if any(
@@ -507,17 +543,20 @@ class Chat:
             return reply
 
     def _locked_turn(
-        self, message: Message, streaming: bool, idempotency_key: str | None,
-        extra_meta: dict[str, Any], options: Options, delta: Callable[[], None],
+        self, given: Message | None, streaming: bool, idempotency_key: str | None,
+        options: Options, revise: Revision | None, delta: Callable[[], None],
     ) -> Turn:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
-        self._ensure_conversation()
-        prior = prior_turn(self, idempotency_key, message)
+        prior = prior_turn(self, idempotency_key, given)
         if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
             if streaming and prior.text:
                 delta()
                 yield Emit(prior.text)
             return prior
+        message, revision = self._revision(given, prior, revise)
+        # The fingerprint is of the message as sent (a regeneration's: the stored one).
+        extra_meta = {**key_meta(idempotency_key, message), **revision}
+        self._ensure_conversation()
         checked = self._guard("input", message.text)
         if checked.changed:
             message = replace_text(message, checked.text)
@@ -554,7 +593,9 @@ class Chat:
             total = total + response.usage
             cost = self.model.cost(response.usage)
             total_cost = None if cost is None or total_cost is None else total_cost + cost
-            meta: dict[str, Any] = {"raw_input_estimate": raw_estimate}
+            meta: dict[str, Any] = {"raw_input_estimate": raw_estimate, CONTEXT: context_record(
+                ctx, self.system, model=self.model.name, counter=self.counter,
+                raw_total=raw_estimate, tools=request.tools)}
             if response.stop_reason:
                 meta["stop_reason"] = response.stop_reason
             if response.usage.estimated:  # the provider sent no usage (see Usage)
@@ -625,12 +666,35 @@ class Chat:
         except Exception as e:  # noqa: BLE001 - the interruption must go on
             log.warning("could not store the interrupted reply of %s: %s", self.session_id, e)
 
+    def _revision(self, given: Message | None, prior: StoredMessage | None,
+                  revise: Revision | None) -> tuple[Message, dict[str, Any]]:
+        """The turn's user message, and the meta that makes it replace the newest turn when
+        ``revise`` asks (colloquy.branches). A retry whose first attempt stored its message
+        (``prior``) reuses it, revision meta included."""
+        if prior is not None:
+            return given or prior.message, {}
+        if revise is None:
+            assert given is not None
+            return given, {}
+        old, seqs = last_turn(self._log)
+        return given or old, revision_meta(revise, seqs)
+
+    def context_seen(self, seq: int | None = None) -> SeenContext:
+        """What the model was sent for reply ``seq`` (default: the newest reply), from the
+        record stored with it (colloquy.context.seen). Raises
+        :class:`colloquy.errors.NoContextRecord` for a message without one."""
+        with self._lock:
+            self._sync()
+            if seq is None:
+                seq = next((sm.seq for sm in reversed(self._log) if sm.role == "assistant"), 0)
+            return seen(self.store, self.session_id, seq, self._log)
+
     def _guard(self, stage: Stage, text: str) -> GuardOutcome:
         if not self.guards.stage(stage):  # nothing to run: no context to build (every turn)
             return GuardOutcome(text=text)
         ctx = GuardContext(
             stage=stage, system=self.system, conversation_id=self.session_id,
-            user_id=self.user_id, recent=self.guards.visible(self._log)[-6:], model=self.model,
+            user_id=self.user_id, recent=self._branch.visible(self._log)[-6:], model=self.model,
         )
         with call_purpose("guard"):  # e.g. a topic guard's judge
             outcome = self.guards.run(stage, text, ctx)

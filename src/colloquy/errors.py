@@ -17,8 +17,10 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │   └── EmptyCompletionError    a 200 with no content at all (e.g. llama.cpp's context
     │                               overflow while streaming)
     ├── InvalidConversationError    a request would break the API's conversation rules
+    │   └── NothingToRevise         edit/regenerate asked of a conversation with no turn yet
     ├── IdempotencyKeyReused        an idempotency key came back with a different message
     ├── InvalidTextError            empty or whitespace-only content (also a ValueError)
+    ├── NoContextRecord             no stored record of what a message's model call was sent
     ├── ToolError                   a tool is misconfigured (a tool that *raises* becomes an
     │                               is_error tool_result instead, the model sees it)
     └── StoreError                  persistence failures
@@ -152,6 +154,15 @@ class InvalidTextError(ColloquyError, ValueError):
     """Text that cannot be accepted as content: a message, a fact's statement or a title that
     is empty or only whitespace (see :mod:`colloquy.text`, the text rules). Raised before
     anything is stored or sent; the HTTP service answers 422, the CLI one line (exit 2)."""
+
+
+class NothingToRevise(InvalidConversationError):
+    """Editing or regenerating the last turn of a conversation that has none yet."""
+
+
+class NoContextRecord(ColloquyError):
+    """A message has no stored record of the context its model call was sent: it is not a
+    reply, or it was stored before colloquy kept such records (colloquy.context.seen)."""
 
 
 class ToolError(ColloquyError):

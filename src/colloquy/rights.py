@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .branches import superseded_by
 from .errors import ConfigError, StoreError
 from .store import Store
 from .rights_import import (
@@ -230,18 +231,26 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _messages(store: Store, conversation_id: str) -> list[dict[str, Any]]:
+    """A conversation's log for an export. Every message is kept; one an edit or a
+    regeneration replaced is marked with ``superseded_by`` (colloquy.branches)."""
+    log_ = store.load(conversation_id)
+    gone = superseded_by(log_)
+    out = []
+    for sm in log_:
+        row = sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
+        if sm.seq in gone:
+            row["superseded_by"] = gone[sm.seq]
+        out.append(row)
+    return out
+
+
 def export_user(store: Store, user_id: str) -> dict[str, Any]:
     """Everything held about ``user_id``: readable sessions, and every row of every table that
     holds user data (``tables``, what :func:`import_user` restores from)."""
     convs = store.list_conversations(user_id=user_id, limit=_ALL)
-    sessions = [
-        {
-            "conversation": c.model_dump(mode="json", exclude={"generation"}),
-            "messages": [sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
-                         for sm in store.load(c.id)],
-        }
-        for c in convs
-    ]
+    sessions = [{"conversation": c.model_dump(mode="json", exclude={"generation"}),
+                 "messages": _messages(store, c.id)} for c in convs]
     data: dict[str, Any] = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "user_id": user_id,
         "exported_at": time.time(), "sessions": sessions,

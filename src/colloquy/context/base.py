@@ -67,6 +67,11 @@ class Context:
     #: request will not repeat: a cache breakpoint there would write what is never read again
     #: (see cache.add_breakpoints).
     volatile_last: bool = False
+    #: For composed contexts: each part's calibrated token estimate.
+    part_tokens: dict[str, int] = field(default_factory=dict)
+    #: For composed contexts: the ids of the derived records each part used (facts, summary),
+    #: so the context can be shown again later (colloquy.context.seen).
+    part_records: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def included_seqs(self) -> set[int]:

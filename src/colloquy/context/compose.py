@@ -66,6 +66,9 @@ class PartResult:
     #: bound: recall sums its excerpts' cached counts, where estimating its whole block again
     #: cost ~4 ms a turn); None: the composite estimates the blocks.
     raw: int | None = None
+    #: Ids of the derived records the blocks show (facts, a summary): kept with the reply so
+    #: what the model saw can be shown again (colloquy.context.seen).
+    records: list[str] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -311,6 +314,8 @@ class ComposedPolicy:
         tail: list[TextBlock] = []
         derived: list[Any] = []
         part_sources: dict[str, list[int]] = {}
+        part_tokens: dict[str, int] = {}
+        part_records: dict[str, list[str]] = {}
         for part in self.parts:
             res = results.get(part.name) or PartResult()
             if (self.placement or {}).get(part.name, "system") == "user":
@@ -322,6 +327,8 @@ class ComposedPolicy:
             notes.extend(n if n.startswith(f"{part.name}:") else f"{part.name}: {n}" for n in res.notes)
             if res.blocks or res.tail:
                 part_sources[part.name] = list(res.sources)
+                part_tokens[part.name] = res.tokens
+                part_records[part.name] = list(res.records)
         kept = history[start:]
         messages = [sm.message for sm in kept]
         sources = [[sm.seq] for sm in kept]
@@ -347,7 +354,8 @@ class ComposedPolicy:
                 rest = [b for b in last.content if not isinstance(b, ToolResultBlock)]
                 messages[at] = Message(role="user", content=[*results_first, *tail, *rest])
         return Context(system=system, messages=messages, sources=sources, notes=notes,
-                       derived=derived, part_sources=part_sources, volatile_last=bool(tail))
+                       derived=derived, part_sources=part_sources, part_tokens=part_tokens,
+                       part_records=part_records, volatile_last=bool(tail))
 
     def _render_part(
         self, part: ContextPart, stage: str, inp: ContextInput, window_start: int, budget: int,

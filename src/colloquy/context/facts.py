@@ -188,6 +188,7 @@ class FactsPart:
             raw += estimate_text(text)
             res.sources.extend(f.source_seq for f in facts if f.source_seq is not None
                                and f.source_conversation == inp.conversation_id)
+            res.records.extend(f.id for f in facts)
         res.sources = sorted(set(res.sources))
         res.tokens = math.ceil(raw * scale)
         return res

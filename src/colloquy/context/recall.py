@@ -476,7 +476,8 @@ class RecallPolicy:
             messages[-1] = type(last)(role=last.role, content=[*results, *res.blocks, *rest])
         ctx = Context(system=system, messages=messages, sources=sources, notes=notes + res.notes)
         if res.sources:
-            ctx.part_sources = {self.part.name: list(res.sources)}  # type: ignore[attr-defined]
+            ctx.part_sources = {self.part.name: list(res.sources)}
+            ctx.part_tokens = {self.part.name: res.tokens}
         return ctx
 
 

@@ -291,6 +291,7 @@ class SummaryPart:
         res.blocks.append(TextBlock(text=block))
         res.sources.extend(carried_seqs(summary))
         res.tokens = math.ceil(estimate_text(block) * scale)
+        res.records.append(summary.id)
         return res
 
     def _due(self, conversation: str, new: Sequence[StoredMessage]) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..messages import Message, StoredMessage, TextBlock
+from ..messages import Message, TextBlock
 from .base import BLOCKED, VERDICTS, Guard, GuardContext, Stage, Verdict, as_guard
 
 
@@ -63,8 +63,6 @@ class GuardSet:
 
     def __init__(self, guards: Iterable[Guard | Callable[..., Any]] = ()) -> None:
         self.guards: list[Guard] = [as_guard(g) for g in guards]
-        self._scanned: tuple[list[StoredMessage] | None, int] = (None, 0)  # (log list, scanned)
-        self._blocked_seqs: set[int] = set()
 
     def __bool__(self) -> bool:
         return bool(self.guards)
@@ -104,22 +102,6 @@ class GuardSet:
                 break
         return outcome
 
-    def visible(self, history: Sequence[StoredMessage]) -> Sequence[StoredMessage]:
-        """``history`` without blocked turns. Scans only what it has not seen of the engine's own
-        log list, so a turn's cost does not grow with the conversation unless it has blocks."""
-        if not isinstance(history, list):
-            history = list(history)
-        seen, upto = self._scanned
-        if seen is not history or upto > len(history):
-            self._blocked_seqs = set()
-            upto = 0
-        for sm in history[upto:]:
-            if sm.meta.get(BLOCKED):
-                self._blocked_seqs.add(sm.seq)
-        self._scanned = (history, len(history))
-        if not self._blocked_seqs:
-            return history
-        return [sm for sm in history if sm.seq not in self._blocked_seqs]
 
 
 def replace_text(message: Message, text: str) -> Message:

@@ -40,8 +40,9 @@ def extract_after_turn(chat: Any) -> list[str]:
     extraction = getattr(chat, "extract_facts", None)
     if extraction is None:
         return []
-    applied, notes = extraction.run(chat.store, chat.user_id, chat.session_id, chat._log,
-                                    owner=chat.owner)
+    # The current branch only (colloquy.branches): a superseded or blocked turn is no source.
+    applied, notes = extraction.run(chat.store, chat.user_id, chat.session_id,
+                                    chat._branch.visible(chat._log), owner=chat.owner)
     if applied is not None and applied.usage is not None:
         chat.record_side_call("facts", applied.model or "unknown", applied.usage, applied.cost_usd)
     return notes

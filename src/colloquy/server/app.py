@@ -24,7 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..branches import Revision, superseded_by
 from ..chat import side_calls_of
+from ..context.seen import SeenContext
 from ..errors import ColloquyError
 from ..models import Model
 from ..store import Store, open_store
@@ -50,6 +52,7 @@ from .schemas import (
     Me,
     MessageCreate,
     MessageOut,
+    RegenerateCreate,
     ReplyOut,
 )
 from .inflight import cancel_on_disconnect
@@ -289,8 +292,9 @@ def create_app(
              responses=NOT_FOUND, summary="a conversation with its messages")
     def get_conversation(conversation_id: str, user: CurrentUser) -> ConversationDetail:
         conv, messages = service.detail(user, conversation_id)
+        gone = superseded_by(messages)
         return ConversationDetail(**ConversationOut.of(conv).model_dump(),
-                                  messages=[MessageOut.of(m) for m in messages],
+                                  messages=[MessageOut.of(m, gone.get(m.seq)) for m in messages],
                                   side_calls=side_calls_of(conv))
 
     @api.patch("/conversations/{conversation_id}", response_model=ConversationOut,
@@ -305,28 +309,21 @@ def create_app(
         service.delete(user, conversation_id)
         return Response(status_code=204)
 
-    @api.post(
-        "/conversations/{conversation_id}/messages", response_model=ReplyOut,
-        responses={**NOT_FOUND, **TURN_ERRORS, 200: {
-            "description": "the reply (JSON), or with `stream: true` server-sent events",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-        summary="send a message; get the reply (JSON or server-sent events)",
-        description=SSE_DOC,
-    )
-    async def send_message(conversation_id: str, body: MessageCreate, user: CurrentUser,
-                           request: Request, response: Response,
-                           idempotency_key: IdempotencyKeyHeader = None) -> Any:
-        key = service.idempotency_key(idempotency_key, body.idempotency_key)
+    async def answer(conversation_id: str, content: str | None, key: str | None, stream: bool,
+                     user: User, request: Request, response: Response,
+                     revise: Revision | None = None) -> Any:
+        """A turn for one of the turn routes: JSON, or server-sent events with ``stream``."""
         ticket = service.inflight.admit()  # 503 at once past the limit
-        if not body.stream:
+        if not stream:
             with ticket:
                 reply, replayed = await cancel_on_disconnect(
-                    request.receive, service.send_named(user, conversation_id, body.content, key))
+                    request.receive, service.send_named(user, conversation_id, content, key,
+                                                        revise=revise))
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
             return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
         try:
-            chat = await service.turn_chat(user, conversation_id, body.content, key)
+            chat = await service.turn_chat(user, conversation_id, content, key, revise)
         except BaseException:
             ticket.release()
             raise
@@ -334,7 +331,7 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             # A disconnect cancels this body (Starlette), which stops the turn (colloquy.effects).
             try:
-                async for event in service.stream(chat, body.content, key):
+                async for event in service.stream(chat, content, key, revise=revise):
                     if isinstance(event, str):
                         yield sse_delta(event)
                     else:
@@ -353,6 +350,53 @@ def create_app(
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                  background=BackgroundTask(ticket.release))
+
+    TURN_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **TURN_ERRORS, 200: {
+        "description": "the reply (JSON), or with `stream: true` server-sent events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+    @api.post("/conversations/{conversation_id}/messages", response_model=ReplyOut,
+              responses=TURN_RESPONSES, description=SSE_DOC,
+              summary="send a message; get the reply (JSON or server-sent events)")
+    async def send_message(conversation_id: str, body: MessageCreate, user: CurrentUser,
+                           request: Request, response: Response,
+                           idempotency_key: IdempotencyKeyHeader = None) -> Any:
+        key = service.idempotency_key(idempotency_key, body.idempotency_key)
+        return await answer(conversation_id, body.content, key, body.stream, user, request,
+                            response)
+
+    @api.post("/conversations/{conversation_id}/edit", response_model=ReplyOut,
+              responses=TURN_RESPONSES, summary="replace the newest user message and answer it",
+              description="A new turn is appended; the turn it replaces stays in the log, marked "
+              "superseded (`superseded_by` in the conversation's messages), and is shown to no "
+              "model again. 409 when the conversation has no turn yet. " + SSE_DOC)
+    async def edit_last(conversation_id: str, body: MessageCreate, user: CurrentUser,
+                        request: Request, response: Response,
+                        idempotency_key: IdempotencyKeyHeader = None) -> Any:
+        key = service.idempotency_key(idempotency_key, body.idempotency_key)
+        return await answer(conversation_id, body.content, key, body.stream, user, request,
+                            response, revise="edit")
+
+    @api.post("/conversations/{conversation_id}/regenerate", response_model=ReplyOut,
+              responses=TURN_RESPONSES, summary="answer the newest user message again",
+              description="A new turn with the same user message is appended; the turn it "
+              "replaces stays in the log, marked superseded. 409 when the conversation has no "
+              "turn yet. " + SSE_DOC)
+    async def regenerate(conversation_id: str, body: RegenerateCreate, user: CurrentUser,
+                         request: Request, response: Response,
+                         idempotency_key: IdempotencyKeyHeader = None) -> Any:
+        key = service.idempotency_key(idempotency_key, body.idempotency_key)
+        return await answer(conversation_id, None, key, body.stream, user, request, response,
+                            revise="regenerate")
+
+    @api.get("/conversations/{conversation_id}/messages/{seq}/context",
+             response_model=SeenContext, responses={404: {
+                 "model": ErrorBody, "description": "no such conversation (or not yours), or the "
+                 "message has no record of its context (not a reply, or stored before colloquy "
+                 "kept them)"}},
+             summary="what the model was sent for one reply, from the record stored with it")
+    def context_seen(conversation_id: str, seq: int, user: CurrentUser) -> SeenContext:
+        return service.context_seen(user, conversation_id, seq)
 
     @api.get("/conversations/{conversation_id}/context", response_model=ContextOut,
              responses=NOT_FOUND, summary="exactly the request the next turn would send")

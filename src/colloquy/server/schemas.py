@@ -9,7 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..branches import REVISION
 from ..chat import Reply, SideCost
+from ..context.seen import CONTEXT
+from ..guards.base import BLOCKED
 from ..memory.records import Fact
 from ..messages import StoredMessage
 from ..store import Conversation
@@ -85,6 +88,14 @@ class MessageCreate(_Body):
     )
 
 
+class RegenerateCreate(_Body):
+    stream: bool = Field(False, description="answer as server-sent events")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="a retried request with the same key is answered once",
+    )
+
+
 class ConversationOut(BaseModel):
     #: The conversation's name in the caller's namespace (what every route takes).
     id: str
@@ -114,14 +125,26 @@ class MessageOut(BaseModel):
     #: Why a reply ended ("end_turn", "max_tokens", ...; "cancelled": its client went away and
     #: this is the text received until then).
     stop_reason: str | None = None
+    #: Set when an edit or a regeneration replaced this message's turn: the seq of the user
+    #: message that did (the message stays in the log; no model is shown it again).
+    superseded_by: int | None = None
+    #: On the user message of an edit or a regeneration: "edit" or "regenerate".
+    revision: str | None = None
+    #: True when an input guard blocked the turn this message belongs to.
+    blocked: bool = False
+    #: True when a record of what the model saw is stored with this reply
+    #: (``GET .../messages/{seq}/context``).
+    has_context: bool = False
 
     @classmethod
-    def of(cls, sm: StoredMessage) -> MessageOut:
+    def of(cls, sm: StoredMessage, superseded_by: int | None = None) -> MessageOut:
         return cls(
             seq=sm.seq, role=sm.role, text=sm.message.text, created_at=sm.created_at,
             content=[b.model_dump(mode="json", exclude_none=True) for b in sm.message.content],
             model=sm.model, usage=sm.usage, cost_usd=sm.cost_usd,
             stop_reason=sm.meta.get("stop_reason") if sm.role == "assistant" else None,
+            superseded_by=superseded_by, revision=sm.meta.get(REVISION),
+            blocked=bool(sm.meta.get(BLOCKED)), has_context=CONTEXT in sm.meta,
         )
 
 

@@ -33,7 +33,9 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from ..branches import Revision, last_turn
 from ..chat import Chat, Reply
+from ..context.seen import SeenContext, seen
 from ..context.base import ContextPolicy
 from ..effects import Turn, arun
 from ..memory.extract import FactExtraction
@@ -246,18 +248,25 @@ class ChatService:
                 held -= len(dropped._log)
         return chat
 
-    async def turn_chat(self, user: User, name: str, content: str, key: str | None) -> Chat:
+    async def turn_chat(self, user: User, name: str, content: str | None, key: str | None,
+                        revise: Revision | None = None) -> Chat:
         """What every turn route calls before its turn: the message's size, the caller's
-        conversation, and the idempotency key (a key already used with another message is
-        refused here, with a status, before a stream starts)."""
-        self.check_content(content)
-        return await self.run(self.prepare_turn, user, name, content, key)
+        conversation, the idempotency key (a key already used with another message is refused
+        here, with a status, before a stream starts), and for an edit or a regeneration that
+        there is a turn to revise (409 now rather than an error event in the stream).
+        ``content`` is None for a regeneration."""
+        if content is not None:
+            self.check_content(content)
+        return await self.run(self.prepare_turn, user, name, content, key, revise)
 
-    def prepare_turn(self, user: User, name: str, content: str, key: str | None) -> Chat:
+    def prepare_turn(self, user: User, name: str, content: str | None, key: str | None,
+                     revise: Revision | None = None) -> Chat:
         """:meth:`turn_chat`'s work once the caller is known (blocking: store reads)."""
         chat = self.chat(user, name)
         if key is not None:
             chat.check_idempotency_key(content, key)
+        if revise is not None:
+            self.check_revisable(chat)
         return chat
 
     def forget_conversations(self, ids: set[str]) -> None:
@@ -296,19 +305,21 @@ class ChatService:
             else:
                 self._locks[conversation_id] = (lock, users - 1)
 
-    async def send_named(self, user: User, name: str, content: str, key: str | None = None,
+    async def send_named(self, user: User, name: str, content: str | None,
+                         key: str | None = None, *, revise: Revision | None = None,
                          ) -> tuple[Reply, bool]:
         """:meth:`turn_chat` then :meth:`send`, with the caller's conversation resolved (and
         the idempotency key checked) in the turn's first step on the pool rather than in a trip
         of its own: a JSON turn makes three trips to a thread, not four (issue 16's CPU per
         turn). Raises what they raise. Turns are queued here by (user, name), which names one
         conversation; a turn on the same conversation queued by id (a stream) waits for the
-        store's turn lock instead (colloquy.effects)."""
-        self.check_content(content)
+        store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`."""
+        if content is not None:
+            self.check_content(content)
 
         def turn() -> Turn:  # its first step runs on the pool: store reads may wait there
-            chat = self.prepare_turn(user, name, content, key)
-            return (yield from chat._turn(content, False, key))
+            chat = self.prepare_turn(user, name, content, key, revise)
+            return (yield from chat._turn(content, False, key, revise=revise))
 
         async with self._turn((user.id, name)):
             async for event in arun(turn(), self.executor):
@@ -316,33 +327,44 @@ class ChatService:
                     return event, _replayed(event)
         raise AssertionError("a turn ends with its Reply")  # pragma: no cover
 
-    async def send(self, chat: Chat, content: str, key: str | None = None, *,
+    async def send(self, chat: Chat, content: str | None, key: str | None = None, *,
                    temperature: float | None = None, max_tokens: int | None = None,
-                   ) -> tuple[Reply, bool]:
+                   revise: Revision | None = None) -> tuple[Reply, bool]:
         """One turn; returns the reply and whether it was replayed from an earlier request with
         the same idempotency key (Chat stores the key with the message and answers a retry with
-        the stored reply)."""
+        the stored reply). ``revise``: the turn replaces the newest one (colloquy.branches)."""
         async with self._turn(chat.session_id):
             reply = await chat.asend(content, idempotency_key=key, temperature=temperature,
-                                     max_tokens=max_tokens)
+                                     max_tokens=max_tokens, revise=revise)
             return reply, _replayed(reply)
 
-    async def stream(self, chat: Chat, content: str, key: str | None = None, *,
+    async def stream(self, chat: Chat, content: str | None, key: str | None = None, *,
                      temperature: float | None = None, max_tokens: int | None = None,
-                     ) -> AsyncIterator[str | tuple[Reply, bool]]:
+                     revise: Revision | None = None) -> AsyncIterator[str | tuple[Reply, bool]]:
         """Text deltas, then ``(reply, replayed)``. Deltas that arrive while the previous
         one is still being sent go out as one (colloquy.server.coalesce)."""
         async with self._turn(chat.session_id):
             async for event in coalesced(chat.astream(
                     content, idempotency_key=key, temperature=temperature,
-                    max_tokens=max_tokens)):
+                    max_tokens=max_tokens, revise=revise)):
                 if isinstance(event, str):
                     if event:
                         yield event
                 else:
                     yield event, _replayed(event)
 
+    def check_revisable(self, chat: Chat) -> None:
+        """Raise :class:`NothingToRevise` (409) before a stream starts when the conversation
+        has no turn to edit or regenerate (the turn checks again under its lock)."""
+        last_turn(chat.history())
+
     # -- context --------------------------------------------------------------------------------
+
+    def context_seen(self, user: User, name: str, seq: int) -> SeenContext:
+        """What reply ``seq`` of the caller's conversation was sent (colloquy.context.seen),
+        named as the caller names the conversation."""
+        conv = self.owned(user, name)
+        return seen(self.store, conv.id, seq).model_copy(update={"conversation_id": name})
 
     def context(self, user: User, name: str, message: str | None = None
                 ) -> tuple[dict[str, Any], int]:

@@ -1,0 +1,255 @@
+"""What the model saw: a compact record of each reply's context, and that record shown again.
+
+At turn time the engine (:class:`colloquy.Chat`) stores, in the meta of every reply a model
+call produced, a small record of the context that call was sent (:func:`record`, under the meta
+key ``context``)::
+
+    {"v": 1,
+     "kept": [[1, 14], [17, 20]],              # seq ranges of the log sent verbatim
+     "persona": {"tokens": 40, "sha256": "3fa2b1c09d1e4f27"},
+     "parts": {"facts": {"tokens": 120, "records": ["f_..."], "seqs": []},
+               "summary": {"tokens": 300, "records": ["s_..."], "seqs": [[1, 10]]},
+               "recall": {"tokens": 200, "records": [], "seqs": [[3, 4]]}},
+     "tokens": {"messages": 1200, "tools": 0, "total": 1860}}
+
+References, not copies: its size follows the context's shape (a few ranges and ids), never the
+log's length or the texts' sizes, so a turn's cost stays flat (bench/turns.py). Token counts are
+the engine's calibrated estimates per part (colloquy.tokens); the billed total is the reply's
+usage.
+
+:func:`seen` resolves a stored record into what is shown ("what the model saw", the page's
+context panel and ``GET /v1/conversations/{id}/messages/{seq}/context``): the persona, the facts
+(by id: a fact forgotten since is reported as forgotten, never resurrected), the summary (by id),
+the recalled and kept messages (from the append-only log, so they read as they were sent, before
+any per-request shortening such as tool-output pruning), the token counts and the cost split
+into fresh input, cache writes, cache reads and output. Records survive the log growing, facts
+changing and the persona changing (the hash says whether it still matches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..errors import NoContextRecord
+from ..messages import StoredMessage
+from ..tokens import TokenCounter, estimate_text, estimate_tools
+from ..usage import Usage, price_for
+from .base import Context
+
+#: Meta key of a reply's context record.
+CONTEXT = "context"
+VERSION = 1
+
+
+def ranges(seqs: Iterable[int]) -> list[list[int]]:
+    """Sorted seqs as inclusive ``[first, last]`` ranges: ``[1, 2, 3, 7]`` -> ``[[1, 3], [7, 7]]``."""
+    out: list[list[int]] = []
+    for s in sorted(set(seqs)):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
+def expand(spans: Sequence[Sequence[int]]) -> list[int]:
+    """The seqs of ``ranges`` output."""
+    return [s for lo, hi in spans for s in range(int(lo), int(hi) + 1)]
+
+
+def persona_hash(persona: str) -> str:
+    return hashlib.sha256(persona.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+_PERSONA_MEMO: dict[str, tuple[str, int]] = {}
+
+
+def _persona(persona: str) -> tuple[str, int]:
+    """(hash, raw tokens) of a persona, memoised: the persona rarely changes between turns."""
+    hit = _PERSONA_MEMO.get(persona)
+    if hit is None:
+        if len(_PERSONA_MEMO) > 64:
+            _PERSONA_MEMO.clear()
+        hit = _PERSONA_MEMO[persona] = (persona_hash(persona), estimate_text(persona))
+    return hit
+
+
+def record(ctx: Context, persona: str, *, model: str, counter: TokenCounter, raw_total: int,
+           tools: Sequence[Any] = ()) -> dict[str, Any]:
+    """The compact record of the context one model call was sent (see the module docstring).
+
+    ``ctx``: the built context (its ``sources``, ``part_sources``, ``part_tokens``,
+    ``part_records``); ``persona``: the system prompt before any part; ``raw_total``: the
+    uncalibrated estimate of the whole request, as the engine computed it for calibration."""
+    factor = counter.factor(model)
+    sha, persona_raw = _persona(persona)
+    persona_tokens = math.ceil(persona_raw * factor)
+    parts: dict[str, Any] = {}
+    for name in {*ctx.part_sources, *ctx.part_tokens, *ctx.part_records}:
+        parts[name] = {"tokens": int(ctx.part_tokens.get(name, 0)),
+                       "records": list(ctx.part_records.get(name, [])),
+                       "seqs": ranges(ctx.part_sources.get(name, []))}
+    tools_tokens = math.ceil(estimate_tools(tools) * factor) if tools else 0
+    total = math.ceil(raw_total * factor)
+    used = persona_tokens + tools_tokens + sum(p["tokens"] for p in parts.values())
+    return {
+        "v": VERSION,
+        "kept": ranges(s for group in ctx.sources for s in group),
+        "persona": {"tokens": persona_tokens, "sha256": sha},
+        "parts": parts,
+        "tokens": {"messages": max(0, total - used), "tools": tools_tokens, "total": total},
+    }
+
+
+# -- shown again ----------------------------------------------------------------------------------
+
+
+class SeenMessage(BaseModel):
+    seq: int
+    role: str
+    text: str
+    #: Content blocks in the Anthropic shape.
+    content: list[dict[str, Any]]
+
+
+class SeenFact(BaseModel):
+    id: str
+    subject: str | None = None
+    statement: str | None = None
+    #: False when the fact was forgotten after this reply (its text is no longer held).
+    held: bool = True
+
+
+class SeenPart(BaseModel):
+    """One contributor to the context besides the persona: facts, summary, recalled excerpts."""
+
+    name: str
+    #: Calibrated estimate, tokens.
+    tokens: int
+    #: Stored messages the part stands for (a summary's range, the recalled turns).
+    seqs: list[int] = Field(default_factory=list)
+    facts: list[SeenFact] = Field(default_factory=list)
+    #: The summary's text (summary parts).
+    summary: str | None = None
+    #: The recalled messages (recall parts).
+    messages: list[SeenMessage] = Field(default_factory=list)
+
+
+class CostSplit(BaseModel):
+    """A reply's tokens and dollars by kind (USD at the model's base rates; ``None`` when its
+    price is unknown). ``input`` is the fresh, uncached input."""
+
+    input_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+    output_tokens: int
+    input_usd: float | None = None
+    cache_write_usd: float | None = None
+    cache_read_usd: float | None = None
+    output_usd: float | None = None
+    #: What the reply was billed, as stored with it.
+    total_usd: float | None = None
+    #: True when the provider reported no usage and these counts are colloquy's estimate.
+    estimated: bool = False
+
+
+class SeenContext(BaseModel):
+    """What the model was sent for one reply, from the record stored with it."""
+
+    conversation_id: str
+    #: The reply.
+    seq: int
+    model: str | None
+    persona: str
+    #: False when the conversation's persona changed after this reply (``persona`` is today's).
+    persona_unchanged: bool
+    persona_tokens: int
+    parts: list[SeenPart]
+    #: The stored messages sent verbatim, oldest first.
+    messages: list[SeenMessage]
+    messages_tokens: int
+    tools_tokens: int
+    #: Calibrated estimate of the whole request, tokens.
+    estimated_input_tokens: int
+    usage: Usage | None
+    cost: CostSplit | None
+
+
+def _seen_message(sm: StoredMessage) -> SeenMessage:
+    return SeenMessage(seq=sm.seq, role=sm.role, text=sm.message.text,
+                       content=[b.model_dump(mode="json", exclude_none=True) for b in sm.message.content])
+
+
+def cost_split(model: str | None, usage: Usage | None, total: float | None) -> CostSplit | None:
+    """``usage`` priced kind by kind at ``model``'s base rates (colloquy.usage.price_for)."""
+    if usage is None:
+        return None
+    price = price_for(model)
+
+    def usd(tokens: int, rate: float | None) -> float | None:
+        return None if rate is None else tokens * rate / 1_000_000
+
+    return CostSplit(
+        input_tokens=usage.input_tokens, cache_write_tokens=usage.cache_write_tokens,
+        cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
+        input_usd=usd(usage.input_tokens, price.input if price else None),
+        cache_write_usd=usd(usage.cache_write_tokens, price.cache_write if price else None),
+        cache_read_usd=usd(usage.cache_read_tokens, price.cache_read if price else None),
+        output_usd=usd(usage.output_tokens, price.output if price else None),
+        total_usd=total, estimated=bool(getattr(usage, "estimated", False)),
+    )
+
+
+def seen(store: Any, conversation_id: str, seq: int,
+         log: Sequence[StoredMessage] | None = None) -> SeenContext:
+    """The context reply ``seq`` of a conversation was sent, resolved from its stored record.
+
+    ``log``: the conversation's log if the caller holds it (else it is loaded). Raises
+    :class:`NoContextRecord` when ``seq`` is not a reply with a record,
+    :class:`colloquy.errors.ConversationNotFound` for an unknown conversation."""
+    conv = store.get_conversation(conversation_id)
+    messages = list(log) if log is not None else store.load(conversation_id)
+    by_seq = {sm.seq: sm for sm in messages}
+    reply = by_seq.get(seq)
+    rec = reply.meta.get(CONTEXT) if reply is not None else None
+    if reply is None or reply.role != "assistant" or not isinstance(rec, dict):
+        raise NoContextRecord(
+            f"message {seq} of {conversation_id} has no record of its context (it is not a "
+            "reply, or it was stored before colloquy recorded what each reply was sent)")
+    parts: list[SeenPart] = []
+    for name, p in (rec.get("parts") or {}).items():
+        part = SeenPart(name=name, tokens=int(p.get("tokens", 0)), seqs=expand(p.get("seqs", [])))
+        for rid in map(str, p.get("records", [])):
+            if rid.startswith("f_"):  # a fact (colloquy.memory.records ids: f_..., s_...)
+                fact = store.get_fact(rid) if hasattr(store, "get_fact") else None
+                if fact is not None and fact.user_id == conv.user_id:
+                    part.facts.append(SeenFact(id=rid, subject=fact.subject, statement=fact.statement))
+                else:
+                    part.facts.append(SeenFact(id=rid, held=False))
+            elif rid.startswith("s_") and hasattr(store, "list_summaries"):
+                found = [s for s in store.list_summaries(conversation_id) if s.id == rid]
+                if found:
+                    part.summary = found[0].text
+        if name != "summary":
+            part.messages = [_seen_message(by_seq[s]) for s in part.seqs if s in by_seq]
+        parts.append(part)
+    kept = [_seen_message(by_seq[s]) for s in expand(rec.get("kept", [])) if s in by_seq]
+    persona = rec.get("persona") or {}
+    tokens = rec.get("tokens") or {}
+    return SeenContext(
+        conversation_id=conversation_id, seq=seq, model=reply.model,
+        persona=conv.persona, persona_unchanged=persona.get("sha256") == persona_hash(conv.persona),
+        persona_tokens=int(persona.get("tokens", 0)), parts=parts, messages=kept,
+        messages_tokens=int(tokens.get("messages", 0)), tools_tokens=int(tokens.get("tools", 0)),
+        estimated_input_tokens=int(tokens.get("total", 0)), usage=reply.usage,
+        cost=cost_split(reply.model, reply.usage, reply.cost_usd),
+    )
+
+
+__all__ = ["CONTEXT", "CostSplit", "NoContextRecord", "SeenContext", "SeenFact", "SeenMessage",
+           "SeenPart", "cost_split", "expand", "persona_hash", "ranges", "record", "seen"]
