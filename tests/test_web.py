@@ -1,89 +1,19 @@
-"""The web chat page in a real browser: Playwright driving Debian's chromium (never a browser of
-Playwright's own), headless, against a server started here on loopback with the echo model.
-
-In CI (``CI=true``) this test must run: a missing chromium is a failure, not a skip. Locally it
-skips only when no chromium is installed (``apt-get install chromium``).
-"""
+"""The web chat page in a real browser (Playwright driving Debian's chromium, see
+tests/web_helpers.py): the whole life of a user, on a desktop window and a phone's screen."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from colloquy import EchoModel, FunctionModel, SQLiteStore
+from colloquy import FunctionModel
 from colloquy.memory.records import Fact
-from colloquy.server import create_app
-from colloquy.store.users import issue_token
-from server_helpers import serve_in_thread
+from web_helpers import (  # noqa: F401
+    ARTIFACTS, PHONE, ROOT, Site, browser, send, serve_site, sign_in, site)
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage"]
 XSS = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>"
-
-
-def chromium_path() -> str:
-    path = os.environ.get("COLLOQUY_TEST_CHROMIUM") or shutil.which("chromium") \
-        or shutil.which("chromium-browser")
-    if path and Path(path).exists():
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI must run the browser test: install Debian's chromium and export "
-                    "COLLOQUY_TEST_CHROMIUM=/usr/bin/chromium")
-    pytest.skip("no chromium installed (apt-get install chromium)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-class Site:
-    def __init__(self, url: str, store: SQLiteStore, token: str) -> None:
-        self.url, self.store, self.token = url, store, token
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    store = SQLiteStore(tmp_path / "web.db")
-    token = issue_token(store, "ada")
-    # A small delay between streamed words, so the page visibly streams.
-    app = create_app(store=store, model=EchoModel(delay=0.04), environ={}, rate_limit=None)
-    with serve_in_thread(app) as url:
-        yield Site(url, store, token)
-    store.close()
-
-
-def sign_in(page: Any, site: Site) -> None:
-    page.goto(site.url + "/")
-    page.fill("#token", site.token)
-    page.press("#token", "Enter")
-    page.wait_for_selector("#app:not([hidden])")
-    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'input'")
-
-
-def send(page: Any, text: str) -> Any:
-    """Type and press Enter; wait for the reply's token line; return the reply element."""
-    before = page.locator(".message.assistant").count()
-    page.fill("#input", text)
-    page.press("#input", "Enter")
-    reply = page.locator(".message.assistant").nth(before)
-    reply.locator(".turn-meta").filter(has_text="tokens").wait_for()
-    return reply
 
 
 def test_chat_in_the_browser(browser: Any, site: Site) -> None:
@@ -133,7 +63,7 @@ def test_chat_in_the_browser(browser: Any, site: Site) -> None:
     reply = send(page, XSS)
     assert page.locator("#messages img, #messages script").count() == 0
     assert page.evaluate("window.__xss") is None
-    assert "<img src=x" in page.locator(".message.user").nth(1).inner_text()
+    assert "<img src=x" in page.locator(".message.user .body").nth(1).inner_text()
     assert "<script>" in reply.locator(".body").inner_text()
 
     # Shift+Enter is a new line, Enter sends.
@@ -143,7 +73,7 @@ def test_chat_in_the_browser(browser: Any, site: Site) -> None:
     assert page.input_value("#input") == "line one\nline two"
     page.press("#input", "Enter")
     page.locator(".message.assistant").nth(2).locator(".turn-meta").filter(has_text="tokens").wait_for()
-    assert page.locator(".message.user").nth(2).inner_text().splitlines()[-2:] == ["line one", "line two"]
+    assert page.locator(".message.user .body").nth(2).inner_text().splitlines() == ["line one", "line two"]
 
     # A second conversation; switching back shows the first one's history.
     page.click("#new-chat")
@@ -209,24 +139,57 @@ def test_chat_in_the_browser(browser: Any, site: Site) -> None:
 
 
 def test_phone_sized_screen(browser: Any, site: Site) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                  has_touch=True)
+    """A 375 px phone with a touch keyboard: the header's actions collapse into one menu,
+    "Delete my data" is behind that menu and a dialog naming what goes, the placeholder does
+    not promise "Enter sends" and Enter is a new line there."""
+    context = browser.new_context(**PHONE)
     page = context.new_page()
     sign_in(page, site)
+    placeholder = page.get_attribute("#input", "placeholder") or ""
+    assert "Enter" not in placeholder
+    page.fill("#input", "line one")
+    page.press("#input", "Enter")
+    page.type("#input", "line two")
+    assert page.input_value("#input") == "line one\nline two"  # a new line, nothing sent
+    assert page.locator(".message").count() == 0
+    page.click("#send")
+    page.locator(".message.assistant .turn-meta", has_text="tokens").wait_for()
     send(page, "hello from a phone")
     # Nothing overflows sideways; the sidebar is a drawer behind a toggle.
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
     assert not page.locator("#sidebar").is_visible()  # a drawer, closed until opened
     page.click("#toggle-sidebar")
     page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().x >= 0")
-    page.locator(".conversation", has_text="hello from a phone").wait_for()
+    page.locator(".conversation", has_text="line one").wait_for()
     assert page.get_attribute("#toggle-sidebar", "aria-expanded") == "true"
-    page.locator(".conversation", has_text="hello from a phone").click()
+    page.locator(".conversation", has_text="line one").click()
     page.wait_for_function("() => getComputedStyle(document.getElementById('sidebar')).visibility"
                            " === 'hidden'")
     box = page.locator("#send").bounding_box()
-    assert box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
+    assert box["x"] + box["width"] <= 375 and box["y"] + box["height"] <= 740
+    # The header holds one menu button; no account action is one tap away.
+    for action in ("#show-memory", "#export-data", "#signout", "#delete-data"):
+        assert not page.locator(action).is_visible(), action
+    page.click("#menu-button")
+    assert page.get_attribute("#menu-button", "aria-expanded") == "true"
+    for action in ("#show-memory", "#export-data", "#signout", "#delete-data"):
+        box = page.locator(action).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, action
     ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-phone-menu.png"))
+    page.keyboard.press("Escape")
+    assert not page.locator("#delete-data").is_visible()
+    # Delete my data: menu, then a dialog that names what goes; cancelling deletes nothing.
+    site.store.add_fact(Fact(user_id="ada", subject="travel", statement="prefers trains"))
+    page.click("#menu-button")
+    page.click("#delete-data")
+    summary = page.locator("#delete-summary")
+    summary.filter(has_text="1 conversation (4 messages)").wait_for()
+    text = summary.inner_text()
+    assert "1 remembered fact," in text and "account ada" in text, text
+    assert page.locator("#confirm-ok").is_disabled()
+    page.click("#confirm-cancel")
+    assert len(site.store.list_conversations(user_id="ada")) == 1
     page.screenshot(path=str(ARTIFACTS / "web-phone.png"))
     context.close()
 
@@ -243,13 +206,11 @@ def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
             raise ConnectionError("the provider dropped the connection")
         return step
 
-    store = SQLiteStore(tmp_path / "retry.db")
-    token = issue_token(store, "ada")
-    app = create_app(store=store, model=FunctionModel(flaky), environ={}, rate_limit=None)
-    with serve_in_thread(app) as url:
+    with serve_site(tmp_path, FunctionModel(flaky)) as site:
+        store = site.store
         context = browser.new_context(viewport={"width": 1200, "height": 800})
         page = context.new_page()
-        sign_in(page, Site(url, store, token))
+        sign_in(page, site)
         page.fill("#input", "where is my parcel?")
         page.press("#input", "Enter")
         page.locator(".message.assistant.failed .turn-meta", has_text="send again").wait_for()
@@ -265,49 +226,3 @@ def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
         keys = [sm.meta.get("idempotency_key") for sm in log if sm.role == "user"]
         assert all(k and k.startswith("web-") for k in keys) and keys[0] != keys[1]
         context.close()
-
-
-def test_a_refused_send_leaves_no_ghost_bubbles_and_says_why(browser: Any, tmp_path: Path) -> None:
-    """413 (too long), 422 (refused text), 429 (rate limit) and a network failure: nothing was
-    stored, so no "You"/"Assistant" bubble stays on the page, the text is back in the box and
-    the error line says why. A send that goes through afterwards shows as usual."""
-    store = SQLiteStore(tmp_path / "refused.db")
-    token = issue_token(store, "ada")
-    app = create_app(store=store, model=EchoModel(), environ={}, rate_limit=None,
-                     max_message_chars=40)
-    with serve_in_thread(app) as url:
-        page = browser.new_context(viewport={"width": 1000, "height": 700}).new_page()
-        sign_in(page, Site(url, store, token))
-        send(page, "hello")  # a conversation with one good turn
-        cid = store.list_conversations(user_id="ada")[0].id
-
-        def refused(text: str, says: str) -> None:
-            page.fill("#input", text)
-            page.press("#input", "Enter")
-            page.locator("#chat-error", has_text=says).wait_for()
-            page.wait_for_function("() => !document.getElementById('send').disabled")
-            assert page.locator(".message.user").count() == 1
-            assert page.locator(".message.assistant").count() == 1
-            assert page.input_value("#input") == text
-
-        refused("x" * 60, "the limit is 40")  # 413 from the service
-        page.route("**/messages", lambda route: route.fulfill(
-            status=422, content_type="application/json",
-            body=json.dumps({"error": {"type": "invalid_request", "message": "the message is empty"}})))
-        refused("a refused text", "the message is empty")
-        page.unroute("**/messages")
-        page.route("**/messages", lambda route: route.fulfill(
-            status=429, content_type="application/json", headers={"Retry-After": "3"},
-            body=json.dumps({"error": {"type": "rate_limited", "message": "rate limit reached; "
-                                       "retry in 3.0s"}})))
-        refused("too fast", "rate limit reached")
-        page.unroute("**/messages")
-        page.route("**/messages", lambda route: route.abort("internetdisconnected"))
-        refused("offline", "could not reach the server")
-        page.unroute("**/messages")
-        assert [sm.message.text for sm in store.load(cid) if sm.role == "user"] == ["hello"]
-        send(page, "back online")
-        assert page.locator(".message.user").count() == 2 and page.input_value("#input") == ""
-        assert page.inner_text("#chat-error") == ""
-        page.context.close()
-    store.close()

@@ -1,170 +1,54 @@
 /* colloquy's web chat page: plain JavaScript over the HTTP API, no build step, no CDN.
  *
- * Every text from the server (titles, messages, facts) reaches the page through textContent or
- * the safe Markdown renderer (markdown.js), never through innerHTML.
+ * api.js speaks to the server, render.js turns Markdown into sanitised HTML, messages.js builds
+ * the bubbles; this file holds the page's state and its flows: sign-in, conversations, sending
+ * (stoppable), editing and regenerating, dialogs, memory, export and deletion.
  */
 (function () {
   "use strict";
 
+  var Api = window.colloquyApi, M = window.colloquyMessages;
   var TOKEN_KEY = "colloquy.token";
   var $ = function (id) { return document.getElementById(id); };
-  var state = { token: null, user: null, conversations: [], current: null, busy: false, pending: null,
-                features: { memory: false, deleteMe: false } };
+  var state = {
+    user: null, conversations: [], current: null, messages: [], bubbles: [], busy: false,
+    pending: null, abort: null, features: { memory: false, deleteMe: false, exportMe: false },
+    // A touch keyboard has no Shift+Enter: there Enter is a new line and the button sends.
+    touch: window.matchMedia("(pointer: coarse)").matches
+  };
 
-  // -- the API ------------------------------------------------------------------------------------
+  function showError(id, text) { $(id).textContent = text || ""; }
 
-  function ApiError(status, type, message) {
-    this.status = status; this.type = type; this.message = message;
+  function count(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+
+  function failureText(e) {
+    if (e instanceof Api.ApiError) return e.message;
+    return "could not reach the server (" + (e && e.message ? e.message : e) + ")";
   }
 
-  async function api(method, path, body) {
-    var init = { method: method, headers: { "Authorization": "Bearer " + state.token } };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    var r = await fetch(path, init);
-    if (r.status === 204) return null;
-    var data = null;
-    try { data = await r.json(); } catch (e) { data = null; }
-    if (!r.ok) {
-      var err = (data && data.error) || {};
-      if (r.status === 401 && path !== "/v1/me") signOut("Your session ended: sign in again.");
-      throw new ApiError(r.status, err.type || "http_error", err.message || ("HTTP " + r.status));
-    }
-    return data;
-  }
+  // -- conversations ---------------------------------------------------------------------------
 
-  /* A fresh idempotency key: one per message, reused when the same message is sent again
-   * after a failure, so the server stores it once. */
-  function newKey() {
-    var bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    return "web-" + Array.prototype.map.call(bytes, function (b) {
-      return ("0" + b.toString(16)).slice(-2);
-    }).join("");
-  }
-
-  /* POST a message with stream: true and hand each server-sent event to onEvent. */
-  async function streamTurn(conversationId, content, key, onEvent) {
-    var r = await fetch("/v1/conversations/" + encodeURIComponent(conversationId) + "/messages", {
-      method: "POST",
-      headers: { "Authorization": "Bearer " + state.token, "Content-Type": "application/json" },
-      body: JSON.stringify({ content: content, stream: true, idempotency_key: key })
-    });
-    if (!r.ok) {
-      var data = null;
-      try { data = await r.json(); } catch (e) { data = null; }
-      var err = (data && data.error) || {};
-      throw new ApiError(r.status, err.type || "http_error", err.message || ("HTTP " + r.status));
-    }
-    var reader = r.body.getReader();
-    var decoder = new TextDecoder();
-    var buffer = "";
-    for (;;) {
-      var chunk = await reader.read();
-      if (chunk.done) break;
-      buffer += decoder.decode(chunk.value, { stream: true });
-      var cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        var block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        var name = "message", data = [];
-        block.split("\n").forEach(function (line) {
-          if (line.indexOf("event:") === 0) name = line.slice(6).trim();
-          else if (line.indexOf("data:") === 0) data.push(line.slice(5).trim());
-        });
-        if (data.length) onEvent(name, JSON.parse(data.join("\n")));
-      }
-    }
-  }
-
-  // -- rendering --------------------------------------------------------------------------------
-
-  function money(x) {
-    if (x === null || x === undefined) return "price unknown";
-    return "$" + Number(x).toFixed(x < 0.01 ? 6 : 4);
-  }
-
-  function usageLine(usage, cost) {
-    if (!usage) return "";
-    var cache = usage.cache_read_tokens || usage.cache_write_tokens
-      ? " · cache r/w " + usage.cache_read_tokens + "/" + usage.cache_write_tokens : "";
-    return "in " + usage.input_tokens + " · out " + usage.output_tokens + " tokens" + cache +
-      " · " + money(cost);
-  }
-
-  function setBody(node, role, text) {
-    node.textContent = "";
-    node.appendChild(window.colloquyMarkdown.render(text));
-  }
-
-  function messageItem(role, text, usage, cost) {
-    var li = document.createElement("li");
-    li.className = "message " + role;
-    var who = document.createElement("span");
-    who.className = "who";
-    who.textContent = role === "user" ? "You" : "Assistant";
-    var body = document.createElement("div");
-    body.className = "body";
-    setBody(body, role, text);
-    var meta = document.createElement("div");
-    meta.className = "meta turn-meta";
-    meta.textContent = usageLine(usage, cost);
-    li.appendChild(who); li.appendChild(body); li.appendChild(meta);
-    $("messages").appendChild(li);
-    li.scrollIntoView({ block: "end" });
-    return { li: li, body: body, meta: meta };
+  async function loadConversations() {
+    state.conversations = (await Api.call("GET", "/v1/conversations?limit=500")).conversations;
+    renderConversations();
   }
 
   function renderConversations() {
     var ul = $("conversations");
     ul.textContent = "";
-    if (!state.conversations.length) {
-      var empty = document.createElement("li");
-      empty.className = "empty";
-      empty.textContent = "No conversations yet.";
-      ul.appendChild(empty);
-    }
+    if (!state.conversations.length) ul.appendChild(M.el("li", "empty", "No conversations yet."));
     state.conversations.forEach(function (c) {
-      var li = document.createElement("li");
-      var b = document.createElement("button");
-      b.className = "conversation";
+      var li = M.el("li");
+      var b = M.el("button", "conversation");
       b.dataset.id = c.id;
       if (state.current && state.current.id === c.id) b.setAttribute("aria-current", "true");
-      var title = document.createElement("span");
-      title.className = "title";
-      title.textContent = c.title || "New chat";
-      var meta = document.createElement("span");
-      meta.className = "meta";
-      meta.textContent = c.message_count + " messages · " +
-        new Date(c.updated_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
-      b.appendChild(title); b.appendChild(meta);
+      b.appendChild(M.el("span", "title", c.title || "New chat"));
+      b.appendChild(M.el("span", "meta", c.message_count + " messages · " +
+        new Date(c.updated_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" })));
       b.addEventListener("click", function () { openConversation(c.id); closeSidebar(); });
       li.appendChild(b);
       ul.appendChild(li);
     });
-  }
-
-  function renderSessionCost(messages) {
-    var tokens = 0, cost = 0, unknown = false;
-    messages.forEach(function (m) {
-      if (!m.usage) return;
-      tokens += m.usage.input_tokens + m.usage.output_tokens + m.usage.cache_read_tokens +
-        m.usage.cache_write_tokens;
-      if (m.cost_usd === null || m.cost_usd === undefined) unknown = true; else cost += m.cost_usd;
-    });
-    $("session-cost").textContent = messages.length
-      ? "This conversation: " + tokens + " tokens · " + (unknown ? "price unknown" : money(cost)) : "";
-  }
-
-  function showError(id, text) { $(id).textContent = text || ""; }
-
-  // -- conversations ---------------------------------------------------------------------------
-
-  async function loadConversations() {
-    state.conversations = (await api("GET", "/v1/conversations")).conversations;
-    renderConversations();
   }
 
   function showConversationHeader() {
@@ -174,153 +58,384 @@
     $("delete-chat").hidden = !c;
   }
 
+  function renderSessionCost() {
+    $("session-cost").textContent = M.sessionLine(state.messages);
+  }
+
   async function openConversation(id) {
     showError("chat-error", "");
     var detail;
-    try { detail = await api("GET", "/v1/conversations/" + encodeURIComponent(id)); }
+    try { detail = await Api.call("GET", Api.conversationPath(id)); }
     catch (e) {
       if (e.status === 404) { newChat(); return; }
-      showError("chat-error", e.message); return;
+      showError("chat-error", failureText(e)); return;
     }
     state.current = detail;
     history.replaceState(null, "", "#" + encodeURIComponent(id));
-    $("messages").textContent = "";
-    detail.messages.forEach(function (m) {
-      if (m.text) messageItem(m.role, m.text, m.usage, m.cost_usd);
-    });
-    // Side calls (summaries, fact extraction, title) carry usage and cost like replies do.
-    state.currentMessages = detail.messages.concat(detail.side_calls || []);
-    renderSessionCost(state.currentMessages);
+    var list = $("messages");
+    list.textContent = "";
+    state.bubbles = M.show(list, M.view(detail.messages));
+    // Side calls (summaries, fact extraction, title) are billed like replies.
+    state.messages = detail.messages.concat((detail.side_calls || []).map(function (s) {
+      return { role: "side", usage: s.usage, cost_usd: s.cost_usd };
+    }));
+    renderSessionCost();
+    refreshActions();
     showConversationHeader();
     renderConversations();
+    scrollToEnd(true);
     $("input").focus();
   }
 
   function newChat() {
     state.current = null;
-    state.currentMessages = [];
+    state.messages = [];
+    state.bubbles = [];
     history.replaceState(null, "", location.pathname);
     $("messages").textContent = "";
-    renderSessionCost([]);
+    renderSessionCost();
     showConversationHeader();
     renderConversations();
     $("input").focus();
+  }
+
+  function scrollToEnd(force) {
+    var list = $("messages");
+    if (force || list.scrollHeight - list.scrollTop - list.clientHeight < 120) {
+      list.scrollTop = list.scrollHeight;
+    }
+  }
+
+  // -- message actions -------------------------------------------------------------------------
+
+  function button(b, key, label, cls, aria, onClick) {
+    if (!b[key]) {
+      b[key] = M.actionButton(label, cls, aria);
+      b[key].addEventListener("click", function () { onClick(b); });
+      b.actions.appendChild(b[key]);
+    }
+    return b[key];
+  }
+
+  /* Edit on the newest user message, Regenerate on the newest reply, "What the model saw" on
+   * every reply with a stored record; none of them while a turn runs. */
+  function refreshActions() {
+    var lastUser = null, lastReply = null;
+    state.bubbles.forEach(function (b) {
+      if (b.li.classList.contains("user")) lastUser = b; else lastReply = b;
+    });
+    state.bubbles.forEach(function (b) {
+      var isUser = b.li.classList.contains("user");
+      if (isUser) {
+        button(b, "editButton", "Edit", "edit-message", "Edit your message", startEdit).hidden =
+          b !== lastUser || state.busy;
+      } else {
+        button(b, "regenerateButton", "Regenerate", "regenerate", "Regenerate the reply",
+               regenerate).hidden = b !== lastReply || !lastUser || state.busy;
+        button(b, "contextButton", "What the model saw", "show-context",
+               "What the model saw for this reply", showContext).hidden = !b.hasContext || !b.replySeq;
+      }
+    });
+  }
+
+  /* The bubbles an edit or a regeneration replaces: the newest user message and what follows. */
+  function lastTurnBubbles() {
+    for (var i = state.bubbles.length - 1; i >= 0; i--) {
+      if (state.bubbles[i].li.classList.contains("user")) return state.bubbles.slice(i);
+    }
+    return [];
+  }
+
+  function startEdit(b) {
+    if (state.busy) return;
+    var form = M.el("form", "edit-form");
+    var area = M.el("textarea", "edit-input");
+    area.value = b.text;
+    area.setAttribute("aria-label", "Edit your message");
+    area.rows = Math.min(10, Math.max(2, b.text.split("\n").length));
+    var save = M.el("button", "primary small", "Send");
+    save.type = "submit";
+    var cancel = M.el("button", "small", "Cancel");
+    cancel.type = "button";
+    var row = M.el("div", "edit-buttons");
+    row.appendChild(cancel); row.appendChild(save);
+    form.appendChild(area); form.appendChild(row);
+    b.body.hidden = true;
+    b.li.insertBefore(form, b.body);
+    b.li.classList.add("editing");
+    function close() { form.remove(); b.body.hidden = false; b.li.classList.remove("editing"); }
+    cancel.addEventListener("click", close);
+    area.addEventListener("keydown", function (ev) {
+      if (ev.key === "Escape") { ev.preventDefault(); close(); }
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); form.requestSubmit(); }
+    });
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var text = area.value;
+      if (!text.trim()) return;
+      close();
+      turn("/edit", { content: text, idempotency_key: Api.newKey() }, text, lastTurnBubbles(), "edit")
+        .catch(function () { startEdit(b); b.li.querySelector(".edit-input").value = text; });
+    });
+    area.focus();
+  }
+
+  function regenerate() {
+    var replaced = lastTurnBubbles();
+    if (state.busy || !replaced.length) return;
+    turn("/regenerate", { idempotency_key: Api.newKey() }, replaced[0].text, replaced, "regenerate")
+      .catch(function () { /* said on the page */ });
+  }
+
+  async function showContext(b) {
+    var dialog = $("context-dialog"), body = $("context-body");
+    body.textContent = "Loading…";
+    $("context-title").textContent = "What the model saw for this reply";
+    dialog.showModal();
+    try {
+      var seen = await Api.call("GET", Api.conversationPath(state.current.id,
+                                "/messages/" + b.replySeq + "/context"));
+      body.textContent = "";
+      body.appendChild(M.seenPanel(seen));
+    } catch (e) { body.textContent = failureText(e); }
+  }
+
+  // -- turns -------------------------------------------------------------------------------------
+
+  function setBusy(busy) {
+    state.busy = busy;
+    $("send").hidden = busy;
+    $("stop").hidden = !busy;
+    refreshActions();
+  }
+
+  /* Put replaced bubbles into a collapsed "earlier version", where they were. */
+  function collapse(replaced, revision) {
+    if (!replaced.length) return;
+    var li = M.el("li", "earlier");
+    var d = M.el("details");
+    d.appendChild(M.el("summary", null, "Earlier version (" +
+                       (revision === "regenerate" ? "regenerated" : "edited") + ")"));
+    var ol = M.el("ol", "messages nested");
+    replaced[0].li.before(li);
+    replaced.forEach(function (b) { b.li.hidden = false; ol.appendChild(b.li); });
+    d.appendChild(ol);
+    li.appendChild(d);
+    state.bubbles = state.bubbles.filter(function (b) { return replaced.indexOf(b) < 0; });
+  }
+
+  /* One turn, streamed: a new message (path "/messages"), an edit or a regeneration. The
+   * bubbles appear at once; if the server refuses the request before the turn begins (413,
+   * 422, 429, the network), they go again, ``replaced`` bubbles come back, and the error says
+   * why (the returned promise rejects). Stop aborts the request: the server stops the model
+   * and stores the reply so far, which is then shown as stored. */
+  async function turn(path, body, userText, replaced, revision) {
+    showError("chat-error", "");
+    setBusy(true);
+    var controller = new AbortController();
+    state.abort = controller;
+    var list = $("messages");
+    replaced.forEach(function (b) { b.li.hidden = true; });
+    var mine = M.bubble("user");
+    M.setText(mine, userText);
+    if (revision) mine.meta.textContent = revision === "edit" ? "edited" : "regenerated";
+    var answer = M.bubble("assistant");
+    answer.li.classList.add("streaming");
+    list.appendChild(mine.li);
+    list.appendChild(answer.li);
+    scrollToEnd(true);
+    var started = false, sofar = "", frame = 0, thinking = null, result = null, reload = false;
+    var stopped = false;
+    function paint() { frame = 0; M.setText(answer, sofar); scrollToEnd(false); }
+    function begin() {
+      if (started) return;
+      started = true;
+      collapse(replaced, revision);
+      state.bubbles.push(mine, answer);
+    }
+    try {
+      await Api.stream(Api.conversationPath(state.current.id, path), body, function (event, data) {
+        begin();
+        if (event === "delta") {
+          sofar += data.text;
+          if (!frame) frame = requestAnimationFrame(paint);
+        } else if (event === "thinking") {
+          if (!thinking) { thinking = M.thinkingBlock(""); answer.blocks.appendChild(thinking); }
+          thinking._set(thinking._text + (data.thinking || data.text || ""));
+        } else if (event === "done") {
+          result = data;
+          if (frame) { cancelAnimationFrame(frame); frame = 0; }
+          M.setText(answer, data.text);
+          answer.meta.textContent = M.usageLine(data.usage, data.cost_usd, data.stop_reason);
+          answer.replySeq = data.seq;
+          answer.hasContext = true;
+          state.messages.push({ role: "assistant", usage: data.usage, cost_usd: data.cost_usd });
+          renderSessionCost();
+          reload = data.rounds > 1;  // tool calls: shown from the stored log
+        } else if (event === "error") {
+          answer.li.classList.add("failed");
+          answer.meta.textContent = "failed: " + data.error.message +
+            (path === "/messages" ? " (your message is saved; send again to retry)" : "");
+        }
+      }, controller.signal);
+    } catch (e) {
+      if (frame) { cancelAnimationFrame(frame); frame = 0; }
+      if (e && e.name === "AbortError") {
+        begin();
+        stopped = reload = true;  // the server stores what was generated: show it as stored
+        answer.meta.textContent = "stopped";
+      } else if (!started) {
+        mine.li.remove(); answer.li.remove();
+        replaced.forEach(function (b) { b.li.hidden = false; });
+        showError("chat-error", failureText(e));
+        throw e;
+      } else {
+        answer.li.classList.add("failed");
+        answer.meta.textContent = "failed: " + failureText(e);
+      }
+    } finally {
+      answer.li.classList.remove("streaming");
+      state.abort = null;
+      setBusy(false);
+      $("input").focus();
+    }
+    if (reload) await afterStop(result);
+    await loadConversations().catch(function () {});
+    var fresh = state.conversations.filter(function (c) { return c.id === state.current.id; })[0];
+    if (fresh) { state.current.title = fresh.title; showConversationHeader(); }
+    return { reply: result, stopped: stopped };
+  }
+
+  /* After a stop (or a turn with tool calls): show the conversation as the server stored it.
+   * A stopped turn is stored once the server has cut the model call: wait a little for it. */
+  async function afterStop(result) {
+    var id = state.current.id;
+    for (var i = 0; i < 20; i++) {
+      var detail = await Api.call("GET", Api.conversationPath(id)).catch(function () { return null; });
+      var last = detail && detail.messages[detail.messages.length - 1];
+      if (result || (last && last.role === "assistant")) break;
+      await new Promise(function (r) { setTimeout(r, 150); });
+    }
+    if (state.current && state.current.id === id) await openConversation(id);
   }
 
   async function send() {
     var input = $("input");
     var text = input.value;
     if (!text.trim() || state.busy) return;
-    state.busy = true;
-    $("send").disabled = true;
     showError("chat-error", "");
     try {
       if (!state.current) {
-        var conv = await api("POST", "/v1/conversations", {});
+        var conv = await Api.call("POST", "/v1/conversations", {});
         state.current = Object.assign(conv, { messages: [] });
-        state.currentMessages = [];
+        state.messages = [];
         history.replaceState(null, "", "#" + encodeURIComponent(conv.id));
         showConversationHeader();
       }
-      // The message's key: the unanswered message sent again keeps the key it was sent with.
-      var p = state.pending;
-      if (!p || p.conversation !== state.current.id || p.text !== text) {
-        p = state.pending = { conversation: state.current.id, text: text, key: newKey() };
+    } catch (e) { showError("chat-error", failureText(e)); return; }
+    // The message's key: the unanswered message sent again keeps the key it was sent with.
+    var p = state.pending;
+    if (!p || p.conversation !== state.current.id || p.text !== text) {
+      p = state.pending = { conversation: state.current.id, text: text, key: Api.newKey() };
+    }
+    input.value = "";
+    try {
+      var outcome = await turn("/messages", { content: text, idempotency_key: p.key }, text, []);
+      if ((outcome.reply || outcome.stopped) && state.pending === p) state.pending = null;
+      else if (!outcome.reply && !outcome.stopped && !input.value) {
+        input.value = text;  // failed: ready to send again (with the same key)
       }
-      input.value = "";
-      var mine = messageItem("user", text);
-      var answer = messageItem("assistant", "");
-      answer.li.classList.add("streaming");
-      var sofar = "", started = false;
-      await streamTurn(state.current.id, text, p.key, function (event, data) {
-        started = true;
-        if (event === "delta") {
-          sofar += data.text;
-          setBody(answer.body, "assistant", sofar);
-          answer.li.scrollIntoView({ block: "end" });
-        } else if (event === "done") {
-          if (state.pending === p) state.pending = null;
-          setBody(answer.body, "assistant", data.text);
-          answer.meta.textContent = usageLine(data.usage, data.cost_usd);
-          state.currentMessages.push({ usage: data.usage, cost_usd: data.cost_usd });
-          renderSessionCost(state.currentMessages);
-        } else if (event === "error") {
-          answer.li.classList.add("failed");
-          answer.meta.textContent = "failed: " + data.error.message +
-            " (your message is saved; send again to retry)";
-          if (!input.value) input.value = text;  // sent again, it keeps its key
-        }
-      }).catch(function (e) {
-        // Refused before the turn began (413, 422, 429, the network): nothing was stored, so
-        // no bubble stays behind; the text goes back into the box and the error says why.
-        if (!started) { mine.li.remove(); answer.li.remove(); }
-        else { answer.li.classList.remove("streaming"); answer.li.classList.add("failed"); }
-        throw e;
-      });
-      answer.li.classList.remove("streaming");
-      await loadConversations();
-      var fresh = state.conversations.filter(function (c) { return c.id === state.current.id; })[0];
-      if (fresh) { state.current.title = fresh.title; showConversationHeader(); }
     } catch (e) {
-      showError("chat-error", e instanceof ApiError ? e.message
-                : "could not reach the server (" + e.message + ")");
-      if (!input.value) input.value = text;
-    } finally {
-      state.busy = false;
-      $("send").disabled = false;
-      input.focus();
+      if (!input.value) input.value = text;  // refused: nothing stored, the text is back
     }
   }
 
-  async function renameChat() {
+  function stop() { if (state.abort) state.abort.abort(); }
+
+  // -- dialogs -----------------------------------------------------------------------------------
+
+  function renameChat() {
     if (!state.current) return;
-    var title = window.prompt("Rename conversation", state.current.title || "");
-    if (title === null || !title.trim()) return;
+    $("rename-input").value = state.current.title || "";
+    $("rename-dialog").showModal();
+    $("rename-input").select();
+  }
+
+  async function onRenameClose() {
+    var title = $("rename-input").value.trim();
+    if ($("rename-dialog").returnValue !== "save" || !title || !state.current) return;
     try {
-      var c = await api("PATCH", "/v1/conversations/" + encodeURIComponent(state.current.id),
-                        { title: title.trim().slice(0, 200) });
+      var c = await Api.call("PATCH", Api.conversationPath(state.current.id), { title: title.slice(0, 200) });
       state.current.title = c.title;
       showConversationHeader();
       await loadConversations();
-    } catch (e) { showError("chat-error", e.message); }
+    } catch (e) { showError("chat-error", failureText(e)); }
   }
 
-  async function deleteChat() {
-    if (!state.current || !window.confirm("Delete this conversation for good?")) return;
+  function deleteChat() {
+    if (!state.current) return;
+    var listed = state.conversations.filter(function (c) { return c.id === state.current.id; })[0];
+    var n = (listed || state.current).message_count || 0;
+    $("delete-chat-title").textContent = "Delete “" + (state.current.title || "New chat") + "”?";
+    $("delete-chat-summary").textContent = "Its " + count(n, "message") + (n === 1 ? " is" : " are") +
+      " deleted for good.";
+    $("delete-chat-dialog").showModal();
+  }
+
+  async function onDeleteChatClose() {
+    if ($("delete-chat-dialog").returnValue !== "delete" || !state.current) return;
     try {
-      await api("DELETE", "/v1/conversations/" + encodeURIComponent(state.current.id));
+      await Api.call("DELETE", Api.conversationPath(state.current.id));
       newChat();
       await loadConversations();
-    } catch (e) { showError("chat-error", e.message); }
+    } catch (e) { showError("chat-error", failureText(e)); }
   }
 
-  // -- memory -------------------------------------------------------------------------------------
+  async function askDeleteData() {
+    closeMenu();
+    $("confirm-input").value = "";
+    $("confirm-ok").disabled = true;
+    var messages = state.conversations.reduce(function (n, c) { return n + c.message_count; }, 0);
+    var facts = "";
+    if (state.features.memory) {
+      try { facts = count((await Api.call("GET", "/v1/memory")).facts.length, "remembered fact") + ", "; }
+      catch (e) { facts = "your remembered facts, "; }
+    }
+    $("delete-summary").textContent = "This deletes, for good: your " +
+      count(state.conversations.length, "conversation") + " (" + count(messages, "message") + "), " +
+      facts + "and your account " + state.user + " (your token stops working).";
+    $("confirm-delete").showModal();
+    $("confirm-input").focus();
+  }
+
+  async function onDeleteDialogClose() {
+    if ($("confirm-delete").returnValue !== "delete") return;
+    try {
+      var report = await Api.call("DELETE", "/v1/me");
+      // The account went with the data: the token no longer works.
+      history.replaceState(null, "", location.pathname);
+      $("memory").hidden = true;
+      signOut("All your data was deleted (" + report.conversations + " conversations).");
+    } catch (e) { showError("chat-error", failureText(e)); }
+  }
+
+  // -- memory, export ------------------------------------------------------------------------------
 
   async function loadFacts() {
-    var facts = (await api("GET", "/v1/memory")).facts;
+    var facts = (await Api.call("GET", "/v1/memory")).facts;
     var ul = $("facts");
     ul.textContent = "";
-    if (!facts.length) {
-      var empty = document.createElement("li");
-      empty.className = "empty";
-      empty.textContent = "Nothing remembered yet.";
-      ul.appendChild(empty);
-    }
+    if (!facts.length) ul.appendChild(M.el("li", "empty", "Nothing remembered yet."));
     facts.forEach(function (f) {
-      var li = document.createElement("li");
-      var text = document.createElement("span");
-      text.className = "fact";
-      var subject = document.createElement("strong");
-      subject.textContent = f.subject ? f.subject + ": " : "";
-      text.appendChild(subject);
+      var li = M.el("li");
+      var text = M.el("span", "fact");
+      text.appendChild(M.el("strong", null, f.subject ? f.subject + ": " : ""));
       text.appendChild(document.createTextNode(f.statement));
-      var forget = document.createElement("button");
-      forget.className = "small";
-      forget.textContent = "Forget";
+      var forget = M.el("button", "small", "Forget");
       forget.setAttribute("aria-label", "Forget: " + f.statement);
       forget.addEventListener("click", async function () {
-        try { await api("DELETE", "/v1/memory/" + encodeURIComponent(f.id)); await loadFacts(); }
-        catch (e) { showError("chat-error", e.message); }
+        try { await Api.call("DELETE", "/v1/memory/" + encodeURIComponent(f.id)); await loadFacts(); }
+        catch (e) { showError("chat-error", failureText(e)); }
       });
       li.appendChild(text); li.appendChild(forget);
       ul.appendChild(li);
@@ -328,47 +443,26 @@
   }
 
   function toggleMemory(show) {
+    closeMenu();
     $("memory").hidden = !show;
-    if (show) loadFacts().catch(function (e) { showError("chat-error", e.message); });
-  }
-
-  // -- delete my data ---------------------------------------------------------------------------
-
-  function askDeleteData() {
-    var dialog = $("confirm-delete");
-    $("confirm-input").value = "";
-    $("confirm-ok").disabled = true;
-    dialog.showModal();
-    $("confirm-input").focus();
-  }
-
-  async function onDeleteDialogClose() {
-    if ($("confirm-delete").returnValue !== "delete") return;
-    try {
-      var report = await api("DELETE", "/v1/me");
-      // The account went with the data: the token no longer works.
-      history.replaceState(null, "", location.pathname);
-      $("memory").hidden = true;
-      signOut("All your data was deleted (" + report.conversations + " conversations).");
-    } catch (e) { showError("chat-error", e.message); }
+    if (show) loadFacts().catch(function (e) { showError("chat-error", failureText(e)); });
   }
 
   async function exportData() {
+    closeMenu();
     try {
-      var r = await fetch("/v1/me/export", { headers: { "Authorization": "Bearer " + state.token } });
-      if (!r.ok) throw new ApiError(r.status, "http_error", "export failed: HTTP " + r.status);
-      var url = URL.createObjectURL(await r.blob());
-      var a = document.createElement("a");
+      var url = URL.createObjectURL(await Api.download("/v1/me/export"));
+      var a = M.el("a");
       a.href = url;
       a.download = "colloquy-" + state.user + ".json";
       document.body.appendChild(a);
       a.click();
       a.remove();
       setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
-    } catch (e) { showError("chat-error", e.message); }
+    } catch (e) { showError("chat-error", "export failed: " + failureText(e)); }
   }
 
-  // -- sign in and out ----------------------------------------------------------------------------
+  // -- sign in and out ---------------------------------------------------------------------------
 
   async function detectFeatures() {
     try {
@@ -383,8 +477,8 @@
   }
 
   async function signIn(token) {
-    state.token = token;
-    var me = await api("GET", "/v1/me");
+    Api.session.token = token;
+    var me = await Api.call("GET", "/v1/me");
     state.user = me.user_id;
     localStorage.setItem(TOKEN_KEY, token);
     $("whoami").textContent = me.user_id;
@@ -398,8 +492,9 @@
   }
 
   function signOut(message) {
+    closeMenu();
     localStorage.removeItem(TOKEN_KEY);
-    state.token = null;
+    Api.session.token = null;
     state.current = null;
     $("app").hidden = true;
     $("signin").hidden = false;
@@ -408,40 +503,55 @@
     $("token").focus();
   }
 
+  // -- narrow screens: the sidebar drawer and the menu -------------------------------------------
+
   function closeSidebar() {
     document.body.classList.remove("sidebar-open");
     $("toggle-sidebar").setAttribute("aria-expanded", "false");
   }
 
-  // -- wiring -----------------------------------------------------------------------------------
+  function closeMenu() {
+    document.body.classList.remove("menu-open");
+    $("menu-button").setAttribute("aria-expanded", "false");
+  }
+
+  // -- wiring ------------------------------------------------------------------------------------
 
   function wire() {
+    Api.session.onSignedOut = signOut;
+    $("input").placeholder = state.touch ? "Message" : "Message (Enter sends, Shift+Enter for a new line)";
     $("signin-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
       showError("signin-error", "");
       signIn($("token").value.trim()).catch(function (e) {
-        state.token = null;
-        showError("signin-error", e.status === 401 ? "That token was not accepted." : e.message);
+        Api.session.token = null;
+        showError("signin-error", e.status === 401 ? "That token was not accepted." : failureText(e));
       });
     });
     $("composer").addEventListener("submit", function (ev) { ev.preventDefault(); send(); });
     $("input").addEventListener("keydown", function (ev) {
-      if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); send(); }
+      if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && !state.touch) {
+        ev.preventDefault();
+        send();
+      }
     });
+    $("stop").addEventListener("click", stop);
     $("new-chat").addEventListener("click", function () { newChat(); closeSidebar(); });
     $("rename-chat").addEventListener("click", renameChat);
+    $("rename-dialog").addEventListener("close", onRenameClose);
     $("delete-chat").addEventListener("click", deleteChat);
+    $("delete-chat-dialog").addEventListener("close", onDeleteChatClose);
     $("signout").addEventListener("click", function () { signOut(); });
     $("show-memory").addEventListener("click", function () { toggleMemory($("memory").hidden); });
     $("close-memory").addEventListener("click", function () { toggleMemory(false); });
     $("fact-form").addEventListener("submit", async function (ev) {
       ev.preventDefault();
       try {
-        await api("POST", "/v1/memory", { subject: $("fact-subject").value.trim() || null,
-                                           statement: $("fact-statement").value.trim() });
+        await Api.call("POST", "/v1/memory", { subject: $("fact-subject").value.trim() || null,
+                                               statement: $("fact-statement").value.trim() });
         $("fact-subject").value = ""; $("fact-statement").value = "";
         await loadFacts();
-      } catch (e) { showError("chat-error", e.message); }
+      } catch (e) { showError("chat-error", failureText(e)); }
     });
     $("delete-data").addEventListener("click", askDeleteData);
     $("export-data").addEventListener("click", exportData);
@@ -449,12 +559,25 @@
       $("confirm-ok").disabled = $("confirm-input").value.trim().toLowerCase() !== "delete";
     });
     $("confirm-delete").addEventListener("close", onDeleteDialogClose);
+    $("close-context").addEventListener("click", function () { $("context-dialog").close(); });
     $("toggle-sidebar").addEventListener("click", function () {
       var open = document.body.classList.toggle("sidebar-open");
       $("toggle-sidebar").setAttribute("aria-expanded", String(open));
     });
+    $("menu-button").addEventListener("click", function (ev) {
+      ev.stopPropagation();
+      var open = document.body.classList.toggle("menu-open");
+      $("menu-button").setAttribute("aria-expanded", String(open));
+      if (open) $("actions").querySelector("button:not([hidden])").focus();
+    });
+    document.addEventListener("click", function (ev) {
+      if (!$("actions").contains(ev.target)) closeMenu();
+    });
     document.addEventListener("keydown", function (ev) {
-      if (ev.key === "Escape") { closeSidebar(); if (!$("memory").hidden) toggleMemory(false); }
+      if (ev.key === "Escape") {
+        closeSidebar(); closeMenu();
+        if (!$("memory").hidden) toggleMemory(false);
+      }
     });
   }
 

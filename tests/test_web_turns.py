@@ -1,0 +1,248 @@
+"""What people do with messages on the page, in Debian's chromium, on a desktop window and a
+375 px phone: copy, edit and resend, regenerate, see what the model saw, in-page dialogs, refused
+sends, the cost line of a model that reported no usage, tool calls and thinking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colloquy import (
+    Chat,
+    EchoModel,
+    FunctionModel,
+    ModelResponse,
+    ScriptedModel,
+    TextBlock,
+    Usage,
+    tool_call,
+)
+from colloquy.context.presets import preset
+from colloquy.memory.records import Fact
+from web_helpers import ARTIFACTS, Site, browser, menu, open_page, send, serve_site, site  # noqa: F401
+
+SCREENS = ["desktop", "phone"]
+
+
+def clipboard(page: Any) -> str:
+    return str(page.evaluate("navigator.clipboard.readText()"))
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_copy_a_message_and_a_code_block(browser: Any, site: Site, screen: str) -> None:
+    with open_page(browser, site, screen, permissions=["clipboard-read", "clipboard-write"]) as w:
+        page = w.page
+        text = "Run this:\n\n```bash\necho 'hello' | wc -c\n```\n\nthen **report**."
+        reply = send(page, text)
+        mine = page.locator("#messages > .message.user").first
+        mine.locator(".copy-message").click()
+        mine.locator(".copy-message", has_text="Copied").wait_for()
+        assert clipboard(page) == text  # the message as written, Markdown and all
+        mine.locator(".copy-code").click()
+        assert clipboard(page) == "echo 'hello' | wc -c"
+        reply.locator(".copy-message").click()
+        assert clipboard(page).startswith("echo: received 1 message")
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_edit_and_regenerate_keep_the_log_append_only(browser: Any, site: Site, screen: str) -> None:
+    with open_page(browser, site, screen) as w:
+        page = w.page
+        send(page, "first question")
+        send(page, "my code word is SECRET-A")
+        cid = site.store.list_conversations(user_id="ada")[0].id
+        # Only the newest user message can be edited, only the newest reply regenerated.
+        live = page.locator("#messages > .message")
+        assert live.nth(0).locator(".edit-message").is_hidden()
+        assert live.nth(1).locator(".regenerate").is_hidden()
+        # Regenerate: a new answer; the old pair folds into "Earlier version (regenerated)".
+        live.nth(3).locator(".regenerate").click()
+        page.locator("#messages > .earlier summary", has_text="regenerated").wait_for()
+        page.locator("#messages > .message.assistant").nth(1).locator(
+            ".turn-meta", has_text="tokens").wait_for()
+        assert page.locator("#messages > .message").count() == 4
+        # Edit the newest message and send it.
+        live.nth(2).locator(".edit-message").click()
+        editor = page.locator(".edit-input")
+        assert editor.input_value() == "my code word is SECRET-A"
+        editor.fill("my code word is REPLACED")
+        page.locator(".edit-form button[type=submit]").click()
+        page.locator("#messages > .message.user .body", has_text="REPLACED").wait_for()
+        page.locator("#messages > .message.assistant .body", has_text="REPLACED").wait_for()
+        page.locator("#messages > .message.assistant .turn-meta", has_text="tokens").nth(1).wait_for()
+        assert page.locator("#messages > .earlier").count() == 2
+        assert "SECRET-A" not in page.locator("#messages > .message").all_inner_texts()[-1]
+        # Append-only: every row is still there, the replaced ones named by the new messages.
+        log = site.store.load(cid)
+        assert [sm.message.text for sm in log if sm.role == "user"] == [
+            "first question", "my code word is SECRET-A", "my code word is SECRET-A",
+            "my code word is REPLACED"]
+        assert log[4].meta["supersedes"] == [3, 4] and log[6].meta["supersedes"] == [5, 6]
+        assert "SECRET-A" not in json.dumps(site.model.last_request.model_dump(mode="json"))
+        # A reload shows the same: the current branch, the earlier versions folded.
+        page.reload()
+        page.locator("#messages > .message.user .body", has_text="REPLACED").wait_for()
+        assert page.locator("#messages > .earlier").count() == 2
+        assert page.locator("#messages > .message").count() == 4
+        page.locator("#messages > .earlier summary").first.click()
+        page.locator("#messages > .earlier .message .body", has_text="SECRET-A").first.wait_for()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"web-edit-{screen}.png"))
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_what_the_model_saw(browser: Any, tmp_path: Path, screen: str) -> None:
+    policy = preset("memory", max_input_tokens=700, summary={"min_new_turns": 2})
+    with serve_site(tmp_path, EchoModel(), policy=policy) as s:
+        s.store.add_fact(Fact(user_id="ada", subject="travel", statement="prefers trains"))
+        with open_page(browser, s, screen) as w:
+            page = w.page
+            for i in range(9):
+                send(page, f"turn {i}: trains from Lisbon to Porto, hotels near the station {i}")
+            reply = send(page, "which trains did we talk about?")
+            reply.locator(".show-context").click()
+            panel = page.locator("#context-dialog")
+            panel.locator(".cost-table").wait_for()
+            text = panel.inner_text()
+            for part in ("Persona", "Remembered facts", "prefers trains", "Summary of earlier messages",
+                         "Messages sent", "Fresh input", "Cache write", "Cache read", "Output"):
+                assert part in text, part
+            box = panel.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= page.viewport_size["width"]
+            page.screenshot(path=str(ARTIFACTS / f"web-context-{screen}.png"))
+            # The record was stored with the reply: a fact forgotten since is not shown again.
+            s.store.forget_facts("ada")
+            page.click("#close-context")
+            reply.locator(".show-context").click()
+            panel.locator("text=a fact forgotten since").wait_for()
+            assert "prefers trains" not in panel.inner_text()
+            page.click("#close-context")
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_rename_and_delete_use_in_page_dialogs(browser: Any, site: Site, screen: str) -> None:
+    # open_page fails the test if the page opens a native prompt/confirm/alert.
+    with open_page(browser, site, screen) as w:
+        page = w.page
+        send(page, "plan a trip")
+        page.click("#rename-chat")
+        dialog = page.locator("#rename-dialog")
+        assert dialog.is_visible()
+        page.fill("#rename-input", "Lisbon in May")
+        page.click("#rename-ok")
+        page.locator("#chat-title", has_text="Lisbon in May").wait_for()
+        assert site.store.list_conversations(user_id="ada")[0].title == "Lisbon in May"
+        page.click("#delete-chat")
+        summary = page.locator("#delete-chat-dialog")
+        assert "Lisbon in May" in summary.inner_text() and "2 messages" in summary.inner_text()
+        summary.locator("button[value=cancel]").click()
+        assert len(site.store.list_conversations(user_id="ada")) == 1
+        page.click("#delete-chat")
+        page.click("#delete-chat-ok")
+        page.locator("#chat-title", has_text="New chat").wait_for()
+        assert site.store.list_conversations(user_id="ada") == []
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_refused_send_leaves_no_ghost_bubbles_and_says_why(browser: Any, tmp_path: Path,
+                                                             screen: str) -> None:
+    """413 (too long), 422 (refused), 429 (rate limit) and a network failure: nothing was
+    stored, so no bubble stays behind, the text is back in the box and the error says why;
+    the same for an edit."""
+    with serve_site(tmp_path, EchoModel(), max_message_chars=40) as s, \
+            open_page(browser, s, screen) as w:
+        page = w.page
+        send(page, "hello")
+        cid = s.store.list_conversations(user_id="ada")[0].id
+
+        def refused(text: str, says: str) -> None:
+            page.fill("#input", text)
+            page.click("#send")
+            page.locator("#chat-error", has_text=says).wait_for()
+            page.wait_for_function("() => !document.getElementById('send').hidden")
+            assert page.locator("#messages > .message").count() == 2
+            assert page.input_value("#input") == text
+
+        refused("x" * 60, "the limit is 40")
+        for status, body, says in (
+            (422, {"error": {"type": "invalid_request", "message": "the message is empty"}},
+             "the message is empty"),
+            (429, {"error": {"type": "rate_limited", "message": "rate limit reached"}},
+             "try again in 3 s"),
+        ):
+            page.route("**/messages", refuse_with(status, body))
+            refused(f"refused with {status}", says)
+            page.unroute("**/messages")
+        page.route("**/messages", lambda route: route.abort("internetdisconnected"))
+        refused("offline", "could not reach the server")
+        page.unroute("**/messages")
+        # An edit refused: the old message comes back, nothing is folded away.
+        page.locator("#messages > .message.user .edit-message").click()
+        page.fill(".edit-input", "y" * 60)
+        page.locator(".edit-form button[type=submit]").click()
+        page.locator("#chat-error", has_text="the limit is 40").wait_for()
+        assert page.locator("#messages > .earlier").count() == 0
+        assert page.locator("#messages > .message").count() == 2
+        assert [sm.message.text for sm in s.store.load(cid) if sm.role == "user"] == ["hello"]
+        page.fill(".edit-input", "hello again")
+        page.locator(".edit-form button[type=submit]").click()
+        page.locator("#messages > .message.user .body", has_text="hello again").wait_for()
+        assert page.inner_text("#chat-error") == ""
+
+
+def refuse_with(status: int, body: dict[str, Any]) -> Any:
+    """A Playwright route handler answering every request with this error."""
+    def handler(route: Any, request: Any = None) -> None:
+        route.fulfill(status=status, content_type="application/json",
+                      headers={"Retry-After": "3"}, body=json.dumps(body))
+    return handler
+
+
+def _no_usage(request: Any) -> ModelResponse:
+    return ModelResponse(content=[TextBlock(text="an answer without usage")], usage=Usage(),
+                         model="local-llm", stop_reason="end_turn")
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_model_that_reports_no_usage_never_shows_zero_cost(browser: Any, tmp_path: Path,
+                                                            screen: str) -> None:
+    with serve_site(tmp_path, FunctionModel(_no_usage)) as s, open_page(browser, s, screen) as w:
+        page = w.page
+        page.fill("#input", "hello")
+        page.click("#send")
+        reply = page.locator("#messages > .message.assistant").first
+        reply.locator(".turn-meta", has_text="usage not reported").wait_for()
+        for line in (reply.locator(".turn-meta").inner_text(), page.inner_text("#session-cost")):
+            assert "0 tokens" not in line and "$0.000000" not in line, line
+        page.reload()
+        reply.locator(".turn-meta", has_text="usage not reported").wait_for()
+        assert "0 tokens" not in page.inner_text("#session-cost")
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_tool_calls_are_compact_expandable_blocks(browser: Any, site: Site, screen: str) -> None:
+    def lookup(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny, 24C in {city}"
+
+    model = ScriptedModel([tool_call("lookup", {"city": "Lisbon"}), "It is **sunny** there."])
+    Chat(model, store=site.store, session_id="c_tools", user_id="ada", tools=[lookup]).send(
+        "weather in Lisbon?")
+    with open_page(browser, site, screen, hash="#c_tools") as w:
+        page = w.page
+        reply = page.locator("#messages > .message.assistant").first
+        reply.locator(".body", has_text="sunny").wait_for()
+        assert page.locator("#messages > .message").count() == 2  # one turn, one reply bubble
+        tool = reply.locator("details.tool")
+        assert tool.count() == 1 and tool.get_attribute("open") is None
+        summary = tool.locator("summary").inner_text()
+        assert "lookup" in summary and "Lisbon" in summary and "done" in summary
+        assert not tool.locator(".tool-result").is_visible()
+        tool.locator("summary").click()
+        assert tool.locator(".tool-result").inner_text() == "sunny, 24C in Lisbon"
+        assert json.loads(tool.locator(".tool-input").inner_text()) == {"city": "Lisbon"}
+        # Usage and cost of both model calls of the turn, on the one reply.
+        assert "tokens" in reply.locator(".turn-meta").inner_text()
