@@ -113,8 +113,6 @@ def test_chat_in_the_browser(browser: Any, site: Site) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-chat.png"))
-    if os.environ.get("COLLOQUY_UPDATE_SCREENSHOT") == "1":
-        page.screenshot(path=str(ROOT / "docs" / "screenshot-chat.png"))
     assert errors == []
     # Export my data: a JSON download of everything held about the user.
     with page.expect_download() as download:
@@ -225,4 +223,52 @@ def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
             ("user", "and my refund?"), ("assistant", "a second answer")]
         keys = [sm.meta.get("idempotency_key") for sm in log if sm.role == "user"]
         assert all(k and k.startswith("web-") for k in keys) and keys[0] != keys[1]
+        context.close()
+
+
+DEMO_REPLY = """Two days in **Lisbon** by train, as you prefer:
+
+| day | plan | cost |
+|---|---|--:|
+| 1 | Alfama and the castle, tram 28 | €12 |
+| 2 | Sintra by train from Rossio | €5 |
+
+- [x] flights booked
+- [ ] hotel near Rossio
+
+```python
+def budget(days: int, per_day: int = 80) -> int:
+    return days * per_day  # euros
+```
+"""
+
+
+def test_the_readme_screenshot(browser: Any, tmp_path: Path) -> None:
+    """The picture in the README: a conversation with a tool call, a table, a task list and
+    code, its actions and costs. ``COLLOQUY_UPDATE_SCREENSHOT=1`` writes docs/screenshot-chat.png."""
+    from colloquy import Chat, ScriptedModel, tool_call
+
+    def weather(city: str) -> str:
+        """The weather forecast for a city."""
+        return f"sunny, 24°C in {city}"
+
+    with serve_site(tmp_path) as site:
+        model = ScriptedModel([tool_call("weather", {"city": "Lisbon"}), DEMO_REPLY])
+        old = Chat(ScriptedModel(["Porto in spring: mild, some rain."]), store=site.store,
+                   session_id="c_porto", user_id="ada")
+        old.send("What is Porto like in April?")
+        site.store.update_conversation("c_porto", title="Porto in April")
+        Chat(model, store=site.store, session_id="c_demo", user_id="ada",
+             tools=[weather]).send("Plan two days in Lisbon for me, with costs.")
+        site.store.update_conversation("c_demo", title="Two days in Lisbon")
+        context = browser.new_context(viewport={"width": 1200, "height": 1000})
+        page = context.new_page()
+        sign_in(page, site, "#c_demo")
+        page.locator("#messages .body table").wait_for()
+        page.locator("details.tool summary").click()
+        page.locator(".tool-result").wait_for()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "screenshot-chat.png"))
+        if os.environ.get("COLLOQUY_UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=str(ROOT / "docs" / "screenshot-chat.png"))
         context.close()
