@@ -236,6 +236,9 @@ class Chat:
         #: The generation of the conversation this Chat's view (log, caches) belongs to.
         self._generation: str | None = existing.generation if existing else None
         self._log: list[StoredMessage] = []
+        #: What of the log is replayed to the model (colloquy.branches): one filter, kept
+        #: incremental over ``_log``.
+        self._branch = CurrentBranch()
         #: Guards the loaded log (short holds: a store read or write).
         self._lock = threading.RLock()
         #: One turn at a time on this Chat; held across the model call, so it is a plain Lock
