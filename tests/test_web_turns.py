@@ -246,3 +246,35 @@ def test_tool_calls_are_compact_expandable_blocks(browser: Any, site: Site, scre
         assert json.loads(tool.locator(".tool-input").inner_text()) == {"city": "Lisbon"}
         # Usage and cost of both model calls of the turn, on the one reply.
         assert "tokens" in reply.locator(".turn-meta").inner_text()
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_stop_cuts_the_reply_and_the_server_keeps_what_was_written(browser: Any, tmp_path: Path,
+                                                                    screen: str) -> None:
+    """Stop while a reply streams: the page closes the request, the server stops the model call
+    and stores the reply so far (stop_reason "cancelled", colloquy.effects); the page shows it
+    as stored, marked stopped, and Send is back."""
+    words = 400  # at 50 ms a word: 20 s for the whole reply, cut after a few words
+    with serve_site(tmp_path, EchoModel(delay=0.05, words=words)) as s, \
+            open_page(browser, s, screen) as w:
+        page = w.page
+        page.fill("#input", "tell me a long story")
+        page.click("#send")
+        page.wait_for_function("""() => {
+            const b = document.querySelector('#messages > .message.assistant .body');
+            return b && b.textContent.length > 60; }""")
+        page.locator("#stop").click()
+        answer = page.locator("#messages > .message.assistant").last
+        answer.locator(".turn-meta", has_text="stopped").wait_for()
+        cid = s.store.list_conversations(user_id="ada")[0].id
+        last = s.store.load(cid)[-1]
+        assert last.role == "assistant" and last.meta["stop_reason"] == "cancelled"
+        kept = last.message.text
+        assert 60 <= len(kept) and len(kept.split()) < words
+        # The page shows the reply as stored (the server keeps what came until the model call
+        # was cut, a little more than the page had drawn), marked stopped.
+        page.wait_for_function("""kept => {
+            const all = document.querySelectorAll('#messages > .message.assistant .body');
+            return all.length && all[all.length - 1].innerText.trim() === kept; }""", arg=kept.strip())
+        answer.locator(".turn-meta", has_text="stopped ·").wait_for()
+        assert page.locator("#stop").is_hidden() and page.locator("#send").is_visible()
