@@ -25,8 +25,6 @@ import os
 import shutil
 import statistics
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,24 +124,16 @@ def chromium_path() -> str:
 
 @contextmanager
 def serve() -> Iterator[str]:
-    import uvicorn
+    """The real page, served on loopback in a thread (the tests' own helper)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from server_helpers import serve_in_thread
 
     from colloquy import MemoryStore
     from colloquy.server import create_app
 
-    app = create_app(store=MemoryStore(), model="echo", environ={}, rate_limit=None)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(create_app(store=MemoryStore(), model="echo", environ={},
+                                    rate_limit=None)) as url:
+        yield url
 
 
 #: Runs in the page: show ``text`` in a message bubble as the page does (colloquyRender.into),
