@@ -8,6 +8,8 @@ only the model behind the server is scripted. Tests queue :class:`Reply` objects
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -70,8 +72,47 @@ def tool_use(id: str, name: str, input: dict[str, Any]) -> dict[str, Any]:
     return {"type": "tool_use", "id": id, "name": name, "input": input}
 
 
+#: The fake's signing key: a thinking block's signature is an HMAC of its text, so the fake,
+#: like the API, can tell a block replayed unmodified from one that was altered or made up.
+_KEY = b"fake-anthropic-thinking"
+
+
+def sign(value: str) -> str:
+    return "sig_" + hmac.new(_KEY, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def thinking(value: str) -> dict[str, Any]:
-    return {"type": "thinking", "thinking": value, "signature": "sig-fake"}
+    """A thinking block with the signature the fake will accept back (and only for this text)."""
+    return {"type": "thinking", "thinking": value, "signature": sign(value)}
+
+
+def redacted_thinking(secret: str = "opaque") -> dict[str, Any]:
+    """A redacted thinking block; its ``data`` is checked like a signature when replayed."""
+    return {"type": "redacted_thinking", "data": f"enc_{secret}_{sign('redacted:' + secret)}"}
+
+
+def cited_text(value: str, *citations: dict[str, Any]) -> dict[str, Any]:
+    """A text block that cites its sources (``citations_delta`` events when streamed)."""
+    return {"type": "text", "text": value, "citations": list(citations)}
+
+
+def char_location(cited: str, document_index: int = 0, start: int = 0,
+                  title: str | None = None) -> dict[str, Any]:
+    return {"type": "char_location", "cited_text": cited, "document_index": document_index,
+            "document_title": title, "start_char_index": start,
+            "end_char_index": start + len(cited)}
+
+
+def server_tool_use(id: str, name: str, input: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "server_tool_use", "id": id, "name": name, "input": input}
+
+
+def web_search_result(tool_use_id: str, *results: tuple[str, str]) -> dict[str, Any]:
+    """A ``web_search_tool_result`` with (url, title) results and their encrypted content."""
+    return {"type": "web_search_tool_result", "tool_use_id": tool_use_id, "content": [
+        {"type": "web_search_result", "url": url, "title": title,
+         "encrypted_content": f"EncryptedContent{sign(url)}", "page_age": None}
+        for url, title in results]}
 
 
 def message(
@@ -136,23 +177,29 @@ def stream_events(
         )
     ]
     for index, block in enumerate(content):
-        if block["type"] == "text":
+        kind = block["type"]
+        deltas: list[dict[str, Any]] = []
+        if kind == "text":
             start: dict[str, Any] = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"], chunk)]
-        elif block["type"] == "tool_use":
+            if block.get("citations"):  # each citation arrives before the text it covers
+                start["citations"] = []
+                deltas += [{"type": "citations_delta", "citation": c} for c in block["citations"]]
+            deltas += [{"type": "text_delta", "text": p} for p in _pieces(block["text"], chunk)]
+        elif kind in ("tool_use", "server_tool_use"):
             start = {**block, "input": {}}
             raw = json.dumps(block["input"])
             deltas = [{"type": "input_json_delta", "partial_json": ""}] + [
                 {"type": "input_json_delta", "partial_json": p} for p in _pieces(raw, chunk)
             ]
-        elif block["type"] == "thinking":
+        elif kind == "thinking":
             start = {"type": "thinking", "thinking": "", "signature": ""}
-            deltas = [
-                {"type": "thinking_delta", "thinking": block["thinking"]},
-                {"type": "signature_delta", "signature": block["signature"]},
-            ]
+            deltas = [{"type": "thinking_delta", "thinking": p}
+                      for p in _pieces(block["thinking"], chunk * 4)]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
         else:
-            raise ValueError(f"no stream shape for block type {block['type']!r}")
+            # redacted_thinking, server tool results and any other block arrive whole in
+            # content_block_start, with no deltas (the API's shape for them).
+            start = dict(block)
         events.append(
             ("content_block_start", {"type": "content_block_start", "index": index,
                                      "content_block": start})
@@ -278,6 +325,76 @@ def request_problem(body: Any) -> str | None:
     return None
 
 
+_DOCUMENT_SOURCES = {
+    "base64": ("media_type", "data"), "url": ("url",), "text": ("media_type", "data"),
+    "content": ("content",), "file": ("file_id",),
+}
+
+
+def _walk(blocks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every block, including those inside tool results."""
+    for b in blocks:
+        yield b
+        if b.get("type") == "tool_result" and isinstance(b.get("content"), list):
+            yield from b["content"]
+
+
+def content_problem(body: Any) -> str | None:
+    """The first rule of extended thinking or of the content blocks that ``body`` breaks, as
+    the API's 400 words it, or None. Sources: the extended-thinking page (budget, temperature,
+    "Preserving thinking blocks", toggling within a tool loop) and the API's error messages."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return None
+    config = body.get("thinking") or {}
+    enabled = config.get("type") == "enabled"
+    if enabled:
+        budget = config.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if budget >= int(body.get("max_tokens") or 0):
+            return "`max_tokens` must be greater than `thinking.budget_tokens`."
+        if body.get("temperature") not in (None, 1, 1.0):
+            return ("`temperature` may only be set to 1 when thinking is enabled or in "
+                    "streaming mode.")
+    messages = body["messages"]
+    for i, m in enumerate(messages):
+        for k, b in enumerate(_walk(_blocks(m.get("content")))):
+            kind = b.get("type")
+            if kind == "thinking" and b.get("signature") != sign(str(b.get("thinking", ""))):
+                return f"messages.{i}.content.{k}: Invalid `signature` in `thinking` block"
+            if kind == "redacted_thinking":
+                data = str(b.get("data", ""))
+                secret = data.removeprefix("enc_").rpartition("_")[0]
+                if data != redacted_thinking(secret)["data"]:
+                    return f"messages.{i}.content.{k}: Invalid `data` in `redacted_thinking` block"
+            if kind in ("thinking", "redacted_thinking") and b.get("cache_control"):
+                return (f"messages.{i}.content.{k}.{kind}.cache_control: Extra inputs are not "
+                        "permitted")
+            if kind == "document":
+                src = b.get("source") or {}
+                needed = _DOCUMENT_SOURCES.get(src.get("type"))
+                if needed is None or any(key not in src for key in needed):
+                    return f"messages.{i}.content.{k}.document.source: invalid source"
+    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not assistant:
+        return None
+    last = assistant[-1]
+    last_blocks = _blocks(messages[last].get("content"))
+    follows = _blocks(messages[last + 1].get("content")) if last + 1 < len(messages) else []
+    in_tool_loop = any(b.get("type") == "tool_result" for b in follows)
+    if enabled and in_tool_loop and last_blocks[0].get("type") not in ("thinking", "redacted_thinking"):
+        return ("messages.{}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                "`{}`. When `thinking` is enabled, a final `assistant` message must start with a "
+                "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` "
+                "blocks).".format(last, last_blocks[0].get("type")))
+    if not enabled and last == len(messages) - 1 and any(
+            b.get("type") in ("thinking", "redacted_thinking") for b in last_blocks):
+        return (f"messages.{last}.content.0: When thinking is disabled, an `assistant` message in "
+                "the final position cannot contain `thinking`. To use thinking blocks, enable "
+                "`thinking` in your request.")
+    return None
+
+
 def count(input_tokens: int) -> Reply:
     """The reply of ``POST /v1/messages/count_tokens``."""
     return Reply(json={"input_tokens": input_tokens})
@@ -345,6 +462,7 @@ class FakeAnthropic:
             if sent != self.api_key:
                 return error(401, "authentication_error", "invalid x-api-key")
         problem = request_problem(request.body) if self.strict else None
+        problem = problem or content_problem(request.body)
         if problem is not None:
             return error(400, "invalid_request_error", problem, headers={"x-should-retry": "false"})
         with self._lock:

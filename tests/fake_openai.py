@@ -136,13 +136,18 @@ def request_problem(body: Any) -> tuple[str, str | None, str | None] | None:
 
     Rules: a ``tool_calls[].id`` is at most 40 characters; an assistant message with
     ``tool_calls`` is followed by one ``tool`` message per call; a ``tool`` message answers a
-    call of the assistant message before it."""
+    call of the assistant message before it; only user messages hold ``image_url`` parts."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return ("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
     messages = body["messages"]
     open_calls: list[str] = []
     for i, m in enumerate(messages):
         role = m.get("role")
+        parts = m.get("content") if isinstance(m.get("content"), list) else []
+        if role != "user" and any(p.get("type") == "image_url" for p in parts):
+            return (f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role "
+                    f"'user', but this message with role '{role}' contains an image URL.",
+                    f"messages[{i}]", "invalid_value")
         if role == "tool":
             if m.get("tool_call_id") not in open_calls:
                 return ("Invalid parameter: messages with role 'tool' must be a response to a "

@@ -18,10 +18,10 @@ from colloquy.errors import (
     OverloadedError,
     RateLimitError,
 )
-from colloquy.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from colloquy.messages import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
 from colloquy.models import get_model
 from colloquy.models.anthropic import AnthropicModel
-from colloquy.models.base import ModelRequest, ModelResponse, TextDelta, ToolSpec
+from colloquy.models.base import ModelRequest, ModelResponse, TextDelta, ThinkingDelta, ToolSpec
 from colloquy.usage import Usage
 from fake_anthropic import (
     FakeAnthropic,
@@ -32,6 +32,7 @@ from fake_anthropic import (
     stream,
     stream_error_midway,
     text,
+    sign,
     thinking,
     tool_use,
 )
@@ -138,6 +139,7 @@ def test_request_maps_text_tool_use_and_usage(fake: FakeAnthropic, model: Anthro
     response = model.request(make_request(tools=[WEATHER]))
 
     assert response.content == [
+        ThinkingBlock(thinking="Let me look it up.", signature=sign("Let me look it up.")),
         TextBlock(text="Checking."),
         ToolUseBlock(id="toolu_1", name="get_weather", input={"city": "Paris", "days": [1, 2]}),
     ]
@@ -192,13 +194,19 @@ def test_stream_yields_deltas_in_order_then_response(
     assert final.id is not None
 
 
-def test_stream_skips_thinking(fake: FakeAnthropic, model: AnthropicModel) -> None:
-    fake.enqueue(stream(thinking("hmm"), text("Answer.")))
+def test_stream_yields_thinking_deltas_apart_and_keeps_the_signed_block(
+    fake: FakeAnthropic, model: AnthropicModel
+) -> None:
+    fake.enqueue(stream(thinking("hmm, let me see"), text("Answer.")))
     events = list(model.stream(make_request()))
+    assert "".join(e.thinking for e in events if isinstance(e, ThinkingDelta)) == "hmm, let me see"
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Answ", "er."]
+    first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+    assert all(isinstance(e, ThinkingDelta) for e in events[:first_text])
     final = events[-1]
     assert isinstance(final, ModelResponse)
-    assert final.content == [TextBlock(text="Answer.")]
+    assert final.content == [ThinkingBlock(thinking="hmm, let me see", signature=sign("hmm, let me see")),
+                             TextBlock(text="Answer.")]
 
 
 def test_count_tokens(fake: FakeAnthropic, model: AnthropicModel) -> None:

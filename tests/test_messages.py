@@ -17,8 +17,8 @@ from colloquy.messages import (
     ToolResultBlock,
     ToolUseBlock,
     system_text,
-    to_openai_messages,
 )
+from colloquy.openai_shape import to_openai_messages
 from colloquy.models import ModelRequest
 from colloquy.usage import Usage
 
@@ -95,11 +95,16 @@ def test_blocks_are_parsed_from_wire_json_by_their_type() -> None:
     assert [m.to_anthropic() for m in again] == [m.to_anthropic() for m in msgs]
 
 
-def test_unknown_block_type_and_extra_fields_are_refused() -> None:
+def test_unknown_block_types_and_fields_are_kept_but_known_blocks_must_be_whole() -> None:
+    """Forward compatibility: what the API adds later is kept and replayed, never refused."""
+    m = Message.model_validate({"role": "user", "content": [
+        {"type": "audio", "data": "..."}, {"type": "text", "text": "x", "bold": True}]})
+    assert m.to_anthropic()["content"] == [{"type": "audio", "data": "..."},
+                                           {"type": "text", "text": "x", "bold": True}]
+    with pytest.raises(ValidationError):  # a known type without its fields is still an error
+        Message.model_validate({"role": "user", "content": [{"type": "text"}]})
     with pytest.raises(ValidationError):
-        Message.model_validate({"role": "user", "content": [{"type": "audio", "data": "..."}]})
-    with pytest.raises(ValidationError):
-        Message.model_validate({"role": "user", "content": [{"type": "text", "text": "x", "bold": True}]})
+        Message.model_validate({"role": "user", "content": [{"data": "no type"}]})
 
 
 def test_messages_and_blocks_are_immutable_values() -> None:

@@ -24,7 +24,8 @@ from colloquy.errors import (
     OverloadedError,
     RateLimitError,
 )
-from colloquy.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock, to_openai_messages
+from colloquy.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from colloquy.openai_shape import to_openai_messages
 from colloquy.models import ModelRequest, ModelResponse, TextDelta, ToolSpec, get_model
 from colloquy.models.openai import OpenAIModel
 from colloquy.usage import Usage, cost_of, price_for

@@ -112,7 +112,9 @@ def test_blank_content_is_one_422_on_every_route(api: Api) -> None:
     for r in refused:
         assert r.status_code == 422, (r.request.url, r.text)
         error = r.json()["error"]
-        assert error["type"] == "invalid_request" and error["message"].endswith("is empty")
+        # The OpenAI-compatible route answers in OpenAI's shape (colloquy's kind as the code).
+        kind = error["code"] if r.request.url.path == "/v1/chat/completions" else error["type"]
+        assert kind == "invalid_request" and error["message"].endswith("is empty")
     assert api.store.load(cid) == [] and api.store.list_facts("ada") == []  # type: ignore[attr-defined]
     assert [c.id for c in api.store.list_conversations(user_id="ada")] == [cid]
     assert api.model.requests == []

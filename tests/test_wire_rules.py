@@ -20,7 +20,8 @@ from colloquy import Chat, MemoryStore, ScriptedModel, tool
 from colloquy.context import problems, repair, repair_request, validate
 from colloquy.context.wire import MAX_BREAKPOINTS, count_breakpoints, valid_tool_id
 from colloquy.errors import InvalidConversationError
-from colloquy.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock, to_openai_messages
+from colloquy.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from colloquy.openai_shape import to_openai_messages
 from colloquy.models.anthropic import AnthropicModel
 from colloquy.models.base import ModelRequest
 from colloquy.models.openai import OpenAIModel

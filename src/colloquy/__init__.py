@@ -8,7 +8,8 @@ The small public API::
     print(chat.send("hello").text)
 """
 
-from .chat import Chat, Reply, SessionCost, SideCost, TurnCost
+from .chat import Chat, Reply
+from .costs import SessionCost, SideCost, TurnCost
 from .context import (
     Context,
     ContextInput,
@@ -56,14 +57,21 @@ from .guards import (
     as_guard,
 )
 from .messages import (
+    DocumentBlock,
     ImageBlock,
     Message,
+    RedactedThinkingBlock,
+    SearchResultBlock,
+    ServerToolResultBlock,
+    ServerToolUseBlock,
     StoredMessage,
     TextBlock,
+    ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
-    to_openai_messages,
+    UnknownBlock,
 )
+from .openai_shape import from_openai_messages, openai_messages, to_openai_messages
 from .models import (
     EchoModel,
     FunctionModel,
@@ -71,6 +79,7 @@ from .models import (
     ModelRequest,
     ModelResponse,
     ScriptedModel,
+    ThinkingDelta,
     get_model,
     tool_call,
 )
@@ -249,3 +258,17 @@ def __getattr__(name: str) -> object:
 
         return PostgresStore
     raise AttributeError(f"module 'colloquy' has no attribute {name!r}")
+
+# Claude's whole content model, and the OpenAI shape both ways (issue 14).
+__all__ += [
+    "DocumentBlock",
+    "RedactedThinkingBlock",
+    "SearchResultBlock",
+    "ServerToolResultBlock",
+    "ServerToolUseBlock",
+    "ThinkingBlock",
+    "ThinkingDelta",
+    "UnknownBlock",
+    "from_openai_messages",
+    "openai_messages",
+]

@@ -29,9 +29,11 @@ from .context.base import Context, ContextInput, ContextPolicy
 from .context.default import DefaultPolicy
 from .context.fit import fit_to_window
 from .context.seen import CONTEXT, SeenContext, record as context_record, seen
+from .context.thinking import check_budget, finished_turns_without_thinking, replay_thinking
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
+from .costs import SessionCost, derived_side_call, session_cost, with_side_call
 from .continuity import auto_title, check_key, key_meta, prior_turn
 from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
@@ -39,7 +41,8 @@ from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTe
 from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
 from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
                        ToolResultBlock)
-from .models import Model, ModelRequest, ModelResponse, get_model, model_spec
+from .models import (Model, ModelRequest, ModelResponse, ThinkingDelta, ToolSpec, get_model,
+                     model_spec)
 from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
 from .store.base import forget_cached
@@ -49,19 +52,19 @@ from .telemetry.turns import context_attributes, store_system, turn_span, work_s
 from .tokens import TokenCounter, counter as default_counter, estimate_text, estimate_tools
 from .text import clean_persona, require_text
 from .tools import Tool, as_tools
-from .usage import Usage, cost_of
+from .turn_options import NO_OPTIONS, TurnOptions
+from .usage import Usage
 
 #: Stop reasons after which a reply's tool calls are never run, and why (said in Reply.notes
 #: and in the is_error tool_result stored for each call). max_tokens: the reply was cut, so a
 #: tool_use's input may be incomplete (its defaults would fill the gap); stop_sequence: the
-#: same, at a stop sequence; refusal: the provider stopped the reply for safety; pause_turn:
-#: Anthropic paused a long server-tool turn, whose server blocks colloquy does not keep, so it
-#: cannot be resumed faithfully. The turn ends; the user can ask again (or raise max_tokens).
+#: same, at a stop sequence; refusal: the provider stopped the reply for safety. The turn ends;
+#: the user can ask again (or raise max_tokens). (pause_turn is not here: Anthropic paused a
+#: long server-tool turn, whose blocks colloquy keeps whole, so the turn goes on: _locked_turn.)
 NOT_RUN: dict[str, str] = {
     "max_tokens": "the reply was cut off by max_tokens before it was complete",
     "stop_sequence": "the reply stopped at a stop sequence and may be incomplete",
     "refusal": "the model refused to go on (stop_reason refusal)",
-    "pause_turn": "the provider paused the turn (pause_turn) and colloquy does not resume it",
 }
 
 
@@ -95,47 +98,10 @@ class Reply(BaseModel):
     blocked: bool = False
 
 
-class TurnCost(BaseModel):
-    seq: int
-    model: str | None
-    usage: Usage
-    cost_usd: float | None
-
-
 log = logging.getLogger("colloquy")
-#: Conversation meta key of the side calls' running totals (see Chat.record_side_call).
-SIDE_CALLS = "side_calls"
-
-
-class SideCost(BaseModel):
-    """Model calls a session made besides its turns (summaries, fact extraction, titles), per
-    purpose and model: they are billed too, usually by a cheaper model."""
-
-    purpose: str
-    model: str
-    calls: int
-    usage: Usage
-    cost_usd: float | None
-
-
-def side_calls_of(conversation: Conversation | None) -> list[SideCost]:
-    """The side calls billed to a conversation so far (see :meth:`Chat.record_side_call`)."""
-    table = (conversation.meta if conversation is not None else {}).get(SIDE_CALLS) or {}
-    return [SideCost.model_validate(v) for v in table.values()]
-
-
-class SessionCost(BaseModel):
-    turns: list[TurnCost]
-    side_calls: list[SideCost] = Field(default_factory=list)
-    #: Turns and side calls together.
-    usage: Usage
-    #: Turns and side calls together; None when a call used a model whose price is unknown.
-    cost_usd: float | None
 
 
 UserInput = str | Message | Sequence[ContentBlock]
-#: One turn's own sampling options: (temperature, max_tokens); None keeps the chat's own.
-Options = tuple[float | None, int | None]
 #: The stop_reason stored on a reply cut short because its caller went away (see
 #: colloquy.effects): the text received so far is kept, its usage billed.
 CANCELLED = "cancelled"
@@ -184,6 +150,7 @@ class Chat:
         executor: Executor | None = None,
         context_window: int | None = None,
         create_missing: bool = True,
+        thinking: int | None = None,
     ) -> None:
         self.store: Store = store if store is not None else open_store()
         #: False: a turn on a conversation that does not exist (deleted by another request or
@@ -218,6 +185,9 @@ class Chat:
         self.tools = as_tools(tools)
         self.temperature = temperature
         self.max_tokens = max_tokens
+        #: Extended thinking's budget in tokens for every turn (None: off; at least 1,024); a
+        #: turn's own ``thinking=`` overrides it. The answer keeps its own ``max_tokens`` on top.
+        self.thinking = check_budget(thinking)
         self.max_tool_rounds = max_tool_rounds
         self.counter = counter or default_counter
         #: Fact extraction after turns (colloquy.memory); None: off.
@@ -366,33 +336,40 @@ class Chat:
 
     # -- context -------------------------------------------------------------------------------
 
+    def _thinking(self, options: TurnOptions) -> int | None:
+        return (options.thinking if options.thinking is not None else self.thinking) or None
+
     def _context_input(self, history: Sequence[StoredMessage],
-                       options: Options = (None, None)) -> ContextInput:
+                       options: TurnOptions = NO_OPTIONS) -> ContextInput:
         return ContextInput(
             history=history, system=self.system, model=self.model.name,
-            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(options),
+            tools=options.specs(self.tools),
+            max_tokens=self._max_tokens(options) + (self._thinking(options) or 0),
             user_id=self.user_id, conversation_id=self.session_id, counter=self.counter,
             store=self.store, conversation_generation=self._generation,
         )
 
     def build_context(self, history: Sequence[StoredMessage] | None = None,
-                      options: Options = (None, None)) -> Context:
+                      options: TurnOptions = NO_OPTIONS) -> Context:
         """Run the policy on the log, fit the result under the model's context window
-        (colloquy.context.fit), then repair what the API would refuse."""
+        (colloquy.context.fit), apply the thinking replay rules (colloquy.context.thinking),
+        then repair what the API would refuse."""
         if history is None:
             history = self.history()
         history = self._branch.visible(history)  # superseded, blocked turns: never replayed
+        history = finished_turns_without_thinking(history)  # never sent (context.thinking)
         with work_span("colloquy.context") as span:
             inp = self._context_input(history, options)
             ctx = fit_to_window(self.policy.build(inp), inp, self.window)
-            system, messages, sources, notes = repair_request(
-                ctx.system, ctx.messages, ctx.sources or None)
+            messages, sources, ctx.thinking, thinking_notes = replay_thinking(
+                ctx.messages, self._thinking(options), ctx.sources or None)
+            system, messages, sources, notes = repair_request(ctx.system, messages, sources)
             ctx.system, ctx.messages, ctx.sources = system, messages, sources
-            ctx.notes.extend(notes)
+            ctx.notes.extend(thinking_notes + notes)
             if span.is_recording():
                 context_attributes(span, self.policy, len(history), ctx, self.counter.count(
                     self.model.name, ctx.system, ctx.messages,
-                    extra=estimate_tools([t.spec for t in self.tools.values()])))
+                    extra=estimate_tools(options.specs(self.tools))))
         return ctx
 
     @property
@@ -400,18 +377,26 @@ class Chat:
         """The context window every request is fitted under, in tokens."""
         return self.context_window or window_of(self.model)
 
-    def _request(self, ctx: Context, options: Options = (None, None)) -> ModelRequest:
+    def _request(self, ctx: Context, options: TurnOptions = NO_OPTIONS) -> ModelRequest:
+        """The request for a built context. With thinking, ``max_tokens`` is the answer's
+        allowance plus the thinking budget (the API needs the budget below max_tokens), and no
+        temperature is sent (the API refuses one with thinking)."""
         validate(ctx.messages, ctx.system)
+        budget = ctx.thinking
+        temperature = options.temperature if options.temperature is not None else self.temperature
+        if budget and temperature is not None:
+            ctx.notes.append("temperature not sent: extended thinking takes none")
+            temperature = None
         return ModelRequest(
             model=self.model.name, system=ctx.system, messages=ctx.messages,
-            tools=[t.spec for t in self.tools.values()], max_tokens=self._max_tokens(options),
-            temperature=options[0] if options[0] is not None else self.temperature,
+            tools=options.specs(self.tools), max_tokens=self._max_tokens(options) + (budget or 0),
+            temperature=temperature, thinking=budget,
         )
 
-    def _max_tokens(self, options: Options = (None, None)) -> int:
-        return options[1] or self.max_tokens
+    def _max_tokens(self, options: TurnOptions = NO_OPTIONS) -> int:
+        return options.max_tokens or self.max_tokens
 
-    def next_request(self, text: str | None = None) -> ModelRequest:
+    def next_request(self, text: UserInput | None = None) -> ModelRequest:
         """Exactly the request the next turn would send, without sending or storing anything.
 
         With ``text``, it is the request for that new message; without, it is what the policy
@@ -430,18 +415,21 @@ class Chat:
 
     def send(self, content: UserInput | None, *, idempotency_key: str | None = None,
              temperature: float | None = None, max_tokens: int | None = None,
+             thinking: int | None = None, tools: Sequence[ToolSpec] = (),
              revise: Revision | None = None) -> Reply:
         """One turn: store the message, call the model (and tools), store and return the reply.
 
         A retry with the same ``idempotency_key`` (after a network drop, say) stores nothing new
         and returns the stored reply (see colloquy.continuity); the same key with another
-        message raises :class:`IdempotencyKeyReused` and stores nothing. ``temperature`` and
-        ``max_tokens`` override the chat's own for this turn only. ``revise`` makes the turn
-        replace the newest one (see :meth:`edit_last`, :meth:`regenerate`); ``content`` is
-        None only with ``revise="regenerate"``."""
+        message raises :class:`IdempotencyKeyReused` and stores nothing. ``temperature``,
+        ``max_tokens`` and ``thinking`` (a budget in tokens, 0 for none; under 1,024 raises
+        ValueError) override the chat's own for this turn only; ``tools`` are declared for this
+        turn and not run by colloquy (see :class:`~colloquy.turn_options.TurnOptions`).
+        ``revise`` makes the turn replace the newest one (see :meth:`edit_last`,
+        :meth:`regenerate`); ``content`` is None only with ``revise="regenerate"``."""
         reply: Reply | None = None
-        for event in run(self._turn(content, False, idempotency_key, (temperature, max_tokens),
-                                    revise)):
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        for event in run(self._turn(content, False, idempotency_key, options, revise)):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
@@ -450,15 +438,18 @@ class Chat:
     def stream(
         self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
+        thinking: int | None = None, tools: Sequence[ToolSpec] = (),
         revise: Revision | None = None,
-    ) -> Iterator[str | Reply]:
-        """Like :meth:`send`, yielding text deltas as they arrive, then the final :class:`Reply`.
+    ) -> Iterator[str | ThinkingDelta | Reply]:
+        """Like :meth:`send`, yielding text deltas (``str``) as they arrive, then the final
+        :class:`Reply`; with thinking on, :class:`~colloquy.models.ThinkingDelta` pieces of the
+        model's thinking come before the text of each model call.
 
         Closing the generator early (``stream.close()``, or leaving a ``for`` loop over it that
         is then closed) stops the model call and stores the text received so far with
         ``stop_reason`` ``"cancelled"`` and its usage."""
-        yield from run(self._turn(content, True, idempotency_key, (temperature, max_tokens),
-                                  revise))
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        yield from run(self._turn(content, True, idempotency_key, options, revise))
 
     def check_idempotency_key(self, content: UserInput | None, idempotency_key: str | None) -> None:
         """Raise :class:`IdempotencyKeyReused` now if the key was already used in this
@@ -490,13 +481,15 @@ class Chat:
 
     async def asend(self, content: UserInput | None, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None,
+                    thinking: int | None = None, tools: Sequence[ToolSpec] = (),
                     revise: Revision | None = None) -> Reply:
         """The async twin of :meth:`send`: the model call is awaited on the event loop (the
         SDKs' async clients), the short steps around it run on :attr:`executor`. Cancelling
         the task stops the model call and stores the partial reply (see :meth:`stream`)."""
         reply: Reply | None = None
-        async for event in arun(self._turn(content, False, idempotency_key,
-                                           (temperature, max_tokens), revise), self.executor):
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        async for event in arun(self._turn(content, False, idempotency_key, options, revise),
+                                self.executor):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
@@ -505,16 +498,17 @@ class Chat:
     def astream(
         self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
+        thinking: int | None = None, tools: Sequence[ToolSpec] = (),
         revise: Revision | None = None,
-    ) -> AsyncIterator[str | Reply]:
+    ) -> AsyncIterator[str | ThinkingDelta | Reply]:
         """The async twin of :meth:`stream` (cancelling the task or closing the iterator stops
         the model call and stores the partial reply). Nothing runs until it is iterated."""
-        return arun(self._turn(content, True, idempotency_key, (temperature, max_tokens),
-                               revise), self.executor)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        return arun(self._turn(content, True, idempotency_key, options, revise), self.executor)
 
     def _turn(
         self, content: UserInput | None, streaming: bool, idempotency_key: str | None = None,
-        options: Options = (None, None), revise: Revision | None = None,
+        options: TurnOptions = NO_OPTIONS, revise: Revision | None = None,
     ) -> Turn:
         """The turn, once for every caller: a generator of the effects it waits on (see
         colloquy.effects), returning the Reply; traced, its span (colloquy.telemetry.turns)
@@ -526,7 +520,7 @@ class Chat:
 
     def _traced_turn(
         self, given: Message | None, streaming: bool, idempotency_key: str | None,
-        options: Options, revise: Revision | None,
+        options: TurnOptions, revise: Revision | None,
     ) -> Turn:
         with turn_span(self.session_id, self.model, streaming) as scope, \
                 conversation(self.session_id):
@@ -547,7 +541,7 @@ class Chat:
 
     def _locked_turn(
         self, given: Message | None, streaming: bool, idempotency_key: str | None,
-        options: Options, revise: Revision | None, delta: Callable[[], None],
+        options: TurnOptions, revise: Revision | None, delta: Callable[[], None],
     ) -> Turn:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
         prior = prior_turn(self, idempotency_key, given)
@@ -575,6 +569,7 @@ class Chat:
         #: Priced per call and added up: tiered prices apply to each call, not to the sum.
         total_cost: float | None = 0.0
         notes: list[str] = []
+        paused: list[ContentBlock] = []  # the stored parts of a reply paused by the provider
         rounds = 0
         while True:
             rounds += 1
@@ -582,8 +577,8 @@ class Chat:
             notes.extend(persist_derived(self.store, ctx.derived, self.owner))
             for record in ctx.derived:  # e.g. a summary written for this turn: billed too
                 self._account_derived(record)
-            notes.extend(n for n in ctx.notes if n not in notes)
             request = self._request(ctx, options)
+            notes.extend(n for n in ctx.notes if n not in notes)
             buffered = streaming and bool(self.guards.stage("output"))
             try:
                 with call_purpose("turn"):  # the call's span is a child of the turn's
@@ -593,6 +588,7 @@ class Chat:
                 self._store_interrupted(request, stop)
                 raise
             raw_estimate = self._calibrate(request, response)
+            notes.extend(n for n in response.notes if n not in notes)
             total = total + response.usage
             cost = self.model.cost(response.usage)
             total_cost = None if cost is None or total_cost is None else total_cost + cost
@@ -607,12 +603,18 @@ class Chat:
                 message=response.message, usage=response.usage,
                 model=response.model or self.model.name, cost_usd=cost, meta=meta,
             )
+            if response.stop_reason == "pause_turn" and rounds <= self.max_tool_rounds:
+                # A long server-tool turn paused by the provider: sending the partial reply
+                # back lets it go on (Anthropic's pause_turn); the parts are one reply.
+                self._append(reply_row)
+                paused.extend(response.content)
+                continue
             calls = response.tool_uses
             held = not_run_reason(response.stop_reason)
             if held and (calls or response.stop_reason != "stop_sequence"):
                 notes.append(held + (f"; its tool call(s) {', '.join(c.name for c in calls)} "
                                      "were not run" if calls else ""))
-            if not calls or not self.tools or held:
+            if not calls or not self.tools or held or options.declared_call(calls, self.tools):
                 response, reply_row, checked_out = self._guard_reply(response, reply_row)
                 (stored,) = self._append(reply_row)
                 if calls and held:  # answered, so the log stays valid for the next turn
@@ -625,8 +627,10 @@ class Chat:
                     yield Emit(response.text)  # output guards ran on the whole text first
                 notes.extend(extract_after_turn(self))  # never raises
                 auto_title(self, response.text)  # never raises
+                whole = Message(role="assistant", content=[*paused, *response.content]) \
+                    if paused else response.message
                 return Reply(
-                    text=response.text, message=response.message, conversation_id=self.session_id,
+                    text=whole.text, message=whole, conversation_id=self.session_id,
                     seq=stored.seq, usage=total, cost_usd=total_cost,
                     model=response.model or self.model.name, stop_reason=response.stop_reason,
                     rounds=rounds, notes=notes,
@@ -765,27 +769,13 @@ class Chat:
     # -- accounting ----------------------------------------------------------------------------
 
     def cost(self) -> SessionCost:
-        """Tokens and dollars per model call and for the whole session."""
-        turns = [
-            TurnCost(seq=sm.seq, model=sm.model, usage=sm.usage,
-                     cost_usd=sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage))
-            for sm in self.history() if sm.usage is not None
-        ]
-        side = side_calls_of(self.store.find_conversation(self.session_id))
-        costs = [t.cost_usd for t in turns] + [s.cost_usd for s in side]
-        return SessionCost(
-            turns=turns, side_calls=side,
-            usage=Usage.total([*(t.usage for t in turns), *(s.usage for s in side)]),
-            cost_usd=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
-        )
+        """Tokens and dollars per model call and for the whole session (colloquy.costs)."""
+        return session_cost(self.history(), self.store.find_conversation(self.session_id))
 
     def _account_derived(self, record: Any) -> None:
-        meta = getattr(record, "meta", None) or {}
-        if isinstance(meta, dict) and meta.get("usage"):
-            self.record_side_call(
-                str(getattr(record, "purpose", "") or type(record).__name__.lower()),
-                str(getattr(record, "model", "") or "unknown"),
-                Usage.model_validate(meta["usage"]), meta.get("cost_usd"))
+        call = derived_side_call(record)
+        if call is not None:
+            self.record_side_call(*call)
 
     def record_side_call(self, purpose: str, model: str, usage: Usage, cost_usd: float | None) -> None:
         """Add a side call's usage to the session's totals (kept in the conversation record's
@@ -795,20 +785,7 @@ class Chat:
             conv = self.store.find_conversation(self.session_id)
             if conv is None:
                 return
-            meta = dict(conv.meta)
-            table = dict(meta.get(SIDE_CALLS) or {})
-            key = f"{purpose} {model}"
-            old = table.get(key)
-            if old is None:
-                entry = SideCost(purpose=purpose, model=model, calls=1, usage=usage, cost_usd=cost_usd)
-            else:
-                prev = SideCost.model_validate(old)
-                entry = SideCost(
-                    purpose=purpose, model=model, calls=prev.calls + 1, usage=prev.usage + usage,
-                    cost_usd=None if prev.cost_usd is None or cost_usd is None
-                    else prev.cost_usd + cost_usd)
-            table[key] = entry.model_dump(mode="json")
-            meta[SIDE_CALLS] = table
+            meta = with_side_call(conv.meta, purpose, model, usage, cost_usd)
             self._conversation = self.store.update_conversation(self.session_id, meta=meta,
                                                                 owner=self.owner)
         except Exception as e:  # noqa: BLE001 - accounting must never fail the turn

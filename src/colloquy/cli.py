@@ -20,10 +20,20 @@ from typing import Any, TextIO
 from .chat import Chat, Reply
 from .context.base import ContextPolicy
 from .context.policies import FullHistory, RollingWindow, TokenBudget
+from .context.thinking import check_budget
 from .errors import ColloquyError, ConfigError, InvalidTextError, ModelError
 from .files import private_dir, private_open
 from .guards import build_guards
-from .messages import StoredMessage, TextBlock, ToolResultBlock, ToolUseBlock
+from .messages import (
+    DocumentBlock,
+    ServerToolUseBlock,
+    StoredMessage,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from .models import ThinkingDelta
 from .store import Store, default_db_path, open_store
 from .store.base import Conversation, new_id, resolve_conversation, users_conversation
 from .text import clean
@@ -82,6 +92,15 @@ def policy_from_args(args: argparse.Namespace) -> ContextPolicy | None:
     return None
 
 
+def thinking_budget(value: str) -> int:
+    """``--thinking N``: a token budget the API accepts (colloquy.context.thinking)."""
+    try:
+        return check_budget(int(value)) or 0
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if "budget" in str(e) else
+                                         f"not a number of tokens: {value!r}") from e
+
+
 def _block_text(b: Any) -> str:
     if isinstance(b, TextBlock):
         return b.text
@@ -90,6 +109,13 @@ def _block_text(b: Any) -> str:
     if isinstance(b, ToolResultBlock):
         head = b.text if len(b.text) <= 200 else b.text[:200] + "…"
         return f"[tool_result{' error' if b.is_error else ''} {head}]"
+    if isinstance(b, ThinkingBlock):
+        head = b.thinking if len(b.thinking) <= 200 else b.thinking[:200] + "…"
+        return f"[thinking {head}]"
+    if isinstance(b, DocumentBlock):
+        return f"[document {b.title or b.source.get('type', '')}]"
+    if isinstance(b, ServerToolUseBlock):
+        return f"[server_tool_use {b.name} {json.dumps(b.input)}]"
     return f"[{b.type}]"
 
 
@@ -267,9 +293,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         store=store, session_id=session, user_id=args.user,
         policy=policy_from_args(args), temperature=args.temperature, max_tokens=args.max_tokens,
         extract_facts=extraction_from_args(args),
-        guards=guards,
+        guards=guards, thinking=args.thinking,
     )
     err = sys.stderr
+    dim, undim = ("\x1b[2m", "\x1b[0m") if err.isatty() else ("", "")
     if existing:
         err.write(f"resuming session {existing.name} ({existing.last_seq} messages, "
                   f"model {chat.model.name})\n")
@@ -293,8 +320,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 reply = chat.send(line)
                 sys.stdout.write(reply.text)
             else:
+                thinking = False
                 for event in chat.stream(line):
-                    if isinstance(event, str):
+                    if isinstance(event, ThinkingDelta):  # apart from the answer, dimmed
+                        if not event.thinking:
+                            continue  # the block's signature: nothing to show
+                        err.write(f"{dim}{event.thinking}{undim}")
+                        err.flush()
+                        thinking = True
+                    elif isinstance(event, str):
+                        if thinking:
+                            err.write("\n")
+                            thinking = False
                         sys.stdout.write(event)
                         sys.stdout.flush()
                     else:
@@ -411,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, metavar="T")
     p.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="reply length cap")
     p.add_argument("--no-stream", action="store_true", help="print each reply when complete")
+    p.add_argument("--thinking", type=thinking_budget, metavar="N",
+                   help="extended thinking with a budget of N tokens (at least 1024), shown "
+                   "dimmed on stderr before each answer")
     _add_guards(p)
     _add_db(p)
     p.set_defaults(func=cmd_chat)

@@ -40,7 +40,7 @@ import anyio
 
 from .errors import ColloquyError, ConversationBusy, ModelError
 from .messages import ToolUseBlock
-from .models.base import Model, ModelRequest, ModelResponse, TextDelta
+from .models.base import Model, ModelRequest, ModelResponse, TextDelta, ThinkingDelta
 from .store.locks import DEFAULT_LOCK_TIMEOUT
 from .tools import Tool, run_calls
 from .usage import Usage
@@ -64,7 +64,8 @@ class Acquire:
 
 @dataclass(frozen=True)
 class CallModel:
-    """Call ``model``; with ``stream``, its text deltas go to the caller as they arrive. The
+    """Call ``model``; with ``stream``, its text deltas (``str``) and thinking deltas
+    (:class:`ThinkingDelta`) go to the caller as they arrive. The
     driver sends back the final :class:`ModelResponse` (or throws the call's error, as a
     :class:`ModelError`, or :class:`TurnInterrupted`). The call starts in ``context`` (the
     turn's: its span parents the call's, colloquy.telemetry); ``on_delta`` hears each delta."""
@@ -175,7 +176,7 @@ def _releaser(chat: Chat, store_release: Callable[[], Any]) -> Callable[[], None
     return release
 
 
-def run(turn: Turn) -> Iterator[str | Reply]:
+def run(turn: Turn) -> Iterator[str | ThinkingDelta | Reply]:
     """Drive a turn with blocking calls: yields the text for the caller, then the Reply.
 
     Closing this generator (or Ctrl-C) while the model streams interrupts the turn: the
@@ -211,7 +212,8 @@ def _in(context: contextvars.Context | None, fn: Callable[..., Any], *args: Any)
     return fn(*args) if context is None else context.run(fn, *args)
 
 
-def _call(effect: CallModel, parts: list[str]) -> Generator[str, None, ModelResponse]:
+def _call(effect: CallModel, parts: list[str]
+          ) -> Generator[str | ThinkingDelta, None, ModelResponse]:
     model, request, ctx = effect.model, effect.request, effect.context
     if not effect.stream:
         return _in(ctx, model.request, request)  # type: ignore[no-any-return]
@@ -228,6 +230,8 @@ def _call(effect: CallModel, parts: list[str]) -> Generator[str, None, ModelResp
                 if effect.on_delta is not None:
                     effect.on_delta()
                 yield event.text
+            elif isinstance(event, ThinkingDelta):
+                yield event  # shown apart; the whole block comes in the final response
             else:
                 final = event
     finally:  # a closed caller closes the model's stream (and its HTTP response) at once
@@ -352,7 +356,8 @@ class _CancelledAfter(BaseException):
         self.outcome = outcome
 
 
-async def arun(turn: Turn, executor: Executor | None = None) -> AsyncIterator[str | Reply]:
+async def arun(turn: Turn, executor: Executor | None = None
+               ) -> AsyncIterator[str | ThinkingDelta | Reply]:
     """Drive a turn on the event loop: yields the text for the caller, then the Reply.
 
     Cancelling the task that iterates this (or closing the iterator) interrupts the turn: the
@@ -398,6 +403,8 @@ async def arun(turn: Turn, executor: Executor | None = None) -> AsyncIterator[st
                                 if effect.on_delta is not None:
                                     effect.on_delta()
                                 yield event.text
+                            elif isinstance(event, ThinkingDelta):
+                                yield event
                             else:
                                 final = event
                             event = await events.__anext__()

@@ -15,27 +15,42 @@ built by any entry point can always be sent and exported.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
-from .text import JSONDict, Text
+from .text import JSONDict, Text, clean_json
 from .usage import Usage
 
 Role = Literal["user", "assistant"]
 
 
 class _Block(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # extra="allow": a field the API adds to a block later is kept and replayed, not refused.
+    model_config = ConfigDict(frozen=True, extra="allow")
     #: Anthropic prompt-cache marker, set only on copies by the cache-aware policy.
     cache_control: dict[str, Any] | None = None
 
 
 class TextBlock(_Block):
+    """Text. ``citations`` (Anthropic) are the passages the text cites, as the API sent them
+    (``char_location``, ``page_location``, ``content_block_location``,
+    ``web_search_result_location``, ``search_result_location``), kept for replay and export."""
+
     type: Literal["text"] = "text"
     text: Text
+    citations: list[JSONDict] | None = None
 
 
 class ImageBlock(_Block):
@@ -46,6 +61,73 @@ class ImageBlock(_Block):
     source: JSONDict
 
 
+class DocumentBlock(_Block):
+    """A document the model reads (Anthropic ``document``). ``source`` is one of: a PDF as
+    ``{"type": "base64", "media_type": "application/pdf", "data"}`` or ``{"type": "url",
+    "url"}``, plain text as ``{"type": "text", "media_type": "text/plain", "data"}``, custom
+    content as ``{"type": "content", "content": str | [text and image blocks]}``, or an uploaded
+    file as ``{"type": "file", "file_id"}``. ``citations: {"enabled": true}`` lets the answer
+    cite it; ``title`` and ``context`` are shown to the model, not cited."""
+
+    type: Literal["document"] = "document"
+    source: JSONDict
+    title: Text | None = None
+    context: Text | None = None
+    citations: JSONDict | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source_has_a_type(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(v.get("type"), str):
+            raise ValueError("a document's source needs a type (base64, url, text, content, file)")
+        return v
+
+    @property
+    def text(self) -> str:
+        """The document's text when it carries text (plain text or content sources), else ""."""
+        src = self.source
+        if src.get("type") == "text":
+            return str(src.get("data", ""))
+        content = src.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return "\n".join(str(b.get("text", "")) for b in content
+                             if isinstance(b, dict) and b.get("type") == "text")
+        return ""
+
+
+class SearchResultBlock(_Block):
+    """A search result the application supplies (Anthropic ``search_result``): its ``source``
+    (a URL or an id), ``title`` and text ``content``, citable like a document."""
+
+    type: Literal["search_result"] = "search_result"
+    source: Text
+    title: Text
+    content: list[TextBlock]
+    citations: JSONDict | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(b.text for b in self.content)
+
+
+class ThinkingBlock(_Block):
+    """Claude's extended thinking, with the ``signature`` that lets the API check it was not
+    altered: stored and replayed byte for byte (the API refuses a modified block)."""
+
+    type: Literal["thinking"] = "thinking"
+    thinking: Text
+    signature: Text
+
+
+class RedactedThinkingBlock(_Block):
+    """Thinking the API returned encrypted (``data`` is opaque): replayed unchanged."""
+
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+    data: Text
+
+
 class ToolUseBlock(_Block):
     type: Literal["tool_use"] = "tool_use"
     id: Text
@@ -53,10 +135,101 @@ class ToolUseBlock(_Block):
     input: JSONDict = Field(default_factory=dict)
 
 
+class ServerToolUseBlock(_Block):
+    """A call of a tool the provider runs itself (``web_search``, ``web_fetch``,
+    ``code_execution``, ...): answered by the provider in the same assistant message, never by
+    colloquy's tool loop."""
+
+    type: Literal["server_tool_use"] = "server_tool_use"
+    id: Text
+    name: Text
+    input: JSONDict = Field(default_factory=dict)
+
+
+class ServerToolResultBlock(_Block):
+    """The provider's result of a server tool call: ``web_search_tool_result``,
+    ``web_fetch_tool_result``, ``code_execution_tool_result``,
+    ``bash_code_execution_tool_result``, ``text_editor_code_execution_tool_result``,
+    ``tool_search_tool_result``, and any later ``*_tool_result``. ``content`` is kept exactly
+    as the API sent it (search results carry encrypted content that must come back unchanged)."""
+
+    type: str = Field(pattern=r"^[a-z0-9_]+_tool_result$")
+    tool_use_id: Text
+    content: Annotated[Any, AfterValidator(clean_json)] = None
+
+    @field_validator("type")
+    @classmethod
+    def _not_a_client_tool_result(cls, v: str) -> str:
+        if v == "tool_result":
+            raise ValueError("tool_result is a client tool's result (ToolResultBlock)")
+        return v
+
+
+class UnknownBlock(_Block):
+    """A block type colloquy does not know (yet): every field kept as it came (its strings
+    under the text rule) and replayed to the provider that wrote it; a conversion to another
+    provider drops it with a note."""
+
+    type: Text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_rule(cls, data: Any) -> Any:
+        return clean_json(data)
+
+    @field_validator("type")
+    @classmethod
+    def _really_unknown(cls, v: str) -> str:
+        if v in _KNOWN_TYPES or _is_server_result(v):
+            raise ValueError(f"a {v!r} block is not an unknown block")
+        return v
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The block as it came (without colloquy's cache marker)."""
+        return self.model_dump(mode="json", exclude={"cache_control"}, exclude_none=True)
+
+
+_KNOWN_TYPES = frozenset({
+    "text", "image", "document", "search_result", "thinking", "redacted_thinking", "tool_use",
+    "tool_result", "server_tool_use",
+})
+
+
+def _is_server_result(kind: object) -> bool:
+    return isinstance(kind, str) and kind.endswith("_tool_result") and kind != "tool_result"
+
+
+def _tag(value: Any) -> str:
+    """The union member a block validates as: its own type when known, any server tool's
+    result as one class, anything else as :class:`UnknownBlock` (never refused)."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind in _KNOWN_TYPES:
+        return str(kind)
+    if _is_server_result(kind):
+        return "server_tool_result"
+    return "unknown"
+
+
+ToolResultContent = Annotated[
+    Union[
+        Annotated[TextBlock, Tag("text")],
+        Annotated[ImageBlock, Tag("image")],
+        Annotated[DocumentBlock, Tag("document")],
+        Annotated[SearchResultBlock, Tag("search_result")],
+        Annotated[UnknownBlock, Tag("unknown")],
+    ],
+    Discriminator(lambda v: _tag(v) if _tag(v) in _RESULT_PARTS else "unknown"),
+]
+"""What a tool result may hold besides a string: text, images, documents, search results (and,
+losslessly, any newer kind)."""
+_RESULT_PARTS = frozenset({"text", "image", "document", "search_result"})
+
+
 class ToolResultBlock(_Block):
     type: Literal["tool_result"] = "tool_result"
     tool_use_id: Text
-    content: Text | list[TextBlock | ImageBlock] = ""
+    content: Text | list[ToolResultContent] = ""
     is_error: bool = False
 
     @property
@@ -67,8 +240,25 @@ class ToolResultBlock(_Block):
 
 
 ContentBlock = Annotated[
-    Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock], Field(discriminator="type")
+    Union[
+        Annotated[TextBlock, Tag("text")],
+        Annotated[ImageBlock, Tag("image")],
+        Annotated[DocumentBlock, Tag("document")],
+        Annotated[SearchResultBlock, Tag("search_result")],
+        Annotated[ThinkingBlock, Tag("thinking")],
+        Annotated[RedactedThinkingBlock, Tag("redacted_thinking")],
+        Annotated[ToolUseBlock, Tag("tool_use")],
+        Annotated[ToolResultBlock, Tag("tool_result")],
+        Annotated[ServerToolUseBlock, Tag("server_tool_use")],
+        Annotated[ServerToolResultBlock, Tag("server_tool_result")],
+        Annotated[UnknownBlock, Tag("unknown")],
+    ],
+    Discriminator(_tag),
 ]
+"""Every block a message may hold. Validation picks the class by ``type``; a type colloquy
+does not know becomes an :class:`UnknownBlock` holding it whole."""
+
+THINKING_BLOCKS = (ThinkingBlock, RedactedThinkingBlock)
 
 
 class Message(BaseModel):
@@ -166,63 +356,3 @@ def system_text(system: str | list[TextBlock]) -> str:
     if isinstance(system, str):
         return system
     return "\n\n".join(b.text for b in system)
-
-
-# ---------------------------------------------------------------------------------------------
-# OpenAI chat-completions shape
-# ---------------------------------------------------------------------------------------------
-
-
-def _image_url(block: ImageBlock) -> str:
-    src = block.source
-    if src.get("type") == "url":
-        return str(src["url"])
-    return f"data:{src.get('media_type', 'image/png')};base64,{src.get('data', '')}"
-
-
-def to_openai_messages(
-    system: str | list[TextBlock], messages: list[Message]
-) -> list[dict[str, Any]]:
-    """Convert (system, messages) to the OpenAI chat-completions ``messages`` list.
-
-    tool_use blocks become the assistant's ``tool_calls``; each tool_result becomes a
-    ``role: "tool"`` message placed right after the assistant message that asked for it, which
-    is where OpenAI requires it. cache_control markers have no OpenAI equivalent and are dropped.
-    """
-    out: list[dict[str, Any]] = []
-    sys_text = system_text(system)
-    if sys_text:
-        out.append({"role": "system", "content": sys_text})
-    for m in messages:
-        if m.role == "assistant":
-            msg: dict[str, Any] = {"role": "assistant", "content": m.text or None}
-            calls = [
-                {
-                    "id": b.id,
-                    "type": "function",
-                    "function": {"name": b.name, "arguments": json.dumps(b.input)},
-                }
-                for b in m.tool_uses
-            ]
-            if calls:
-                msg["tool_calls"] = calls
-            out.append(msg)
-            continue
-        for r in m.tool_results:
-            content = r.text
-            if r.is_error:
-                content = f"[tool error] {content}"
-            out.append({"role": "tool", "tool_call_id": r.tool_use_id, "content": content})
-        parts: list[dict[str, Any]] = []
-        for b in m.content:
-            if isinstance(b, TextBlock):
-                parts.append({"type": "text", "text": b.text})
-            elif isinstance(b, ImageBlock):
-                parts.append({"type": "image_url", "image_url": {"url": _image_url(b)}})
-        if not parts:
-            continue
-        if all(p["type"] == "text" for p in parts):
-            out.append({"role": "user", "content": "\n\n".join(p["text"] for p in parts)})
-        else:
-            out.append({"role": "user", "content": parts})
-    return out

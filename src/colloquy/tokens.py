@@ -10,6 +10,7 @@ count_tokens endpoint).
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -18,7 +19,20 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from .messages import (
+    DocumentBlock,
+    ImageBlock,
+    Message,
+    RedactedThinkingBlock,
+    SearchResultBlock,
+    ServerToolResultBlock,
+    ServerToolUseBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UnknownBlock,
+)
 from .usage import Usage
 
 #: Word-like pieces as BPE tokenizers cut them: letter runs, numbers in groups of up to three
@@ -33,6 +47,13 @@ REQUEST_OVERHEAD = 8
 #: Anthropic bills an image at roughly (width * height) / 750 tokens; without the pixel size we
 #: assume a mid-sized picture.
 IMAGE_TOKENS = 1_600
+#: Anthropic: "each page typically uses 1,500-3,000 tokens" of text, plus the page as an image
+#: (the PDF support page); the middle of that range, per page counted in the file.
+PDF_PAGE_TOKENS = 2_250
+#: A PDF colloquy cannot read (a URL or an uploaded file): a few pages' worth. Calibration
+#: against the billed usage corrects the rest.
+UNREAD_PDF_TOKENS = 4 * PDF_PAGE_TOKENS
+_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 
 #: Tokens per character of scripts that BPE tokenizers split finely, measured against
 #: OpenAI's cl100k_base on prose samples (tests/test_tokens_scripts.py): Cyrillic ~0.55
@@ -170,10 +191,34 @@ def _script_split(text: str) -> tuple[float, str]:
     return total, rest
 
 
+def pdf_pages(data: str) -> int:
+    """Pages of a base64 PDF, counted by its page objects (at least 1)."""
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except ValueError:
+        return 1
+    return max(1, len(_PAGE.findall(raw)))
+
+
+def _estimate_document(block: DocumentBlock) -> int:
+    head = estimate_text(block.title or "") + estimate_text(block.context or "")
+    src = block.source
+    if src.get("type") == "base64" and src.get("media_type") == "application/pdf":
+        return head + PDF_PAGE_TOKENS * pdf_pages(str(src.get("data", "")))
+    if src.get("type") in ("url", "file"):
+        return head + UNREAD_PDF_TOKENS
+    content = src.get("content")
+    images = sum(1 for b in content if isinstance(b, dict) and b.get("type") == "image") \
+        if isinstance(content, list) else 0
+    return head + estimate_text(block.text) + images * IMAGE_TOKENS
+
+
 def estimate_block(block: object) -> int:
+    """Input tokens of one block. Citations are not counted: the API bills neither the cited
+    text nor the citation objects as input (Anthropic's citations page)."""
     if isinstance(block, TextBlock):
         return estimate_text(block.text)
-    if isinstance(block, ToolUseBlock):
+    if isinstance(block, (ToolUseBlock, ServerToolUseBlock)):
         return 10 + estimate_text(block.name) + estimate_text(json.dumps(block.input))
     if isinstance(block, ToolResultBlock):
         if isinstance(block.content, str):
@@ -181,6 +226,18 @@ def estimate_block(block: object) -> int:
         return 6 + sum(estimate_block(b) for b in block.content)
     if isinstance(block, ImageBlock):
         return IMAGE_TOKENS
+    if isinstance(block, ThinkingBlock):
+        return estimate_text(block.thinking)
+    if isinstance(block, RedactedThinkingBlock):
+        return math.ceil(len(block.data) * 3 / 4 / 4)  # opaque bytes, about 4 per token
+    if isinstance(block, DocumentBlock):
+        return _estimate_document(block)
+    if isinstance(block, SearchResultBlock):
+        return 6 + estimate_text(block.title) + estimate_text(block.source) + estimate_text(block.text)
+    if isinstance(block, ServerToolResultBlock):
+        return 6 + estimate_text(json.dumps(block.content))
+    if isinstance(block, UnknownBlock):
+        return estimate_text(json.dumps(block.raw))
     return 0
 
 

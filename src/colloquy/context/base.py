@@ -72,6 +72,9 @@ class Context:
     #: For composed contexts: the ids of the derived records each part used (facts, summary),
     #: so the context can be shown again later (colloquy.context.seen).
     part_records: dict[str, list[str]] = field(default_factory=dict)
+    #: The thinking budget this context's request may use, set by the engine after the policy
+    #: (colloquy.context.thinking); None: no thinking.
+    thinking: int | None = None
 
     @property
     def included_seqs(self) -> set[int]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..messages import Message, StoredMessage, TextBlock
+from ..messages import THINKING_BLOCKS, Message, StoredMessage, TextBlock
 from ..tokens import REQUEST_OVERHEAD, estimate_message, estimate_text, estimate_tools
 from .base import Context, ContextInput, ContextPolicy, from_stored
 from .wire import MAX_BREAKPOINTS, count_breakpoints
@@ -88,9 +88,14 @@ def min_cacheable_tokens(model: str | None) -> int | None:
 
 
 def _mark_last_block(m: Message) -> Message:
+    """``m`` with a breakpoint on its last block that can carry one (thinking blocks cannot:
+    the API refuses cache_control on them, and they must be replayed unmodified)."""
     blocks = list(m.content)
-    blocks[-1] = blocks[-1].model_copy(update={"cache_control": dict(EPHEMERAL)})
-    return Message(role=m.role, content=blocks)
+    for k in range(len(blocks) - 1, -1, -1):
+        if not isinstance(blocks[k], THINKING_BLOCKS):
+            blocks[k] = blocks[k].model_copy(update={"cache_control": dict(EPHEMERAL)})
+            return Message(role=m.role, content=blocks)
+    return m
 
 
 def add_breakpoints(
@@ -142,8 +147,10 @@ def add_breakpoints(
             break
         if math.ceil(cum[i] * scale) < minimum or messages[i].content[-1].cache_control is not None:
             continue
-        messages[i] = _mark_last_block(messages[i])
-        free -= 1
+        marked = _mark_last_block(messages[i])
+        if marked is not messages[i]:
+            messages[i] = marked
+            free -= 1
     ctx.system, ctx.messages = system, messages
     return ctx
 

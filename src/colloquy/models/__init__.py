@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta, ToolSpec
+from .base import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolSpec,
+)
 from .offline import EchoModel, FunctionModel, ScriptedModel, tool_call
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -105,6 +113,7 @@ __all__ = [
     "ScriptedModel",
     "StreamEvent",
     "TextDelta",
+    "ThinkingDelta",
     "ToolSpec",
     "get_model",
     "model_spec",

@@ -17,6 +17,7 @@ from typing import Any
 
 import anthropic
 from anthropic.types import Message as SDKMessage
+from pydantic import TypeAdapter
 
 from ..errors import (
     AuthenticationError,
@@ -28,9 +29,18 @@ from ..errors import (
     OverloadedError,
     RateLimitError,
 )
-from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..messages import ContentBlock
 from ..usage import Usage
-from .base import Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta, per_loop
+from .base import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    StopReason,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    per_loop,
+)
 
 PROVIDER = "anthropic"
 API_KEY_VAR = "ANTHROPIC_API_KEY"
@@ -42,8 +52,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 #: Request-body keys that ``messages.create`` takes as keyword arguments. Everything else in
 #: the body (``temperature``: SDK 2.x has no such parameter) goes through ``extra_body``, so
 #: the server still receives exactly :meth:`ModelRequest.to_anthropic`.
-_CREATE_PARAMS = frozenset({"model", "max_tokens", "messages", "system", "tools"})
-_COUNT_PARAMS = frozenset({"model", "messages", "system", "tools"})
+_CREATE_PARAMS = frozenset({"model", "max_tokens", "messages", "system", "tools", "thinking"})
+_COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "thinking"})
 
 _STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end_turn",
@@ -166,18 +176,16 @@ def translate_error(err: BaseException, *, secret: str | None = None) -> ModelEr
     return ModelError(scrub(f"Anthropic API error: {err}"), provider=PROVIDER)
 
 
+_BLOCKS: TypeAdapter[list[ContentBlock]] = TypeAdapter(list[ContentBlock])
+
+
 def _to_blocks(content: list[Any]) -> list[ContentBlock]:
-    """Text and tool_use blocks become colloquy blocks. Thinking blocks (and server-tool
-    blocks, which colloquy never asks for) are dropped: nothing downstream can store or
-    replay them."""
-    blocks: list[ContentBlock] = []
-    for block in content:
-        if block.type == "text":
-            blocks.append(TextBlock(text=block.text))
-        elif block.type == "tool_use":
-            tool_input = block.input if isinstance(block.input, Mapping) else {}
-            blocks.append(ToolUseBlock(id=block.id, name=block.name, input=dict(tool_input)))
-    return blocks
+    """The API's content blocks as colloquy blocks, losslessly: text with its citations,
+    thinking with its signature, redacted thinking, tool and server-tool blocks, and any block
+    type colloquy does not know (kept whole as an UnknownBlock), so each is replayed exactly as
+    the API sent it."""
+    raw = [b.to_dict(mode="json") if hasattr(b, "to_dict") else dict(b) for b in content]
+    return _BLOCKS.validate_python(raw)
 
 
 def _to_usage(usage: Any) -> Usage:
@@ -187,6 +195,19 @@ def _to_usage(usage: Any) -> Usage:
         cache_write_tokens=getattr(usage, "cache_creation_input_tokens", None) or 0,
         cache_read_tokens=getattr(usage, "cache_read_input_tokens", None) or 0,
     )
+
+
+def _delta(event: Any) -> TextDelta | ThinkingDelta | None:
+    """The SDK's stream event as colloquy's delta: text, thinking, or the thinking block's
+    signature (which ends it); None for the rest (the final message carries them whole)."""
+    kind = event.type
+    if kind == "text" and event.text:
+        return TextDelta(text=event.text)
+    if kind == "thinking" and event.thinking:
+        return ThinkingDelta(thinking=event.thinking)
+    if kind == "signature" and event.signature:
+        return ThinkingDelta(thinking="", signature=event.signature)
+    return None
 
 
 def to_model_response(message: SDKMessage) -> ModelResponse:
@@ -275,13 +296,15 @@ class AnthropicModel(Model):
         return to_model_response(message)
 
     def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
-        """Text deltas as they arrive, then the response assembled by the SDK from the whole
-        stream (tool inputs included, parsed from their ``input_json_delta`` pieces)."""
+        """Text and thinking deltas as they arrive, then the response assembled by the SDK from
+        the whole stream (tool inputs from their ``input_json_delta`` pieces, signatures from
+        ``signature_delta``, citations from ``citations_delta``)."""
         try:
             with self._client.messages.stream(**self._create_kwargs(request)) as stream:
-                for text in stream.text_stream:
-                    if text:
-                        yield TextDelta(text=text)
+                for event in stream:
+                    delta = _delta(event)
+                    if delta is not None:
+                        yield delta
                 final = stream.get_final_message()
         except _CAUGHT as err:
             raise self._error(err) from err
@@ -307,9 +330,10 @@ class AnthropicModel(Model):
             return
         try:
             async with client.messages.stream(**self._create_kwargs(request)) as stream:
-                async for text in stream.text_stream:
-                    if text:
-                        yield TextDelta(text=text)
+                async for sdk_event in stream:
+                    delta = _delta(sdk_event)
+                    if delta is not None:
+                        yield delta
                 final = await stream.get_final_message()
         except _CAUGHT as err:
             raise self._error(err) from err

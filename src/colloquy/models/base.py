@@ -63,7 +63,11 @@ def _blocking_pool() -> ThreadPoolExecutor:
 
 
 class ToolSpec(BaseModel):
-    """What the model is told about a tool: name, description and a JSON schema of its input."""
+    """What the model is told about a tool: name, description and a JSON schema of its input.
+
+    ``definition`` holds a tool the *provider* runs, as its API defines it (Anthropic's
+    ``{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}``, code execution,
+    web fetch): sent as is to that provider, and left out (with a note) for another."""
 
     model_config = ConfigDict(frozen=True)
     name: str
@@ -71,8 +75,26 @@ class ToolSpec(BaseModel):
     input_schema: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}}
     )
+    definition: dict[str, Any] | None = None
+
+    @classmethod
+    def from_anthropic(cls, tool: dict[str, Any]) -> ToolSpec:
+        """A tool as the Messages API's ``tools`` entry describes it: a client tool (``name``,
+        ``description``, ``input_schema``) or, with a ``type`` other than ``custom``, a server
+        tool kept whole."""
+        kind = tool.get("type")
+        if kind not in (None, "custom"):
+            return cls(name=str(tool.get("name", kind)), definition=dict(tool))
+        return cls(name=tool["name"], description=tool.get("description") or "",
+                   input_schema=tool.get("input_schema") or {"type": "object", "properties": {}})
+
+    @property
+    def is_server_tool(self) -> bool:
+        return self.definition is not None
 
     def to_anthropic(self) -> dict[str, Any]:
+        if self.definition is not None:
+            return dict(self.definition)
         return {
             "name": self.name,
             "description": self.description,
@@ -100,6 +122,9 @@ class ModelRequest(BaseModel):
     tools: list[ToolSpec] = Field(default_factory=list)
     max_tokens: int = 1024
     temperature: float | None = None
+    #: Extended thinking's budget in tokens (Anthropic ``thinking.budget_tokens``: at least
+    #: 1,024 and below ``max_tokens``); None: no thinking.
+    thinking: int | None = None
 
     def to_anthropic(self) -> dict[str, Any]:
         """The Anthropic Messages API request body (what ``colloquy context --json`` prints)."""
@@ -114,6 +139,8 @@ class ModelRequest(BaseModel):
             body["tools"] = [t.to_anthropic() for t in self.tools]
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if self.thinking:
+            body["thinking"] = {"type": "enabled", "budget_tokens": self.thinking}
         return body
 
 
@@ -126,6 +153,9 @@ class ModelResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
     id: str | None = None
+    #: What the adapter could not carry to this provider (e.g. thinking blocks to an OpenAI
+    #: model): shown on the reply, so no conversion loses content silently.
+    notes: list[str] = Field(default_factory=list)
 
     @property
     def message(self) -> Message:
@@ -151,8 +181,21 @@ class TextDelta:
     text: str
 
 
-StreamEvent = TextDelta | ModelResponse
-"""A model stream yields text deltas, then exactly one final :class:`ModelResponse`."""
+@dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    """A piece of streamed extended thinking (Anthropic ``thinking_delta``): shown apart from
+    the answer; the whole block, signature included, arrives in the final response.
+    ``signature`` is set (and ``thinking`` empty) on the block's ``signature_delta``, which
+    ends the block: a route that re-streams the Messages API passes it on. A plain dataclass
+    like :class:`TextDelta` (one per delta)."""
+
+    thinking: str
+    signature: str = ""
+
+
+StreamEvent = TextDelta | ThinkingDelta | ModelResponse
+"""A model stream yields text (and thinking) deltas, then exactly one final
+:class:`ModelResponse`."""
 
 
 class Model(ABC):

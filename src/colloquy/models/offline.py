@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from ..caches import register_cache
-from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..messages import ContentBlock, TextBlock, ThinkingBlock, ToolUseBlock
 from ..telemetry.context import current_conversation
 from ..tokens import counter, estimate_text
 from ..usage import Usage
-from .base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
+from .base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta, ThinkingDelta
 
 _CHUNK = re.compile(r"\S+\s*|\s+")
 
@@ -41,6 +41,16 @@ def tool_call(name: str, input: dict[str, Any] | None = None, id: str | None = N
 
 #: How many requests an offline model keeps by default (the most recent ones).
 KEEP_REQUESTS = 100
+
+
+def _thinking_deltas(response: ModelResponse) -> Iterator[ThinkingDelta]:
+    """A response's thinking blocks as a provider streams them: word-sized thinking deltas,
+    then the block's signature."""
+    for block in response.content:
+        if isinstance(block, ThinkingBlock):
+            yield from (ThinkingDelta(thinking=p) for p in _chunks(block.thinking))
+            if block.signature:
+                yield ThinkingDelta(thinking="", signature=block.signature)
 
 
 class _RecordingModel(Model):
@@ -94,6 +104,7 @@ class _RecordingModel(Model):
 
     def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
         response = self.request(request)
+        yield from _thinking_deltas(response)
         for piece in _chunks(response.text):
             if self.delay:
                 time.sleep(self.delay)
@@ -115,6 +126,8 @@ class _RecordingModel(Model):
                 yield event
             return
         response = await self.arequest(request)
+        for event in _thinking_deltas(response):
+            yield event
         for piece in _chunks(response.text):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -146,6 +159,7 @@ class _RecordingModel(Model):
     def _response(self, request: ModelRequest, content: list[ContentBlock],
                   input_tokens: int | None = None) -> ModelResponse:
         text = "".join(b.text for b in content if isinstance(b, TextBlock))
+        text += "".join(b.thinking for b in content if isinstance(b, ThinkingBlock))
         has_tools = any(isinstance(b, ToolUseBlock) for b in content)
         return ModelResponse(
             content=content,
@@ -223,7 +237,12 @@ class EchoModel(_RecordingModel):
         if self.words > len(text.split()):
             filler = _FILLER * (self.words // len(_FILLER) + 1)
             text += " " + " ".join(filler[: self.words - len(text.split())])
-        return self._response(request, [TextBlock(text=text)], input_tokens=tokens)
+        content: list[ContentBlock] = [TextBlock(text=text)]
+        if request.thinking:  # a stand-in for extended thinking, so it can be tried offline
+            content.insert(0, ThinkingBlock(
+                thinking=f"The user wrote {last_user!r}; I may think for up to "
+                f"{request.thinking} tokens.", signature="echo"))
+        return self._response(request, content, input_tokens=tokens)
 
 
 _FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()

@@ -3,7 +3,7 @@
 One adapter covers OpenAI itself and the OpenAI-compatible local servers (Ollama, vLLM,
 llama.cpp): they differ only in base URL, key and a few request fields, so they are
 configuration of this class rather than code of their own. Conversations stay in colloquy's
-Anthropic shape and are converted at this edge by :func:`~colloquy.messages.to_openai_messages`;
+Anthropic shape and are converted at this edge by :func:`~colloquy.openai_shape.openai_messages`;
 answers are converted back into colloquy blocks, and SDK errors into colloquy's error tree.
 """
 
@@ -28,7 +28,8 @@ from ..errors import (
     OverloadedError,
     RateLimitError,
 )
-from ..messages import ContentBlock, TextBlock, ToolUseBlock, to_openai_messages
+from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..openai_shape import openai_messages
 from ..tokens import estimated_usage
 from ..usage import Usage
 from .base import (Model, ModelRequest, ModelResponse, StopReason, StreamEvent, TextDelta,
@@ -123,58 +124,70 @@ class OpenAIModel(Model):
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _params(self, req: ModelRequest) -> dict[str, Any]:
-        """The chat-completions body for a request (everything but ``stream``)."""
-        params: dict[str, Any] = {
-            "model": self.name,
-            "messages": to_openai_messages(req.system, req.messages),
-        }
-        if req.tools:
-            params["tools"] = [t.to_openai() for t in req.tools]
+    def _params(self, req: ModelRequest) -> tuple[dict[str, Any], list[str]]:
+        """The chat-completions body for a request (everything but ``stream``), and notes on
+        what it could not carry (see :func:`~colloquy.openai_shape.openai_messages`)."""
+        messages, notes = openai_messages(req.system, req.messages)
+        params: dict[str, Any] = {"model": self.name, "messages": messages}
+        tools = [t.to_openai() for t in req.tools if not t.is_server_tool]
+        if len(tools) < len(req.tools):
+            names = ", ".join(t.name for t in req.tools if t.is_server_tool)
+            notes.append(f"server tools not offered to the OpenAI-shaped model: {names}")
+        if tools:
+            params["tools"] = tools
         if req.temperature is not None:
             params["temperature"] = req.temperature
+        if req.thinking:
+            effort = reasoning_effort(self.name, req.thinking)
+            if effort is None:
+                notes.append(f"thinking not asked of {self.name}: it takes no reasoning budget")
+            else:
+                params["reasoning_effort"] = effort
         # OpenAI deprecated max_tokens (reasoning models reject it); compatible servers may
         # only know the old name.
         limit_field = "max_completion_tokens" if self.provider == "openai" else "max_tokens"
         params[limit_field] = req.max_tokens
-        return params
+        return params, notes
 
     def request(self, request: ModelRequest) -> ModelResponse:
         """One non-streamed call, its answer mapped to colloquy blocks."""
+        params, notes = self._params(request)
         try:
-            completion = self._client.chat.completions.create(**self._params(request))
+            completion = self._client.chat.completions.create(**params)
         except openai.OpenAIError as e:
             raise self._map_error(e) from e
-        return self._from_completion(completion, request)
+        return self._from_completion(completion, request, notes)
 
     async def arequest(self, request: ModelRequest) -> ModelResponse:
         """As :meth:`request`, awaited on the event loop with the SDK's async client."""
         client = self._async_client()
         if client is None:
             return await super().arequest(request)
+        params, notes = self._params(request)
         try:
-            completion = await client.chat.completions.create(**self._params(request))
+            completion = await client.chat.completions.create(**params)
         except openai.OpenAIError as e:
             raise self._map_error(e) from e
-        return self._from_completion(completion, request)
+        return self._from_completion(completion, request, notes)
 
-    def _stream_params(self, request: ModelRequest) -> dict[str, Any]:
-        """``include_usage`` makes the server send a final usage-only chunk, without which a
-        streamed reply could not be billed."""
-        return {**self._params(request), "stream": True,
-                "stream_options": {"include_usage": True}}
+    def _stream_params(self, request: ModelRequest) -> tuple[dict[str, Any], list[str]]:
+        """As :meth:`_params`, streamed. ``include_usage`` makes the server send a final
+        usage-only chunk, without which a streamed reply could not be billed."""
+        params, notes = self._params(request)
+        return {**params, "stream": True, "stream_options": {"include_usage": True}}, notes
 
     def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
         """Yield text as it arrives, assembling tool calls from their pieces, then the response."""
         state = _StreamState(self.name)
+        params, notes = self._stream_params(request)
         try:
-            with self._client.chat.completions.create(**self._stream_params(request)) as stream:
+            with self._client.chat.completions.create(**params) as stream:
                 for chunk in stream:
                     for text in state.add(chunk):
                         yield TextDelta(text=text)
         except openai.OpenAIError as e:
             raise self._map_error(e) from e
-        yield self._from_stream(state, request)
+        yield self._from_stream(state, request, notes)
 
     async def astream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """As :meth:`stream`, on the event loop; closing the iterator (or cancelling its task)
@@ -185,19 +198,21 @@ class OpenAIModel(Model):
                 yield event
             return
         state = _StreamState(self.name)
+        params, notes = self._stream_params(request)
         try:
-            stream = await client.chat.completions.create(**self._stream_params(request))
+            stream = await client.chat.completions.create(**params)
             async with stream:
                 async for chunk in stream:
                     for text in state.add(chunk):
                         yield TextDelta(text=text)
         except openai.OpenAIError as e:
             raise self._map_error(e) from e
-        yield self._from_stream(state, request)
+        yield self._from_stream(state, request, notes)
 
     # -- answers (shared by every way of calling: plain, streamed, and any async twin) ------
 
-    def _from_completion(self, completion: Any, request: ModelRequest) -> ModelResponse:
+    def _from_completion(self, completion: Any, request: ModelRequest,
+                         notes: list[str]) -> ModelResponse:
         """A ``chat.completion`` as a :class:`ModelResponse`. Raises EmptyCompletionError."""
         choices = completion.choices or []
         if not choices:
@@ -230,9 +245,10 @@ class OpenAIModel(Model):
         refused = bool(getattr(message, "refusal", None)) and not message.content
         return self._response(request, content, choice.finish_reason, refused,
                               completion.usage, completion.model or self.name, completion.id,
-                              streamed=False)
+                              notes, streamed=False)
 
-    def _from_stream(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
+    def _from_stream(self, state: _StreamState, request: ModelRequest,
+                     notes: list[str]) -> ModelResponse:
         """The response assembled from a whole stream. Raises EmptyCompletionError."""
         content: list[ContentBlock] = []
         text = "".join(state.text_parts) or "".join(state.refusal_parts)
@@ -249,11 +265,11 @@ class OpenAIModel(Model):
             )
         refused = bool(state.refusal_parts) and not state.text_parts
         return self._response(request, content, state.finish_reason, refused, state.usage,
-                              state.model, state.response_id, streamed=True)
+                              state.model, state.response_id, notes, streamed=True)
 
     def _response(self, request: ModelRequest, content: list[ContentBlock],
                   finish_reason: str | None, refused: bool, usage: Any, model: str,
-                  response_id: str | None, *, streamed: bool) -> ModelResponse:
+                  response_id: str | None, notes: list[str], *, streamed: bool) -> ModelResponse:
         self._check_not_empty(content, finish_reason, streamed=streamed)
         return ModelResponse(
             content=content,
@@ -263,6 +279,7 @@ class OpenAIModel(Model):
                 request.system, request.messages, request.tools, content),
             model=model,
             id=response_id,
+            notes=notes,
         )
 
     def _check_not_empty(self, content: list[ContentBlock], finish_reason: str | None,
@@ -322,6 +339,19 @@ class OpenAIModel(Model):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+#: OpenAI's reasoning models, which take ``reasoning_effort`` (not a token budget).
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def reasoning_effort(model: str, budget: int) -> str | None:
+    """A thinking budget (tokens) as OpenAI's ``reasoning_effort`` for its reasoning models
+    (under 4,096 tokens "low", under 16,384 "medium", else "high"); None for other models,
+    which take no such option."""
+    if not model.startswith(_REASONING_PREFIXES):
+        return None
+    return "low" if budget < 4_096 else "medium" if budget < 16_384 else "high"
 
 
 def _fresh_call_id() -> str:

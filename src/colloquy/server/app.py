@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -25,10 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..branches import Revision, superseded_by
-from ..chat import side_calls_of
+from ..costs import side_calls_of
 from ..context.seen import SeenContext
 from ..errors import ColloquyError
-from ..models import Model
+from ..models import Model, ThinkingDelta
 from ..store import Store, open_store
 from ..store.users import User, UserStore, authenticate
 from . import errors as E
@@ -83,8 +83,9 @@ TURN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 SSE_DOC = (
     "With `stream: true` the answer is `text/event-stream`: `event: delta` with data "
-    '`{"text": ...}` for each piece, then `event: done` with the reply JSON (usage, cost), or '
-    '`event: error` with `{"error": {"type", "message"}}`.'
+    '`{"text": ...}` for each piece (with thinking on, `event: thinking` with `{"text": ...}` '
+    "pieces of the model's thinking come first), then `event: done` with the reply JSON "
+    '(usage, cost, content blocks), or `event: error` with `{"error": {"type", "message"}}`.'
 )
 
 
@@ -258,12 +259,16 @@ def create_app(
 
     async def current_user(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        x_api_key: Annotated[str | None, Header(
+            alias="x-api-key", include_in_schema=False)] = None,
     ) -> User:
         # On the service's own pool (loop.run_in_executor), not as a sync dependency on
         # anyio's, whose trip costs more CPU per request (bench/load.py's profile, issue 16).
-        if creds is None:
+        # The anthropic SDK sends its api_key as x-api-key: the same token, another header.
+        token = creds.credentials if creds is not None else x_api_key
+        if not token:
             raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        return await service.run(user_for, creds.credentials)
+        return await service.run(user_for, token)
 
     CurrentUser = Annotated[User, Depends(current_user)]
     # Routes are added to the app itself (no sub-routers), so app.routes lists every one of
@@ -311,14 +316,15 @@ def create_app(
 
     async def answer(conversation_id: str, content: str | None, key: str | None, stream: bool,
                      user: User, request: Request, response: Response,
-                     revise: Revision | None = None) -> Any:
-        """A turn for one of the turn routes: JSON, or server-sent events with ``stream``."""
+                     revise: Revision | None = None, thinking: int | None = None) -> Any:
+        """A turn for one of the turn routes: JSON, or server-sent events with ``stream``;
+        ``thinking``: the request's own thinking budget (Chat.send's)."""
         ticket = service.inflight.admit()  # 503 at once past the limit
         if not stream:
             with ticket:
                 reply, replayed = await cancel_on_disconnect(
                     request.receive, service.send_named(user, conversation_id, content, key,
-                                                        revise=revise))
+                                                        revise=revise, thinking=thinking))
             if replayed:
                 response.headers["Idempotent-Replayed"] = "true"
             return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
@@ -331,9 +337,13 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             # A disconnect cancels this body (Starlette), which stops the turn (colloquy.effects).
             try:
-                async for event in service.stream(chat, content, key, revise=revise):
+                async for event in service.stream(chat, content, key, revise=revise,
+                                                  thinking=thinking):
                     if isinstance(event, str):
                         yield sse_delta(event)
+                    elif isinstance(event, ThinkingDelta):
+                        if event.thinking:  # (a signature is no text to show)
+                            yield sse("thinking", {"text": event.thinking})
                     else:
                         reply, replayed = event
                         yield sse("done", ReplyOut.of(reply, replayed=replayed,
@@ -363,7 +373,7 @@ def create_app(
                            idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         return await answer(conversation_id, body.content, key, body.stream, user, request,
-                            response)
+                            response, thinking=body.thinking)
 
     @api.post("/conversations/{conversation_id}/edit", response_model=ReplyOut,
               responses=TURN_RESPONSES, summary="replace the newest user message and answer it",
@@ -375,7 +385,7 @@ def create_app(
                         idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         return await answer(conversation_id, body.content, key, body.stream, user, request,
-                            response, revise="edit")
+                            response, revise="edit", thinking=body.thinking)
 
     @api.post("/conversations/{conversation_id}/regenerate", response_model=ReplyOut,
               responses=TURN_RESPONSES, summary="answer the newest user message again",
@@ -387,7 +397,7 @@ def create_app(
                          idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         return await answer(conversation_id, None, key, body.stream, user, request, response,
-                            revise="regenerate")
+                            revise="regenerate", thinking=body.thinking)
 
     @api.get("/conversations/{conversation_id}/messages/{seq}/context",
              response_model=SeenContext, responses={404: {
@@ -447,6 +457,10 @@ def create_app(
 
     add_openai_routes(_Routes(app, prefix="/v1", responses=AUTH_ERRORS, tags=["openai-compatible"]),
                       service, current_user, redactor)
+    from .anthropic_compat import add_anthropic_routes
+
+    add_anthropic_routes(_Routes(app, prefix="/v1", responses=AUTH_ERRORS,
+                                 tags=["anthropic-compatible"]), service, current_user, redactor)
 
     if settings.metrics or settings.metrics_token:
         metrics()  # this process's series, subscribed to colloquy's telemetry
@@ -508,8 +522,15 @@ def _log_error(error: BaseException, redactor: E.Redactor) -> None:
 
 
 def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
+    def answer(request: Request, status: int, kind: str, message: str, *,
+               param: str | None = None, details: list[dict[str, Any]] | None = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+        flavour = E.error_flavour(request.url.path, request.headers)
+        return JSONResponse(E.error_body(flavour, status, kind, message, param, details),
+                            status_code=status, headers=headers)
+
     async def colloquy_error(request: Request, exc: Exception) -> JSONResponse:
-        status, _ = E.status_for(exc)
+        status, kind = E.status_for(exc)
         _log_error(exc, redactor)
         headers: dict[str, str] = {}
         wait = E.retry_after(exc)
@@ -517,7 +538,8 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
             headers["Retry-After"] = str(wait)
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(error_json(exc, redactor), status_code=status, headers=headers)
+        return answer(request, status, kind, redactor(str(exc)),
+                      param=getattr(exc, "param", None), headers=headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -525,8 +547,11 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
                    for e in exc.errors()]
         message = "; ".join(
             f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details) or "invalid request"
-        return JSONResponse({"error": {"type": "invalid_request", "message": redactor(message),
-                                       "details": details}}, status_code=422)
+        # The compatible APIs answer a malformed request with 400 (their SDKs' BadRequestError).
+        native = E.error_flavour(request.url.path, request.headers) == "native"
+        param = ".".join(str(p) for p in details[0]["loc"][1:]) if details else None
+        return answer(request, 422 if native else 400, "invalid_request", redactor(message),
+                      param=param or None, details=details)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -538,14 +563,12 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
             headers["Allow"] = ", ".join(sorted({
                 m for r in request.app.routes if isinstance(r, APIRoute)
                 and r.path_regex.match(request.url.path) for m in (r.methods or ())}))
-        return JSONResponse({"error": {"type": kind, "message": str(exc.detail)}},
-                            status_code=exc.status_code, headers=headers)
+        return answer(request, exc.status_code, kind, str(exc.detail), headers=headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s: %s", request.method, request.url.path,
                   redactor(f"{type(exc).__name__}: {exc}"))
-        return JSONResponse({"error": {"type": "server_error", "message": "internal error"}},
-                            status_code=500)
+        return answer(request, 500, "server_error", "internal error")
 
     app.add_exception_handler(ColloquyError, colloquy_error)
     app.add_exception_handler(RequestValidationError, validation_error)

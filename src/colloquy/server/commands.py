@@ -119,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "db": db, "model": args.model, "system": args.system or "",
         "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
         "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
-        "threads": args.threads, "max_inflight": args.max_inflight,
+        "threads": args.threads, "max_inflight": args.max_inflight, "thinking": args.thinking,
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
         "policy": args.policy, "policy_config": args.policy_config,
         "extract_facts": args.extract_facts, "memory_model": args.memory_model,
@@ -223,7 +223,7 @@ def app_from_env() -> Any:
         "policy": policy,
         "extract_facts": extraction,
     }
-    for key in ("max_message_chars", "max_body_bytes", "threads", "max_inflight"):
+    for key in ("max_message_chars", "max_body_bytes", "threads", "max_inflight", "thinking"):
         if raw.get(key):
             options[key] = int(raw[key])
     mode = raw.get("metrics", "off")
@@ -264,6 +264,8 @@ def add_serve_command(
     add_policy: Any,
     add_guards: Any,
 ) -> None:
+    from ..cli import thinking_budget
+
     p = sub.add_parser("serve", help="run the HTTP API and the web chat page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -271,6 +273,9 @@ def add_serve_command(
     p.add_argument("--allow-model", action="append", metavar="M",
                    help="another model conversations may choose (repeatable)")
     p.add_argument("--system", metavar="TEXT", help="persona of conversations created without one")
+    p.add_argument("--thinking", type=thinking_budget, metavar="N",
+                   help="extended thinking for every turn, with a budget of N tokens (a request "
+                   "may ask for its own, or 0 for none)")
     add_policy(p)  # also --policy NAME, --policy-config FILE, --extract-facts, --memory-model
     add_guards(p)  # --guard SPEC, --guards FILE, --guard-model M: as for colloquy chat
     p.add_argument("--workers", type=int, default=1, metavar="N",

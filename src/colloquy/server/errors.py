@@ -1,9 +1,12 @@
 """How the service reports errors: one table from colloquy's exception tree to HTTP statuses,
 and the redaction that keeps secrets out of every response and log line.
 
-Every error body has one shape, which is also what OpenAI clients parse::
+Every error body of colloquy's own routes has one shape::
 
     {"error": {"type": "not_found", "message": "no conversation with id 'c_1'"}}
+
+The compatible routes answer in their API's own shape instead (:func:`error_body`), so that the
+``openai`` and ``anthropic`` SDKs raise their usual exceptions with the right fields.
 
 Why one table: the library raises meaningful errors (a missing conversation, a provider rate
 limit, a conflict); translating them in one place keeps statuses consistent across routes and
@@ -70,7 +73,22 @@ class PayloadTooLarge(ServiceError):
 
 
 class InvalidRequest(ServiceError):
-    """A request the service understands but refuses (a bad combination of fields)."""
+    """A request the service understands but refuses (a bad combination of fields); ``param``
+    names the field at fault when there is one (OpenAI's ``error.param``)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(NotFound):
+    """A request names a model this server does not offer (OpenAI's ``model_not_found``):
+    answering with another model instead would be a silent substitution."""
+
+    def __init__(self, name: str, offered: Iterable[str]) -> None:
+        super().__init__(f"the model {name!r} does not exist on this server; "
+                         f"it offers {sorted(offered)}")
+        self.param = "model"
 
 
 class Busy(ServiceError):
@@ -96,6 +114,7 @@ class ClientDisconnected(ServiceError):
 #: the caller's: 502/503/504, with Retry-After where the provider gave one.
 STATUS: dict[type[BaseException], tuple[int, str]] = {
     NotAuthenticated: (401, "unauthenticated"),
+    ModelNotFound: (404, "model_not_found"),
     NotFound: (404, "not_found"),
     ConversationNotFound: (404, "not_found"),
     FactNotFound: (404, "not_found"),
@@ -143,6 +162,51 @@ def retry_after(error: BaseException) -> int | None:
                           or (isinstance(error, ModelError) and error.retryable)):
         value = 1.0
     return None if value is None else max(1, math.ceil(value))
+
+
+# -- the compatible routes' own error shapes -----------------------------------------------------
+
+#: An error's ``type`` on the OpenAI-compatible routes, by HTTP status (OpenAI's error object:
+#: ``{"error": {"message", "type", "param", "code"}}``; colloquy's own kind goes in ``code``).
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                429: "rate_limit_error"}
+#: An error's ``type`` on the Anthropic-compatible routes, by HTTP status (the Messages API's
+#: ``{"type": "error", "error": {"type", "message"}}``; docs.anthropic.com, "Errors").
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                   429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def error_flavour(path: str, headers: Mapping[str, str]) -> str:
+    """Which shape an error on ``path`` takes: ``"openai"`` on /v1/chat/completions and
+    /v1/models, ``"anthropic"`` on /v1/messages (and /v1/models asked with the
+    ``anthropic-version`` header the Anthropic SDK sends), else colloquy's own (``"native"``)."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith("/v1/models"):
+        return "anthropic" if "anthropic-version" in headers else "openai"
+    if path == "/v1/chat/completions":
+        return "openai"
+    return "native"
+
+
+def error_body(flavour: str, status: int, kind: str, message: str,
+               param: str | None = None, details: list[dict[str, object]] | None = None
+               ) -> dict[str, object]:
+    """The error body in the flavour's shape (see :func:`error_flavour`)."""
+    if flavour == "openai":
+        kind_of = OPENAI_TYPES.get(status) or ("server_error" if status >= 500
+                                               else "invalid_request_error")
+        code = "invalid_api_key" if status == 401 else kind
+        return {"error": {"message": message, "type": kind_of, "param": param, "code": code}}
+    if flavour == "anthropic":
+        kind_of = ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500
+                                                  else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind_of, "message": message}}
+    body: dict[str, object] = {"type": kind, "message": message}
+    if details is not None:
+        body["details"] = details
+    return {"error": body}
 
 
 # -- secrets -------------------------------------------------------------------------------------

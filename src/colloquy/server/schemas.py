@@ -7,11 +7,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import Header
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..branches import REVISION
-from ..chat import Reply, SideCost
+from ..chat import Reply
+from ..costs import SideCost
 from ..context.seen import CONTEXT
+from ..context.thinking import check_budget
 from ..guards.base import BLOCKED
 from ..memory.records import Fact
 from ..messages import StoredMessage
@@ -36,6 +38,17 @@ class _Clean(BaseModel):
     @classmethod
     def _text_rules(cls, data: Any) -> Any:
         return clean_json(data)
+
+
+def _budget(value: int | None) -> int | None:
+    if value is not None and value != 0:
+        check_budget(value)
+    return value
+
+
+ThinkingBudget = Annotated[int | None, Field(
+    None, ge=0, le=200_000, description="extended thinking for this turn: a budget in tokens "
+    "(at least 1024), or 0 for none (default: the server's)"), AfterValidator(_budget)]
 
 
 class _Body(_Clean):
@@ -86,6 +99,7 @@ class MessageCreate(_Body):
         description="a retried request with the same key is answered once; the same key with "
         "another message is refused (422). The Idempotency-Key header works too.",
     )
+    thinking: ThinkingBudget = None
 
 
 class RegenerateCreate(_Body):
@@ -94,6 +108,7 @@ class RegenerateCreate(_Body):
         None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$",
         description="a retried request with the same key is answered once",
     )
+    thinking: ThinkingBudget = None
 
 
 class ConversationOut(BaseModel):
@@ -165,6 +180,8 @@ class ReplyOut(BaseModel):
     conversation_id: str
     seq: int
     text: str
+    #: The reply's content blocks in the Anthropic shape (thinking, citations, server tools).
+    content: list[dict[str, Any]] = Field(default_factory=list)
     model: str
     usage: Usage
     cost_usd: float | None
@@ -182,6 +199,7 @@ class ReplyOut(BaseModel):
     def of(cls, r: Reply, replayed: bool = False, *, name: str) -> ReplyOut:
         """``name``: the conversation's name, as the caller addressed it."""
         return cls(conversation_id=name, seq=r.seq, text=r.text, model=r.model,
+                   content=[b.model_dump(mode="json", exclude_none=True) for b in r.message.content],
                    usage=r.usage, cost_usd=r.cost_usd, stop_reason=r.stop_reason,
                    rounds=r.rounds, notes=r.notes, replayed=replayed, blocked=r.blocked,
                    guards=r.guards)
@@ -261,9 +279,10 @@ class OAStreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(_Clean):
-    """The OpenAI chat-completions request. Only the last user message is new to colloquy; the
-    history comes from the stored conversation named by ``X-Colloquy-Conversation``, ``user``
-    or ``metadata.conversation_id``. Unknown sampling fields are accepted and ignored."""
+    """The OpenAI chat-completions request. Only the trailing user message (or tool results)
+    is new to colloquy; the history comes from the stored conversation named by
+    ``X-Colloquy-Conversation``, ``user`` or ``metadata.conversation_id`` (or found by the
+    replayed history). Unknown sampling fields are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
@@ -276,3 +295,6 @@ class ChatCompletionRequest(_Clean):
     max_tokens: int | None = Field(None, ge=1, le=200_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=200_000)
     tools: list[dict[str, Any]] | None = None
+    n: int | None = Field(None, ge=1, description="1 only (more is refused with a 400)")
+    #: colloquy's extension: extended thinking for this turn (a budget in tokens, 0: none).
+    thinking: ThinkingBudget = None

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -34,26 +36,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ..branches import Revision, last_turn
-from ..chat import Chat, Reply
+from ..chat import Chat, Reply, UserInput
 from ..context.seen import SeenContext, seen
 from ..context.base import ContextPolicy
 from ..effects import Turn, arun
 from ..memory.extract import FactExtraction
 from ..memory.records import Fact
 from ..errors import ConfigError, ConversationNotFound, StoreError
-from ..messages import StoredMessage
-from ..models import Model, get_model, model_spec
+from ..messages import Message, StoredMessage, TextBlock
+from ..models import Model, ThinkingDelta, ToolSpec, get_model, model_spec
 from ..rights import DeleteReport, delete_user, export_user
-from ..store import Conversation, Store, new_id
+from ..store import Conversation, MemoryStore, NewMessage, Store, new_id
 from ..store.base import conversation_names, register_cache
 from ..store.memory_records import FactNotFound
 from ..store.owner import Owner
 from ..store.users import User
 from ..text import clean, require_text
-from .errors import InvalidRequest, PayloadTooLarge, Redactor
+from ..turn_options import TurnOptions
+from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, Redactor
 from ..usage import Usage
 from .coalesce import coalesced
-from .inflight import InFlight, default_max_inflight
+from .inflight import InFlight, Ticket, default_max_inflight
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
 from .steps import StepPool
@@ -82,6 +85,9 @@ class ServerSettings:
     #: Fact extraction after turns (colloquy.memory); None: off.
     extract_facts: FactExtraction | None = None
     max_tokens: int = 1024
+    #: Extended thinking for every turn: a budget in tokens (None: off); a request may ask for
+    #: its own (0: none).
+    thinking: int | None = None
     #: Input/output guards for every turn (colloquy.guards); a blocked turn is answered with
     #: the guard's message and ``blocked: true``.
     guards: Sequence[Any] = ()
@@ -236,7 +242,7 @@ class ChatService:
             model, store=self.store, session_id=conv.id, user_id=user.id,
             policy=self.policy, max_tokens=self.settings.max_tokens,
             extract_facts=self.settings.extract_facts, guards=self.settings.guards,
-            executor=self.executor, create_missing=False,
+            executor=self.executor, create_missing=False, thinking=self.settings.thinking,
         )
         with self._chats_lock:
             self._chats[conv.id] = chat
@@ -248,7 +254,7 @@ class ChatService:
                 held -= len(dropped._log)
         return chat
 
-    async def turn_chat(self, user: User, name: str, content: str | None, key: str | None,
+    async def turn_chat(self, user: User, name: str, content: UserInput | None, key: str | None,
                         revise: Revision | None = None) -> Chat:
         """What every turn route calls before its turn: the message's size, the caller's
         conversation, the idempotency key (a key already used with another message is refused
@@ -256,10 +262,10 @@ class ChatService:
         there is a turn to revise (409 now rather than an error event in the stream).
         ``content`` is None for a regeneration."""
         if content is not None:
-            self.check_content(content)
+            self.check_message(content)
         return await self.run(self.prepare_turn, user, name, content, key, revise)
 
-    def prepare_turn(self, user: User, name: str, content: str | None, key: str | None,
+    def prepare_turn(self, user: User, name: str, content: UserInput | None, key: str | None,
                      revise: Revision | None = None) -> Chat:
         """:meth:`turn_chat`'s work once the caller is known (blocking: store reads)."""
         chat = self.chat(user, name)
@@ -274,6 +280,21 @@ class ChatService:
         with self._chats_lock:
             for cid in ids:
                 self._chats.pop(cid, None)
+
+    def check_message(self, content: UserInput) -> None:
+        """A turn's new message: not empty, and its text within ``max_message_chars`` (a
+        message of blocks counts the text of its text blocks; tool results and images are
+        bounded by the request's size)."""
+        if isinstance(content, str):
+            self.check_content(content)
+            return
+        blocks = content.content if isinstance(content, Message) else list(content)
+        if not blocks:
+            raise InvalidRequest("the message is empty")
+        texts = [b.text for b in blocks if isinstance(b, TextBlock)]
+        # Text alone must say something; beside an image or a tool result it may be blank.
+        self.check_content("\n\n".join(texts) if len(texts) == len(blocks) else "\n\n".join(
+            texts) or "-")
 
     def check_content(self, content: str) -> str:
         content = require_text(content, "the message")  # the text rules, before the size
@@ -307,19 +328,21 @@ class ChatService:
 
     async def send_named(self, user: User, name: str, content: str | None,
                          key: str | None = None, *, revise: Revision | None = None,
-                         ) -> tuple[Reply, bool]:
+                         thinking: int | None = None) -> tuple[Reply, bool]:
         """:meth:`turn_chat` then :meth:`send`, with the caller's conversation resolved (and
         the idempotency key checked) in the turn's first step on the pool rather than in a trip
         of its own: a JSON turn makes three trips to a thread, not four (issue 16's CPU per
         turn). Raises what they raise. Turns are queued here by (user, name), which names one
         conversation; a turn on the same conversation queued by id (a stream) waits for the
-        store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`."""
+        store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`;
+        ``thinking``: Chat.send's, this turn only."""
         if content is not None:
             self.check_content(content)
+        options = TurnOptions.of(thinking=thinking)
 
         def turn() -> Turn:  # its first step runs on the pool: store reads may wait there
             chat = self.prepare_turn(user, name, content, key, revise)
-            return (yield from chat._turn(content, False, key, revise=revise))
+            return (yield from chat._turn(content, False, key, options, revise))
 
         async with self._turn((user.id, name)):
             async for event in arun(turn(), self.executor):
@@ -327,31 +350,36 @@ class ChatService:
                     return event, _replayed(event)
         raise AssertionError("a turn ends with its Reply")  # pragma: no cover
 
-    async def send(self, chat: Chat, content: str | None, key: str | None = None, *,
+    async def send(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                    temperature: float | None = None, max_tokens: int | None = None,
+                   thinking: int | None = None, tools: Sequence[ToolSpec] = (),
                    revise: Revision | None = None) -> tuple[Reply, bool]:
         """One turn; returns the reply and whether it was replayed from an earlier request with
         the same idempotency key (Chat stores the key with the message and answers a retry with
-        the stored reply). ``revise``: the turn replaces the newest one (colloquy.branches)."""
+        the stored reply). The options are Chat.send's, for this turn only; ``revise``: the
+        turn replaces the newest one (colloquy.branches)."""
         async with self._turn(chat.session_id):
             reply = await chat.asend(content, idempotency_key=key, temperature=temperature,
-                                     max_tokens=max_tokens, revise=revise)
+                                     max_tokens=max_tokens, thinking=thinking, tools=tools,
+                                     revise=revise)
             return reply, _replayed(reply)
 
-    async def stream(self, chat: Chat, content: str | None, key: str | None = None, *,
+    async def stream(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                      temperature: float | None = None, max_tokens: int | None = None,
-                     revise: Revision | None = None) -> AsyncIterator[str | tuple[Reply, bool]]:
-        """Text deltas, then ``(reply, replayed)``. Deltas that arrive while the previous
-        one is still being sent go out as one (colloquy.server.coalesce)."""
+                     thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+                     revise: Revision | None = None,
+                     ) -> AsyncIterator[str | ThinkingDelta | tuple[Reply, bool]]:
+        """Text deltas (and thinking deltas), then ``(reply, replayed)``. Text deltas that
+        arrive while the previous one is still being sent go out as one
+        (colloquy.server.coalesce)."""
         async with self._turn(chat.session_id):
             async for event in coalesced(chat.astream(
                     content, idempotency_key=key, temperature=temperature,
-                    max_tokens=max_tokens, revise=revise)):
-                if isinstance(event, str):
-                    if event:
-                        yield event
-                else:
+                    max_tokens=max_tokens, thinking=thinking, tools=tools, revise=revise)):
+                if isinstance(event, Reply):
                     yield event, _replayed(event)
+                elif isinstance(event, ThinkingDelta) or (isinstance(event, str) and event):
+                    yield event
 
     def check_revisable(self, chat: Chat) -> None:
         """Raise :class:`NothingToRevise` (409) before a stream starts when the conversation
@@ -408,25 +436,116 @@ class ChatService:
         and erase the bytes (colloquy.rights.delete_user)."""
         return delete_user(self.store, user.id)
 
-    # -- OpenAI-compatible ------------------------------------------------------------------------
+    # -- the compatible routes (OpenAI, Anthropic) -----------------------------------------------
 
-    def conversation_for_openai(self, user: User, name: str, system: str | None,
-                                model: str | None) -> Conversation:
-        """The caller's conversation called ``name``, created on first use (with the client's
-        system message as its persona). Another user's conversation of that name is never
-        touched, nor visible: the caller gets one of their own."""
-        if not _CONVERSATION_ID.match(name):
-            raise InvalidRequest(
-                "conversation names are 1-128 characters: letters, digits, '_', '.', ':', '@', '-'"
-            )
-        conv = self.store.find_named(user.id, name)
-        if conv is not None:
-            return conv
+    def offered_model(self, name: str | None) -> str | None:
+        """``name`` when this server offers it (None stays None: the default);
+        :class:`ModelNotFound` otherwise, never a silent answer by another model."""
+        if name is not None and name not in self._models:
+            raise ModelNotFound(name, self._models)
+        return name
+
+    async def client_turn(
+        self, user: User, name: str | None, system: str | None, history: Sequence[Message],
+        new: Message, model: str | None, key: str | None,
+    ) -> tuple[Conversation, Chat, Ticket]:
+        """A compatible route's turn set up: a place among the turns in flight (503 at once
+        past the limit), the conversation (:meth:`conversation_for_client`) and its Chat with
+        the idempotency key checked (:meth:`prepare_turn`), in one trip to a thread."""
+        ticket = self.inflight.admit()
         try:
-            return self.create(user, system=system, model=model if model in self._models
-                               else None, name=name)
-        except StoreError:
-            return self.owned(user, name)  # created meanwhile by another request of the caller
+            def prepare() -> tuple[Conversation, Chat]:
+                conv = self.conversation_for_client(user, name, system, history, new, model)
+                assert conv is not None  # (created when missing)
+                return conv, self.prepare_turn(user, conv.name, new, key)
+
+            conv, chat = await self.run(prepare)
+        except BaseException:
+            ticket.release()
+            raise
+        return conv, chat, ticket
+
+    def conversation_for_client(
+        self, user: User, name: str | None, system: str | None, history: Sequence[Message],
+        new: Message, model: str | None, *, create: bool = True,
+    ) -> Conversation | None:
+        """The conversation a compatible route's request continues (None only with
+        ``create=False``, when there is none yet).
+
+        Named (header, metadata, ``user``): the caller's conversation of that name, created on
+        first use with the client's system message as its persona (another user's conversation
+        of that name is never touched, nor visible).
+
+        Unnamed, for a client that replays its whole history each time (as ``llm`` and most SDK
+        code do): one stored conversation per client conversation. Its name is ``replay-`` and
+        a hash of the persona and the first message (``-2``, ``-3``... for later conversations
+        starting alike). A request whose history holds earlier turns continues the one of those
+        whose last stored reply is the last assistant message it replays; a request with no
+        earlier turn, or whose history matches none (edited, or from elsewhere), starts a new
+        one, seeded with the replayed history so that the model sees it."""
+        if name is not None:
+            if not _CONVERSATION_ID.match(name):
+                raise InvalidRequest("conversation names are 1-128 characters: letters, digits, "
+                                     "'_', '.', ':', '@', '-'")
+            conv = self.store.find_named(user.id, name)
+            if conv is not None or not create:
+                return conv
+            try:
+                return self.create(user, system=system, model=model, name=name)
+            except StoreError:
+                return self.owned(user, name)  # created meanwhile by another request
+        first = history[0] if history else new
+        seed = json.dumps([system or "", first.model_dump(mode="json", exclude_none=True)],
+                          sort_keys=True)
+        base = "replay-" + hashlib.sha256(seed.encode()).hexdigest()[:20]
+        last = next((m for m in reversed(history) if m.role == "assistant"), None)
+        for n in range(1, 10_000):
+            name = base if n == 1 else f"{base}-{n}"
+            conv = self.store.find_named(user.id, name)
+            if conv is None:
+                if not create:
+                    return None
+                try:
+                    conv = self.create(user, system=system, model=model, name=name)
+                except StoreError:
+                    continue  # taken meanwhile by another request of the caller
+                if history:
+                    self.store.append(conv.id, [NewMessage(message=m) for m in history],
+                                      owner=Owner(conversation_id=conv.id,
+                                                  generation=conv.generation))
+                return conv
+            if last is not None and _same_reply(self.chat(user, name).history(), last):
+                return conv
+        raise InvalidRequest("too many conversations start with this message")  # pragma: no cover
+
+    def count_for_client(
+        self, user: User, name: str | None, system: str | None, history: Sequence[Message],
+        new: Message, tools: Sequence[ToolSpec],
+    ) -> int:
+        """Input tokens of the request the turn would send (``count_tokens``): the continued
+        conversation's context with the new message, or, when there is none yet, the client's
+        own history; nothing is stored."""
+        conv = self.conversation_for_client(user, name, system, history, new, None, create=False)
+        if conv is not None:
+            chat = self.chat(user, conv.name)
+        else:
+            chat = Chat(self.default_model, store=MemoryStore(), system=system or self.settings.system,
+                        policy=self.policy, max_tokens=self.settings.max_tokens)
+            if history:
+                chat.store.create_conversation(id=chat.session_id, persona=chat.system,
+                                               model=chat.model.name)
+                chat.store.append(chat.session_id, [NewMessage(message=m) for m in history])
+        request = chat.next_request(new)
+        declared = [t for t in tools if t.name not in {s.name for s in request.tools}]
+        return chat.count_tokens(request.model_copy(update={"tools": [*request.tools, *declared]}))
+
+
+def _same_reply(log: Sequence[StoredMessage], replayed: Message) -> bool:
+    """Whether the log's last assistant message is the one a client replays (its text and tool
+    calls: what the compatible routes returned)."""
+    stored = next((sm.message for sm in reversed(log) if sm.role == "assistant"), None)
+    return stored is not None and stored.text == replayed.text and \
+        [b.id for b in stored.tool_uses] == [b.id for b in replayed.tool_uses]
 
 
 def _resolve_policy(settings: ServerSettings, model: Model) -> ServerSettings:

@@ -1,0 +1,128 @@
+"""Extended thinking in the request: which thinking blocks are replayed, and whether thinking
+can be asked for on this call.
+
+Anthropic's rules (the extended-thinking page, "Preserving thinking blocks" and "Toggling
+thinking modes"; the API answers 400 when they are broken):
+
+* inside a tool loop (the model asked for a tool, the request sends its result back) the
+  thinking and redacted_thinking blocks of the assistant messages of the loop go back complete
+  and unmodified, in their order: they are never edited, cut or marked for caching here;
+* the thinking blocks of earlier, finished turns may be left out (models before Claude Opus
+  4.5 / Sonnet 4.6 strip them anyway, and they are billed as input when sent): colloquy leaves
+  them out, for every provider;
+* with thinking on, the assistant message a tool loop continues must *start* with a thinking
+  block: a loop that began with thinking off (or on another provider) cannot be continued with
+  thinking on, so thinking is turned off for that call, with a note;
+* with thinking off, no thinking block is sent at all (the API refuses one in a final assistant
+  message, and the model cannot use them).
+
+The stored log keeps every block: only the request is shaped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..messages import THINKING_BLOCKS, ContentBlock, Message, StoredMessage
+
+#: Anthropic's smallest thinking budget (``thinking.budget_tokens``).
+MIN_BUDGET = 1024
+
+
+def check_budget(budget: int | None) -> int | None:
+    """``budget`` as a thinking budget: None or 0 (off), else at least :data:`MIN_BUDGET`
+    tokens; :class:`ValueError` otherwise (the API's own lower bound)."""
+    if not budget:
+        return None
+    if budget < MIN_BUDGET:
+        raise ValueError(f"a thinking budget is at least {MIN_BUDGET} tokens, not {budget}")
+    return int(budget)
+
+
+def _loop_start(messages: Sequence[Message]) -> int:
+    """Index of the message that starts the current turn (its user message with the user's
+    own words): the messages from there on are the turn's tool loop."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].starts_turn:
+            return i
+    return 0
+
+
+def _without_thinking(m: Message) -> Message | None:
+    kept: list[ContentBlock] = [b for b in m.content if not isinstance(b, THINKING_BLOCKS)]
+    if len(kept) == len(m.content):
+        return m
+    return Message(role=m.role, content=kept) if kept else None
+
+
+def _strip(messages: Sequence[Message], sources: Sequence[list[int]]
+           ) -> tuple[list[Message], list[list[int]]]:
+    out: list[Message] = []
+    out_sources: list[list[int]] = []
+    for m, s in zip(messages, sources):
+        kept = _without_thinking(m) if m.role == "assistant" else m
+        if kept is not None:
+            out.append(kept)
+            out_sources.append(list(s))
+    return out, out_sources
+
+
+_MEMO: dict[int, tuple[StoredMessage, StoredMessage | None]] = {}
+_MEMO_MAX = 8_192
+
+
+def finished_turns_without_thinking(history: Sequence[StoredMessage]) -> list[StoredMessage]:
+    """The log as context policies see it: thinking blocks left out of the turns before the
+    current one (they are not sent, so they must not take a policy's budget or reach a
+    summary). A stored reply is stripped once (memoised by identity, like token estimates):
+    the engine hands the same objects every turn. An assistant message that held only thinking
+    (a reply cut off while thinking) is left out."""
+    start = next((i for i in range(len(history) - 1, -1, -1)
+                  if history[i].message.starts_turn), 0)
+    out: list[StoredMessage] = []
+    for i, sm in enumerate(history):
+        if i >= start or sm.role != "assistant" or not any(
+                isinstance(b, THINKING_BLOCKS) for b in sm.message.content):
+            out.append(sm)
+            continue
+        hit = _MEMO.get(id(sm))
+        if hit is None or hit[0] is not sm:
+            stripped = _without_thinking(sm.message)
+            hit = (sm, None if stripped is None else sm.model_copy(update={"message": stripped}))
+            if len(_MEMO) >= _MEMO_MAX:
+                _MEMO.clear()
+            _MEMO[id(sm)] = hit
+        if hit[1] is not None:
+            out.append(hit[1])
+    return out
+
+
+def replay_thinking(
+    messages: Sequence[Message], budget: int | None, sources: Sequence[list[int]] | None = None,
+) -> tuple[list[Message], list[list[int]], int | None, list[str]]:
+    """Apply the rules above to a context's messages.
+
+    Returns the messages to send, their source sequence numbers (parallel to ``sources``), the
+    thinking budget this call may use (``budget`` or None) and notes. An assistant message left
+    with nothing is dropped with its sources; the caller's repair step then merges what that
+    leaves adjacent.
+    """
+    srcs = [list(s) for s in sources] if sources is not None else [[] for _ in messages]
+    start = _loop_start(messages)
+    notes: list[str] = []
+    if budget:
+        last = next((m for m in reversed(messages[start:]) if m.role == "assistant"), None)
+        if last is not None and last.content and not isinstance(last.content[0], THINKING_BLOCKS):
+            budget = None
+            notes.append("thinking off for this call: the tool loop it continues began without "
+                         "thinking (the API needs that loop's thinking block first)")
+    if not any(isinstance(b, THINKING_BLOCKS) for m in messages if m.role == "assistant"
+               for b in m.content):
+        return list(messages), srcs, budget, notes
+    if not budget:
+        start = len(messages)  # thinking off: no thinking block is sent at all
+    head, head_srcs = _strip(messages[:start], srcs[:start])
+    return [*head, *messages[start:]], [*head_srcs, *srcs[start:]], budget, notes
+
+
+__all__ = ["MIN_BUDGET", "check_budget", "finished_turns_without_thinking", "replay_thinking"]

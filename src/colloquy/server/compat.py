@@ -1,0 +1,51 @@
+"""What the two compatible routes (OpenAI's chat completions, Anthropic's Messages) share.
+
+Clients of both APIs send the whole conversation every time. colloquy owns the conversation
+instead, so a request is split here into the history the client *replays* and the *new* user
+message of this turn: only the new message is stored and answered; the history serves to find
+the conversation when the client names none (``ChatService.conversation_by_history``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import Header
+
+from ..messages import ContentBlock, Message, ToolResultBlock
+from .errors import InvalidRequest
+from .schemas import ErrorBody
+
+#: The request header naming the conversation on both compatible routes (and answered back).
+CONVERSATION_HEADER = "X-Colloquy-Conversation"
+ConversationHeader = Annotated[str | None, Header(
+    alias=CONVERSATION_HEADER, max_length=128,
+    description="the conversation's name (created on first use); none: found by the history")]
+
+
+def turn_responses(answer: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a compatible turn route; ``answer`` describes its 200."""
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody} for status in (400, 404, 409, 422, 502, 503)}
+    return {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                  "description": answer}, **errors}
+
+
+def split_turn(messages: Sequence[Message]) -> tuple[list[Message], Message]:
+    """(the replayed history, the new user message): the user messages after the last
+    assistant message, joined into one message, tool results first (both APIs want a tool
+    result right after the call it answers). :class:`InvalidRequest` when the request does
+    not end with the user's turn (a prefilled assistant message is not stored by colloquy)."""
+    start = len(messages)
+    while start > 0 and messages[start - 1].role == "user":
+        start -= 1
+    if start == len(messages):
+        raise InvalidRequest("the last message must be the user's new message (or the results "
+                             "of the tool calls the model asked for)", param="messages")
+    blocks: list[ContentBlock] = [b for m in messages[start:] for b in m.content]
+    blocks.sort(key=lambda b: not isinstance(b, ToolResultBlock))  # stable: order kept
+    return list(messages[:start]), Message(role="user", content=blocks)
+
+
+__all__ = ["CONVERSATION_HEADER", "ConversationHeader", "split_turn", "turn_responses"]
