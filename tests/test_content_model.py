@@ -8,6 +8,7 @@ cross."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from colloquy import Chat, MemoryStore, export_user, import_user
+from colloquy import Chat, MemoryStore, Reply, export_user, import_user
 from colloquy.messages import (
     DocumentBlock,
     ImageBlock,
@@ -239,22 +240,36 @@ def claude(fake: FakeAnthropic) -> AnthropicModel:
                           max_retries=0)
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["request", "stream"])
+def turn(chat: Chat, how: str, content: str, **options: Any) -> tuple[list[Any], Reply]:
+    """One turn by ``how``: the sync API (send, stream) or the async one (asend, astream: the
+    async driver and the SDK's async client), as (the streamed events, the reply)."""
+    if how == "send":
+        return [], chat.send(content, **options)
+    if how == "stream":
+        events = list(chat.stream(content, **options))
+    elif how == "asend":
+        return [], asyncio.run(chat.asend(content, **options))
+    else:
+        async def collect() -> list[Any]:
+            return [e async for e in chat.astream(content, **options)]
+
+        events = asyncio.run(collect())
+    assert isinstance(events[-1], Reply)
+    return events[:-1], events[-1]
+
+
+@pytest.mark.parametrize("how", ["send", "stream", "asend", "astream"])
 def test_a_reply_with_every_kind_of_block_is_stored_whole_and_replayed_byte_for_byte(
-    fake: FakeAnthropic, streaming: bool
+    fake: FakeAnthropic, how: str
 ) -> None:
     blocks = [thinking("Let me search."), redacted_thinking("r9"),
               server_tool_use("srvtoolu_1", "web_search", {"query": "oslo"}),
               web_search_result("srvtoolu_1", ("https://x.example", "Weather")),
               cited_text("Oslo is cold.", char_location("Oslo is cold")),
               {"type": "future_block", "payload": {"a": [1, 2]}}]
-    fake.enqueue(stream(*blocks) if streaming else message(*blocks), message(text("ok")))
+    fake.enqueue(stream(*blocks) if "stream" in how else message(*blocks), message(text("ok")))
     chat = Chat(claude(fake), store=MemoryStore(), title_model=False, thinking=2048)
-    if streaming:
-        events = list(chat.stream("weather in Oslo?"))
-        reply = events[-1]
-    else:
-        reply = chat.send("weather in Oslo?")
+    _, reply = turn(chat, how, "weather in Oslo?")
     stored = chat.history()[-1].message
     assert stored.to_anthropic()["content"] == blocks
     assert reply.message.to_anthropic()["content"] == blocks
@@ -337,14 +352,16 @@ def test_a_loop_that_began_without_thinking_is_continued_without_it(fake: FakeAn
     assert any("thinking off for this call" in n for n in reply.notes)
 
 
-def test_pause_turn_is_continued_and_the_parts_make_one_reply(fake: FakeAnthropic) -> None:
+@pytest.mark.parametrize("how", ["send", "asend"])
+def test_pause_turn_is_continued_and_the_parts_make_one_reply(fake: FakeAnthropic,
+                                                              how: str) -> None:
     search = ToolSpec.from_anthropic({"type": "web_search_20250305", "name": "web_search",
                                       "max_uses": 3})
     part1 = [server_tool_use("srvtoolu_1", "web_search", {"query": "a"}),
              web_search_result("srvtoolu_1", ("https://a.example", "A"))]
     fake.enqueue(message(*part1, stop_reason="pause_turn"), message(text("Found A.")))
     chat = Chat(claude(fake), store=MemoryStore(), title_model=False)
-    reply = chat.send("search a", tools=[search])
+    _, reply = turn(chat, how, "search a", tools=[search])
     assert reply.text == "Found A." and reply.stop_reason == "end_turn"
     assert reply.message.to_anthropic()["content"] == [*part1, text("Found A.")]
     first, second = (r.body for r in fake.requests)
@@ -352,14 +369,22 @@ def test_pause_turn_is_continued_and_the_parts_make_one_reply(fake: FakeAnthropi
     assert second["messages"][-1] == {"role": "assistant", "content": part1}
 
 
-def test_thinking_streams_as_its_own_events_before_the_text(fake: FakeAnthropic) -> None:
-    fake.enqueue(stream(thinking("Pondering the question at length."), text("Answer.")))
+@pytest.mark.parametrize("how", ["stream", "astream"])
+def test_thinking_streams_as_its_own_events_before_the_text(fake: FakeAnthropic,
+                                                            how: str) -> None:
+    block = thinking("Pondering the question at length.")
+    fake.enqueue(stream(block, text("Answer.")))
     from colloquy.models import ThinkingDelta
 
-    events = list(Chat(claude(fake), store=MemoryStore(), title_model=False, thinking=1024).stream("q"))
+    chat = Chat(claude(fake), store=MemoryStore(), title_model=False, thinking=1024)
+    events, reply = turn(chat, how, "q")
+    # The block's signature ends its thinking (a re-streaming route passes it on).
+    assert [e.signature for e in events if isinstance(e, ThinkingDelta) and e.signature] \
+        == [block["signature"]]
+    assert reply.message.to_anthropic()["content"][0] == block
     kinds = ["thinking" if isinstance(e, ThinkingDelta) else "text" if isinstance(e, str)
-             else "reply" for e in events]
-    assert kinds[0] == "thinking" and kinds[-1] == "reply"
+             else "other" for e in events]
+    assert kinds[0] == "thinking" and "other" not in kinds
     assert kinds.index("text") > max(i for i, k in enumerate(kinds) if k == "thinking")
     assert "".join(e.thinking for e in events if isinstance(e, ThinkingDelta)) \
         == "Pondering the question at length."

@@ -36,7 +36,8 @@ def test_the_default_limit_is_sized_by_memory() -> None:
     assert default_max_inflight() >= MIN_DEFAULT
 
 
-@pytest.mark.parametrize("route", ["json", "sse", "openai", "openai-stream"])
+@pytest.mark.parametrize("route", ["json", "sse", "openai", "openai-stream", "anthropic",
+                                   "anthropic-stream"])
 def test_past_the_limit_a_turn_is_refused_at_once_with_retry_after(
         tmp_path: Path, route: str) -> None:
     store = SQLiteStore(tmp_path / "c.db")
@@ -45,10 +46,9 @@ def test_past_the_limit_a_turn_is_refused_at_once_with_retry_after(
                      max_inflight=2)
 
     def send(client: httpx.Client, n: int) -> httpx.Response:
-        if route.startswith("openai"):
-            return client.post("/v1/chat/completions", headers={"X-Colloquy-Conversation": f"c{n}"},
-                               json={"model": "echo", "stream": route == "openai-stream",
-                                     "messages": [{"role": "user", "content": "hi"}]})
+        if route.startswith(("openai", "anthropic")):
+            return client.post(*_compat_request(route, f"c{n}", "echo", route.endswith("stream"),
+                                                "hi"))
         cid = client.post("/v1/conversations", json={}).json()["id"]
         return client.post(f"/v1/conversations/{cid}/messages",
                            json={"content": "hi", "stream": route == "sse"})
@@ -106,21 +106,33 @@ def _last_reply(db: Path, url: str, token: str, cid: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("route", ["json", "sse", "openai", "openai-stream"])
+def _compat_request(route: str, name: str, model: str, stream: bool, text: str
+                    ) -> tuple[str, Any]:
+    """(path, keyword arguments) of a compatible route's turn on the conversation ``name``."""
+    headers = {"X-Colloquy-Conversation": name}
+    messages = [{"role": "user", "content": text}]
+    if route.startswith("openai"):
+        return "/v1/chat/completions", {"headers": headers, "json": {
+            "model": model, "stream": stream, "messages": messages}}
+    return "/v1/messages", {"headers": {**headers, "anthropic-version": "2023-06-01"}, "json": {
+        "model": model, "stream": stream, "max_tokens": 256, "messages": messages}}
+
+
+@pytest.mark.parametrize("route", ["json", "sse", "openai", "openai-stream", "anthropic",
+                                   "anthropic-stream"])
 def test_a_client_that_hangs_up_stops_the_model_call(tmp_path: Path, route: str) -> None:
     db = tmp_path / "c.db"
     token = add_user(db, "ada")
-    streaming = route in ("sse", "openai-stream")
+    streaming = route in ("sse", "openai-stream", "anthropic-stream")
     with FakeAnthropic(api_key=KEY) as fake:
         fake.enqueue(_slow_stream() if streaming else Reply(json={}, delay=30))
         with serve_claude(db, fake) as (url, _):
             client = httpx.Client(base_url=url, headers=bearer(token), timeout=30)
-            if route.startswith("openai"):
+            if route.startswith(("openai", "anthropic")):
                 cid = "conv-1"
-                req = client.build_request(
-                    "POST", "/v1/chat/completions", headers={"X-Colloquy-Conversation": cid},
-                    json={"model": "claude-sonnet-4-6", "stream": streaming,
-                          "messages": [{"role": "user", "content": "tell me"}]})
+                path, kwargs = _compat_request(route, cid, "claude-sonnet-4-6", streaming,
+                                               "tell me")
+                req = client.build_request("POST", path, **kwargs)
             else:
                 cid = client.post("/v1/conversations", json={}).json()["id"]
                 req = client.build_request("POST", f"/v1/conversations/{cid}/messages",
