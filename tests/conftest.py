@@ -55,6 +55,20 @@ def store(store_kind: str, tmp_path: Path) -> Iterator[Store]:
         s.close()
 
 
+@pytest.fixture(autouse=True)
+def _uncalibrated_shared_counter() -> Iterator[None]:
+    """Each test starts with the process-wide token counter as a new process has it: a test
+    whose model (a fake Claude, say) bills other sizes than colloquy estimates calibrates it,
+    and a later test's budgets and cache breakpoints would move with that calibration."""
+    from colloquy.tokens import counter as shared
+
+    saved = dict(shared._factors)
+    shared._factors.clear()
+    yield
+    shared._factors.clear()
+    shared._factors.update(saved)
+
+
 @pytest.fixture
 def counter() -> TokenCounter:
     """A private token counter, so calibration by one test never leaks into another."""

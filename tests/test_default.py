@@ -113,16 +113,13 @@ def units(request: ModelRequest) -> tuple[list[str], int]:
             for b in blocks], last
 
 
-def test_claude_requests_reuse_the_cached_prefix_between_trims(store: Store,
-                                                               counter: TokenCounter) -> None:
+def test_claude_requests_reuse_the_cached_prefix_between_trims(store: Store) -> None:
     persona = "You are a patient travel assistant who answers in detail. " * 120  # ~1,500 tokens
     turns = 300  # ~40 tokens each: past the 8,000-token budget after about 160
     model = ScriptedModel([f"Answer {i}: the plan holds, see you then." for i in range(turns)],
                           name="claude-sonnet-4-6")
-    # A private counter: another test's calibration for this model would move the prefix
-    # sizes the breakpoints are placed by.
     chat = Chat(model, system=persona, store=store, session_id="c", title_model=False,
-                policy=DefaultPolicy(retriever="bm25"), counter=counter)
+                policy=DefaultPolicy(retriever="bm25"))
     chat_through(chat, turns - 1)
     requests = model.requests
     recalling = [i for i, r in enumerate(requests) if "<earlier_excerpts>" in json.dumps(r.to_anthropic())]
