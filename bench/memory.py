@@ -352,6 +352,15 @@ def exact_bm25() -> Any:
     return r
 
 
+def postings_bm25(n: int) -> Any:
+    """The default's retriever with queries capped at ``n`` postings (the default: 600)."""
+    from colloquy.context.retrieval import SignalRetriever
+
+    r = SignalRetriever()
+    r.bm25.max_postings = n
+    return r
+
+
 def default_variant(b: int, retriever: Any = "bm25", **part: Any) -> ContextPolicy:
     """The default policy with some of its recall part's settings changed (a variant row)."""
     from colloquy.context.default import DefaultPolicy
@@ -378,10 +387,23 @@ def policies(dense: bool, share: float) -> dict[str, Setup]:
         # The default with every BM25 query term kept (no BM25Retriever.affordable cap, which the
         # default applies at every size): what the cap costs in recall.
         "default-exact": Setup(lambda b: DefaultPolicy(b, retriever=exact_bm25)),  # type: ignore[arg-type]
-        # Candidates from BM25 before fusion (the default takes DEFAULT_RECALL_DEPTH, 150): more or
-        # fewer (the fewer, the faster a turn).
+        # Variants of the default's recall (each row changes one thing; README's table says
+        # which helped): BM25 candidates before fusion (the default takes 150), hits packed
+        # from (256) and the neighbour threshold (0.3), a wider neighbourhood (1), a tighter
+        # query cap (600 postings), a second retrieval round with the rarest words of the first
+        # round's best hits.
         "default-depth300": Setup(lambda b: default_variant(b, depth=300)),
         "default-depth100": Setup(lambda b: default_variant(b, depth=100)),
+        "default-cand128-nbmin0.5": Setup(lambda b: default_variant(b, candidates=128,
+                                                                    neighbour_min=0.5)),
+        "default-cand128": Setup(lambda b: default_variant(b, candidates=128)),
+        "default-nbmin0.5": Setup(lambda b: default_variant(b, neighbour_min=0.5)),
+        "default-nbmin0.2": Setup(lambda b: default_variant(b, neighbour_min=0.2)),
+        "default-nb2": Setup(lambda b: default_variant(b, neighbours=2)),
+        "default-postings300": Setup(lambda b: default_variant(b, lambda: postings_bm25(300))),
+        "default-2rounds": Setup(lambda b: default_variant(b, rounds=2)),
+        "default-2rounds-w1": Setup(lambda b: default_variant(b, rounds=2, round_weight=1.0,
+                                                              round_hits=5)),
         f"recall-bm25/{share}": Setup(lambda b: RecallPolicy(b, recall_share=share,
                                                              part=RecallPart("bm25"))),
     }
@@ -453,7 +475,7 @@ def index_growth(conv: Conversation, sizes: Sequence[int] = (100, 1000, 10000)) 
                          created_at=float(i)) for i in range(max(sizes) + 40)]
     out = []
     for n in sizes:
-        idx = ConversationIndex(BM25Retriever())
+        idx = ConversationIndex(BM25Retriever(), resume_chunk=0)
         t0 = time.perf_counter()
         idx.update(log, n)
         rebuild = time.perf_counter() - t0

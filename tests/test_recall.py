@@ -308,3 +308,50 @@ def test_the_recall_block_is_estimated_from_its_lines_not_scanned_again() -> Non
         else:
             assert abs(res.raw - _estimate_text(text)) <= 0.02 * res.raw
         assert estimate_text(text) == res.raw
+
+
+def test_a_resumed_long_log_is_indexed_newest_first_then_all_of_it() -> None:
+    # A new process resuming a 20,000-message conversation rebuilt its whole recall index
+    # inside the first turn (~10 s). Now the first build indexes the newest resume_chunk
+    # messages and each later build as many older ones, until the index is exactly what
+    # indexing the log at once gives: same units, sessions, speakers and BM25 rows.
+    from colloquy.context.recall import ConversationIndex
+    from colloquy.context.retrieval import SignalRetriever
+
+    msgs: list[Message] = []
+    times: list[float] = []
+    t = T0
+    for i in range(700):
+        t += 30 if i % 97 else 3 * 86400  # a new session now and then
+        if i % 61 == 60:  # tool calls, their results joined to them, some across chunk edges
+            msgs += [Message(role="assistant", content=[ToolUseBlock(id=f"t{i}", name="read_logs",
+                                                                     input={"n": i})]),
+                     Message(role="user", content=[ToolResultBlock(tool_use_id=f"t{i}",
+                                                                   content=f"log line {i}")])]
+            times += [t, t + 1]
+        pair = FILLER[i % 4] if i != 5 else ("I adopted a tabby kitten named Biscuit.", "Cute!")
+        msgs += [Message(role="user", content=pair[0]), Message(role="assistant", content=pair[1])]
+        times += [t + 2, t + 3]
+    history = [StoredMessage(conversation_id="r", seq=n, created_at=ts, message=m,
+                             meta={"speaker": "Ana" if m.role == "user" else "Bo"})
+               for n, (m, ts) in enumerate(zip(msgs, times), start=1)]
+    whole = ConversationIndex(SignalRetriever(), resume_chunk=0)
+    whole.update(history, len(history))
+    resumed = ConversationIndex(SignalRetriever(), resume_chunk=250)
+    assert resumed.update(history, len(history)) <= 250
+    assert history[10].seq not in resumed.units and resumed.backfill_seq
+    builds = 1
+    while resumed.backfill_seq:
+        resumed.update(history, len(history))
+        builds += 1
+    assert builds == math.ceil(len(history) / 250)
+    assert resumed.keys == whole.keys and resumed.sessions == whole.sessions
+    assert resumed.speakers == whole.speakers and resumed.position == whole.position
+    assert resumed.units == whole.units and resumed.pending == whole.pending
+    for q in ("What is the kitten called?", "read_logs log line", "the match, the rain"):
+        assert resumed.retriever.search(q, 50) == whole.retriever.search(q, 50)
+    # New turns go on as before.
+    more = [*history, StoredMessage(conversation_id="r", seq=len(history) + 1,
+                                    created_at=t + 9, message=Message.user("Biscuit is ill."))]
+    assert resumed.update(more, len(more)) == whole.update(more, len(more)) == 1
+    assert resumed.retriever.search("Biscuit", 5) == whole.retriever.search("Biscuit", 5)

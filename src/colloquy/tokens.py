@@ -117,7 +117,7 @@ def add_parts(a: Parts, b: Parts, newlines: int = 0) -> Parts:
 
 #: Texts whose builder already knew their estimate (:func:`note_estimate`), newest last.
 _NOTED: dict[str, int] = {}
-_NOTED_MAX = 256
+_NOTED_MAX = 64  # recall blocks of up to ~30 KB each: a few MB at most
 
 
 def note_estimate(text: str, tokens: int) -> None:
@@ -126,8 +126,8 @@ def note_estimate(text: str, tokens: int) -> None:
 
     Why: recall joins a few hundred excerpt lines whose estimates were computed once, when
     they were indexed; scanning the joined 8,000-token block again cost ~4 ms on every turn.
-    ``tokens`` must be an estimate of the same kind (e.g. the sum of the lines' estimates,
-    which is never below the whole text's). Only the newest :data:`_NOTED_MAX` are kept.
+    ``tokens`` must be an estimate of the same kind (e.g. :func:`parts_estimate` of the sum of
+    the lines' :func:`text_parts`). Only the newest :data:`_NOTED_MAX` are kept.
     """
     with _NOTED_LOCK:
         _NOTED.pop(text, None)

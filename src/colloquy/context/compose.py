@@ -62,9 +62,9 @@ class PartResult:
     #: placement (e.g. facts learned since the cached facts block), so the cached system
     #: prompt and history stay byte-stable.
     tail: list[TextBlock] = field(default_factory=list)
-    #: Uncalibrated estimate of ``blocks`` and ``tail`` when the part computed one (an upper
-    #: bound: recall sums its excerpts' cached counts, where estimating its whole block again
-    #: cost ~4 ms a turn); None: the composite estimates the blocks.
+    #: Uncalibrated estimate of ``blocks`` and ``tail`` when the part computed one (recall adds
+    #: it up from its excerpts' cached counts, where estimating its whole block again cost ~4 ms
+    #: a turn); None: the composite estimates the blocks.
     raw: int | None = None
     #: Ids of the derived records the blocks show (facts, a summary): kept with the reply so
     #: what the model saw can be shown again (colloquy.context.seen).

@@ -13,8 +13,9 @@ budget on what matched, not on the rest of its turn. Each unit is indexed with t
 said and the dates its relative time expressions point to (context/dates.py), its speaker
 (``meta["speaker"]`` when the log has one) and its session (a gap of over an hour starts a new
 one). The index is kept per conversation by the part and updated incrementally: each build
-indexes only the turns completed since the last build (a new process indexes the log once, on
-its first build). Retrievers (context/retrieval.py):
+indexes only the turns completed since the last build; a new process resuming a long log
+indexes it newest first, :data:`RESUME_CHUNK` messages a build, so its first turn is not a
+rebuild of the whole log. Retrievers (context/retrieval.py):
 
 * ``"bm25"`` (default): SQLite FTS5 BM25 (stdlib only), its scores fused with the dates, speaker,
   neighbour and session signals (context/fusion.py);
@@ -29,7 +30,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ RECALL_HEADER = (
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unit:
     """One retrievable unit (a message, or a tool call with its results), as the text that is
     indexed and shown."""
@@ -129,9 +130,10 @@ def _unit(msgs: Sequence[StoredMessage]) -> Unit:
     lines: list[str] = []
     for sm in msgs:
         lines.extend(message_lines(sm))
-    text = "\n".join(lines)
+    text = lines[0] if len(lines) == 1 else "\n".join(lines)
     speaker = msgs[0].meta.get("speaker") if msgs[0].meta else None
-    shown = tuple(as_data(line, one_line=True) for line in lines)
+    # A line that needs no escaping is shown as it is (one string kept, not two).
+    shown = tuple(line if (s := as_data(line, one_line=True)) == line else s for line in lines)
     parts = lines_parts(shown)
     return Unit(seqs=tuple(sm.seq for sm in msgs), created_at=msgs[0].created_at,
                 lines=tuple(lines), text=text, tokens=parts_estimate(parts),
@@ -150,11 +152,27 @@ def lines_parts(lines: Sequence[str]) -> Parts:
 SESSION_GAP_SECONDS = 3600.0
 
 
-class ConversationIndex:
-    """The units of one conversation and their retriever, extended as turns complete."""
+#: A new index of a long log (a conversation a new process resumes) starts with the newest
+#: this many messages, and each later build indexes this many older ones, until the whole log is
+#: in: rebuilding a 20,000-message index inside the first turn took ~10 s (bench/turns.py).
+RESUME_CHUNK = 500
 
-    def __init__(self, retriever: Retriever) -> None:
+
+class ConversationIndex:
+    """The units of one conversation and their retriever, extended as turns complete.
+
+    ``resume_chunk`` (messages; 0: all at once) bounds the work of one build on a log it has
+    not indexed yet (see :data:`RESUME_CHUNK`): the newest turns first, older ones on later
+    builds. Only for the BM25 retrievers; the embeddings need the whole log in key order.
+    """
+
+    def __init__(self, retriever: Retriever, resume_chunk: int = RESUME_CHUNK) -> None:
         self.retriever = retriever
+        backfills = isinstance(retriever, BM25Retriever) or (
+            isinstance(retriever, SignalRetriever) and retriever.dense is None)
+        self.resume_chunk = max(0, resume_chunk) if backfills else 0
+        #: Seq of the oldest message inside a unit while older ones wait to be indexed; else 0.
+        self.backfill_seq = 0
         self.units: dict[int, Unit] = {}
         self.keys: list[int] = []
         #: Per unit, in key order: its place in ``keys``, session number and speaker.
@@ -178,15 +196,18 @@ class ConversationIndex:
         not the log's length. A history that no longer extends what was indexed (another
         branch, a rewritten log) starts a fresh index: see :meth:`RecallPart.index_for`.
         """
+        fresh = not self.keys and not self.indexed_seq
+        if fresh and self.resume_chunk and upto > self.resume_chunk:
+            # A long log never indexed here: its newest turns now, older ones on later builds.
+            start = _unit_start(history, upto - self.resume_chunk)
+            if start > 0:
+                self.indexed_seq = history[start - 1].seq
+                self.backfill_seq = history[start].seq
+        added = 0 if fresh or not self.backfill_seq else self._backfill(history)
         lo = bisect_right(history, self.indexed_seq, key=lambda sm: sm.seq, hi=upto)
         if lo >= upto:
-            return 0
-        # A unit is one message, except that a message answering tool calls joins the message
-        # that made them: a tool_use is never shown without its tool_result.
-        starts = [i for i in range(lo, upto) if i == lo or not history[i].message.tool_results]
-        bounds = [*starts, upto]
-        new = [_unit(history[a:b]) for a, b in zip(bounds, bounds[1:]) if a < b]
-        new = [u for u in new if u.lines]
+            return added
+        new = _units(history, lo, upto)
         if new:
             # A unit is indexed once its next neighbour is known (its context column needs it),
             # so the newest unit waits as ``pending``: inserts only, never an update (an FTS5
@@ -215,7 +236,36 @@ class ConversationIndex:
                 self.keys.append(u.key)
             self.pending = chain[-1].key
         self.indexed_seq = history[upto - 1].seq
-        return len(new)
+        return added + len(new)
+
+    def _backfill(self, history: Sequence[StoredMessage]) -> int:
+        """Index up to ``resume_chunk`` messages just older than the oldest indexed one."""
+        hi = bisect_left(history, self.backfill_seq, key=lambda sm: sm.seq)
+        lo = _unit_start(history, max(0, hi - self.resume_chunk))
+        self.backfill_seq = history[lo].seq if lo > 0 else 0
+        older = _units(history, lo, hi)
+        if not older:
+            return 0
+        chain = older + [self.units[k] for k in self.keys[:2]]
+        docs = []
+        for i, u in enumerate(older):
+            around = [chain[j].text[:CONTEXT_CHARS] for j in (i - 1, i + 1) if 0 <= j < len(chain)]
+            docs.append((u.key, u.text, " ".join(around),
+                         " ".join(message_date_tokens(u.text, u.created_at))))
+        self.retriever.add(docs)
+        if self.keys and self.keys[0] != self.pending:
+            # The formerly oldest unit learns its older neighbour (its next one it knew).
+            u = self.units[self.keys[0]]
+            around = [older[-1].text[:CONTEXT_CHARS]] + [c.text[:CONTEXT_CHARS] for c in chain[len(older) + 1:]]
+            self.retriever.set_context(u.key, u.text, " ".join(around))
+        for u in older:
+            self.units[u.key] = u
+            self.speaker_names.add(u.speaker)
+        self.keys[:0] = [u.key for u in older]
+        self.speakers[:0] = [u.speaker for u in older]
+        self.position = {k: i for i, k in enumerate(self.keys)}
+        self.sessions = _sessions([self.units[k].created_at for k in self.keys])
+        return len(older)
 
     def neighbours(self, key: int, n: int, before: int) -> list[int]:
         i = bisect_right(self.keys, key) - 1
@@ -224,6 +274,31 @@ class ConversationIndex:
             if self.keys[j] < before:
                 out.append(self.keys[j])
         return out
+
+
+def _unit_start(history: Sequence[StoredMessage], i: int) -> int:
+    """The nearest index at or before ``i`` where a unit starts (not a tool-result message)."""
+    while i > 0 and history[i].message.tool_results:
+        i -= 1
+    return i
+
+
+def _units(history: Sequence[StoredMessage], lo: int, hi: int) -> list[Unit]:
+    """The units of ``history[lo:hi]`` that show something. A unit is one message, except that
+    a message answering tool calls joins the message that made them: a tool_use is never shown
+    without its tool_result."""
+    starts = [i for i in range(lo, hi) if i == lo or not history[i].message.tool_results]
+    bounds = [*starts, hi]
+    units = [_unit(history[a:b]) for a, b in zip(bounds, bounds[1:]) if a < b]
+    return [u for u in units if u.lines]
+
+
+def _sessions(times: Sequence[float]) -> list[int]:
+    """Session numbers of units said at ``times`` (in order): a gap over an hour starts one."""
+    out: list[int] = []
+    for i, t in enumerate(times):
+        out.append(0 if i == 0 else out[-1] + (t - times[i - 1] > SESSION_GAP_SECONDS))
+    return out
 
 
 def format_time(ts: float) -> str:
@@ -290,14 +365,24 @@ class RecallPart:
     depth: int = DEFAULT_DEPTH
     #: Conversations whose index is kept in memory (least recently used are dropped).
     max_conversations: int = 64
+    #: Messages of a log not indexed yet that one build indexes (newest first; 0: all at once).
+    resume_chunk: int = RESUME_CHUNK
+    #: Retrieval rounds: 2 asks again with the question plus the ``round_terms`` rarest words of
+    #: the first round's ``round_hits`` best units, its scores added at ``round_weight``
+    #: (bench/memory.py rows ``default-2rounds*``).
+    rounds: int = 1
+    round_hits: int = 3
+    round_terms: int = 6
+    round_weight: float = 0.5
     header: str = RECALL_HEADER
     _indexes: OrderedDict[str, ConversationIndex] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.neighbours < 0 or self.candidates < 1 or self.depth < 1 or self.neighbour_min < 0:
-            raise ConfigError("recall needs neighbours >= 0, neighbour_min >= 0, candidates >= 1 "
-                              "and depth >= 1")
+        if (self.neighbours < 0 or self.candidates < 1 or self.depth < 1
+                or self.neighbour_min < 0 or self.resume_chunk < 0):
+            raise ConfigError("recall needs neighbours >= 0, neighbour_min >= 0, candidates >= 1, "
+                              "depth >= 1 and resume_chunk >= 0")
         if not callable(self.retriever) and self.retriever not in RETRIEVERS:
             raise ConfigError(
                 f"unknown retriever {self.retriever!r}; choose one of {sorted(RETRIEVERS)}"
@@ -329,7 +414,7 @@ class RecallPart:
                 elif idx.generation != inp.conversation_generation:
                     idx = None  # deleted and created anew (by any process): never reuse it
             if idx is None:
-                idx = ConversationIndex(make_retriever(self.retriever))
+                idx = ConversationIndex(make_retriever(self.retriever), self.resume_chunk)
                 idx.generation = inp.conversation_generation
                 self._indexes[key] = idx
                 while len(self._indexes) > self.max_conversations:
@@ -362,10 +447,31 @@ class RecallPart:
              before: int | None) -> list[tuple[int, float]]:
         """(key, score) of the indexed units with key < ``before``, best first."""
         retriever = idx.retriever
-        if isinstance(retriever, SignalRetriever):
-            weights = self.weights if isinstance(self.weights, FusionWeights) else FusionWeights()
-            return fused_ranking(idx, retriever, query, query_time, before, weights, self.depth)
-        return retriever.search(query, self.candidates, before)
+        if not isinstance(retriever, SignalRetriever):
+            return retriever.search(query, self.candidates, before)
+        weights = self.weights if isinstance(self.weights, FusionWeights) else FusionWeights()
+        hits = fused_ranking(idx, retriever, query, query_time, before, weights, self.depth)
+        if self.rounds < 2 or not hits:
+            return hits
+        # A second round: the question plus the rarest words of the first round's best hits
+        # (names, places, things the answer's neighbourhood is about), fused into the first.
+        asked = set(query_terms(query, 64))
+        seen: dict[str, None] = {}
+        for key, _ in hits[: self.round_hits]:
+            for term in query_terms(idx.units[key].text, 64):
+                if term not in asked and not term.isdigit():
+                    seen.setdefault(term)
+        df = retriever.bm25.df
+        extra = sorted(seen, key=lambda t: df.get(t, 0))[: self.round_terms]
+        if not extra:
+            return hits
+        second = fused_ranking(idx, retriever, f"{query} {' '.join(extra)}", query_time, before,
+                               weights, self.depth)
+        top1, top2 = hits[0][1], (second[0][1] if second else 1.0)
+        merged = {k: v / top1 for k, v in hits}
+        for k, v in second:
+            merged[k] = merged.get(k, 0.0) + self.round_weight * v / top2
+        return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def _pack(
         self, idx: ConversationIndex, hits: Sequence[tuple[int, float]], before: int | None,
