@@ -404,6 +404,7 @@ def policies(dense: bool, share: float) -> dict[str, Setup]:
         "default-2rounds": Setup(lambda b: default_variant(b, rounds=2)),
         "default-2rounds-w1": Setup(lambda b: default_variant(b, rounds=2, round_weight=1.0,
                                                               round_hits=5)),
+        "default-2rounds-depth300": Setup(lambda b: default_variant(b, rounds=2, depth=300)),
         f"recall-bm25/{share}": Setup(lambda b: RecallPolicy(b, recall_share=share,
                                                              part=RecallPart("bm25"))),
     }
