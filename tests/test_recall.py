@@ -355,3 +355,24 @@ def test_a_resumed_long_log_is_indexed_newest_first_then_all_of_it() -> None:
                                     created_at=t + 9, message=Message.user("Biscuit is ill."))]
     assert resumed.update(more, len(more)) == whole.update(more, len(more)) == 1
     assert resumed.retriever.search("Biscuit", 5) == whole.retriever.search("Biscuit", 5)
+
+
+def test_a_second_round_follows_the_rare_words_of_the_first_hits() -> None:
+    # RecallPart(rounds=2): a turn that shares no word with the question but a rare one with
+    # its best match ("Trondheim") is found by asking again with that word.
+    pairs = [("Ingrid moved to Trondheim.", "Oh, nice.")]
+    pairs += [FILLER[i % len(FILLER)] for i in range(30)]
+    pairs += [("The fjord at Trondheim froze solid this winter.", "Brr, that sounds cold.")]
+    pairs += [FILLER[i % len(FILLER)] for i in range(30)]
+    history = with_question(log(pairs, cid="rounds"), "Where did Ingrid go to live?")
+    fjord = history[62].seq
+    assert "fjord" in history[62].message.text
+    ranked = {}
+    for rounds in (1, 2):
+        part = RecallPart(rounds=rounds)
+        inp = ContextInput(history=history, conversation_id=f"rounds{rounds}")
+        idx = part.index_for(inp)
+        idx.update(history, len(history) - 1)
+        ranked[rounds] = [k for k, _ in part.rank(idx, inp.query, None, history[-1].seq)]
+    assert fjord not in ranked[1]
+    assert fjord in ranked[2][:8], ranked[2][:8]
