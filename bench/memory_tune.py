@@ -86,7 +86,7 @@ def prepare(convs: Sequence[Any], inp_for: Any, env_for: Any, budgets: Sequence[
     """Candidates and signals of every question (categories 1-4) at every budget."""
     cases: list[Case] = []
     for conv in convs:
-        part = RecallPart(retriever)
+        part = RecallPart(retriever, resume_chunk=0)  # the whole log at once: a fixed index
         last = conv.messages[-1]
         env = env_for(conv)
         for q in conv.questions:
