@@ -135,9 +135,45 @@
     return parts.join(", ") + (keys.length > 3 ? ", …" : "");
   }
 
-  /* A tool call (and its result, once known) as a compact expandable block. */
+  /* A server tool's result (web search, fetch, code execution, ...), as text: search hits as
+   * "title — url" lines, code runs as their output, errors as their code; encrypted content
+   * (sent back to the provider unchanged) is never shown. */
+  function serverResultText(block) {
+    var c = block.content;
+    var items = Array.isArray(c) ? c : [c];
+    return items.map(function (item) {
+      if (!item || typeof item !== "object") return String(item === undefined ? "" : item);
+      if (item.error_code) return "error: " + item.error_code;
+      if (item.url) return (item.title ? item.title + " — " : "") + item.url;
+      if ("stdout" in item || "stderr" in item) {
+        return [item.stdout, item.stderr].filter(Boolean).join("\n") +
+          (item.return_code ? "\n(exit " + item.return_code + ")" : "");
+      }
+      if (item.type === "text") return item.text;
+      return pretty(withoutSecrets(item));
+    }).join("\n");
+  }
+
+  function serverResultFailed(block) {
+    var c = block.content;
+    return !!(c && !Array.isArray(c) && typeof c === "object" &&
+              (c.error_code || /_error$/.test(c.type || "")));
+  }
+
+  /* A copy of a block to show: base64 data and encrypted content replaced by "…". */
+  function withoutSecrets(block) {
+    var copy = Object.assign({}, block);
+    if (copy.source && copy.source.data) copy.source = Object.assign({}, copy.source, { data: "…" });
+    if (copy.encrypted_content) copy.encrypted_content = "…";
+    if (copy.data && copy.type === "redacted_thinking") copy.data = "…";
+    return copy;
+  }
+
+  /* A tool call (and its result, once known) as a compact expandable block; a server tool
+   * (run by the provider: web search, code execution) is marked as one. */
   function toolBlock(use) {
-    var d = el("details", "tool");
+    var server = use.type === "server_tool_use";
+    var d = el("details", server ? "tool server" : "tool");
     var summary = el("summary");
     summary.appendChild(el("span", "tool-name", use.name));
     summary.appendChild(el("span", "tool-args", argsSummary(use.input)));
@@ -148,11 +184,13 @@
     io.appendChild(el("div", "label", "Input"));
     io.appendChild(el("pre", "tool-input", pretty(use.input || {})));
     d.appendChild(io);
+    if (server) summary.insertBefore(el("span", "tool-kind", "server"), status);
     d._result = function (result) {
-      status.textContent = result.is_error ? "error" : "done";
-      d.classList.toggle("failed", !!result.is_error);
-      io.appendChild(el("div", "label", result.is_error ? "Error" : "Result"));
-      io.appendChild(el("pre", "tool-result", resultText(result)));
+      var failed = server ? serverResultFailed(result) : !!result.is_error;
+      status.textContent = failed ? "error" : "done";
+      d.classList.toggle("failed", failed);
+      io.appendChild(el("div", "label", failed ? "Error" : "Result"));
+      io.appendChild(el("pre", "tool-result", server ? serverResultText(result) : resultText(result)));
     };
     return d;
   }
@@ -173,17 +211,60 @@
     return d;
   }
 
-  /* Any other block (a server tool's call or result, a document): one line, expandable. */
+  /* The text a document or search result carries, when it carries text. */
+  function carriedText(block) {
+    var src = block.source || {};
+    if (typeof src.data === "string" && src.type === "text") return src.data;
+    var content = block.content || (src.type === "content" ? src.content : null);
+    if (typeof content === "string") return content;
+    if (Array.isArray(content)) {
+      return content.map(function (b) { return b.type === "text" ? b.text : "[" + b.type + "]"; }).join("\n");
+    }
+    return null;
+  }
+
+  /* Any other block (a document, a search result, a server tool's result without its call, a
+   * block type colloquy does not know): one line, expandable. */
   function otherBlock(block) {
     var d = el("details", "tool other");
     var summary = el("summary");
-    var name = block.type === "document" ? "document" : block.name || block.type;
+    var name = { document: "document", search_result: "search result" }[block.type] ||
+      block.name || block.type;
     summary.appendChild(el("span", "tool-name", name));
-    if (block.title) summary.appendChild(el("span", "tool-args", block.title));
+    var label = block.title || (block.type === "search_result" ? block.source : null) ||
+      (block.source && block.source.media_type) || null;
+    if (label) summary.appendChild(el("span", "tool-args", label));
     d.appendChild(summary);
-    var copyOf = Object.assign({}, block);
-    if (copyOf.source && copyOf.source.data) copyOf.source = Object.assign({}, copyOf.source, { data: "…" });
-    d.appendChild(el("pre", "tool-input", pretty(copyOf)));
+    var text = carriedText(block);
+    if (/_tool_result$/.test(block.type || "")) text = serverResultText(block);
+    d.appendChild(el("pre", "tool-input", text !== null ? text : pretty(withoutSecrets(block))));
+    return d;
+  }
+
+  /* The sources a reply's text cites (web search results, documents), once each, as one
+   * collapsed block. */
+  function citationsBlock(citations) {
+    var seen = {};
+    var items = [];
+    citations.forEach(function (c) {
+      var label = c.title || c.document_title || c.url || c.source || c.type;
+      var key = (c.url || c.source || "") + "|" + label;
+      if (seen[key]) return;
+      seen[key] = true;
+      items.push({ label: label, url: c.url || c.source || "" });
+    });
+    var d = el("details", "tool other citations");
+    var summary = el("summary");
+    summary.appendChild(el("span", "tool-name", "sources"));
+    summary.appendChild(el("span", "tool-args", String(items.length)));
+    d.appendChild(summary);
+    var list = el("ul", "citation-list");
+    items.forEach(function (it) {
+      var li = el("li", null, it.label);
+      if (it.url && it.url !== it.label) li.appendChild(el("span", "citation-url", " " + it.url));
+      list.appendChild(li);
+    });
+    d.appendChild(list);
     return d;
   }
 
@@ -224,18 +305,26 @@
    * tool results onto their calls. */
   function absorb(b, m) {
     var texts = [];
+    var citations = [];
     (m.content || []).forEach(function (block) {
-      if (block.type === "text") texts.push(block.text);
-      else if (block.type === "tool_use") {
+      var type = block.type || "";
+      if (type === "text") {
+        texts.push(block.text);
+        if (block.citations) citations = citations.concat(block.citations);
+      } else if (type === "tool_use" || type === "server_tool_use") {
         var t = toolBlock(block);
         b.tools[block.id] = t;
         b.blocks.appendChild(t);
-      } else if (block.type === "tool_result") {
-        if (b.tools[block.tool_use_id]) b.tools[block.tool_use_id]._result(block);
-      } else if (block.type === "thinking") b.blocks.appendChild(thinkingBlock(block.thinking));
-      else if (block.type === "redacted_thinking") b.blocks.appendChild(thinkingBlock("", true));
+      } else if ((type === "tool_result" || /_tool_result$/.test(type)) &&
+                 b.tools[block.tool_use_id]) {
+        b.tools[block.tool_use_id]._result(block);
+      } else if (type === "tool_result") {
+        /* a result whose call is not in this bubble: nothing to hang it on */
+      } else if (type === "thinking") b.blocks.appendChild(thinkingBlock(block.thinking));
+      else if (type === "redacted_thinking") b.blocks.appendChild(thinkingBlock("", true));
       else b.blocks.appendChild(otherBlock(block));
     });
+    if (citations.length) b.blocks.appendChild(citationsBlock(citations));
     b.seqs.push(m.seq);
     if (texts.length) b.text = b.text ? b.text + "\n\n" + texts.join("") : texts.join("");
     if (m.role === "assistant") {
