@@ -244,16 +244,22 @@ def budget(days: int, per_day: int = 80) -> int:
 
 
 def test_the_readme_screenshot(browser: Any, tmp_path: Path) -> None:
-    """The picture in the README: a conversation with a tool call, a table, a task list and
-    code, its actions and costs. ``COLLOQUY_UPDATE_SCREENSHOT=1`` writes docs/screenshot-chat.png."""
-    from colloquy import Chat, ScriptedModel, tool_call
+    """The picture in the README: a conversation with thinking (folded), a tool call (opened),
+    a table, a task list and code, its actions and costs. ``COLLOQUY_UPDATE_SCREENSHOT=1``
+    writes docs/screenshot-chat.png."""
+    from colloquy import Chat, ModelResponse, ScriptedModel, ThinkingBlock, Usage, tool_call
 
     def weather(city: str) -> str:
         """The weather forecast for a city."""
         return f"sunny, 24°C in {city}"
 
     with serve_site(tmp_path) as site:
-        model = ScriptedModel([tool_call("weather", {"city": "Lisbon"}), DEMO_REPLY])
+        thought = ThinkingBlock(thinking="Two days, by train: check the weather first.",
+                                signature="sig")
+        model = ScriptedModel([
+            ModelResponse(content=[thought, tool_call("weather", {"city": "Lisbon"})],
+                          stop_reason="tool_use", usage=Usage(input_tokens=52, output_tokens=31)),
+            DEMO_REPLY])
         old = Chat(ScriptedModel(["Porto in spring: mild, some rain."]), store=site.store,
                    session_id="c_porto", user_id="ada")
         old.send("What is Porto like in April?")
@@ -265,6 +271,7 @@ def test_the_readme_screenshot(browser: Any, tmp_path: Path) -> None:
         page = context.new_page()
         sign_in(page, site, "#c_demo")
         page.locator("#messages .body table").wait_for()
+        page.locator("details.thinking").wait_for()
         page.locator("details.tool summary").click()
         page.locator(".tool-result").wait_for()
         ARTIFACTS.mkdir(exist_ok=True)
