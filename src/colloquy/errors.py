@@ -29,6 +29,12 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
         ├── ConflictError           another writer appended to the conversation first
         ├── ConversationBusy        another turn held the conversation for too long
         └── StoreUnavailable        the database cannot be reached (or stays locked): retry
+
+An error has two texts: ``str(error)`` for logs and local users, naming colloquy's internal ids
+(a conversation's id), and :meth:`ColloquyError.client_message` for a remote client (the HTTP
+service's error bodies, a reply's notes), which names none: a client calls its conversation by
+its own name (which may map to another id, e.g. on the OpenAI-compatible route), and an internal
+id must never tell one user about another's rows.
 """
 
 from __future__ import annotations
@@ -36,6 +42,18 @@ from __future__ import annotations
 
 class ColloquyError(Exception):
     """Root of every error colloquy raises on purpose."""
+
+    def client_message(self) -> str:
+        """The error as a remote client may read it: no internal ids (see the module
+        docstring). Errors whose message names one override this."""
+        return str(self)
+
+
+def brief(error: BaseException) -> str:
+    """``Type: message`` for a note a client reads (a reply's notes): the client's text of a
+    colloquy error (:meth:`ColloquyError.client_message`), ``str`` of any other."""
+    text = error.client_message() if isinstance(error, ColloquyError) else str(error)
+    return f"{type(error).__name__}: {text}"
 
 
 class ConfigError(ColloquyError):
@@ -143,11 +161,14 @@ class IdempotencyKeyReused(ColloquyError):
     def __init__(self, conversation_id: str, key: str) -> None:
         self.conversation_id = conversation_id
         self.key = key
-        super().__init__(
-            f"idempotency key {key!r} was already used in conversation {conversation_id!r} "
-            "with a different message: a retry must resend the same content, a new message "
-            "needs a new key"
-        )
+        super().__init__(self._text(f"conversation {conversation_id!r}"))
+
+    def _text(self, where: str) -> str:
+        return (f"idempotency key {self.key!r} was already used in {where} with a different "
+                "message: a retry must resend the same content, a new message needs a new key")
+
+    def client_message(self) -> str:
+        return self._text("this conversation")
 
 
 class InvalidTextError(ColloquyError, ValueError):
@@ -175,11 +196,18 @@ class StoreError(ColloquyError):
 
 
 class ConversationNotFound(StoreError):
-    """No conversation has that id."""
+    """No conversation has that id. ``client_name``: the name the caller asked for (its own
+    words, shown back to a remote client); None when the id is colloquy's own."""
 
-    def __init__(self, conversation_id: str) -> None:
+    def __init__(self, conversation_id: str, *, client_name: str | None = None) -> None:
         self.conversation_id = conversation_id
+        self.client_name = client_name
         super().__init__(f"no conversation with id {conversation_id!r}")
+
+    def client_message(self) -> str:
+        if self.client_name is not None:
+            return f"no conversation with id {self.client_name!r}"
+        return "the conversation does not exist (it was deleted)"
 
 
 class OwnerGone(ConversationNotFound):
@@ -189,7 +217,12 @@ class OwnerGone(ConversationNotFound):
 
     def __init__(self, what: str, conversation_id: str = "") -> None:
         self.conversation_id = conversation_id
+        self.client_name = None
         StoreError.__init__(self, f"{what} no longer exists; the write was discarded")
+
+    def client_message(self) -> str:
+        what = "conversation" if self.conversation_id else "user"
+        return f"the {what} no longer exists; the write was discarded"
 
 
 class StoreUnavailable(StoreError):
@@ -209,10 +242,13 @@ class ConflictError(StoreError):
     def __init__(self, conversation_id: str, expected_seq: int) -> None:
         self.conversation_id = conversation_id
         self.expected_seq = expected_seq
-        super().__init__(
-            f"conversation {conversation_id!r} changed concurrently "
-            f"(expected next sequence {expected_seq})"
-        )
+        super().__init__(self._text(f"conversation {conversation_id!r}"))
+
+    def _text(self, which: str) -> str:
+        return f"{which} changed concurrently (expected next sequence {self.expected_seq})"
+
+    def client_message(self) -> str:
+        return self._text("the conversation")
 
 
 class ConversationBusy(StoreError):
@@ -222,7 +258,10 @@ class ConversationBusy(StoreError):
     def __init__(self, conversation_id: str, timeout: float) -> None:
         self.conversation_id = conversation_id
         self.timeout = timeout
-        super().__init__(
-            f"conversation {conversation_id!r} is busy with another turn "
-            f"(waited {timeout:g}s); try again"
-        )
+        super().__init__(self._text(f"conversation {conversation_id!r}"))
+
+    def _text(self, which: str) -> str:
+        return f"{which} is busy with another turn (waited {self.timeout:g}s); try again"
+
+    def client_message(self) -> str:
+        return self._text("the conversation")

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import brief
 from ..messages import Message, StoredMessage, TextBlock
 from ..memory.models import DEFAULT_MEMORY_MODEL, MemoryModelUser
 from ..memory.records import Summary
@@ -262,7 +263,7 @@ class SummaryPart:
                     res.derived.append(RejectedCall(self.summariser.model_name, e.usage,
                                                     cost_of(self.summariser.model.price_key, e.usage)))
                 else:
-                    res.notes.append(f"summariser failed ({type(e).__name__}: {e}); using {what}")
+                    res.notes.append(f"summariser failed ({brief(e)}); using {what}")
             else:
                 summary = Summary(
                     conversation_id=inp.conversation_id or "", text=text,

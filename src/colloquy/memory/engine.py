@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import brief
+
 
 def persist_derived(store: Any, records: Iterable[Any], owner: Any = None) -> list[str]:
     """``owner`` (a :class:`~colloquy.store.owner.Owner`): on whose behalf; a record whose
@@ -31,7 +33,7 @@ def persist_derived(store: Any, records: Iterable[Any], owner: Any = None) -> li
                 persist(store)
         except Exception as e:  # noqa: BLE001 - a lost summary costs money, not the turn
             notes.append(f"could not store a derived {type(record).__name__} "
-                         f"({type(e).__name__}: {e}); it will be rebuilt")
+                         f"({brief(e)}); it will be rebuilt")
     return notes
 
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import ColloquyError
+from ..errors import ColloquyError, brief
 from ..messages import Message, StoredMessage, TextBlock
 from ..models.base import Model, ModelRequest, ToolSpec
 from ..text import as_data, quoted
@@ -340,7 +340,7 @@ class FactExtraction:
                 self._bill(applied, usage)
             store.set_memory_cursor(conversation_id, CURSOR, new[-1].seq, owner=owner)
         except Exception as e:  # noqa: BLE001 - extraction never fails a turn
-            note = (f"fact extraction failed ({type(e).__name__}: {e}); "
+            note = (f"fact extraction failed ({brief(e)}); "
                     "it will retry with these messages after the next turn")
             spent = getattr(e, "usage", None)
             if isinstance(spent, Usage):  # the calls were made and billed: they count

@@ -304,7 +304,7 @@ def add_anthropic_routes(
             except ColloquyError as e:
                 status, kind = E.status_for(e)
                 yield blocks.stop()
-                yield f"event: error\ndata: {json.dumps(E.error_body('anthropic', status, kind, redactor(str(e))))}\n\n"
+                yield f"event: error\ndata: {json.dumps(E.error_body('anthropic', status, kind, E.client_message(e, redactor)))}\n\n"
             finally:
                 ticket.release()
 

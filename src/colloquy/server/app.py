@@ -104,7 +104,7 @@ def sse_delta(text: str) -> str:
 
 def error_json(error: BaseException, redactor: E.Redactor) -> dict[str, Any]:
     _, kind = E.status_for(error)
-    return {"error": {"type": kind, "message": redactor(str(error))}}
+    return {"error": {"type": kind, "message": E.client_message(error, redactor)}}
 
 
 class BodyLimit:
@@ -538,7 +538,7 @@ def _install_error_handlers(app: FastAPI, redactor: E.Redactor) -> None:
             headers["Retry-After"] = str(wait)
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        return answer(request, status, kind, redactor(str(exc)),
+        return answer(request, status, kind, E.client_message(exc, redactor),
                       param=getattr(exc, "param", None), headers=headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:

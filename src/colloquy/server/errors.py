@@ -148,6 +148,12 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
 }
 
 
+def client_message(error: BaseException, redactor: Redactor) -> str:
+    """The message of an error response (JSON or in a stream): what a client may read, no
+    internal id (colloquy.errors: ColloquyError.client_message) and no secret (Redactor)."""
+    return redactor(error.client_message() if isinstance(error, ColloquyError) else str(error))
+
+
 def status_for(error: BaseException) -> tuple[int, str]:
     for cls in type(error).__mro__:
         if cls in STATUS:

@@ -204,7 +204,7 @@ def add_openai_routes(
                         yield f"data: {json.dumps(data)}\n\n"
             except ColloquyError as e:
                 status, kind = E.status_for(e)
-                err = E.error_body("openai", status, kind, redactor(str(e)),
+                err = E.error_body("openai", status, kind, E.client_message(e, redactor),
                                    getattr(e, "param", None))
                 yield f"data: {json.dumps(err)}\n\n"
             finally:

@@ -189,7 +189,7 @@ class ChatService:
         # Names from paths and headers follow the text rules (a %00 must not reach PostgreSQL).
         conv = self.store.find_named(user.id, clean(name))
         if conv is None:
-            raise ConversationNotFound(name)
+            raise ConversationNotFound(name, client_name=name)
         return conv
 
     def create(
