@@ -33,7 +33,6 @@ import os
 import pstats
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from _serve import free_port, running, serve_command
 from colloquy.loadtest import LoadTestResult, _loop_factory, run_loadtest_async
 from colloquy.store.sqlite import SQLiteStore
 from colloquy.store.users import issue_token
@@ -65,12 +63,6 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -94,35 +86,12 @@ def serve(model: str, *flags: str, profile: Path | None = None,
         token = issue_token(store, "bench")
         store.close()
         port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("ANTHROPIC_", "OPENAI_", "COLLOQUY_"))}
         prefix = ([sys.executable, str(Path(__file__).with_name("profiled_serve.py")), str(profile)]
-                  if profile else [sys.executable, "-m", "colloquy"])
-        cmd = argv or [*prefix, "serve", "--port", str(port), "--db", str(db),
-                       "--model", model, "--rate-limit", "off", "--log-level", "warning", *flags]
-        if argv:
-            cmd = [*argv, "--port", str(port)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start: {cmd}")
-                time.sleep(0.1)
-            yield Server(url, proc, token)
-        finally:
-            proc.send_signal(signal.SIGINT)  # a clean exit writes the profile
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                  if profile else [])
+        cmd = ([*argv, "--port", str(port)] if argv
+               else serve_command(port, str(db), model, *flags, prefix=prefix))
+        with running(cmd, port) as proc:
+            yield Server(f"http://127.0.0.1:{port}", proc, token)
 
 
 @dataclass

@@ -35,7 +35,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,50 +47,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from _serve import free_port, running, serve_command
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_TARGET_MS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("COLLOQUY_", "ANTHROPIC_", "OPENAI_"))}
 
 
 @contextmanager
 def serve(db: str, workers: int, latency: float) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", db,
-         "--model", f"echo?latency={latency}", "--workers", str(workers), "--rate-limit", "off",
-         "--threads", "256", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if b" 200 " in s.recv(100):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("colloquy serve did not start")
-            time.sleep(0.1)
-        time.sleep(0.5 * workers)  # every worker has imported and opened its store
+    cmd = serve_command(port, db, f"echo?latency={latency}", "--workers", str(workers),
+                        "--threads", "256")
+    with running(cmd, port, settle=0.5 * workers) as proc:  # every worker has opened its store
         yield port, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- the load generator: asyncio, raw HTTP/1.1 keep-alive ----------------------------------------

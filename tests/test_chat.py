@@ -299,15 +299,8 @@ def test_a_failure_on_the_very_first_turn(store: Store) -> None:
 
 
 def test_any_exception_from_a_model_becomes_a_model_error(store: Store) -> None:
-    calls = {"n": 0}
-
-    def flaky(req: ModelRequest) -> str:
-        calls["n"] += 1
-        if calls["n"] in (2, 3):
-            raise RuntimeError("socket exploded")
-        return f"answer {calls['n']}"
-
-    model = FunctionModel(flaky)
+    model = ScriptedModel(["answer 1", RuntimeError("socket exploded"),
+                           RuntimeError("socket exploded"), "answer 4"])
     chat = Chat(model, store=store, session_id="s", counter=TokenCounter())
     chat.send("q1")
     for q in ("q2", "q3"):

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from colloquy import Chat, EchoModel, FunctionModel
+from colloquy import Chat, EchoModel, FunctionModel, ScriptedModel
 from colloquy.context import problems
 from colloquy.errors import ConversationBusy
 from colloquy.store import MemoryStore, SQLiteStore, Store
@@ -159,15 +159,8 @@ def test_a_retried_key_is_stored_once_and_returns_the_stored_reply(store: Store)
 
 
 def test_a_retry_after_a_failed_call_finishes_the_turn_without_a_second_message(store: Store) -> None:
-    outcomes: list[Any] = [RuntimeError("network down"), "sorry for the wait"]
-
-    def flaky(req: Any) -> str:
-        step = outcomes.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        return str(step)
-
-    chat = Chat(FunctionModel(flaky), store=store, session_id="c_retry")
+    flaky = ScriptedModel([RuntimeError("network down"), "sorry for the wait"])
+    chat = Chat(flaky, store=store, session_id="c_retry")
     with pytest.raises(Exception, match="network down"):
         chat.send("hello?", idempotency_key="k1")
     reply = chat.send("hello?", idempotency_key="k1")

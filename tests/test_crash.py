@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,9 @@ import pytest
 
 from colloquy import Chat, EchoModel
 from colloquy.context import problems
-from test_concurrency import Backend
+from test_concurrency import Backend, backend  # noqa: F401 - the fixture (sqlite, postgres)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(str(request.param), tmp_path)
-    try:
-        yield b
-    finally:
-        b.store.close()
 
 
 def wait_for(proc: Any, word: str, timeout: float = 60.0) -> None:

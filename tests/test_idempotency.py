@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from colloquy import (
     Chat,
     EchoModel,
-    FunctionModel,
     IdempotencyKeyReused,
     ImageBlock,
     ModelError,
     PIIRedactor,
+    ScriptedModel,
     SQLiteStore,
     Store,
     TextBlock,
@@ -53,15 +53,8 @@ def test_a_key_reused_with_another_message_is_refused_and_stores_nothing(store: 
 
 
 def test_a_retry_of_an_unanswered_message_must_repeat_it(store: Store) -> None:
-    outcomes: list[Any] = [RuntimeError("network down"), "the answer"]
-
-    def flaky(req: Any) -> str:
-        step = outcomes.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        return str(step)
-
-    chat = Chat(FunctionModel(flaky), store=store, session_id="c_flaky")
+    flaky = ScriptedModel([RuntimeError("network down"), "the answer"])
+    chat = Chat(flaky, store=store, session_id="c_flaky")
     with pytest.raises(ModelError, match="network down"):
         chat.send("what is 2+2?", idempotency_key="k")
     with pytest.raises(IdempotencyKeyReused):

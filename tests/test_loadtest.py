@@ -2,75 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from colloquy import get_model
 from colloquy.cli import main
 from colloquy.errors import ConfigError
 from colloquy.loadtest import check_url, percentile, run_loadtest, stats
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("ANTHROPIC_", "OPENAI_", "COLLOQUY_"))}
+from server_helpers import add_user, clean_env, free_port, serve_process
 
 
 def _colloquy(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "colloquy", *args], capture_output=True,
-                          text=True, env=_env(), timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+                          text=True, env=clean_env(), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """`colloquy serve` in its own process, with an echo model that takes 20 ms and writes 30
     words streamed 1 ms apart; yields (url, token)."""
-    db = str(tmp_path_factory.mktemp("lt") / "lt.db")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["users", "add", "loadtester", "--db", db]) == 0
-    token = out.getvalue().strip()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "colloquy", "serve", "--port", str(port), "--db", db,
-         "--model", "echo?latency=0.02&delay=0.001&words=30", "--rate-limit", "100000/minute",
-         "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"colloquy serve did not start: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.1)
+    db = tmp_path_factory.mktemp("lt") / "lt.db"
+    token = add_user(db, "loadtester")
+    with serve_process(db, "--rate-limit", "100000/minute", "--log-level", "warning",
+                       model="echo?latency=0.02&delay=0.001&words=30") as (url, _):
         yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_loadtest_json_replies_against_a_real_server(server: tuple[str, str]) -> None:
@@ -130,7 +89,7 @@ def test_rails() -> None:
 def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["loadtest", "--url", "http://192.0.2.1:80", "--token", "x"]) == 2
     assert "only loopback" in capsys.readouterr().err
-    assert main(["loadtest", "--url", f"http://127.0.0.1:{_free_port()}", "--token", "x",
+    assert main(["loadtest", "--url", f"http://127.0.0.1:{free_port()}", "--token", "x",
                  "--users", "1", "--turns", "1"]) == 1
     assert "cannot reach" in capsys.readouterr().err
 

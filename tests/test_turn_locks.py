@@ -20,7 +20,7 @@ import pytest
 from colloquy.errors import ConversationBusy
 from colloquy.store import Store
 from colloquy.store.turns import TurnStore
-from test_concurrency import Backend
+from test_concurrency import Backend, backend  # noqa: F401 - the fixture (sqlite, postgres)
 
 HOLDER = """
 import sys, time
@@ -97,13 +97,6 @@ def test_try_lock_never_waits_and_its_release_works_from_any_thread(store: Store
         assert s.try_lock("c_a") is None  # lock() and try_lock() are one lock
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(str(request.param), tmp_path)
-    try:
-        yield b
-    finally:
-        b.store.close()
 
 
 def holder(backend: Backend, ids: list[str]) -> subprocess.Popen[str]:
