@@ -137,7 +137,14 @@ class RecentTurns:
         return start
 
 
-#: Default caps per stage: a float <= 1 is a share of ``max_input_tokens``, an int is tokens.
+#: Default caps per stage: a float <= 1 is a share of the *shared* budget, an int is tokens. The
+#: shared budget is ``max_input_tokens`` less what every request holds whatever the stages do:
+#: the persona, the tool definitions and the newest turn (they are counted first). Shares of
+#: the whole budget would promise the stages more than is left, so the last ones (a summary,
+#: recall) lost their share whenever the persona or the message was long, while the turns they
+#: stand for had already been pushed out of the window. Compaction elsewhere sizes its shares
+#: the same way: the Microsoft Agent Framework's thresholds are fractions of the input budget
+#: with system messages and tools in it (ContextWindowCompactionStrategy).
 DEFAULT_CAPS: dict[str, float | int] = {
     "facts": 0.15,
     "recent": 0.35,
@@ -236,12 +243,14 @@ class ComposedPolicy:
         at = stages.index("window")
         return stages[:at] + missing + stages[at:]
 
-    def cap(self, stage: str) -> int:
-        """The most tokens ``stage`` may take (before what is left is considered)."""
+    def cap(self, stage: str, shared: int | None = None) -> int:
+        """The most tokens ``stage`` may take (before what is left is considered): its share of
+        ``shared`` tokens (the budget less the persona, tools and newest turn; default: the
+        whole ``max_input_tokens``), or its fixed number of tokens."""
         caps = {**DEFAULT_CAPS, **(self.caps or {})}
         value = caps.get(stage, DEFAULT_PART_CAP)
         if isinstance(value, float) and value <= 1.0:
-            return int(self.max_input_tokens * value)
+            return int((self.max_input_tokens if shared is None else shared) * value)
         return int(value)
 
     # -- building ------------------------------------------------------------------------------
@@ -268,6 +277,7 @@ class ComposedPolicy:
             notes.append(f"the newest turn alone (~{cal(used)} tokens) is over the "
                          f"{limit}-token budget; sending it anyway")
         provisional = turn_start_index(history, self.min_recent_turns) if history else 0
+        shared = max(0, limit - cal(used))  # what the stages' shares divide (see DEFAULT_CAPS)
 
         results: dict[str, PartResult] = {}
         carried: set[int] = set()
@@ -282,8 +292,8 @@ class ComposedPolicy:
             if stage == "recent":
                 before = cal(used)
                 start, used = self._recent(inp, turns, start, used, cal, limit - reserved,
-                                           0 if self.stable_window else spill)
-                spill = max(0, self.cap("recent") + spill - (cal(used) - before))
+                                           0 if self.stable_window else spill, shared)
+                spill = max(0, self.cap("recent", shared) + spill - (cal(used) - before))
                 window_known = True
                 for name, budget in deferred:  # render them now, in the budget they held
                     reserved -= budget
@@ -299,7 +309,7 @@ class ComposedPolicy:
                 start, used = self._extend(turns, start, used, cal, limit, carried, history)
             else:
                 part = by_name[stage]
-                budget = max(0, min(self.cap(stage) + spill, left))
+                budget = max(0, min(self.cap(stage, shared) + spill, left))
                 if not window_known and self.stable_window and getattr(part, "needs_window", False):
                     deferred.append((stage, budget))
                     reserved += budget
@@ -382,7 +392,7 @@ class ComposedPolicy:
 
     def _recent(
         self, inp: ContextInput, turns: _Turns, start: int, used: int, cal: Any, limit: int,
-        spill: int = 0,
+        spill: int = 0, shared: int | None = None,
     ) -> tuple[int, int]:
         """The verbatim window: ``recent``'s choice within the "recent" cap, clamped to the
         budget, then grown to ``min_recent_turns`` turns if they fit."""
@@ -390,7 +400,8 @@ class ComposedPolicy:
         if newest is None:
             return start, used
         base = used - newest[2]  # raw tokens without any turn
-        allowance = cal(newest[2]) + max(0, min(self.cap("recent") + spill, limit - cal(used)))
+        allowance = cal(newest[2]) + max(0, min(self.cap("recent", shared) + spill,
+                                                limit - cal(used)))
         chosen = min(self.recent.window_start(inp, allowance), start)
         n = turns.index_of_start(chosen)
         # Clamp to the budget: drop the oldest chosen turns until the window fits.
