@@ -67,3 +67,30 @@ def test_an_async_turn_is_recorded_with_its_conversation() -> None:
     Chat(model, store=store, session_id="a2").send("sync hello")
     store.delete_conversation("a1")
     assert [r.messages[-1].text for r in model.requests] == ["sync hello"]
+
+
+def test_the_offline_memory_models_keep_the_same_bounded_forgetting_record() -> None:
+    """The offline summariser and fact extractor (colloquy.memory.offline) are read by a
+    summary or memory policy in ``serve --model echo --policy memory``: the same record."""
+    from colloquy import make_policy
+    from colloquy.memory.offline import ExtractiveSummariser, RuleFactExtractor
+
+    bounded = RuleFactExtractor(keep_requests=2)
+    for i in range(5):
+        bounded.request(ask(f"q{i}"))
+    assert [r.messages[0].text for r in bounded.requests] == ["q3", "q4"]
+    summariser = ExtractiveSummariser()
+    store = MemoryStore()
+    for session in ("keep-me", "drop-me"):
+        policy = make_policy("summary", max_input_tokens=300, chat_model="echo",
+                             config={"summary": {"model": summariser, "min_new_turns": 1}})
+        chat = Chat(EchoModel(), store=store, session_id=session, policy=policy,
+                    title_model=False)
+        for i in range(4):
+            chat.send(f"{session} turn {i}: Ana booked Lisbon for May " + "and more words " * 8)
+    assert {session for session in ("keep-me", "drop-me")
+            if any(session in r.messages[0].text for r in summariser.requests)} == {
+        "keep-me", "drop-me"}
+    store.delete_conversation("drop-me")
+    assert summariser.requests and not any("drop-me" in r.messages[0].text
+                                           for r in summariser.requests)

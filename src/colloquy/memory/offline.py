@@ -10,12 +10,12 @@ demos, and a real model (default ``claude-haiku-4-5``) for users.
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 from typing import Any
 
 from ..messages import TextBlock, ToolUseBlock
 from ..models.base import Model, ModelRequest, ModelResponse
+from ..models.offline import KEEP_REQUESTS, RequestRecord
 from ..tokens import estimate_text
 from ..usage import Usage
 from .records import normalise
@@ -49,16 +49,17 @@ def _score(sentence: str) -> int:
             + bool(_DECISION.search(sentence)) + sentence.rstrip().endswith("?"))
 
 
-class _OfflineModel(Model):
+class _OfflineModel(RequestRecord, Model):
+    """Keeps its last requests as the other offline models do (bounded, and forgetting
+    deleted conversations: colloquy.models.offline.RequestRecord)."""
+
     provider = "offline"
 
-    def __init__(self) -> None:
-        self.requests: list[ModelRequest] = []
-        self._lock = threading.Lock()
+    def __init__(self, keep_requests: int = KEEP_REQUESTS) -> None:
+        self._start_record(keep_requests)
 
     def _record(self, request: ModelRequest) -> str:
-        with self._lock:
-            self.requests.append(request)
+        self._keep(request)
         return next((m.text for m in reversed(request.messages) if m.role == "user"), "")
 
     def _usage(self, request: ModelRequest, out: str) -> Usage:

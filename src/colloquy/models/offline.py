@@ -6,7 +6,7 @@ assert what a provider *would have been sent*.
 
 The record is bounded and forgets deleted conversations: ``colloquy serve --model echo`` runs
 demos and load tests for hours, so an unbounded record would grow without end, and a deleted
-user's words must leave the process too, not just the database (see colloquy.store.caches).
+user's words must leave the process too, not just the database (see :class:`RequestRecord`).
 """
 
 from __future__ import annotations
@@ -53,20 +53,19 @@ def _thinking_deltas(response: ModelResponse) -> Iterator[ThinkingDelta]:
                 yield ThinkingDelta(thinking="", signature=block.signature)
 
 
-class _RecordingModel(Model):
-    """Records the last ``keep_requests`` requests, thread-safely, and streams replies word by
-    word.
+class RequestRecord:
+    """The last ``keep_requests`` requests a model received, thread-safely, for tests to read
+    (:attr:`requests`, :attr:`last_request`): the offline models' record (these, and the
+    offline summariser and fact extractor of colloquy.memory.offline).
 
     Each request is recorded with the conversation it was made for (the turn's, as telemetry
     knows it: colloquy.telemetry.context); deleting a conversation drops its requests, and
-    those made outside any conversation, since they cannot be told apart (the model is
-    registered with colloquy.store.caches like the recall indexes and summary caches)."""
+    those made outside any conversation, since they cannot be told apart (the record is
+    registered with colloquy.caches like the recall indexes and summary caches)."""
 
-    def __init__(self, name: str, delay: float = 0.0, keep_requests: int = KEEP_REQUESTS) -> None:
+    def _start_record(self, keep_requests: int) -> None:
         if keep_requests < 0:
             raise ValueError("keep_requests must not be negative")
-        self.name = name
-        self.delay = delay
         self.keep_requests = keep_requests
         self._log: list[tuple[str | None, ModelRequest]] = []
         self._lock = threading.Lock()
@@ -79,12 +78,19 @@ class _RecordingModel(Model):
         with self._lock:
             return [request for _, request in self._log]
 
+    @property
+    def last_request(self) -> ModelRequest:
+        with self._lock:
+            if not self._log:
+                raise LookupError(f"{self!r} has received no request")
+            return self._log[-1][1]
+
     def clear_requests(self) -> None:
         """Forget every recorded request."""
         with self._lock:
             self._log.clear()
 
-    def _record(self, request: ModelRequest) -> None:
+    def _keep(self, request: ModelRequest) -> None:
         with self._lock:
             self._log.append((current_conversation(), request))
             if len(self._log) > self.keep_requests:
@@ -96,11 +102,17 @@ class _RecordingModel(Model):
         with self._lock:
             self._log = [(cid, r) for cid, r in self._log if cid is not None and cid not in ids]
 
-    @property
-    def last_request(self) -> ModelRequest:
-        if not self.requests:
-            raise LookupError(f"{self!r} has received no request")
-        return self.requests[-1]
+
+class _RecordingModel(RequestRecord, Model):
+    """Records its last requests (:class:`RequestRecord`) and streams replies word by word."""
+
+    def __init__(self, name: str, delay: float = 0.0, keep_requests: int = KEEP_REQUESTS) -> None:
+        self.name = name
+        self.delay = delay
+        self._start_record(keep_requests)
+
+    def _record(self, request: ModelRequest) -> None:
+        self._keep(request)
 
     def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
         response = self.request(request)
