@@ -24,6 +24,7 @@ from colloquy.errors import (
     ConversationBusy,
     ConversationNotFound,
     IdempotencyKeyReused,
+    NoContextRecord,
     OwnerGone,
     brief,
 )
@@ -44,6 +45,7 @@ ID = "c_internal0042"
     OwnerGone("user 'u_internal0042'"),
     ConflictError(ID, 7),
     ConversationBusy(ID, 5.0),
+    NoContextRecord(ID, 3),
 ], ids=lambda e: type(e).__name__)
 def test_errors_naming_an_internal_id_leave_it_out_of_the_clients_text(
         error: ColloquyError) -> None:
@@ -143,5 +145,7 @@ def test_the_native_route_names_a_conversation_as_the_client_does() -> None:
                                               "stream": stream})
         assert r.status_code == 422 and "this conversation" in r.text, r.text
         assert cid not in r.text
+    r = client.get("/v1/conversations/support/messages/1/context", headers=h)  # a user message
+    assert r.status_code == 404 and "message 1 has no record" in r.text and cid not in r.text
     r = client.get("/v1/conversations/nope", headers=h)
     assert r.status_code == 404 and r.json()["error"]["message"] == "no conversation with id 'nope'"

@@ -185,6 +185,19 @@ class NoContextRecord(ColloquyError):
     """A message has no stored record of the context its model call was sent: it is not a
     reply, or it was stored before colloquy kept such records (colloquy.context.seen)."""
 
+    def __init__(self, conversation_id: str, seq: int) -> None:
+        self.conversation_id = conversation_id
+        self.seq = seq
+        super().__init__(self._text(f"message {seq} of {conversation_id}"))
+
+    @staticmethod
+    def _text(which: str) -> str:
+        return (f"{which} has no record of its context (it is not a reply, or it was stored "
+                "before colloquy recorded what each reply was sent)")
+
+    def client_message(self) -> str:
+        return self._text(f"message {self.seq}")
+
 
 class ToolError(ColloquyError):
     """A tool definition is invalid, or the model asked for a tool that does not exist

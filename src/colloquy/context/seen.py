@@ -218,9 +218,7 @@ def seen(store: Any, conversation_id: str, seq: int,
     reply = by_seq.get(seq)
     rec = reply.meta.get(CONTEXT) if reply is not None else None
     if reply is None or reply.role != "assistant" or not isinstance(rec, dict):
-        raise NoContextRecord(
-            f"message {seq} of {conversation_id} has no record of its context (it is not a "
-            "reply, or it was stored before colloquy recorded what each reply was sent)")
+        raise NoContextRecord(conversation_id, seq)
     parts: list[SeenPart] = []
     for name, p in (rec.get("parts") or {}).items():
         part = SeenPart(name=name, tokens=int(p.get("tokens", 0)), seqs=expand(p.get("seqs", [])))
