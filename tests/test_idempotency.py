@@ -85,6 +85,10 @@ def test_the_fingerprint_covers_every_block(store: Store) -> None:
     with pytest.raises(IdempotencyKeyReused):
         chat.send(other, idempotency_key="k")
     assert chat.check_idempotency_key(blocks, "k") is None
+    assert chat.idempotency_key_answered(blocks, "k") is True  # a turn would replay
+    assert chat.idempotency_key_answered(blocks, "new") is False
+    with pytest.raises(IdempotencyKeyReused):
+        chat.idempotency_key_answered(other, "k")
 
 
 # -- the native route -------------------------------------------------------------------------------
@@ -123,15 +127,20 @@ def test_the_native_route_answers_422_for_a_reused_key_in_json_stream_and_header
     r = client.post(url, json={"content": "first"}, headers={**h, "Idempotency-Key": "k-1"})
     assert r.status_code == 200 and r.json()["replayed"] is True
     assert r.headers["idempotent-replayed"] == "true"
-    events = parse_sse(client.post(url, json={"content": "first", "stream": True},
-                                   headers={**h, "Idempotency-Key": "k-1"}))
+    r = client.post(url, json={"content": "first", "stream": True},
+                    headers={**h, "Idempotency-Key": "k-1"})
+    events = parse_sse(r)
     assert events[-1][0] == "done" and events[-1][1]["replayed"] is True
+    assert r.headers["idempotent-replayed"] == "true"  # known before the stream starts
+    r = client.post(url, json={"content": "a new one", "stream": True, "idempotency_key": "k-2"},
+                    headers=h)
+    assert parse_sse(r)[-1][1]["replayed"] is False and "idempotent-replayed" not in r.headers
     # Two different keys in one request are refused.
     r = client.post(url, json={"content": "x", "idempotency_key": "a"},
                     headers={**h, "Idempotency-Key": "b"})
     assert r.status_code == 400 and "differ" in r.json()["error"]["message"]
     assert [sm.message.text for sm in store.load(cid)][0] == "first"
-    assert len(store.load(cid)) == 2 and len(model.requests) == 1
+    assert len(store.load(cid)) == 4 and len(model.requests) == 2  # "first", "a new one"
 
 
 # -- the OpenAI-compatible route (the official SDK) ------------------------------------------------

@@ -34,7 +34,7 @@ from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
-from .continuity import auto_title, check_key, key_meta, prior_turn
+from .continuity import auto_title, check_key, key_answered, key_meta, prior_turn
 from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
@@ -460,6 +460,16 @@ class Chat:
         if idempotency_key is not None:
             check_key(self.store, self.session_id, idempotency_key,
                       _user_message(content) if content is not None else None, self._log)
+
+    def idempotency_key_answered(self, content: UserInput | None,
+                                 idempotency_key: str | None) -> bool:
+        """:meth:`check_idempotency_key`, and whether the key was already answered: the turn
+        will replay the stored reply, which a server says in a header before a stream starts
+        (one more store read than the check alone)."""
+        if idempotency_key is None:
+            return False
+        return key_answered(self.store, self.session_id, idempotency_key,
+                            _user_message(content) if content is not None else None, self._log)
 
     def edit_last(self, content: UserInput, *, idempotency_key: str | None = None,
                   temperature: float | None = None, max_tokens: int | None = None) -> Reply:

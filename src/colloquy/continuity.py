@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -131,23 +132,42 @@ def prior_turn(chat: Chat, idempotency_key: str | None, message: Message | None 
     if found is None:
         return None
     # The log is dense (seq n at index n - 1): the turn's messages follow the keyed one.
-    after = chat._log[found.seq:]
+    used = _answer(chat._log[found.seq:])
+    if used is None:
+        return found
+    sm = used[-1]
+    usage = Usage.total(m.usage for m in used if m.usage is not None)
+    costs = [m.cost_usd for m in used]
+    return Reply(
+        text=sm.message.text, message=sm.message, conversation_id=chat.session_id,
+        seq=sm.seq, usage=usage,
+        cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
+        model=sm.model or chat.model.name, stop_reason=sm.meta.get("stop_reason"),
+        rounds=len(used), notes=["replayed: this idempotency key was already answered"],
+        blocked=bool(sm.meta.get("blocked")), guards=list(sm.meta.get("guards", [])),
+    )
+
+
+def key_answered(store: Store, conversation_id: str, idempotency_key: str,
+                 message: Message | None, log_: list[StoredMessage]) -> bool:
+    """Whether the key was already answered in this conversation, read from the store without
+    the turn lock: then the turn will replay the stored reply (:func:`prior_turn`), which a
+    server says in a header before a stream starts. Raises :class:`IdempotencyKeyReused` as
+    :func:`check_key` does."""
+    found = check_key(store, conversation_id, idempotency_key, message, log_)
+    return found is not None and _answer(store.load(conversation_id, after_seq=found.seq)) is not None
+
+
+def _answer(after: Sequence[StoredMessage]) -> list[StoredMessage] | None:
+    """The assistant messages of the keyed turn up to its final one (no tool_use), from the
+    messages that follow the keyed one; None when it was not answered."""
     used: list[StoredMessage] = []
     for sm in after:
         if sm.role == "assistant":
             used.append(sm)
             if not sm.message.tool_uses:
-                usage = Usage.total(m.usage for m in used if m.usage is not None)
-                costs = [m.cost_usd for m in used]
-                return Reply(
-                    text=sm.message.text, message=sm.message, conversation_id=chat.session_id,
-                    seq=sm.seq, usage=usage,
-                    cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
-                    model=sm.model or chat.model.name, stop_reason=sm.meta.get("stop_reason"),
-                    rounds=len(used), notes=["replayed: this idempotency key was already answered"],
-                    blocked=bool(sm.meta.get("blocked")), guards=list(sm.meta.get("guards", [])),
-                )
-    return found
+                return used
+    return None
 
 
 # -- titles ---------------------------------------------------------------------------------------

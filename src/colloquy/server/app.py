@@ -56,7 +56,7 @@ from .schemas import (
     ReplyOut,
 )
 from .inflight import cancel_on_disconnect
-from .service import ChatService, ServerSettings
+from .service import ChatService, ServerSettings, replayed_header
 
 log = logging.getLogger("colloquy.server")
 STATIC = Path(__file__).with_name("static")
@@ -325,11 +325,10 @@ def create_app(
                 reply, replayed = await cancel_on_disconnect(
                     request.receive, service.send_named(user, conversation_id, content, key,
                                                         revise=revise, thinking=thinking))
-            if replayed:
-                response.headers["Idempotent-Replayed"] = "true"
+            response.headers.update(replayed_header(replayed))
             return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
         try:
-            chat = await service.turn_chat(user, conversation_id, content, key, revise)
+            chat, replay = await service.turn_chat(user, conversation_id, content, key, revise)
         except BaseException:
             ticket.release()
             raise
@@ -358,7 +357,8 @@ def create_app(
                 ticket.release()
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                          **replayed_header(replay)},
                                  background=BackgroundTask(ticket.release))
 
     TURN_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **TURN_ERRORS, 200: {

@@ -255,25 +255,35 @@ class ChatService:
         return chat
 
     async def turn_chat(self, user: User, name: str, content: UserInput | None, key: str | None,
-                        revise: Revision | None = None) -> Chat:
-        """What every turn route calls before its turn: the message's size, the caller's
+                        revise: Revision | None = None) -> tuple[Chat, bool]:
+        """What a streamed turn calls before its stream starts: the message's size, the caller's
         conversation, the idempotency key (a key already used with another message is refused
         here, with a status, before a stream starts), and for an edit or a regeneration that
         there is a turn to revise (409 now rather than an error event in the stream).
-        ``content`` is None for a regeneration."""
+        ``content`` is None for a regeneration. Returns the Chat and whether the key was
+        already answered: the turn will replay, which the stream's headers say
+        (``Idempotent-Replayed``) before its first event."""
         if content is not None:
             self.check_message(content)
-        return await self.run(self.prepare_turn, user, name, content, key, revise)
+        return await self.run(self.prepare_stream, user, name, content, key, revise)
 
     def prepare_turn(self, user: User, name: str, content: UserInput | None, key: str | None,
                      revise: Revision | None = None) -> Chat:
-        """:meth:`turn_chat`'s work once the caller is known (blocking: store reads)."""
+        """The caller's conversation, the idempotency key's check and the revision's, once the
+        caller is known (blocking: store reads)."""
         chat = self.chat(user, name)
         if key is not None:
             chat.check_idempotency_key(content, key)
         if revise is not None:
             self.check_revisable(chat)
         return chat
+
+    def prepare_stream(self, user: User, name: str, content: UserInput | None, key: str | None,
+                       revise: Revision | None = None) -> tuple[Chat, bool]:
+        """:meth:`prepare_turn`, and whether the key was already answered (see
+        :meth:`turn_chat`)."""
+        chat = self.prepare_turn(user, name, content, key, revise)
+        return chat, chat.idempotency_key_answered(content, key)
 
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations: drop their Chat and its loaded log (see register_cache)."""
@@ -571,6 +581,12 @@ def _resolve_policy(settings: ServerSettings, model: Model) -> ServerSettings:
 def _owner(user: User) -> Owner:
     """Writes for a request are refused once its user is deleted (or deleted and re-added)."""
     return Owner(user_id=user.id, user_generation=user.generation)
+
+
+def replayed_header(replayed: bool) -> dict[str, str]:
+    """``Idempotent-Replayed: true`` on a replayed turn's response (JSON or stream), the header
+    Stripe's API marks a replay with; nothing otherwise."""
+    return {"Idempotent-Replayed": "true"} if replayed else {}
 
 
 def _replayed(reply: Reply) -> bool:
