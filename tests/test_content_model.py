@@ -204,6 +204,30 @@ def test_openai_conversion_carries_what_it_can_and_notes_the_rest() -> None:
         assert kind in joined, kind
 
 
+@pytest.mark.parametrize("block, carried, noted", [
+    # A Files API image: OpenAI cannot fetch it, so it is noted, never sent as an empty data URL.
+    ({"type": "image", "source": {"type": "file", "file_id": "file_1"}}, None, "image (file source)"),
+    # A base64 text document crosses as its decoded text.
+    ({"type": "document", "source": {"type": "base64", "media_type": "text/plain",
+                                     "data": base64.b64encode(b"hello there").decode()}},
+     "hello there", "1 document"),
+    # A content-source document: its text crosses, the image inside it is named as left out.
+    ({"type": "document", "source": {"type": "content", "content": [
+        {"type": "text", "text": "inner words"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}},
+     "inner words", "image inside a document"),
+])
+def test_openai_conversion_never_loses_a_block_part_without_a_note(
+        block: dict[str, Any], carried: str | None, noted: str) -> None:
+    message = Message.model_validate({"role": "user", "content": [block, {"type": "text", "text": "q"}]})
+    out, notes = openai_messages("", [message])
+    sent = json.dumps(out)
+    assert "data:image/png;base64,\"" not in sent and "base64,\"}" not in sent
+    if carried is not None:
+        assert carried in sent
+    assert any(noted in n for n in notes), notes
+
+
 def test_openai_model_reports_the_loss_on_the_reply(tmp_path: Any) -> None:
     from fake_openai import FakeOpenAI, Turn
 

@@ -18,6 +18,8 @@ per call, before anything else, holds for every output of :func:`openai_messages
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections import Counter
@@ -93,6 +95,12 @@ def _document_part(block: DocumentBlock, losses: _Losses) -> dict[str, Any] | No
         return {"type": "file", "file": {
             "filename": name, "file_data": f"data:application/pdf;base64,{src.get('data', '')}"}}
     text = block.text
+    if kind == "base64" and str(src.get("media_type", "")).startswith("text/"):
+        text = _decoded_text(src.get("data"))
+    if kind == "content" and isinstance(src.get("content"), list):
+        for part in src["content"]:
+            if not (isinstance(part, dict) and part.get("type") == "text"):
+                losses.dropped[f"{_kind_of(part)} inside a document"] += 1
     if text:
         losses.as_text["document"] += 1
         head = "\n\n".join(p for p in (block.title, block.context) if p)
@@ -107,6 +115,10 @@ def _user_part(block: ContentBlock, losses: _Losses) -> dict[str, Any] | None:
             losses.citations += 1
         return {"type": "text", "text": block.text}
     if isinstance(block, ImageBlock):
+        if block.source.get("type") not in ("url", "base64"):
+            # e.g. a Files API file_id: OpenAI cannot fetch Anthropic's files.
+            losses.dropped[f"image ({block.source.get('type')} source)"] += 1
+            return None
         return {"type": "image_url", "image_url": {"url": _image_url(block)}}
     if isinstance(block, DocumentBlock):
         return _document_part(block, losses)
@@ -119,6 +131,20 @@ def _user_part(block: ContentBlock, losses: _Losses) -> dict[str, Any] | None:
 
 def _kind(block: Any) -> str:
     return str(getattr(block, "type", type(block).__name__))
+
+
+def _kind_of(part: Any) -> str:
+    """The ``type`` of a raw content part (a dict), for notes."""
+    return str(part.get("type") or "part") if isinstance(part, dict) else type(part).__name__
+
+
+def _decoded_text(data: Any) -> str:
+    """A base64 text document's text ("" when it is not valid base64): OpenAI has no text
+    document part, so the text itself is what can cross."""
+    try:
+        return base64.b64decode(str(data or ""), validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return ""
 
 
 def _tool_message(result: ToolResultBlock, losses: _Losses) -> tuple[dict[str, Any], list[dict[str, Any]]]:
