@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .errors import NothingToRevise
+from .errors import EditConflict, NothingToRevise
 from .guards.base import BLOCKED
 from .messages import Message, StoredMessage
 
@@ -94,10 +94,28 @@ def last_turn(history: Sequence[StoredMessage]) -> tuple[Message, list[int]]:
     raise NothingToRevise("there is no message to edit or regenerate yet")
 
 
+def revised_turn(conversation_id: str, history: Sequence[StoredMessage], revision: Revision,
+                 target: int | None) -> tuple[Message, list[int]]:
+    """:func:`last_turn`, checked against the message the revision was meant for: ``target``
+    (a seq; None: whatever turn is newest) must be the newest turn's user message for an edit,
+    any of its messages (the reply, usually) for a regeneration. Raises :class:`EditConflict`
+    otherwise (a message was sent, or the turn revised, since the client showed it: from a
+    stale edit box, another tab or device) and :class:`NothingToRevise` without a turn."""
+    try:
+        message, seqs = last_turn(history)
+    except NothingToRevise:
+        if target is None:
+            raise
+        raise EditConflict(conversation_id, target, None) from None
+    if target is not None and (target != seqs[0] if revision == "edit" else target not in seqs):
+        raise EditConflict(conversation_id, target, seqs[0])
+    return message, seqs
+
+
 def revision_meta(revision: Revision, seqs: Sequence[int]) -> dict[str, Any]:
     """The meta a revising turn's user message carries."""
     return {SUPERSEDES: list(seqs), REVISION: revision}
 
 
-__all__ = ["REVISION", "SUPERSEDES", "CurrentBranch", "NothingToRevise", "Revision",
-           "last_turn", "revision_meta", "superseded_by"]
+__all__ = ["REVISION", "SUPERSEDES", "CurrentBranch", "EditConflict", "NothingToRevise",
+           "Revision", "last_turn", "revised_turn", "revision_meta", "superseded_by"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .branches import CurrentBranch, Revision, last_turn, revision_meta
+from .branches import CurrentBranch, Revision, revised_turn, revision_meta
 from .context.base import Context, ContextInput, ContextPolicy
 from .context.default import DefaultPolicy
 from .context.fit import fit_to_window
@@ -34,7 +34,8 @@ from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
-from .continuity import auto_title, check_key, key_answered, key_meta, prior_turn
+from .continuity import (auto_title, check_key, find_keyed, fingerprint, key_answered,
+                         key_meta, prior_turn)
 from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
@@ -416,7 +417,7 @@ class Chat:
     def send(self, content: UserInput | None, *, idempotency_key: str | None = None,
              temperature: float | None = None, max_tokens: int | None = None,
              thinking: int | None = None, tools: Sequence[ToolSpec] = (),
-             revise: Revision | None = None) -> Reply:
+             revise: Revision | None = None, target: int | None = None) -> Reply:
         """One turn: store the message, call the model (and tools), store and return the reply.
 
         A retry with the same ``idempotency_key`` (after a network drop, say) stores nothing new
@@ -426,10 +427,12 @@ class Chat:
         ValueError) override the chat's own for this turn only; ``tools`` are declared for this
         turn and not run by colloquy (see :class:`~colloquy.turn_options.TurnOptions`).
         ``revise`` makes the turn replace the newest one (see :meth:`edit_last`,
-        :meth:`regenerate`); ``content`` is None only with ``revise="regenerate"``."""
+        :meth:`regenerate`); ``content`` is None only with ``revise="regenerate"``. ``target``
+        (with ``revise``): the seq of the message the revision is meant for; when it is no
+        longer the newest turn's, :class:`~colloquy.errors.EditConflict` and nothing stored."""
         reply: Reply | None = None
         options = TurnOptions.of(temperature, max_tokens, thinking, tools)
-        for event in run(self._turn(content, False, idempotency_key, options, revise)):
+        for event in run(self._turn(content, False, idempotency_key, options, revise, target)):
             if isinstance(event, Reply):
                 reply = event
         assert reply is not None
@@ -439,7 +442,7 @@ class Chat:
         self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
         thinking: int | None = None, tools: Sequence[ToolSpec] = (),
-        revise: Revision | None = None,
+        revise: Revision | None = None, target: int | None = None,
     ) -> Iterator[str | ThinkingDelta | Reply]:
         """Like :meth:`send`, yielding text deltas (``str``) as they arrive, then the final
         :class:`Reply`; with thinking on, :class:`~colloquy.models.ThinkingDelta` pieces of the
@@ -449,56 +452,80 @@ class Chat:
         is then closed) stops the model call and stores the text received so far with
         ``stop_reason`` ``"cancelled"`` and its usage."""
         options = TurnOptions.of(temperature, max_tokens, thinking, tools)
-        yield from run(self._turn(content, True, idempotency_key, options, revise))
+        yield from run(self._turn(content, True, idempotency_key, options, revise, target))
 
-    def check_idempotency_key(self, content: UserInput | None, idempotency_key: str | None) -> None:
+    def check_idempotency_key(self, content: UserInput | None, idempotency_key: str | None,
+                              revise: Revision | None = None, target: int | None = None) -> None:
         """Raise :class:`IdempotencyKeyReused` now if the key was already used in this
-        conversation with another message: what :meth:`send` would raise, checked without the
+        conversation for another request (another message, or another operation: ``revise``
+        and ``target`` as for :meth:`send`): what :meth:`send` would raise, checked without the
         turn lock, so a server can refuse with a status before it starts streaming (the check
         under the lock in :meth:`send` stays the one that counts). ``content`` None: a
-        regeneration, whose message is the stored one."""
+        regeneration."""
         if idempotency_key is not None:
-            check_key(self.store, self.session_id, idempotency_key,
-                      _user_message(content) if content is not None else None, self._log)
+            check_key(self.store, self.session_id, idempotency_key, fingerprint(
+                _user_message(content) if content is not None else None, revise, target),
+                self._log)
 
-    def idempotency_key_answered(self, content: UserInput | None,
-                                 idempotency_key: str | None) -> bool:
+    def check_target(self, revise: Revision | None, target: int | None,
+                     idempotency_key: str | None = None) -> None:
+        """Raise now, without the turn lock, what a revision would (NothingToRevise,
+        EditConflict: see :meth:`send`), so a server refuses with a status before it streams;
+        a retry (``idempotency_key`` stored) passes: the turn replays its first answer."""
+        if revise is None:
+            return
+        with self._lock:
+            self._sync()
+            if idempotency_key is None or find_keyed(
+                    self.store, self.session_id, idempotency_key, self._log) is None:
+                revised_turn(self.session_id, self._log, revise, target)
+
+    def idempotency_key_answered(self, content: UserInput | None, idempotency_key: str | None,
+                                 revise: Revision | None = None, target: int | None = None,
+                                 ) -> bool:
         """:meth:`check_idempotency_key`, and whether the key was already answered: the turn
         will replay the stored reply, which a server says in a header before a stream starts
         (one more store read than the check alone)."""
         if idempotency_key is None:
             return False
-        return key_answered(self.store, self.session_id, idempotency_key,
-                            _user_message(content) if content is not None else None, self._log)
+        return key_answered(self.store, self.session_id, idempotency_key, fingerprint(
+            _user_message(content) if content is not None else None, revise, target), self._log)
 
     def edit_last(self, content: UserInput, *, idempotency_key: str | None = None,
-                  temperature: float | None = None, max_tokens: int | None = None) -> Reply:
+                  temperature: float | None = None, max_tokens: int | None = None,
+                  seq: int | None = None) -> Reply:
         """Replace the newest turn's user message with ``content`` and answer it.
 
         Nothing stored is rewritten: a new turn is appended whose user message names the old
         turn's seqs in its meta (``supersedes``), and from then on the old turn is shown to no
-        model (colloquy.branches). Raises :class:`colloquy.errors.NothingToRevise` when the
-        conversation has no turn yet."""
+        model (colloquy.branches). ``seq``: the seq of the user message meant; when another
+        message was sent (or the turn revised) since, from another tab or device, raises
+        :class:`colloquy.errors.EditConflict` and stores nothing, rather than replace a
+        message the user did not mean. Raises :class:`colloquy.errors.NothingToRevise` when
+        the conversation has no turn yet."""
         return self.send(content, idempotency_key=idempotency_key, temperature=temperature,
-                         max_tokens=max_tokens, revise="edit")
+                         max_tokens=max_tokens, revise="edit", target=seq)
 
     def regenerate(self, *, idempotency_key: str | None = None, temperature: float | None = None,
-                   max_tokens: int | None = None) -> Reply:
+                   max_tokens: int | None = None, seq: int | None = None) -> Reply:
         """Answer the newest turn's user message again, as a new turn that supersedes the old
-        one (see :meth:`edit_last`)."""
+        one (see :meth:`edit_last`). ``seq``: the seq of the reply meant (any message of the
+        newest turn is accepted); :class:`colloquy.errors.EditConflict` when that turn is no
+        longer the newest."""
         return self.send(None, idempotency_key=idempotency_key, temperature=temperature,
-                         max_tokens=max_tokens, revise="regenerate")
+                         max_tokens=max_tokens, revise="regenerate", target=seq)
 
     async def asend(self, content: UserInput | None, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None,
                     thinking: int | None = None, tools: Sequence[ToolSpec] = (),
-                    revise: Revision | None = None) -> Reply:
+                    revise: Revision | None = None, target: int | None = None) -> Reply:
         """The async twin of :meth:`send`: the model call is awaited on the event loop (the
         SDKs' async clients), the short steps around it run on :attr:`executor`. Cancelling
         the task stops the model call and stores the partial reply (see :meth:`stream`)."""
         reply: Reply | None = None
         options = TurnOptions.of(temperature, max_tokens, thinking, tools)
-        async for event in arun(self._turn(content, False, idempotency_key, options, revise),
+        async for event in arun(self._turn(content, False, idempotency_key, options, revise,
+                                           target),
                                 self.executor):
             if isinstance(event, Reply):
                 reply = event
@@ -509,28 +536,33 @@ class Chat:
         self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
         thinking: int | None = None, tools: Sequence[ToolSpec] = (),
-        revise: Revision | None = None,
+        revise: Revision | None = None, target: int | None = None,
     ) -> AsyncIterator[str | ThinkingDelta | Reply]:
         """The async twin of :meth:`stream` (cancelling the task or closing the iterator stops
         the model call and stores the partial reply). Nothing runs until it is iterated."""
         options = TurnOptions.of(temperature, max_tokens, thinking, tools)
-        return arun(self._turn(content, True, idempotency_key, options, revise), self.executor)
+        return arun(self._turn(content, True, idempotency_key, options, revise, target),
+                    self.executor)
 
     def _turn(
         self, content: UserInput | None, streaming: bool, idempotency_key: str | None = None,
         options: TurnOptions = NO_OPTIONS, revise: Revision | None = None,
+        target: int | None = None,
     ) -> Turn:
         """The turn, once for every caller: a generator of the effects it waits on (see
         colloquy.effects), returning the Reply; traced, its span (colloquy.telemetry.turns)
         current while the turn's own code runs, in a private context the caller never sees."""
         if content is None and revise != "regenerate":
             raise ValueError("a turn needs a message (only regenerate reuses the last one)")
+        if target is not None and revise is None:
+            raise ValueError("a target (seq) names the message an edit or regenerate is for")
         given = _user_message(content) if content is not None else None
-        return isolated(self._traced_turn(given, streaming, idempotency_key, options, revise))
+        return isolated(self._traced_turn(given, streaming, idempotency_key, options, revise,
+                                          target))
 
     def _traced_turn(
         self, given: Message | None, streaming: bool, idempotency_key: str | None,
-        options: TurnOptions, revise: Revision | None,
+        options: TurnOptions, revise: Revision | None, target: int | None = None,
     ) -> Turn:
         with turn_span(self.session_id, self.model, streaming) as scope, \
                 conversation(self.session_id):
@@ -540,7 +572,7 @@ class Chat:
                 release = yield Acquire(self)
             try:
                 reply = yield from self._locked_turn(given, streaming, idempotency_key,
-                                                     options, revise, scope.delta)
+                                                     options, revise, scope.delta, target)
             finally:
                 release()
             outcome = "blocked" if reply.blocked else "replayed" if any(
@@ -552,17 +584,19 @@ class Chat:
     def _locked_turn(
         self, given: Message | None, streaming: bool, idempotency_key: str | None,
         options: TurnOptions, revise: Revision | None, delta: Callable[[], None],
+        target: int | None = None,
     ) -> Turn:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
-        prior = prior_turn(self, idempotency_key, given)
+        # The fingerprint is of the request as sent: its operation, message and target.
+        asked = fingerprint(given, revise, target)
+        prior = prior_turn(self, idempotency_key, asked)
         if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
             if streaming and prior.text:
                 delta()
                 yield Emit(prior.text)
             return prior
-        message, revision = self._revision(given, prior, revise)
-        # The fingerprint is of the message as sent (a regeneration's: the stored one).
-        extra_meta = {**key_meta(idempotency_key, message), **revision}
+        message, revision = self._revision(given, prior, revise, target)
+        extra_meta = {**key_meta(idempotency_key, asked), **revision}
         self._ensure_conversation()
         checked = self._guard("input", message.text)
         if checked.changed:
@@ -684,16 +718,18 @@ class Chat:
             log.warning("could not store the interrupted reply of %s: %s", self.session_id, e)
 
     def _revision(self, given: Message | None, prior: StoredMessage | None,
-                  revise: Revision | None) -> tuple[Message, dict[str, Any]]:
+                  revise: Revision | None, target: int | None = None,
+                  ) -> tuple[Message, dict[str, Any]]:
         """The turn's user message, and the meta that makes it replace the newest turn when
-        ``revise`` asks (colloquy.branches). A retry whose first attempt stored its message
-        (``prior``) reuses it, revision meta included."""
+        ``revise`` asks (colloquy.branches), if ``target`` is still in it (EditConflict). A
+        retry whose first attempt stored its message (``prior``) reuses it, revision meta
+        included."""
         if prior is not None:
             return given or prior.message, {}
         if revise is None:
             assert given is not None
             return given, {}
-        old, seqs = last_turn(self._log)
+        old, seqs = revised_turn(self.session_id, self._log, revise, target)
         return given or old, revision_meta(revise, seqs)
 
     def context_seen(self, seq: int | None = None) -> SeenContext:

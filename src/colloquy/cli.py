@@ -36,7 +36,7 @@ from .messages import (
 from .models import ThinkingDelta
 from .store import Store, default_db_path, open_store
 from .store.base import Conversation, new_id, resolve_conversation, users_conversation
-from .text import clean
+from .text import clean, require_name
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
 
@@ -287,6 +287,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             session = store.create_conversation(id=new_id(), name=session, user_id=args.user).id
     else:
         existing = store.find_conversation(session) if session else None
+    if args.session and existing is None:
+        require_name(args.session, "the session name")  # refused now, not at the first turn
     guards, persona = build_guards(args.guard or [], args.guards, judge=args.guard_model)
     chat = Chat(
         args.model, system=args.system if args.system is not None else persona.get("system"),

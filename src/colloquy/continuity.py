@@ -10,7 +10,8 @@ hold three promises that a single-process chat never needs:
   the user message's meta (indexed uniquely per conversation), and a retry with the same key
   returns the stored reply (or, if the first attempt died before answering, finishes that turn
   without storing the message again) (:func:`prior_turn`); the key comes with a fingerprint of
-  the message, so a key sent again with *another* message is refused
+  the request (the operation, send, edit or regenerate, its message and the message it
+  names), so a key sent again with *another* message or operation is refused
   (:class:`IdempotencyKeyReused`) instead of answered with the first message's reply;
 * **conversations are findable**: after the first exchange a conversation gets a short title
   from a cheap model call (claude-haiku-4-5 for Claude chats), falling back to the first words
@@ -71,29 +72,42 @@ def turn_lock(store: Store, conversation_id: str) -> AbstractContextManager[Any]
 IDEMPOTENCY_FINGERPRINT = "idempotency_fingerprint"
 
 
-def fingerprint(message: Message) -> str:
-    """SHA-256 (hex) of the message's content blocks as canonical JSON: what a retry must
-    repeat. Taken before input guards run, so a guard that rewrites the stored text (PII
-    redaction) does not make a faithful retry look different."""
-    blocks = [b.model_dump(mode="json", exclude_none=True) for b in message.content]
-    canonical = json.dumps(blocks, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def fingerprint(message: Message | None, revise: str | None = None,
+                target: int | None = None) -> str:
+    """SHA-256 (hex) of the request a key stands for: what a retry must repeat.
+
+    A plain send is the message's content blocks as canonical JSON (the form stored before
+    revisions counted, so older keys still match). An edit or a regeneration (``revise``) adds
+    the operation and the message it names (``target``, a seq; None: the newest turn), so a key
+    first used for a send is not answered as a regeneration, nor the reverse (a regeneration's
+    ``message`` is None: it sends none). Taken before input guards run, so a guard that
+    rewrites the stored text (PII redaction) does not make a faithful retry look different."""
+    blocks = None if message is None else [
+        b.model_dump(mode="json", exclude_none=True) for b in message.content]
+    payload: Any = blocks if revise is None and target is None else {
+        "operation": revise or "send", "content": blocks, "target": target}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def key_meta(idempotency_key: str | None, message: Message | None = None) -> dict[str, Any]:
-    """What a user message's meta carries for its key: the key, and the fingerprint of
-    ``message`` (the request as sent) when given."""
+def key_meta(idempotency_key: str | None, request: str | None = None) -> dict[str, Any]:
+    """What a user message's meta carries for its key: the key, and ``request``, the request's
+    :func:`fingerprint`, when given."""
     if idempotency_key is None:
         return {}
     if not isinstance(idempotency_key, str) or len(idempotency_key) > 255:
         raise ValueError("an idempotency key is a non-empty string of at most 255 characters")
     meta: dict[str, Any] = {IDEMPOTENCY_KEY: require_text(idempotency_key, "the idempotency key")}
-    if message is not None:
-        meta[IDEMPOTENCY_FINGERPRINT] = fingerprint(message)
+    if request is not None:
+        meta[IDEMPOTENCY_FINGERPRINT] = request
     return meta
 
 
-def _find(store: Store, conversation_id: str, key: str, log_: list[StoredMessage]) -> StoredMessage | None:
+def find_keyed(store: Store, conversation_id: str, key: str,
+               log_: list[StoredMessage]) -> StoredMessage | None:
+    """The message stored with idempotency key ``key`` (validated and cleaned, as it is
+    stored), if any."""
+    key = key_meta(key)[IDEMPOTENCY_KEY]
     finder = getattr(store, "find_by_idempotency_key", None)
     if callable(finder):
         found: StoredMessage | None = finder(conversation_id, key)
@@ -102,33 +116,33 @@ def _find(store: Store, conversation_id: str, key: str, log_: list[StoredMessage
 
 
 def check_key(store: Store, conversation_id: str, idempotency_key: str,
-              message: Message | None, log_: list[StoredMessage]) -> StoredMessage | None:
+              request: str, log_: list[StoredMessage]) -> StoredMessage | None:
     """The message stored with this key, if any; :class:`IdempotencyKeyReused` when it was
-    sent with another message than ``message``. A message stored before fingerprints existed
-    is taken as the same request."""
-    key = key_meta(idempotency_key)[IDEMPOTENCY_KEY]  # validated and cleaned, as it is stored
-    found = _find(store, conversation_id, key, log_)
-    if found is not None and message is not None:
+    sent for another request than ``request`` (a :func:`fingerprint`: another message, or
+    another operation: a send, an edit, a regeneration). A message stored before fingerprints
+    existed is taken as the same request."""
+    found = find_keyed(store, conversation_id, idempotency_key, log_)
+    if found is not None:
         first = found.meta.get(IDEMPOTENCY_FINGERPRINT)
-        if first is not None and first != fingerprint(message):
+        if first is not None and first != request:
             raise IdempotencyKeyReused(conversation_id, idempotency_key)
     return found
 
 
-def prior_turn(chat: Chat, idempotency_key: str | None, message: Message | None = None,
+def prior_turn(chat: Chat, idempotency_key: str | None, request: str,
                ) -> Reply | StoredMessage | None:
     """What an earlier attempt with this key left: its :class:`Reply` when it was answered, the
     stored user message when it was not (the caller finishes that turn without storing the
     message again), or None for a new key. Called under the turn lock, after syncing.
 
-    Raises :class:`IdempotencyKeyReused` when ``message`` (the message as sent now) differs
-    from the one first sent with the key. A message stored before fingerprints existed is
-    taken as the same request."""
+    Raises :class:`IdempotencyKeyReused` when ``request`` (the :func:`fingerprint` of the
+    request as sent now) differs from the one first sent with the key. A message stored before
+    fingerprints existed is taken as the same request."""
     from .chat import Reply
 
     if idempotency_key is None:
         return None
-    found = check_key(chat.store, chat.session_id, idempotency_key, message, chat._log)
+    found = check_key(chat.store, chat.session_id, idempotency_key, request, chat._log)
     if found is None:
         return None
     # The log is dense (seq n at index n - 1): the turn's messages follow the keyed one.
@@ -149,12 +163,12 @@ def prior_turn(chat: Chat, idempotency_key: str | None, message: Message | None 
 
 
 def key_answered(store: Store, conversation_id: str, idempotency_key: str,
-                 message: Message | None, log_: list[StoredMessage]) -> bool:
+                 request: str, log_: list[StoredMessage]) -> bool:
     """Whether the key was already answered in this conversation, read from the store without
     the turn lock: then the turn will replay the stored reply (:func:`prior_turn`), which a
     server says in a header before a stream starts. Raises :class:`IdempotencyKeyReused` as
     :func:`check_key` does."""
-    found = check_key(store, conversation_id, idempotency_key, message, log_)
+    found = check_key(store, conversation_id, idempotency_key, request, log_)
     return found is not None and _answer(store.load(conversation_id, after_seq=found.seq)) is not None
 
 

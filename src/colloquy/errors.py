@@ -18,6 +18,7 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │                               overflow while streaming)
     ├── InvalidConversationError    a request would break the API's conversation rules
     │   └── NothingToRevise         edit/regenerate asked of a conversation with no turn yet
+    ├── EditConflict                an edit/regenerate named a message no longer the newest turn's
     ├── IdempotencyKeyReused        an idempotency key came back with a different message
     ├── InvalidTextError            empty or whitespace-only content (also a ValueError)
     ├── NoContextRecord             no stored record of what a message's model call was sent
@@ -179,6 +180,29 @@ class InvalidTextError(ColloquyError, ValueError):
 
 class NothingToRevise(InvalidConversationError):
     """Editing or regenerating the last turn of a conversation that has none yet."""
+
+
+class EditConflict(ColloquyError):
+    """An edit or a regeneration named the message it meant (``seq``), and that message is no
+    longer the newest current turn's: another message was sent (or the turn revised) since,
+    from another tab or device. Revising the newest turn anyway would replace a message the
+    user did not mean, so nothing is stored; the HTTP service answers 409 ``edit_conflict``.
+    ``newest``: the seq of the newest current turn's user message (None: no turn)."""
+
+    def __init__(self, conversation_id: str, seq: int, newest: int | None) -> None:
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.newest = newest
+        super().__init__(self._text(f"conversation {conversation_id!r}"))
+
+    def _text(self, where: str) -> str:
+        now = f"the newest turn starts at message {self.newest}" if self.newest is not None \
+            else "there is no turn"
+        return (f"message {self.seq} is no longer the newest turn of {where} ({now}): "
+                "reload the conversation and edit or regenerate again")
+
+    def client_message(self) -> str:
+        return self._text("this conversation")
 
 
 class NoContextRecord(ColloquyError):

@@ -33,12 +33,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import ConfigError, ImportRefused
+from .errors import ConfigError, ImportRefused, InvalidTextError
 from .memory.records import Fact, Summary
 from .messages import ImageBlock, Message, StoredMessage, ToolResultBlock
 from .store import Conversation, NewMessage, Store
 from .store.turns import IDEMPOTENCY_KEY
-from .text import clean, clean_json, is_blank
+from .text import clean, clean_json, is_blank, require_name
 from .usage import Usage
 
 #: Size limits of imported values, in characters (JSON text for meta and content). Far above
@@ -304,8 +304,19 @@ def _conversation(plan: ImportPlan, r: _Row, *, encoded: bool) -> Conversation:
         created_at=r.number("created_at"), updated_at=r.number("updated_at"),
         last_seq=r.integer("last_seq"), meta=r.json_value("meta", "meta", dict, encoded=encoded,
                                                 default="{}" if encoded else {}),
-        name=r.text("name", "id", optional=True) or "",  # an older export: the id
+        name=_path_name(r, r.text("name", "id", optional=True)),
     ))
+
+
+def _path_name(r: _Row, name: str | None) -> str:
+    """The conversation's name (none or blank, as in an older export: the id), refused as the
+    stores refuse it when a URL path cannot carry it (colloquy.text.require_name)."""
+    if not name or is_blank(name):
+        name = r.text("id", "id")
+    try:
+        return require_name(name)
+    except InvalidTextError as e:
+        raise r.refuse(str(e)) from None
 
 
 def _message(r: _Row, conversation_id: str, seq: int, role: str, content: list[Any], *,

@@ -126,6 +126,24 @@ def require_text(text: str, what: str) -> str:
     return text
 
 
+#: Names a URL path cannot carry: ``.`` and ``..`` are removed from every path by URL parsers
+#: (browsers, curl; RFC 3986 5.2.4 "remove_dot_segments", WHATWG URL: also ``%2e``), and a
+#: ``/`` separates path segments (servers decode ``%2F`` before routing).
+_PATHLESS_NAMES = frozenset({".", ".."})
+
+
+def require_name(name: str, what: str = "the conversation name") -> str:
+    """``name`` cleaned, when a URL path can carry it as one segment
+    (``/v1/conversations/{name}``); :class:`InvalidTextError` otherwise: blank, ``.`` or
+    ``..``, or holding ``/``. Applied where a new name is stored (every store's
+    ``create_conversation``, imports); a stored older name still reads."""
+    name = require_text(name, what)
+    if name in _PATHLESS_NAMES or "/" in name:
+        raise InvalidTextError(f"{what} {name!r} cannot be used: a URL path cannot carry "
+                               "'.', '..' or a name with '/'")
+    return name
+
+
 def clean_or_empty(text: str) -> str:
     """``text`` cleaned, and ``""`` (none) when blank: for values where blank means "not set"
     (a stored conversation's model)."""

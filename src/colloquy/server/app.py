@@ -47,6 +47,7 @@ from .schemas import (
     FactCreate,
     FactList,
     FactOut,
+    EditCreate,
     Health,
     IdempotencyKeyHeader,
     Me,
@@ -316,19 +317,23 @@ def create_app(
 
     async def answer(conversation_id: str, content: str | None, key: str | None, stream: bool,
                      user: User, request: Request, response: Response,
-                     revise: Revision | None = None, thinking: int | None = None) -> Any:
+                     revise: Revision | None = None, thinking: int | None = None,
+                     target: int | None = None) -> Any:
         """A turn for one of the turn routes: JSON, or server-sent events with ``stream``;
-        ``thinking``: the request's own thinking budget (Chat.send's)."""
+        ``thinking``: the request's own thinking budget (Chat.send's); ``target``: the seq an
+        edit or regeneration is meant for (Chat.send's)."""
         ticket = service.inflight.admit()  # 503 at once past the limit
         if not stream:
             with ticket:
                 reply, replayed = await cancel_on_disconnect(
                     request.receive, service.send_named(user, conversation_id, content, key,
-                                                        revise=revise, thinking=thinking))
+                                                        revise=revise, thinking=thinking,
+                                                        target=target))
             response.headers.update(replayed_header(replayed))
             return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
         try:
-            chat, replay = await service.turn_chat(user, conversation_id, content, key, revise)
+            chat, replay = await service.turn_chat(user, conversation_id, content, key,
+                                                   revise, target)
         except BaseException:
             ticket.release()
             raise
@@ -337,7 +342,7 @@ def create_app(
             # A disconnect cancels this body (Starlette), which stops the turn (colloquy.effects).
             try:
                 async for event in service.stream(chat, content, key, revise=revise,
-                                                  thinking=thinking):
+                                                  thinking=thinking, target=target):
                     if isinstance(event, str):
                         yield sse_delta(event)
                     elif isinstance(event, ThinkingDelta):
@@ -379,25 +384,27 @@ def create_app(
               responses=TURN_RESPONSES, summary="replace the newest user message and answer it",
               description="A new turn is appended; the turn it replaces stays in the log, marked "
               "superseded (`superseded_by` in the conversation's messages), and is shown to no "
-              "model again. 409 when the conversation has no turn yet. " + SSE_DOC)
-    async def edit_last(conversation_id: str, body: MessageCreate, user: CurrentUser,
+              "model again. 409 when the conversation has no turn yet, or (edit_conflict) when "
+              "`seq` names a message that is no longer the newest user message. " + SSE_DOC)
+    async def edit_last(conversation_id: str, body: EditCreate, user: CurrentUser,
                         request: Request, response: Response,
                         idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         return await answer(conversation_id, body.content, key, body.stream, user, request,
-                            response, revise="edit", thinking=body.thinking)
+                            response, revise="edit", thinking=body.thinking, target=body.seq)
 
     @api.post("/conversations/{conversation_id}/regenerate", response_model=ReplyOut,
               responses=TURN_RESPONSES, summary="answer the newest user message again",
               description="A new turn with the same user message is appended; the turn it "
               "replaces stays in the log, marked superseded. 409 when the conversation has no "
-              "turn yet. " + SSE_DOC)
+              "turn yet, or (edit_conflict) when `seq` names a reply no longer in the newest "
+              "turn. " + SSE_DOC)
     async def regenerate(conversation_id: str, body: RegenerateCreate, user: CurrentUser,
                          request: Request, response: Response,
                          idempotency_key: IdempotencyKeyHeader = None) -> Any:
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         return await answer(conversation_id, None, key, body.stream, user, request, response,
-                            revise="regenerate", thinking=body.thinking)
+                            revise="regenerate", thinking=body.thinking, target=body.seq)
 
     @api.get("/conversations/{conversation_id}/messages/{seq}/context",
              response_model=SeenContext, responses={404: {

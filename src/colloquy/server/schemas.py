@@ -102,13 +102,24 @@ class MessageCreate(_Body):
     thinking: ThinkingBudget = None
 
 
+class EditCreate(MessageCreate):
+    seq: int | None = Field(
+        None, ge=1, description="the seq of the user message this edit replaces: when another "
+        "message was sent (or the turn revised) since, the edit is refused (409 edit_conflict) "
+        "instead of replacing a message not meant; absent: the newest, whichever it is")
+
+
 class RegenerateCreate(_Body):
     stream: bool = Field(False, description="answer as server-sent events")
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="a retried request with the same key is answered once",
+        None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="a retried request with the same key is answered once; the same key used "
+        "for another request (a send, an edit) is refused (422)",
     )
     thinking: ThinkingBudget = None
+    seq: int | None = Field(
+        None, ge=1, description="the seq of the reply to regenerate: when its turn is no longer "
+        "the newest, refused (409 edit_conflict); absent: the newest turn's")
 
 
 class ConversationOut(BaseModel):

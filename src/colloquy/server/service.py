@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from ..branches import Revision, last_turn
+from ..branches import Revision
 from ..chat import Chat, Reply, UserInput
 from ..context.seen import SeenContext, seen
 from ..context.base import ContextPolicy
@@ -255,35 +255,37 @@ class ChatService:
         return chat
 
     async def turn_chat(self, user: User, name: str, content: UserInput | None, key: str | None,
-                        revise: Revision | None = None) -> tuple[Chat, bool]:
+                        revise: Revision | None = None, target: int | None = None,
+                        ) -> tuple[Chat, bool]:
         """What a streamed turn calls before its stream starts: the message's size, the caller's
         conversation, the idempotency key (a key already used with another message is refused
         here, with a status, before a stream starts), and for an edit or a regeneration that
-        there is a turn to revise (409 now rather than an error event in the stream).
-        ``content`` is None for a regeneration. Returns the Chat and whether the key was
+        there is a turn to revise, the one ``target`` names (409 now rather than an error event in
+        the stream). ``content`` is None for a regeneration. Returns the Chat and whether the key was
         already answered: the turn will replay, which the stream's headers say
         (``Idempotent-Replayed``) before its first event."""
         if content is not None:
             self.check_message(content)
-        return await self.run(self.prepare_stream, user, name, content, key, revise)
+        return await self.run(self.prepare_stream, user, name, content, key, revise,
+                              target)
 
     def prepare_turn(self, user: User, name: str, content: UserInput | None, key: str | None,
-                     revise: Revision | None = None) -> Chat:
+                     revise: Revision | None = None, target: int | None = None) -> Chat:
         """The caller's conversation, the idempotency key's check and the revision's, once the
         caller is known (blocking: store reads)."""
         chat = self.chat(user, name)
         if key is not None:
-            chat.check_idempotency_key(content, key)
-        if revise is not None:
-            self.check_revisable(chat)
+            chat.check_idempotency_key(content, key, revise, target)
+        chat.check_target(revise, target, key)
         return chat
 
     def prepare_stream(self, user: User, name: str, content: UserInput | None, key: str | None,
-                       revise: Revision | None = None) -> tuple[Chat, bool]:
+                       revise: Revision | None = None, target: int | None = None,
+                       ) -> tuple[Chat, bool]:
         """:meth:`prepare_turn`, and whether the key was already answered (see
         :meth:`turn_chat`)."""
-        chat = self.prepare_turn(user, name, content, key, revise)
-        return chat, chat.idempotency_key_answered(content, key)
+        chat = self.prepare_turn(user, name, content, key, revise, target)
+        return chat, chat.idempotency_key_answered(content, key, revise, target)
 
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations: drop their Chat and its loaded log (see register_cache)."""
@@ -338,21 +340,22 @@ class ChatService:
 
     async def send_named(self, user: User, name: str, content: str | None,
                          key: str | None = None, *, revise: Revision | None = None,
-                         thinking: int | None = None) -> tuple[Reply, bool]:
+                         thinking: int | None = None, target: int | None = None,
+                         ) -> tuple[Reply, bool]:
         """:meth:`turn_chat` then :meth:`send`, with the caller's conversation resolved (and
         the idempotency key checked) in the turn's first step on the pool rather than in a trip
         of its own: a JSON turn makes three trips to a thread, not four (issue 16's CPU per
         turn). Raises what they raise. Turns are queued here by (user, name), which names one
         conversation; a turn on the same conversation queued by id (a stream) waits for the
         store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`;
-        ``thinking``: Chat.send's, this turn only."""
+        ``thinking``: Chat.send's, this turn only; ``target``: Chat.send's."""
         if content is not None:
             self.check_content(content)
         options = TurnOptions.of(thinking=thinking)
 
         def turn() -> Turn:  # its first step runs on the pool: store reads may wait there
-            chat = self.prepare_turn(user, name, content, key, revise)
-            return (yield from chat._turn(content, False, key, options, revise))
+            chat = self.prepare_turn(user, name, content, key, revise, target)
+            return (yield from chat._turn(content, False, key, options, revise, target))
 
         async with self._turn((user.id, name)):
             async for event in arun(turn(), self.executor):
@@ -377,7 +380,7 @@ class ChatService:
     async def stream(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                      temperature: float | None = None, max_tokens: int | None = None,
                      thinking: int | None = None, tools: Sequence[ToolSpec] = (),
-                     revise: Revision | None = None,
+                     revise: Revision | None = None, target: int | None = None,
                      ) -> AsyncIterator[str | ThinkingDelta | tuple[Reply, bool]]:
         """Text deltas (and thinking deltas), then ``(reply, replayed)``. Text deltas that
         arrive while the previous one is still being sent go out as one
@@ -385,16 +388,12 @@ class ChatService:
         async with self._turn(chat.session_id):
             async for event in coalesced(chat.astream(
                     content, idempotency_key=key, temperature=temperature,
-                    max_tokens=max_tokens, thinking=thinking, tools=tools, revise=revise)):
+                    max_tokens=max_tokens, thinking=thinking, tools=tools, revise=revise,
+                    target=target)):
                 if isinstance(event, Reply):
                     yield event, _replayed(event)
                 elif isinstance(event, ThinkingDelta) or (isinstance(event, str) and event):
                     yield event
-
-    def check_revisable(self, chat: Chat) -> None:
-        """Raise :class:`NothingToRevise` (409) before a stream starts when the conversation
-        has no turn to edit or regenerate (the turn checks again under its lock)."""
-        last_turn(chat.history())
 
     # -- context --------------------------------------------------------------------------------
 

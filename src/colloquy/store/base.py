@@ -20,7 +20,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from ..errors import ConfigError, ConversationNotFound, StoreError
 from ..messages import Message, StoredMessage
 from ..text import (
-    JSONDict, Text, clean_json, clean_or_empty, clean_persona, clean_title, is_blank, require_text,
+    JSONDict, Text, clean_json, clean_or_empty, clean_persona, clean_title, is_blank, require_name,
+    require_text,
 )
 from ..usage import Usage
 from .caches import forget_cached, register_cache
@@ -291,6 +292,12 @@ class StoreBase:
         # would own a conversation no one can name); the record cleans the rest.
         title = None if title is None else require_text(title, "the title")
         user_id = None if user_id is None else require_text(user_id, "the user id")
+        # A name (default: the id) is what the service's paths carry: one they cannot carry
+        # would make a conversation no client can open again.
+        if name is not None and is_blank(name):
+            name = None  # none: the id
+        if name or id:
+            require_name(name or id or "")
         conv = Conversation(
             id=id or new_id(), user_id=user_id, persona=persona, model=model, title=title,
             meta=copy.deepcopy(meta) if meta else {},  # the caller may reuse its dict

@@ -163,7 +163,10 @@
     b.body.hidden = true;
     b.li.insertBefore(form, b.body);
     b.li.classList.add("editing");
-    function close() { form.remove(); b.body.hidden = false; b.li.classList.remove("editing"); }
+    function close() {
+      form.remove(); b.body.hidden = false; b.li.classList.remove("editing"); b.closeEdit = null;
+    }
+    b.closeEdit = close;
     cancel.addEventListener("click", close);
     area.addEventListener("keydown", function (ev) {
       if (ev.key === "Escape") { ev.preventDefault(); close(); }
@@ -174,17 +177,35 @@
       var text = area.value;
       if (!text.trim()) return;
       close();
-      turn("/edit", { content: text, idempotency_key: Api.newKey() }, text, lastTurnBubbles(), "edit")
-        .catch(function () { startEdit(b); b.li.querySelector(".edit-input").value = text; });
+      // The message meant (seq): if another was sent since (another tab or device), the
+      // server refuses (409 edit_conflict) instead of replacing that one.
+      var body = { content: text, idempotency_key: Api.newKey() };
+      if (b.userSeq) body.seq = b.userSeq;
+      turn("/edit", body, text, lastTurnBubbles(), "edit").catch(function (e) {
+        if (conflicted(e)) return;
+        startEdit(b); b.li.querySelector(".edit-input").value = text;
+      });
     });
     area.focus();
   }
 
-  function regenerate() {
+  function regenerate(b) {
     var replaced = lastTurnBubbles();
     if (state.busy || !replaced.length) return;
-    turn("/regenerate", { idempotency_key: Api.newKey() }, replaced[0].text, replaced, "regenerate")
-      .catch(function () { /* said on the page */ });
+    var body = { idempotency_key: Api.newKey() };
+    if (b && b.replySeq) body.seq = b.replySeq;  // the reply meant (see startEdit)
+    turn("/regenerate", body, replaced[0].text, replaced, "regenerate")
+      .catch(conflicted);  // else said on the page
+  }
+
+  /* An edit or a regeneration refused because the conversation moved on meanwhile (another
+   * tab or device): show it as stored now, keeping the error in view. */
+  function conflicted(e) {
+    if (!(e instanceof Api.ApiError) || e.type !== "edit_conflict" || !state.current) return false;
+    openConversation(state.current.id).then(function () {
+      showError("chat-error", failureText(e));
+    }).catch(function () {});
+    return true;
   }
 
   async function showContext(b) {
@@ -230,6 +251,8 @@
    * why (the returned promise rejects). Stop aborts the request: the server stops the model
    * and stores the reply so far, which is then shown as stored. */
   async function turn(path, body, userText, replaced, revision) {
+    // An edit box left open names a message this turn is about to make stale: close it.
+    state.bubbles.forEach(function (b) { if (b.closeEdit) b.closeEdit(); });
     showError("chat-error", "");
     setBusy(true);
     var controller = new AbortController();
@@ -268,6 +291,7 @@
           M.setText(answer, data.text);
           answer.meta.textContent = M.usageLine(data.usage, data.cost_usd, data.stop_reason);
           answer.replySeq = data.seq;
+          if (data.rounds === 1) mine.userSeq = data.seq - 1;  // else: reloaded from the log
           answer.hasContext = true;
           state.messages.push({ role: "assistant", usage: data.usage, cost_usd: data.cost_usd });
           renderSessionCost();
