@@ -8,16 +8,18 @@ turn is :class:`colloquy.Chat`'s, persistence is the store's. Errors are transla
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -247,7 +249,6 @@ def create_app(
     app.add_middleware(SecurityHeaders)
 
     users = cast(UserStore, store)  # every shipped store keeps the service's users
-    bearer = HTTPBearer(auto_error=False, description="a token from `colloquy users add NAME`")
 
     def user_for(token: str) -> User:
         """The token's user, rate-limited (store reads: run on the service's threads)."""
@@ -258,19 +259,7 @@ def create_app(
             limiter.check(user.id)  # one limit per user across processes (in the database)
         return user
 
-    async def current_user(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        x_api_key: Annotated[str | None, Header(
-            alias="x-api-key", include_in_schema=False)] = None,
-    ) -> User:
-        # On the service's own pool (loop.run_in_executor), not as a sync dependency on
-        # anyio's, whose trip costs more CPU per request (bench/load.py's profile, issue 16).
-        # The anthropic SDK sends its api_key as x-api-key: the same token, another header.
-        token = creds.credentials if creds is not None else x_api_key
-        if not token:
-            raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        return await service.run(user_for, token)
-
+    current_user = _TokenUser(lambda token: service.run(user_for, token))
     CurrentUser = Annotated[User, Depends(current_user)]
     # Routes are added to the app itself (no sub-routers), so app.routes lists every one of
     # them: the tests walk it to check auth, isolation and the OpenAPI description.
@@ -282,9 +271,11 @@ def create_app(
 
     @api.post("/conversations", status_code=201, response_model=ConversationOut,
               summary="start a conversation")
-    def create_conversation(body: ConversationCreate, user: CurrentUser) -> ConversationOut:
-        return ConversationOut.of(service.create(
-            user, title=body.title, system=body.system, model=body.model))
+    async def create_conversation(body: ConversationCreate, user: CurrentUser) -> ConversationOut:
+        # On the service's step pool, as a turn's steps, not on anyio's threads as a sync
+        # route: its trip costs less CPU (bench/load.py's burst of first turns, issue 16).
+        return ConversationOut.of(await service.run(partial(
+            service.create, user, title=body.title, system=body.system, model=body.model)))
 
     @api.get("/conversations", response_model=ConversationList,
              summary="the caller's conversations, newest activity first")
@@ -520,6 +511,31 @@ class _Routes:
 
     def delete(self, path: str, **kw: Any) -> Callable[[Any], Any]:
         return self._route("DELETE", path, **kw)
+
+
+class _TokenUser(HTTPBearer):
+    """The routes' one authentication dependency: the caller's :class:`User` from the request's
+    bearer token (or ``x-api-key``, as the anthropic SDK sends it), 401 without a valid one.
+
+    One dependency reading the headers itself, not HTTPBearer and a Header parameter under it:
+    each layer FastAPI solves costs CPU on every request (bench/load.py's profile, issue 16).
+    Still an HTTPBearer to FastAPI, so the OpenAPI description keeps its ``HTTPBearer`` scheme.
+    """
+
+    def __init__(self, lookup: Callable[[str], Awaitable[User]]) -> None:
+        super().__init__(auto_error=False, scheme_name="HTTPBearer",
+                         description="a token from `colloquy users add NAME`")
+        self._lookup = lookup
+
+    async def __call__(self, request: Request) -> User:  # type: ignore[override]
+        # The lookup runs on the service's own pool (loop.run_in_executor), not as a sync
+        # dependency on anyio's, whose trip costs more CPU per request.
+        scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+        if scheme.lower() != "bearer" or not token:
+            token = request.headers.get("x-api-key", "")
+        if not token:
+            raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        return await self._lookup(token)
 
 
 def _log_error(error: BaseException, redactor: E.Redactor) -> None:
