@@ -78,6 +78,12 @@ def _nested_list(chars: int) -> str:
     return "\n".join(lines)[:chars]
 
 
+def _wide_table(chars: int) -> str:
+    """A table whose header (about 700 characters) is too long to repeat in every piece."""
+    head = "|" + "col|" * 175 + "\n|" + "-|" * 175 + "\n"
+    return head + _fill("|" + "x|" * 175 + "\n", chars - len(head))
+
+
 def inputs(chars: int = CHARS) -> dict[str, str]:
     """Name -> a message of exactly ``chars`` characters."""
     made: dict[str, Callable[[int], str]] = {
@@ -85,6 +91,12 @@ def inputs(chars: int = CHARS) -> dict[str, str]:
         "code block": _code,
         "table": _table,
         "nested lists": _nested_list,
+        "nested ordered lists": lambda n: _fill("\n".join("1. " * 500 + "x" for _ in range(21)), n),
+        "nested ordered lists 1)": lambda n: _fill("\n".join("1) " * 500 + "x" for _ in range(21)), n),
+        "wide table": lambda n: _fill("|" + "a|" * 7990 + "\n|" + "-|" * 7990, n),
+        "wide table with rows": _wide_table,
+        "nested links": lambda n: _fill("[" * 3000 + "a" + "](x)" * 3000, n),
+        "nested emphasis": lambda n: _fill("*_" * 4000 + "a" + "_*" * 4000, n),
         "nested quotes": lambda n: _fill(">", n),
         "quote + list nesting": lambda n: _fill("> - ", n),
         "brackets": lambda n: _fill("[", n),

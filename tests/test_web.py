@@ -215,6 +215,11 @@ def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
         assert page.input_value("#input") == "where is my parcel?"  # ready to send again
         page.press("#input", "Enter")
         page.locator(".message.assistant .body", has_text="the answer at last").wait_for()
+        # The page shows what the server stored: the message once, the failed reply gone.
+        shown = page.locator("#messages > .message")
+        assert shown.all_inner_texts()[0].count("where is my parcel?") == 1
+        assert page.locator("#messages > .message.user").count() == 1
+        assert page.locator("#messages .message.failed").count() == 0
         send(page, "and my refund?")
         (conv,) = store.list_conversations(user_id="ada")
         log = store.load(conv.id)

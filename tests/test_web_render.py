@@ -162,3 +162,48 @@ def test_a_32000_character_reply_streams_and_shows(browser: Any, tmp_path: Path)
         assert mine.locator("table").count() >= 30
         send(page, "still responsive?")
         assert page.locator("#messages > .message").count() == 4
+
+
+#: Every kind of container block marked nests (CommonMark's block quotes and list items, each
+#: list marker), mixed too: nested hundreds deep, each must fall back to plain text.
+NESTING_MARKERS = ["1. ", "1) ", "10. ", "- ", "* ", "+ ", "> ", "> 1. ", "1. - "]
+
+
+@pytest.mark.parametrize("marker", NESTING_MARKERS)
+def test_deep_nesting_of_any_container_is_shown_as_plain_text(browser: Any, site: Site,
+                                                              marker: str) -> None:
+    text = "\n".join(marker * 500 + f"x{i}" for i in range(21))
+    with open_page(browser, site) as w:
+        r = w.page.evaluate("""async (text) => {
+            const body = document.createElement('div');
+            document.getElementById('messages').appendChild(body);
+            await window.colloquyRender.into(body, text);
+            let deepest = 0;
+            for (const el of body.querySelectorAll('li, blockquote')) {
+                let d = 0;
+                for (let p = el; p && p !== body; p = p.parentElement)
+                    if (p.tagName === 'LI' || p.tagName === 'BLOCKQUOTE') d++;
+                deepest = Math.max(deepest, d);
+            }
+            const shown = body.textContent;
+            body.remove();
+            return {deepest, shown};
+        }""", text)
+    assert r["deepest"] <= 2 * 25, (marker, r["deepest"])
+    assert all(f"x{i}" in r["shown"] for i in range(21)), marker
+
+
+@pytest.mark.parametrize("header_chars", [32_000, 16_000, 700, 300])
+def test_a_wide_table_is_cut_into_small_pieces(browser: Any, site: Site, header_chars: int) -> None:
+    """A piece's size counts the table header it repeats, and a long header is not repeated:
+    pieces stay near PIECE characters (1,000) and their sum near the message's length."""
+    columns = header_chars // 4
+    text = "|" + "a|" * columns + "\n|" + "-|" * columns + "\n"
+    text += ("|" + "x|" * columns + "\n") * ((32_000 - len(text)) // (2 * columns + 2))
+    with open_page(browser, site) as w:
+        pieces = w.page.evaluate("(text) => window.colloquyRender.split(text)", text)
+    assert max(map(len, pieces)) <= 3 * 1_000 + 100, sorted(map(len, pieces))[-3:]
+    assert sum(map(len, pieces)) <= 2 * len(text)
+    assert "".join(pieces).count("x") == text.count("x")
+    if header_chars <= 500:  # a short header is repeated: every piece is a table
+        assert all(p.startswith(text.split("\n")[0]) for p in pieces)

@@ -278,3 +278,45 @@ def test_stop_cuts_the_reply_and_the_server_keeps_what_was_written(browser: Any,
             return all.length && all[all.length - 1].innerText.trim() === kept; }""", arg=kept.strip())
         answer.locator(".turn-meta", has_text="stopped ·").wait_for()
         assert page.locator("#stop").is_hidden() and page.locator("#send").is_visible()
+
+
+def test_an_unanswered_message_can_be_regenerated_after_a_reload(browser: Any,
+                                                                 tmp_path: Path) -> None:
+    """A reply that failed leaves the user's message stored without one: after a reload the
+    page offers Regenerate on that message (not only Edit or retyping), and counts say
+    "1 message", not "1 messages"."""
+    outcomes: list[str | None] = [None, "the answer at last"]
+
+    def flaky(request: Any) -> str:
+        step = outcomes.pop(0)
+        if step is None:
+            raise ConnectionError("the provider dropped the connection")
+        return step
+
+    with serve_site(tmp_path, FunctionModel(flaky)) as s, open_page(browser, s) as w:
+        page = w.page
+        page.fill("#input", "where is my parcel?")
+        page.press("#input", "Enter")
+        page.locator(".message.assistant.failed .turn-meta", has_text="send again").wait_for()
+        page.locator(".conversation .meta", has_text="1 message ·").wait_for()
+        page.reload()
+        page.wait_for_selector("#app:not([hidden])")
+        mine = page.locator("#messages > .message.user")
+        mine.wait_for()
+        assert page.locator("#messages > .message.assistant").count() == 0
+        mine.locator(".regenerate").click()
+        reply = page.locator("#messages > .message.assistant")
+        reply.locator(".turn-meta", has_text="tokens").wait_for()
+        assert "the answer at last" in reply.inner_text()
+        assert page.locator("#messages > .message.user").all_inner_texts()[0].count(
+            "where is my parcel?") == 1
+        (conv,) = s.store.list_conversations(user_id="ada")
+        log = s.store.load(conv.id)
+        assert [(sm.role, sm.message.text) for sm in log][-2:] == [
+            ("user", "where is my parcel?"), ("assistant", "the answer at last")]
+        reply.locator(".show-context").click()
+        panel = page.locator("#context-dialog")
+        panel.locator(".seen-part", has_text="Messages sent").wait_for()
+        text = panel.inner_text()
+        assert "1 message," in text and "1 messages" not in text, text
+        page.click("#close-context")

@@ -19,7 +19,7 @@
 
   function showError(id, text) { $(id).textContent = text || ""; }
 
-  function count(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+  var count = M.count;
 
   function failureText(e) {
     if (e instanceof Api.ApiError) return e.message;
@@ -43,7 +43,7 @@
       b.dataset.id = c.id;
       if (state.current && state.current.id === c.id) b.setAttribute("aria-current", "true");
       b.appendChild(M.el("span", "title", c.title || "New chat"));
-      b.appendChild(M.el("span", "meta", c.message_count + " messages · " +
+      b.appendChild(M.el("span", "meta", count(c.message_count, "message") + " · " +
         new Date(c.updated_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" })));
       b.addEventListener("click", function () { openConversation(c.id); closeSidebar(); });
       li.appendChild(b);
@@ -117,21 +117,24 @@
     return b[key];
   }
 
-  /* Edit on the newest user message, Regenerate on the newest reply, "What the model saw" on
-   * every reply with a stored record; none of them while a turn runs. */
+  /* Edit on the newest user message; Regenerate on the newest turn's last bubble (its reply, or
+   * the user message itself when it has none: a reply that failed, seen after a reload); "What
+   * the model saw" on every reply with a stored record; none of them while a turn runs. */
   function refreshActions() {
-    var lastUser = null, lastReply = null;
+    var lastUser = null, last = state.bubbles[state.bubbles.length - 1];
     state.bubbles.forEach(function (b) {
-      if (b.li.classList.contains("user")) lastUser = b; else lastReply = b;
+      if (b.li.classList.contains("user")) lastUser = b;
     });
     state.bubbles.forEach(function (b) {
       var isUser = b.li.classList.contains("user");
       if (isUser) {
         button(b, "editButton", "Edit", "edit-message", "Edit your message", startEdit).hidden =
           b !== lastUser || state.busy;
+        button(b, "regenerateButton", "Regenerate", "regenerate", "Answer your message again",
+               regenerate).hidden = b !== last || state.busy;
       } else {
         button(b, "regenerateButton", "Regenerate", "regenerate", "Regenerate the reply",
-               regenerate).hidden = b !== lastReply || !lastUser || state.busy;
+               regenerate).hidden = b !== last || !lastUser || state.busy;
         button(b, "contextButton", "What the model saw", "show-context",
                "What the model saw for this reply", showContext).hidden = !b.hasContext || !b.replySeq;
       }
@@ -144,6 +147,13 @@
       if (state.bubbles[i].li.classList.contains("user")) return state.bubbles.slice(i);
     }
     return [];
+  }
+
+  /* The newest turn's bubbles if no reply answered it (none, or only failed ones), else []. */
+  function unanswered() {
+    var turnBubbles = lastTurnBubbles();
+    var answered = turnBubbles.slice(1).some(function (b) { return !b.li.classList.contains("failed"); });
+    return answered ? [] : turnBubbles;
   }
 
   function startEdit(b) {
@@ -230,9 +240,15 @@
     refreshActions();
   }
 
-  /* Put replaced bubbles into a collapsed "earlier version", where they were. */
+  /* Put replaced bubbles into a collapsed "earlier version", where they were; without a
+   * revision (the unanswered message sent again: the server stores it once) they just go. */
   function collapse(replaced, revision) {
     if (!replaced.length) return;
+    if (!revision) {
+      replaced.forEach(function (b) { b.li.remove(); });
+      state.bubbles = state.bubbles.filter(function (b) { return replaced.indexOf(b) < 0; });
+      return;
+    }
     var li = M.el("li", "earlier");
     var d = M.el("details");
     d.appendChild(M.el("summary", null, "Earlier version (" +
@@ -358,13 +374,15 @@
       }
     } catch (e) { showError("chat-error", failureText(e)); return; }
     // The message's key: the unanswered message sent again keeps the key it was sent with.
-    var p = state.pending;
+    var p = state.pending, again = [];
     if (!p || p.conversation !== state.current.id || p.text !== text) {
       p = state.pending = { conversation: state.current.id, text: text, key: Api.newKey() };
+    } else {
+      again = unanswered();  // sent again: its stored message and failed reply are replaced
     }
     input.value = "";
     try {
-      var outcome = await turn("/messages", { content: text, idempotency_key: p.key }, text, []);
+      var outcome = await turn("/messages", { content: text, idempotency_key: p.key }, text, again);
       if ((outcome.reply || outcome.stopped) && state.pending === p) state.pending = null;
       else if (!outcome.reply && !outcome.stopped && !input.value) {
         input.value = text;  // failed: ready to send again (with the same key)
@@ -439,7 +457,7 @@
       // The account went with the data: the token no longer works.
       history.replaceState(null, "", location.pathname);
       $("memory").hidden = true;
-      signOut("All your data was deleted (" + report.conversations + " conversations).");
+      signOut("All your data was deleted (" + count(report.conversations, "conversation") + ").");
     } catch (e) { showError("chat-error", failureText(e)); }
   }
 

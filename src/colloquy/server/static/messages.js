@@ -17,6 +17,9 @@
     return node;
   }
 
+  /* "1 message", "2 messages": the page's one plural rule (English: singular for exactly 1). */
+  function count(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+
   // -- tokens and dollars -----------------------------------------------------------------------
 
   function money(x) {
@@ -430,7 +433,7 @@
     return s;
   }
 
-  function tokensLabel(n) { return "~" + n + " tokens"; }
+  function tokensLabel(n) { return "~" + count(n, "token"); }
 
   function seenMessages(list) {
     var ol = el("ol", "seen-messages");
@@ -473,7 +476,7 @@
       if (p.messages.length) s.appendChild(seenMessages(p.messages));
       root.appendChild(s);
     });
-    var msgs = section("Messages sent", seen.messages.length + " messages, " +
+    var msgs = section("Messages sent", count(seen.messages.length, "message") + ", " +
                        tokensLabel(seen.messages_tokens));
     var d = el("details");
     d.appendChild(el("summary", null, "Show the messages"));
@@ -519,6 +522,6 @@
   window.colloquyMessages = {
     el: el, bubble: bubble, setText: setText, view: view, show: show, usageLine: usageLine,
     sessionLine: sessionLine, copy: copy, actionButton: actionButton, toolBlock: toolBlock,
-    thinkingBlock: thinkingBlock, seenPanel: seenPanel, money: money
+    thinkingBlock: thinkingBlock, seenPanel: seenPanel, money: money, count: count
   };
 })();

@@ -23,6 +23,7 @@
 
   var WHOLE = 2000;           // messages up to this many characters render in one piece
   var PIECE = 1000;           // the size pieces are cut at, in characters
+  var MAX_HEADER = PIECE / 2; // a table header longer than this is not repeated in later pieces
   var MAX_DEPTH = 24;         // quote or list nesting beyond which a piece is shown as plain text
   var MAX_HIGHLIGHT = 20000;  // longest code block highlighted, in characters
   var LATER = 2000;           // code blocks longer than this are highlighted in their own task
@@ -98,8 +99,11 @@
     return frag;
   }
 
-  /* Too deeply nested to parse safely (marked recurses once per level): quote markers or
-   * indentation outside code fences. */
+  /* Too deeply nested to parse safely (marked recurses once per level): the block prefix of a
+   * line outside code fences, which is where every nesting marked parses starts (CommonMark's
+   * container blocks: block quotes and list items). Quote markers count one level each; list
+   * markers of every kind ("-", "*", "+", and ordered "1." or "1)" with up to 9 digits) count as
+   * the indentation their content takes, with spaces and tabs. */
   function tooDeep(lines) {
     var fence = null;
     for (var i = 0; i < lines.length; i++) {
@@ -113,6 +117,14 @@
         else if (c === 32) indent++;
         else if (c === 9) indent += 4;
         else if (c === 45 || c === 42 || c === 43) indent += 2;  // "-", "*", "+" list markers
+        else if (c >= 48 && c <= 57) {          // an ordered list marker: digits, then "." or ")"
+          var k = j;
+          while (k < line.length && k - j < 9 && line.charCodeAt(k) >= 48 && line.charCodeAt(k) <= 57) k++;
+          var after = line.charCodeAt(k);
+          if (after !== 46 && after !== 41) break;
+          indent += k - j + 1;
+          j = k;
+        }
         else break;
         if (quotes > MAX_DEPTH || indent > 4 * MAX_DEPTH) return true;
       }
@@ -144,7 +156,7 @@
     function cut() {
       if (cur.length) pieces.push(cur.join("\n"));
       cur = header ? header.slice() : [];
-      size = 0;
+      size = header ? header[0].length + header[1].length + 2 : 0;  // a piece's size counts its header
     }
     for (var i = 0; i < lines.length; i++) {
       var line = lines[i], m = FENCE.exec(line);
@@ -157,8 +169,9 @@
           if (blankBefore || header || size >= 2 * PIECE) cut();
         }
         if (m) fence = m[1];
-        else if (!header && i + 1 < lines.length && isTableRow(line) && isDelimiterRow(lines[i + 1])) {
-          header = [line, lines[i + 1]];
+        else if (!header && i + 1 < lines.length && isTableRow(line) && isDelimiterRow(lines[i + 1]) &&
+                 line.length + lines[i + 1].length <= MAX_HEADER) {
+          header = [line, lines[i + 1]];  // repeated atop each later piece of the table
         }
         while (line.length > 2 * PIECE) {  // an overlong line: cut it at a space, else anywhere
           var at = line.lastIndexOf(" ", PIECE);
