@@ -23,7 +23,9 @@
 
   var WHOLE = 2000;           // messages up to this many characters render in one piece
   var PIECE = 1000;           // the size pieces are cut at, in characters
-  var MAX_HEADER = PIECE / 2; // a table header longer than this is not repeated in later pieces
+  // A table header longer than this is not repeated in later pieces. Each piece then holds at
+  // least PIECE - MAX_HEADER characters of its own, so repeated headers at most double the work.
+  var MAX_HEADER = PIECE / 2;
   var MAX_DEPTH = 24;         // quote or list nesting beyond which a piece is shown as plain text
   var MAX_HIGHLIGHT = 20000;  // longest code block highlighted, in characters
   var LATER = 2000;           // code blocks longer than this are highlighted in their own task
@@ -147,7 +149,7 @@
 
   /* Cut ``text`` into pieces of about PIECE characters. Cuts fall, in order of preference, at a
    * blank line before an unindented line (a block boundary), between table rows (the next piece
-   * repeats the header), between lines, or inside an overlong line at a space. A code fence is
+   * repeats the header if it is short: see MAX_HEADER), between lines, or inside an overlong line at a space. A code fence is
    * never cut. Linear in the text's length; appending text changes only the last pieces. */
   function split(text) {
     if (text.length <= WHOLE) return [text];
