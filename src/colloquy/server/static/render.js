@@ -149,8 +149,9 @@
 
   /* Cut ``text`` into pieces of about PIECE characters. Cuts fall, in order of preference, at a
    * blank line before an unindented line (a block boundary), between table rows (the next piece
-   * repeats the header if it is short: see MAX_HEADER), between lines, or inside an overlong line at a space. A code fence is
-   * never cut. Linear in the text's length; appending text changes only the last pieces. */
+   * repeats a header of up to MAX_HEADER characters), between lines, or inside an overlong line
+   * at a space. A code fence is never cut. Linear in the text's length; appending text changes
+   * only the last pieces. */
   function split(text) {
     if (text.length <= WHOLE) return [text];
     var lines = text.split("\n");
