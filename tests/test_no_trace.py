@@ -6,11 +6,18 @@ cursor, rate-limit state, an account), deletes one, then searches for that user'
 conversation ids in every row of every table (SQL stores) and in every object the store and the
 service hold in memory (any store, the memory store's being its whole state). The other user's
 data is still found, so the search itself is shown to work.
+
+A user deleted by *another* process (``colloquy users delete`` here) leaves the serving
+process's memory within the sweep interval (colloquy.server.sweep), for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import subprocess
+import sys
+import time
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -19,9 +26,11 @@ from colloquy import Chat, EchoModel, Store
 from colloquy.rights import delete_user, discover_tables
 from colloquy.server import create_app
 from colloquy.server.ratelimit import RateLimit
+from colloquy.store import open_store
 from colloquy.store.users import issue_token
-from server_helpers import bearer
+from server_helpers import bearer, clean_env
 from test_data_rights import populate
+from test_server_multiprocess import db  # noqa: F401  (the fixture: SQLite, PostgreSQL)
 
 ANN, BOB = "zqann", "zqbob"  # names no other string contains
 
@@ -131,3 +140,54 @@ def test_delete_me_leaves_no_trace_in_the_serving_process(store: Store) -> None:
     assert BOB in held_text(model)  # only the deleted user's requests were dropped
     export = client.get("/v1/me/export", headers=bearer(tokens[BOB]))
     assert ANN not in json.dumps(export.json())
+
+
+def live_strings(needle: str) -> list[str]:
+    """Every string held in any container anywhere in this process that contains ``needle``
+    (after a collection): what the garbage collector can still reach."""
+    gc.collect()
+    found = []
+    for obj in gc.get_objects():
+        values = obj.values() if isinstance(obj, dict) else obj \
+            if isinstance(obj, (list, tuple)) else ()
+        try:
+            found.extend(v for v in values if isinstance(v, str) and needle in v)
+        except RuntimeError:  # a container changed size while read (another thread)
+            continue
+    return found
+
+
+def test_a_user_deleted_by_another_process_leaves_the_serving_process(db: str) -> None:  # noqa: F811
+    store = open_store(db)
+    app = create_app(store=store, model=EchoModel(), environ={}, rate_limit=None,
+                     sweep_interval=0.5)
+    tokens = {u: issue_token(store, u) for u in (ANN, BOB)}  # type: ignore[arg-type]
+    try:
+        with TestClient(app) as client:  # its lifespan runs the sweeps
+            for user, token in tokens.items():
+                h = bearer(token)
+                cid = client.post("/v1/conversations", headers=h, json={}).json()["id"]
+                assert client.post(f"/v1/conversations/{cid}/messages", headers=h,
+                                   json={"content": f"said-{user} 1"}).status_code == 200
+                assert client.post("/v1/chat/completions",
+                                   headers={**h, "X-Colloquy-Conversation": "oa"},
+                                   json={"messages": [{"role": "user",
+                                                       "content": f"said-{user} 2"}]}
+                                   ).status_code == 200
+            service = app.state.service
+            assert f"said-{ANN}" in held_text(service)  # the cached Chats and the model's record
+            assert live_strings(f"said-{ANN}")
+            done = subprocess.run(
+                [sys.executable, "-m", "colloquy", "users", "delete", ANN, "--yes", "--db", db],
+                capture_output=True, text=True, env=clean_env(), timeout=120)
+            assert done.returncode == 0, done.stderr
+            # Nothing in this process touches ANN's conversations again: only the sweep can
+            # tell it they are gone. Polled (a loaded machine), bounded well above 0.5 s.
+            deadline = time.monotonic() + 30
+            while live_strings(f"said-{ANN}") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not live_strings(f"said-{ANN}"), live_strings(f"said-{ANN}")[:5]
+            assert_gone(held_text(service), ANN, [], "the serving process")
+            assert f"said-{BOB}" in held_text(service)  # the other user's stay cached
+    finally:
+        store.close()

@@ -53,6 +53,10 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     assert bad_rate.returncode == 2 and "invalid rate limit" in bad_rate.stderr
     no_threads = run("serve", "--model", "echo", "--threads", "0", "--db", db)
     assert no_threads.returncode == 2 and "--threads must be at least 1" in no_threads.stderr
+    for bad in ("-1", "nan"):
+        no_sweep = run("serve", "--model", "echo", "--sweep-interval", bad, "--db", db)
+        assert no_sweep.returncode == 2 and "--sweep-interval must not be negative" \
+            in no_sweep.stderr
 
 
 def test_serve_answers_on_loopback_with_a_cli_token(tmp_path: Path) -> None:

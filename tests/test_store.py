@@ -138,6 +138,18 @@ def test_delete_removes_the_conversation_and_its_messages(store: Store) -> None:
     assert [sm.seq for sm in store.append("d", [nm("fresh")])] == [1]
 
 
+def test_existing_conversations_names_those_still_stored(store: Store) -> None:
+    """What the caches' sweep asks (colloquy.caches.sweep_deleted): one query, any number of
+    ids, past SQLite's variables per statement too."""
+    for cid in ("a", "b", "c"):
+        store.create_conversation(id=cid)
+    store.delete_conversation("b")
+    assert store.existing_conversations([]) == set()
+    assert store.existing_conversations(["a", "b", "c", "never"]) == {"a", "c"}
+    many = [f"x{i}" for i in range(40_000)] + ["c"]
+    assert store.existing_conversations(many) == {"c"}
+
+
 # -- the log ----------------------------------------------------------------------------------------
 
 

@@ -148,6 +148,8 @@ def lines_parts(lines: Sequence[str]) -> Parts:
     return total
 
 
+#: The index key of a history without a conversation id (never a stored conversation).
+_ANON = "anon-"
 #: A gap longer than this between two units starts a new session (seconds).
 SESSION_GAP_SECONDS = 3600.0
 
@@ -395,6 +397,11 @@ class RecallPart:
                                   f"{', '.join(FusionWeights.__dataclass_fields__)}") from None
         register_cache(self)
 
+    def cached_conversations(self) -> set[str]:
+        """The conversations indexed here (see colloquy.caches.sweep_deleted)."""
+        with self._lock:
+            return {k for k in self._indexes if not k.startswith(_ANON)}
+
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations leave no index behind in memory (see store.register_cache)."""
         with self._lock:
@@ -403,7 +410,7 @@ class RecallPart:
 
     def index_for(self, inp: ContextInput) -> ConversationIndex:
         """This conversation's index (a new one if the log no longer extends the indexed one)."""
-        key = inp.conversation_id or f"anon-{id(inp.history)}"
+        key = inp.conversation_id or f"{_ANON}{id(inp.history)}"
         with self._lock:
             idx = self._indexes.get(key)
             if idx is not None:

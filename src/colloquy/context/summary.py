@@ -222,6 +222,12 @@ class SummaryPart:
         self._failed: dict[str, int] = {}
         register_cache(self)
 
+    def cached_conversations(self) -> set[str]:
+        """The conversations with a summary or a failed attempt held here (see
+        colloquy.caches.sweep_deleted)."""
+        with self._lock:
+            return {cid for cid in (*self._made, *self._failed) if cid}
+
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations leave no summary behind in memory (see store.register_cache)."""
         with self._lock:

@@ -96,6 +96,11 @@ class RequestRecord:
             if len(self._log) > self.keep_requests:
                 del self._log[: len(self._log) - self.keep_requests]
 
+    def cached_conversations(self) -> set[str]:
+        """The conversations with a request recorded here (see colloquy.caches.sweep_deleted)."""
+        with self._lock:
+            return {cid for cid, _ in self._log if cid is not None}
+
     def forget_conversations(self, ids: set[str]) -> None:
         """Drop the requests made for these (deleted) conversations, and those made outside
         any conversation (see the class docstring)."""

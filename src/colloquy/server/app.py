@@ -242,6 +242,8 @@ def create_app(
     # At shutdown (after uvicorn's --drain-timeout has cut what was still running), let the cut
     # turns store their partial replies before the process exits.
     app.router.on_shutdown.append(service.inflight.settled)
+    app.router.on_startup.append(service.sweeper.start)
+    app.router.on_shutdown.append(service.sweeper.stop)
     app.state.store = store
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _install_error_handlers(app, redactor)

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..store import open_store
 from ..store.users import UserStore, issue_token
+from .sweep import SWEEP_INTERVAL
 
 SETTINGS_VAR = "COLLOQUY_SERVER_SETTINGS"
 METRICS_TOKEN_VAR = "COLLOQUY_METRICS_TOKEN"
@@ -109,6 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-inflight must be at least 1, not {args.max_inflight}")
     if args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must not be negative, not {args.drain_timeout}")
+    if not args.sweep_interval >= 0:  # NaN too
+        raise ConfigError(f"--sweep-interval must not be negative, not {args.sweep_interval}")
     RateLimit.parse(args.rate_limit)  # a clear error now, not in every worker
     get_model(args.model)  # fails here, in one line, on a missing API key or unknown model
     for name in args.allow_model or ():
@@ -120,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
         "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
         "threads": args.threads, "max_inflight": args.max_inflight, "thinking": args.thinking,
+        "sweep_interval": args.sweep_interval,
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
         "policy": args.policy, "policy_config": args.policy_config,
         "extract_facts": args.extract_facts, "memory_model": args.memory_model,
@@ -226,6 +230,8 @@ def app_from_env() -> Any:
     for key in ("max_message_chars", "max_body_bytes", "threads", "max_inflight", "thinking"):
         if raw.get(key):
             options[key] = int(raw[key])
+    if raw.get("sweep_interval") is not None:
+        options["sweep_interval"] = float(raw["sweep_interval"])
     mode = raw.get("metrics", "off")
     options["metrics"] = mode != "off"
     if mode == "token":
@@ -286,6 +292,10 @@ def add_serve_command(
     p.add_argument("--max-inflight", type=int, default=None, metavar="N",
                    help="turns a worker holds in flight; past it, 503 with Retry-After at once "
                    "(default sized by memory: see the README, Service)")
+    p.add_argument("--sweep-interval", type=float, default=SWEEP_INTERVAL, metavar="S",
+                   help="seconds between sweeps that drop from a worker's memory the "
+                   "conversations deleted by another process (users delete, purge, another "
+                   f"worker); 0: never (default {SWEEP_INTERVAL:g})")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="on SIGTERM, seconds to let turns in flight finish before cutting them "
                    "(their partial replies are stored; default 30)")

@@ -60,6 +60,7 @@ from .inflight import InFlight, Ticket, default_max_inflight
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
 from .steps import StepPool
+from .sweep import SWEEP_INTERVAL, Sweeper
 
 T = TypeVar("T")
 #: The note Chat puts on a reply that answers an idempotency key seen before.
@@ -115,6 +116,11 @@ class ServerSettings:
     #: ...and at most this many messages held by those Chats together (checked when a Chat is
     #: added), so that long conversations cannot make the cache large.
     cached_messages: int = 200_000
+    #: Seconds between sweeps that drop from this worker's caches the conversations deleted
+    #: by another process (``users delete``, another worker, ``purge``): the bound on how long
+    #: a deleted user's messages stay in its memory; one query per sweep, none per turn
+    #: (colloquy.server.sweep). 0: no sweep.
+    sweep_interval: float = SWEEP_INTERVAL
     #: Record Prometheus series in this process (colloquy.server.metrics).
     metrics: bool = False
     #: Serve ``GET /metrics`` on the app itself, to ``Authorization: Bearer <this token>``
@@ -158,6 +164,8 @@ class ChatService:
         self._chats: OrderedDict[str, Chat] = OrderedDict()
         self._chats_lock = threading.Lock()
         register_cache(self)  # a deleted conversation's Chat (and log) is dropped at once
+        #: ...and one deleted by another process within ``sweep_interval`` seconds.
+        self.sweeper = Sweeper(store, settings.sweep_interval, self.run)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -286,6 +294,11 @@ class ChatService:
         :meth:`turn_chat`)."""
         chat = self.prepare_turn(user, name, content, key, revise, target)
         return chat, chat.idempotency_key_answered(content, key, revise, target)
+
+    def cached_conversations(self) -> set[str]:
+        """The conversations whose Chat is cached here (see colloquy.caches.sweep_deleted)."""
+        with self._chats_lock:
+            return set(self._chats)
 
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations: drop their Chat and its loaded log (see register_cache)."""

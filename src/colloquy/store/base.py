@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -176,6 +176,11 @@ class Store(MemoryRecordStore, Protocol):
         ...
 
     def find_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    def existing_conversations(self, ids: Collection[str]) -> set[str]:
+        """Those of ``ids`` that still have a record, in one query: how a process learns of
+        deletions made by others (colloquy.caches.sweep_deleted)."""
+        ...
 
     def find_named(self, user_id: str, name: str) -> Conversation | None:
         """The conversation ``user_id`` calls ``name`` (see :attr:`Conversation.name`)."""

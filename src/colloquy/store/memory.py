@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +34,10 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
     def find_conversation(self, conversation_id: str) -> Conversation | None:
         with self._lock:
             return self._conversations.get(conversation_id)
+
+    def existing_conversations(self, ids: Collection[str]) -> set[str]:
+        with self._lock:
+            return {cid for cid in ids if cid in self._conversations}
 
     def find_named(self, user_id: str, name: str) -> Conversation | None:
         with self._lock:

@@ -146,6 +146,11 @@ LOAD_MESSAGES = (
     f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 CONVERSATION_EXISTS = "SELECT 1 FROM conversations WHERE id = ?"
+
+
+def existing_conversations_sql(n: int) -> str:
+    """Which of ``n`` conversation ids still have a record (the caches' sweep, colloquy.caches)."""
+    return f"SELECT id FROM conversations WHERE id IN ({', '.join(['?'] * n)})"
 #: The new messages with the conversation's generation and last_seq, in one statement (one
 #: snapshot): a row per message, or one row of NULL message columns when there is none.
 READ_LOG = (

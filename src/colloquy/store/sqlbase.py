@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -99,6 +99,15 @@ class SQLStore(StoreBase, LockMethods):
     def find_conversation(self, conversation_id: str) -> Conversation | None:
         row = self._one(Q.SELECT_CONVERSATION, (conversation_id,))
         return Q.conversation(row) if row else None
+
+    def existing_conversations(self, ids: Collection[str]) -> set[str]:
+        wanted = list(ids)
+        found: set[str] = set()
+        step = self.dialect.max_params  # one statement for any cache size up to that
+        for i in range(0, len(wanted), step):
+            chunk = wanted[i:i + step]
+            found.update(r[0] for r in self._rows(Q.existing_conversations_sql(len(chunk)), chunk))
+        return found
 
     def find_named(self, user_id: str, name: str) -> Conversation | None:
         row = self._one(Q.SELECT_NAMED, (user_id, name))
