@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from colloquy.store import SQLiteStore
 from colloquy.store.users import authenticate, hash_token
@@ -57,6 +59,20 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
         no_sweep = run("serve", "--model", "echo", "--sweep-interval", bad, "--db", db)
         assert no_sweep.returncode == 2 and "--sweep-interval must not be negative" \
             in no_sweep.stderr
+
+
+def test_serve_settings_reach_each_worker_s_sweep(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --sweep-interval`` travels to the app each worker builds (app_from_env); its
+    effect is tested in tests/test_no_trace.py."""
+    from colloquy.server.commands import SETTINGS_VAR, app_from_env
+
+    for given, interval in (({"sweep_interval": 1.5}, 1.5), ({}, 5.0)):  # 5: the default
+        monkeypatch.setenv(SETTINGS_VAR, json.dumps(
+            {"db": str(tmp_path / "w.db"), "model": "echo", **given}))
+        app = app_from_env()
+        assert app.state.service.sweeper.interval == interval
+        app.state.store.close()
 
 
 def test_serve_answers_on_loopback_with_a_cli_token(tmp_path: Path) -> None:
