@@ -5,6 +5,7 @@ sends, the cost line of a model that reported no usage, tool calls and thinking.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +268,11 @@ def test_stop_cuts_the_reply_and_the_server_keeps_what_was_written(browser: Any,
         answer = page.locator("#messages > .message.assistant").last
         answer.locator(".turn-meta", has_text="stopped").wait_for()
         cid = s.store.list_conversations(user_id="ada")[0].id
-        last = s.store.load(cid)[-1]
+        # The page marks the reply stopped as soon as it closes the request; the server stores
+        # the reply so far when its cancellation reaches the turn, a moment later.
+        deadline = time.monotonic() + 10
+        while (last := s.store.load(cid)[-1]).role != "assistant" and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert last.role == "assistant" and last.meta["stop_reason"] == "cancelled"
         kept = last.message.text
         assert 60 <= len(kept) and len(kept.split()) < words
