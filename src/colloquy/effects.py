@@ -33,14 +33,14 @@ import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .errors import ColloquyError, ConversationBusy, ModelError
 from .messages import ToolUseBlock
-from .models.base import Model, ModelRequest, ModelResponse, TextDelta, ThinkingDelta
+from .models.base import Model, ModelRequest, ModelResponse, TextDelta, TextPiece, ThinkingDelta
 from .store.locks import DEFAULT_LOCK_TIMEOUT
 from .tools import Tool, run_calls
 from .usage import Usage
@@ -184,6 +184,7 @@ def run(turn: Turn) -> Iterator[str | ThinkingDelta | Reply]:
     """
     value: Any = None
     error: BaseException | None = None
+    calls = -1  # the turn's model call under way (a delta's TextPiece.call)
     while True:
         try:
             effect = turn.throw(error) if error is not None else turn.send(value)
@@ -196,7 +197,8 @@ def run(turn: Turn) -> Iterator[str | ThinkingDelta | Reply]:
             if isinstance(effect, Emit):
                 yield effect.text
             elif isinstance(effect, CallModel):
-                value = yield from _call(effect, parts)
+                calls += 1
+                value = yield from _call(effect, parts, calls)
             elif isinstance(effect, RunTools):
                 value = _in(effect.context, run_calls, effect.tools, list(effect.calls))
             else:
@@ -212,7 +214,7 @@ def _in(context: contextvars.Context | None, fn: Callable[..., Any], *args: Any)
     return fn(*args) if context is None else context.run(fn, *args)
 
 
-def _call(effect: CallModel, parts: list[str]
+def _call(effect: CallModel, parts: list[str], call: int
           ) -> Generator[str | ThinkingDelta, None, ModelResponse]:
     model, request, ctx = effect.model, effect.request, effect.context
     if not effect.stream:
@@ -229,9 +231,9 @@ def _call(effect: CallModel, parts: list[str]
                 parts.append(event.text)
                 if effect.on_delta is not None:
                     effect.on_delta()
-                yield event.text
+                yield TextPiece(event.text, event.index, call)
             elif isinstance(event, ThinkingDelta):
-                yield event  # shown apart; the whole block comes in the final response
+                yield replace(event, call=call)  # shown apart; the whole block comes last
             else:
                 final = event
     finally:  # a closed caller closes the model's stream (and its HTTP response) at once
@@ -364,6 +366,7 @@ async def arun(turn: Turn, executor: Executor | None = None
     model call is stopped at once, the partial reply stored, and the cancellation re-raised.
     """
     driver = _Async(asyncio.get_running_loop(), executor)
+    calls = -1  # the turn's model call under way (a delta's TextPiece.call)
     value: Any = None
     error: BaseException | None = None
     gone: BaseException | None = None  # the caller's CancelledError or GeneratorExit
@@ -391,6 +394,7 @@ async def arun(turn: Turn, executor: Executor | None = None
             if isinstance(effect, Emit):
                 yield effect.text
             elif isinstance(effect, CallModel):
+                calls += 1
                 if effect.stream:
                     final: ModelResponse | None = None
                     events = effect.model.astream(effect.request)
@@ -402,9 +406,9 @@ async def arun(turn: Turn, executor: Executor | None = None
                                 driver.parts.append(event.text)
                                 if effect.on_delta is not None:
                                     effect.on_delta()
-                                yield event.text
+                                yield TextPiece(event.text, event.index, calls)
                             elif isinstance(event, ThinkingDelta):
-                                yield event
+                                yield replace(event, call=calls)
                             else:
                                 final = event
                             event = await events.__anext__()

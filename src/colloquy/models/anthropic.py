@@ -198,15 +198,18 @@ def _to_usage(usage: Any) -> Usage:
 
 
 def _delta(event: Any) -> TextDelta | ThinkingDelta | None:
-    """The SDK's stream event as colloquy's delta: text, thinking, or the thinking block's
-    signature (which ends it); None for the rest (the final message carries them whole)."""
-    kind = event.type
-    if kind == "text" and event.text:
-        return TextDelta(text=event.text)
-    if kind == "thinking" and event.thinking:
-        return ThinkingDelta(thinking=event.thinking)
-    if kind == "signature" and event.signature:
-        return ThinkingDelta(thinking="", signature=event.signature)
+    """The SDK's raw ``content_block_delta`` as colloquy's delta, with its block's ``index``:
+    text, thinking, or the thinking block's signature (which ends it); None for the rest (the
+    final message carries them whole: tool inputs, citations)."""
+    if event.type != "content_block_delta":
+        return None
+    delta, index = event.delta, event.index
+    if delta.type == "text_delta" and delta.text:
+        return TextDelta(delta.text, index)
+    if delta.type == "thinking_delta" and delta.thinking:
+        return ThinkingDelta(delta.thinking, "", index)
+    if delta.type == "signature_delta" and delta.signature:
+        return ThinkingDelta("", delta.signature, index)
     return None
 
 

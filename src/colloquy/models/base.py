@@ -17,13 +17,13 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..messages import ContentBlock, Message, TextBlock, ToolUseBlock
+from ..messages import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
 from ..telemetry.genai import instrument_class
 from ..usage import FREE_PROVIDERS, Usage, cost_of
 
@@ -176,9 +176,28 @@ class ModelResponse(BaseModel):
 class TextDelta:
     """A piece of streamed text. A plain frozen dataclass, not a pydantic model: a stream makes
     one per delta, and validating each cost a streamed turn a tenth of its CPU in the service
-    (bench/stream.py's profile, issue 16); the adapters build it from the SDKs' own strings."""
+    (bench/stream.py's profile, issue 16); the adapters build it from the SDKs' own strings.
+    ``index`` is the content block's position in the call's response (the Messages API's
+    ``index``): a route that re-streams content blocks tells one text block from the next."""
 
     text: str
+    index: int = 0
+
+
+class TextPiece(str):
+    """A text delta as a streamed turn yields it (colloquy.effects): the ``str`` callers of
+    ``Chat.stream`` see, naming its content block: ``block``, the delta's ``index`` in the
+    response of the turn's model call number ``call`` (0 first; a tool loop makes several
+    calls). The Messages API's route re-streams the reply's blocks exactly from these; others
+    just use the text. (Not ``index``: that is ``str.index``.)"""
+
+    block: int
+    call: int
+
+    def __new__(cls, text: str, block: int = 0, call: int = 0) -> TextPiece:
+        piece = super().__new__(cls, text)
+        piece.block, piece.call = block, call
+        return piece
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +206,27 @@ class ThinkingDelta:
     the answer; the whole block, signature included, arrives in the final response.
     ``signature`` is set (and ``thinking`` empty) on the block's ``signature_delta``, which
     ends the block: a route that re-streams the Messages API passes it on. A plain dataclass
-    like :class:`TextDelta` (one per delta)."""
+    like :class:`TextDelta` (one per delta); ``index`` as there."""
 
     thinking: str
     signature: str = ""
+    index: int = 0
+    call: int = 0  # as TextPiece's, set by the turn
+
+
+def block_deltas(response: ModelResponse, chunks: Callable[[str], Iterable[str]]
+                 ) -> Iterator[TextDelta | ThinkingDelta]:
+    """A whole response as a provider streams it: each text and thinking block's pieces
+    (``chunks`` splits a text), a thinking block's signature last, each with its block's
+    ``index``; for models that answer whole and stream for the caller's sake."""
+    for index, block in enumerate(response.content):
+        if isinstance(block, TextBlock):
+            yield from (TextDelta(piece, index) for piece in chunks(block.text) if piece)
+        elif isinstance(block, ThinkingBlock):
+            yield from (ThinkingDelta(piece, "", index) for piece in chunks(block.thinking)
+                        if piece)
+            if block.signature:
+                yield ThinkingDelta("", block.signature, index)
 
 
 StreamEvent = TextDelta | ThinkingDelta | ModelResponse
@@ -221,8 +257,7 @@ class Model(ABC):
         """Yield text deltas then the final response. The default does not really stream:
         it yields the whole text at once, so every model can be used where streaming is asked."""
         response = self.request(request)
-        if response.text:
-            yield TextDelta(text=response.text)
+        yield from block_deltas(response, lambda text: (text,))
         yield response
 
     async def arequest(self, request: ModelRequest) -> ModelResponse:

@@ -24,7 +24,8 @@ from ..messages import ContentBlock, TextBlock, ThinkingBlock, ToolUseBlock
 from ..telemetry.context import current_conversation
 from ..tokens import counter, estimate_text
 from ..usage import Usage
-from .base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta, ThinkingDelta
+from .base import (Model, ModelRequest, ModelResponse, StreamEvent, TextDelta,
+                   block_deltas)
 
 _CHUNK = re.compile(r"\S+\s*|\s+")
 
@@ -41,16 +42,6 @@ def tool_call(name: str, input: dict[str, Any] | None = None, id: str | None = N
 
 #: How many requests an offline model keeps by default (the most recent ones).
 KEEP_REQUESTS = 100
-
-
-def _thinking_deltas(response: ModelResponse) -> Iterator[ThinkingDelta]:
-    """A response's thinking blocks as a provider streams them: word-sized thinking deltas,
-    then the block's signature."""
-    for block in response.content:
-        if isinstance(block, ThinkingBlock):
-            yield from (ThinkingDelta(thinking=p) for p in _chunks(block.thinking))
-            if block.signature:
-                yield ThinkingDelta(thinking="", signature=block.signature)
 
 
 class RequestRecord:
@@ -121,11 +112,10 @@ class _RecordingModel(RequestRecord, Model):
 
     def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
         response = self.request(request)
-        yield from _thinking_deltas(response)
-        for piece in _chunks(response.text):
-            if self.delay:
+        for event in block_deltas(response, _chunks):
+            if self.delay and isinstance(event, TextDelta):
                 time.sleep(self.delay)
-            yield TextDelta(text=piece)
+            yield event
         yield response
 
     async def arequest(self, request: ModelRequest) -> ModelResponse:
@@ -143,12 +133,10 @@ class _RecordingModel(RequestRecord, Model):
                 yield event
             return
         response = await self.arequest(request)
-        for event in _thinking_deltas(response):
-            yield event
-        for piece in _chunks(response.text):
-            if self.delay:
+        for event in block_deltas(response, _chunks):
+            if self.delay and isinstance(event, TextDelta):
                 await asyncio.sleep(self.delay)
-            yield TextDelta(text=piece)
+            yield event
         yield response
 
     def request(self, request: ModelRequest) -> ModelResponse:

@@ -28,13 +28,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, StrictBool, ValidationError
 
 from ..chat import Reply
 from ..context.thinking import MIN_BUDGET
 from ..errors import ColloquyError
-from ..messages import ContentBlock, Message, TextBlock, ThinkingBlock
+from ..messages import ContentBlock, Message
 from ..models import ThinkingDelta, ToolSpec
+from ..models.base import TextPiece
 from ..store.users import User
 from . import errors as E
 from .compat import CONVERSATION_HEADER, ConversationHeader, split_turn, turn_responses
@@ -55,7 +56,7 @@ class MessagesRequest(_Clean):
     max_tokens: int = Field(ge=1, le=200_000)
     messages: list[dict[str, Any]] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
-    stream: bool = False
+    stream: StrictBool = False  # JSON true or false: "yes" is a 400, as on the API
     temperature: float | None = Field(None, ge=0, le=1)
     tools: list[dict[str, Any]] | None = None
     thinking: dict[str, Any] | None = None
@@ -154,68 +155,128 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 
 
 class _Blocks:
-    """Turns the turn's stream (text and thinking deltas, then the reply) into the Messages
-    API's content-block events: text and thinking stream as they come; the reply's other blocks
-    (tool_use, server tools and their results, redacted thinking, unknown kinds) follow whole,
-    a tool_use's input as one ``input_json_delta``."""
+    """The Messages API's content-block events for a streamed turn: exactly the reply's block
+    list, each block with its own ``index``, ``content_block_start``, deltas and
+    ``content_block_stop``, in order, whatever the mix of blocks.
+
+    Deltas go out live while their place in the reply is certain: the first model call's
+    thinking blocks, then its first text block, from block 0 on, without a gap (a
+    ``TextPiece``/``ThinkingDelta`` names its call and block). The text block stays open until
+    the reply comes, since its citations come whole with it (``citations_delta``, one per
+    citation, before its stop). Everything after (a second text block, server tools and their
+    results, tool_use, unknown kinds, any text that is not a model delta: a guarded or replayed
+    reply) is held back and sent from the reply itself, so the client's final message equals
+    the stored one."""
 
     def __init__(self) -> None:
-        self.index = -1
-        self.open: str | None = None
-        self.streamed: list[str] = []  # the kinds streamed live, in order
+        self.live: list[str] = []  # the kinds of the reply's first blocks, streamed live
+        self.sent: list[str] = []  # their text or thinking as sent
+        self.open = False          # the last live block is open
+        self.held = False          # a delta's place was not certain: the rest comes whole
 
     def _start(self, block: dict[str, Any]) -> str:
-        out = self.stop()
-        self.index += 1
-        self.open = str(block["type"])
-        return out + _sse("content_block_start", {"index": self.index, "content_block": block})
+        return _sse("content_block_start", {"index": len(self.live) - 1, "content_block": block})
 
-    def stop(self) -> str:
-        if self.open is None:
-            return ""
-        self.open = None
-        return _sse("content_block_stop", {"index": self.index})
+    def _stop(self) -> str:
+        self.open = False
+        return _sse("content_block_stop", {"index": len(self.live) - 1})
 
     def _delta(self, delta: dict[str, Any]) -> str:
-        return _sse("content_block_delta", {"index": self.index, "delta": delta})
+        return _sse("content_block_delta", {"index": len(self.live) - 1, "delta": delta})
+
+    def _place(self, kind: str, index: int | None, call: int | None) -> str | None:
+        """"" when the delta of the model call's block ``index`` continues the open block, the
+        events that open its block when it is the next one, None when it cannot go out live
+        (from then on nothing does)."""
+        if self.held or call != 0 or index is None:
+            self.held = True
+            return None
+        if self.open and index == len(self.live) - 1 and self.live[-1] == kind:
+            return ""
+        if index != len(self.live) or (self.live and self.live[-1] == "text"):
+            self.held = True  # a gap, or a block after the text (its citations come last)
+            return None
+        out = self._stop() if self.open else ""
+        self.live.append(kind)
+        self.sent.append("")
+        self.open = True
+        empty = {"type": "text", "text": ""} if kind == "text" else {
+            "type": "thinking", "thinking": "", "signature": ""}
+        return out + self._start(empty)
 
     def text(self, piece: str) -> str:
-        out = ""
-        if self.open != "text":
-            out = self._start({"type": "text", "text": ""})
-            self.streamed.append("text")
+        # A plain str is no model's delta (a guarded or replayed reply): the reply has it.
+        out = self._place("text", piece.block, piece.call) if isinstance(
+            piece, TextPiece) else self._place("text", None, None)
+        if out is None:
+            return ""
+        self.sent[-1] += piece
         return out + self._delta({"type": "text_delta", "text": piece})
 
     def thinking(self, event: ThinkingDelta) -> str:
-        out = ""
-        if self.open != "thinking":
-            out = self._start({"type": "thinking", "thinking": "", "signature": ""})
-            self.streamed.append("thinking")
+        out = self._place("thinking", event.index, event.call)
+        if out is None:
+            return ""
         if event.thinking:
+            self.sent[-1] += event.thinking
             out += self._delta({"type": "thinking_delta", "thinking": event.thinking})
         if event.signature:
             out += self._delta({"type": "signature_delta", "signature": event.signature})
         return out
 
     def rest(self, content: list[ContentBlock]) -> str:
-        """The reply's blocks not streamed live, whole, then the last stop."""
+        """The reply's blocks not sent live, whole; the open block finished first."""
         out = ""
-        pending = list(self.streamed)
-        for block in content:
-            if isinstance(block, (TextBlock, ThinkingBlock)) and block.type in pending:
-                pending.remove(block.type)
-                continue
+        for index, block in enumerate(content):
             wire = _wire(block)
-            if wire.get("type") == "tool_use":
-                out += self._start({**wire, "input": {}})
-                out += self._delta({"type": "input_json_delta",
-                                    "partial_json": json.dumps(wire.get("input", {}))})
-            elif wire.get("type") == "text":
-                out += self._start({**wire, "text": ""})
-                out += self._delta({"type": "text_delta", "text": wire.get("text", "")})
-            else:
-                out += self._start(wire)
-        return out + self.stop()
+            if index < len(self.live):
+                if self.open and index == len(self.live) - 1:
+                    out += self._finish(wire, self.sent[index]) + self._stop()
+                continue
+            self.live.append(str(wire.get("type")))
+            out += self._whole(wire)
+        return out + (self._stop() if self.open else "")
+
+    def _finish(self, wire: dict[str, Any], sent: str) -> str:
+        """The open live block's end: what the reply holds beyond what went out live."""
+        out = ""
+        if wire.get("type") == "text":
+            whole = str(wire.get("text", ""))
+            if whole.startswith(sent) and len(whole) > len(sent):
+                out += self._delta({"type": "text_delta", "text": whole[len(sent):]})
+            for citation in wire.get("citations") or ():
+                out += self._delta({"type": "citations_delta", "citation": citation})
+        return out
+
+    def _whole(self, wire: dict[str, Any]) -> str:
+        """One block of the reply as the API streams it: a text or thinking block as its
+        empty start and one delta (citations after the text), a tool_use's input as one
+        ``input_json_delta``, any other block whole in its start."""
+        kind = wire.get("type")
+        if kind == "text":
+            out = self._start({"type": "text", "text": ""})
+            if wire.get("text"):
+                out += self._delta({"type": "text_delta", "text": wire["text"]})
+            for citation in wire.get("citations") or ():
+                out += self._delta({"type": "citations_delta", "citation": citation})
+        elif kind == "thinking":
+            out = self._start({"type": "thinking", "thinking": "", "signature": ""})
+            if wire.get("thinking"):
+                out += self._delta({"type": "thinking_delta", "thinking": wire["thinking"]})
+            if wire.get("signature"):
+                out += self._delta({"type": "signature_delta", "signature": wire["signature"]})
+        elif kind in ("tool_use", "server_tool_use") and isinstance(wire.get("input"), dict):
+            out = self._start({**wire, "input": {}})
+            out += self._delta({"type": "input_json_delta",
+                                "partial_json": json.dumps(wire["input"], ensure_ascii=False)})
+        else:
+            out = self._start(wire)
+        self.open = True
+        return out + self._stop()
+
+    def stop(self) -> str:
+        """The open block's stop (before an error event)."""
+        return self._stop() if self.open else ""
 
 
 def add_anthropic_routes(

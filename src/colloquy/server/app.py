@@ -65,6 +65,10 @@ log = logging.getLogger("colloquy.server")
 STATIC = Path(__file__).with_name("static")
 
 #: Error responses documented on every authenticated route.
+#: The missing-token message, by whether the route is the Messages API's (whose SDK sends its
+#: api_key as ``x-api-key``) or another (``Authorization: Bearer``).
+_MISSING_TOKEN = {False: "missing bearer token: send 'Authorization: Bearer <token>'",
+                  True: "missing API key: send your colloquy token as 'x-api-key: <token>'"}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request (e.g. a body that is not UTF-8 "
           "JSON) or one the server refuses (e.g. a model it does not offer)"},
@@ -125,7 +129,7 @@ class BodyLimit:
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit():
                 if int(value) > self.limit:
-                    await self._refuse(send, int(value))
+                    await self._refuse(scope, send, int(value))
                     return
                 # The server reads exactly Content-Length bytes: nothing to count, and no
                 # wrapper on every chunk the response streams back.
@@ -149,14 +153,18 @@ class BodyLimit:
             if not over:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await self._refuse(send, seen)
+                await self._refuse(scope, send, seen)
 
         await self.app(scope, limited, answer)
 
-    async def _refuse(self, send: Send, size: int) -> None:
-        body = json.dumps({"error": {"type": "payload_too_large", "message":
-                           f"the request body is over {self.limit} bytes "
-                           f"({size} received)"}}).encode()
+    async def _refuse(self, scope: Scope, send: Send, size: int) -> None:
+        """413 in the route's error shape (a compatible route's SDK reads its own)."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", ())}
+        flavour = E.error_flavour(scope.get("path", ""), headers)
+        body = json.dumps(E.error_body(
+            flavour, 413, "payload_too_large",
+            f"the request body is over {self.limit} bytes ({size} received)")).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -536,7 +544,8 @@ class _TokenUser(HTTPBearer):
         if scheme.lower() != "bearer" or not token:
             token = request.headers.get("x-api-key", "")
         if not token:
-            raise E.NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+            raise E.NotAuthenticated(_MISSING_TOKEN[E.error_flavour(
+                request.url.path, request.headers) == "anthropic"])
         return await self._lookup(token)
 
 

@@ -19,12 +19,28 @@ from typing import TypeVar
 
 import anyio
 
+from ..models.base import TextPiece
+
 T = TypeVar("T")
 
 
+def _block(piece: str) -> tuple[int, int] | None:
+    """The content block a text delta belongs to (colloquy.models.TextPiece): a run is joined
+    within one block only, so a route that re-streams blocks still tells them apart."""
+    return (piece.call, piece.block) if isinstance(piece, TextPiece) else None
+
+
+def _joined(run: list[str]) -> str:
+    first = run[0]
+    if len(run) == 1:
+        return first
+    text = "".join(run)
+    return TextPiece(text, first.block, first.call) if isinstance(first, TextPiece) else text
+
+
 async def coalesced(source: AsyncIterator[str | T]) -> AsyncIterator[str | T]:
-    """``source``'s events in order, each run of text deltas that were all waiting when the
-    consumer came back for more joined into one string. ``source`` is read by a task of its own
+    """``source``'s events in order, each run of text deltas of one content block that were
+    all waiting when the consumer came back for more joined into one string. ``source`` is read by a task of its own
     (in a copy of the caller's context), so it runs ahead of a slow consumer; its error is
     raised here after the events before it. Closing or cancelling this iterator cancels that
     task and waits for it (a turn stores its partial reply then, colloquy.effects)."""
@@ -38,7 +54,7 @@ async def coalesced(source: AsyncIterator[str | T]) -> AsyncIterator[str | T]:
         try:
             async for event in source:
                 if isinstance(event, str):
-                    if items and isinstance(items[-1], list):
+                    if items and isinstance(items[-1], list) and _block(items[-1][0]) == _block(event):
                         items[-1].append(event)
                     else:
                         items.append([event])
@@ -58,7 +74,7 @@ async def coalesced(source: AsyncIterator[str | T]) -> AsyncIterator[str | T]:
             wake.clear()
             while items:
                 item = items.popleft()
-                yield "".join(item) if isinstance(item, list) else item
+                yield _joined(item) if isinstance(item, list) else item
             if finished:
                 if failure:
                     raise failure[0]

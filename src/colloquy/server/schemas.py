@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import Header
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from ..branches import REVISION
 from ..chat import Reply
@@ -93,7 +93,7 @@ IdempotencyKeyHeader = Annotated[str | None, Header(
 
 class MessageCreate(_Body):
     content: str = Field(min_length=1, max_length=MAX_CONTENT, description="the user's message")
-    stream: bool = Field(False, description="answer as server-sent events")
+    stream: StrictBool = Field(False, description="answer as server-sent events")
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
         description="a retried request with the same key is answered once; the same key with "
@@ -110,7 +110,7 @@ class EditCreate(MessageCreate):
 
 
 class RegenerateCreate(_Body):
-    stream: bool = Field(False, description="answer as server-sent events")
+    stream: StrictBool = Field(False, description="answer as server-sent events")
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
         description="a retried request with the same key is answered once; the same key used "
@@ -286,7 +286,7 @@ class OAMessage(_Clean):
 
 class OAStreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(_Clean):
@@ -298,7 +298,7 @@ class ChatCompletionRequest(_Clean):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     messages: list[OAMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: OAStreamOptions | None = None
     user: str | None = Field(None, max_length=128)
     metadata: dict[str, str] | None = None
