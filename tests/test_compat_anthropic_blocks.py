@@ -30,9 +30,8 @@ from fake_anthropic import (FakeAnthropic, Reply, char_location, cited_text, err
                             redacted_thinking, server_tool_use, stream, stream_error_midway, stream_events,
                             text, thinking, tool_use, web_search_result)
 from server_helpers import serve_in_thread
+from test_compat_anthropic import MODEL, TITLE, WEATHER, Served
 
-MODEL = "claude-sonnet-4-6"
-TITLE = message(text("A title"))
 SEARCH = [server_tool_use("srvtoolu_1", "web_search", {"query": "q"}),
           web_search_result("srvtoolu_1", ("t", "https://e.x"))]
 
@@ -50,21 +49,12 @@ MIXES: dict[str, list[dict[str, Any]]] = {
     "redacted thinking, thinking, text": [redacted_thinking(), thinking("more"), text("ok")],
     "text, text, text": [text("one "), text("two "), text("three")],
 }
-WEATHER = {"name": "get_weather", "description": "the weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 
 
-class Served:
-    def __init__(self, url: str, token: str, store: SQLiteStore, fake: FakeAnthropic) -> None:
-        self.url, self.token, self.store, self.fake = url, token, store, fake
-        self.client = anthropic.Anthropic(base_url=url, api_key=token, max_retries=0)
-
-    def last_reply(self, name: str) -> list[dict[str, Any]]:
-        conv = self.store.find_named("ann", name)
-        assert conv is not None
-        content = self.store.load(conv.id)[-1].message.to_anthropic()["content"]
-        assert isinstance(content, list)
-        return content
+def _last_reply(served: Served, name: str) -> list[dict[str, Any]]:
+    content = served.log(name)[-1]["content"]
+    assert isinstance(content, list)
+    return content
 
 
 def _serve(tmp_path: Path, **options: Any) -> Iterator[Served]:
@@ -110,14 +100,14 @@ def test_a_streamed_reply_rebuilds_the_replys_blocks_exactly(served: Served, mix
                                        tools=tools, extra_headers=named) as s:
         events = list(s)
         final = s.get_final_message()
-    streamed_stored = served.last_reply("c")
+    streamed_stored = _last_reply(served, "c")
     if final.stop_reason == "tool_use":  # answer the call so the next turn is a new message
         hi = [{"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "toolu_1", "content": "cold"}]}]
     whole = served.client.messages.create(model=MODEL, max_tokens=3000, messages=hi,
                                           tools=tools, extra_headers=named)
     assert _dump(final.content) == _dump(whole.content) == _dump(streamed_stored)
-    assert _dump(whole.content) == _dump(served.last_reply("c"))
+    assert _dump(whole.content) == _dump(_last_reply(served, "c"))
     assert len(final.content) == len(content)
     # one start and one stop per block, in order, each delta inside its own block
     starts = [e.index for e in events if e.type == "content_block_start"]
@@ -188,8 +178,9 @@ def test_every_error_of_the_route_has_the_messages_apis_shape(tmp_path: Path) ->
         with pytest.raises(anthropic.APIStatusError) as midway:
             with served.client.messages.stream(model=MODEL, max_tokens=10, messages=hi) as s:
                 list(s)
-        assert midway.value.body["type"] == "error"
-        assert set(midway.value.body["error"]) == {"type", "message"}
+        event = midway.value.body
+        assert isinstance(event, dict) and event["type"] == "error"
+        assert set(event["error"]) == {"type", "message"}
 
 
 @pytest.mark.parametrize("flag", ["yes", "true", 1, 0, None])
