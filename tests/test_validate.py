@@ -12,7 +12,7 @@ from colloquy.context import FullHistory, RollingWindow, TokenBudget, problems, 
 from colloquy.context.base import ContextInput
 from colloquy.context.validate import INTERRUPTED
 from colloquy.errors import ColloquyError, InvalidConversationError
-from colloquy.messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
+from colloquy.messages import STORED, ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from colloquy.models.base import ToolSpec
 from colloquy.tokens import TokenCounter
 
@@ -59,7 +59,9 @@ def test_a_valid_conversation_has_no_problems() -> None:
         ([U("q"), use("x"), Message(role="user", content=[
             TextBlock(text="first"), ToolResultBlock(tool_use_id="x", content="r")])],
          "tool_result blocks must come first"),
-        ([U("q"), Message(role="assistant", content=[ToolResultBlock(tool_use_id="x")])],
+        # only a row stored before the placement rule (colloquy.messages.STORED) can hold this
+        ([U("q"), Message.model_validate({"role": "assistant", "content": [
+            {"type": "tool_result", "tool_use_id": "x"}]}, context=STORED)],
          "tool_result blocks in an assistant message"),
     ],
 )
@@ -205,8 +207,9 @@ def test_repair_drops_empty_text_blocks_and_empty_messages() -> None:
 
 
 def test_repair_drops_tool_results_from_assistant_messages() -> None:
-    msgs, _, _ = repair([U("q"), Message(role="assistant", content=[
-        ToolResultBlock(tool_use_id="x", content="?"), TextBlock(text="answer")])])
+    msgs, _, _ = repair([U("q"), Message.model_validate({"role": "assistant", "content": [
+        ToolResultBlock(tool_use_id="x", content="?"), TextBlock(text="answer")]},
+        context=STORED)])  # a row stored before the placement rule
     assert msgs == [U("q"), A("answer")]
 
 
@@ -300,7 +303,8 @@ class LogGen:
                     blocks.append(ToolResultBlock(tool_use_id=r.choice(ids), content="r"))
                 else:
                     blocks.append(ImageBlock(source={"type": "url", "url": "https://e.x/i.png"}))
-            msgs.append(Message(role=r.choice(["user", "assistant"]), content=blocks))
+            msgs.append(Message.model_validate(  # any stored row, placement rule or not
+                {"role": r.choice(["user", "assistant"]), "content": blocks}, context=STORED))
         return msgs
 
 

@@ -15,6 +15,8 @@ built by any entry point can always be sent and exported.
 
 from __future__ import annotations
 
+import binascii
+import re
 import time
 from typing import Annotated, Any, Literal, Union
 
@@ -26,6 +28,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,12 +38,93 @@ from .usage import Usage
 
 Role = Literal["user", "assistant"]
 
+#: The deepest nesting of JSON objects and arrays one content block may hold, the block itself
+#: being level 1 (``{"type": "tool_use", "input": {"a": [1]}}`` is 3 deep). Why: past ~250
+#: levels pydantic's serialiser refuses a value, so a deeper block, once stored, would fail
+#: every send and every export of its user; 64 leaves room for any real tool input or JSON
+#: schema (published schemas nest well under 20). Checked where new content enters (every
+#: construction of a block, so the library, CLI, HTTP routes and import alike); rows read back
+#: from a store are never refused (:data:`STORED`).
+MAX_JSON_DEPTH = 64
+
+#: Validation context for messages read back from a store (``Message.model_validate(data,
+#: context=STORED)``): the entry rules (:data:`MAX_JSON_DEPTH`, block placement, sources) are
+#: not applied, so a row stored before a rule existed still loads and exports.
+STORED: dict[str, Any] = {"colloquy_stored": True}
+
+#: A block type name: what the Messages API uses (snake_case), so an empty or made-up shape
+#: is refused while a block type newer than colloquy is kept whole.
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("colloquy_stored"))
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` nests dicts, lists or content blocks more than ``limit`` levels
+    deep (a scalar is level 0, ``{}`` level 1). Iterative and stops at the first path too
+    deep, so a hostile 10,000-level value costs no recursion and little time."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, BaseModel):
+            v = {**v.__dict__, **(v.__pydantic_extra__ or {})}
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple, BaseModel)))
+    return False
+
 
 class _Block(BaseModel):
     # extra="allow": a field the API adds to a block later is kept and replayed, not refused.
     model_config = ConfigDict(frozen=True, extra="allow")
     #: Anthropic prompt-cache marker, set only on copies by the cache-aware policy.
     cache_control: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any, info: ValidationInfo) -> Any:
+        return _refuse_deep(data, info)
+
+
+def _refuse_deep(data: Any, info: ValidationInfo) -> Any:
+    if not _stored(info) and json_depth_exceeds(data):
+        raise ValueError(f"a content block may nest JSON at most {MAX_JSON_DEPTH} levels deep "
+                         "(colloquy.messages.MAX_JSON_DEPTH)")
+    return data
+
+
+#: The image formats both the Anthropic and OpenAI APIs take (Anthropic "Vision" docs).
+IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+#: A base64 document is a PDF (Anthropic "PDF support"; plain text uses a ``text`` source).
+DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf"})
+
+
+def _check_source(src: dict[str, Any], what: str, *, media_types: frozenset[str]) -> None:
+    """Refuses a source the provider would refuse on every later turn: a base64 source with a
+    media type outside ``media_types`` or data that is not base64, a URL that is not http(s)."""
+    kind = src.get("type")
+    if kind == "base64":
+        if src.get("media_type") not in media_types:
+            raise ValueError(f"{what} source's media_type must be one of {', '.join(sorted(media_types))}")
+        data = src.get("data")
+        try:
+            if not isinstance(data, str) or not data:
+                raise ValueError
+            binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+        except (ValueError, UnicodeEncodeError, binascii.Error):
+            raise ValueError(f"{what} source's data is not valid base64") from None
+    elif kind == "url":
+        url = src.get("url")
+        if not isinstance(url, str) or not re.match(r"(?i)^https?://[^\s/]+", url):
+            raise ValueError(f"{what} source's url must be an http(s) URL")
 
 
 class TextBlock(_Block):
@@ -60,6 +144,13 @@ class ImageBlock(_Block):
     type: Literal["image"] = "image"
     source: JSONDict
 
+    @field_validator("source")
+    @classmethod
+    def _source_the_apis_take(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if not _stored(info):
+            _check_source(v, "an image", media_types=IMAGE_MEDIA_TYPES)
+        return v
+
 
 class DocumentBlock(_Block):
     """A document the model reads (Anthropic ``document``). ``source`` is one of: a PDF as
@@ -77,9 +168,11 @@ class DocumentBlock(_Block):
 
     @field_validator("source")
     @classmethod
-    def _source_has_a_type(cls, v: dict[str, Any]) -> dict[str, Any]:
+    def _source_has_a_type(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if not isinstance(v.get("type"), str):
             raise ValueError("a document's source needs a type (base64, url, text, content, file)")
+        if not _stored(info):
+            _check_source(v, "a document", media_types=DOCUMENT_MEDIA_TYPES)
         return v
 
     @property
@@ -174,14 +267,16 @@ class UnknownBlock(_Block):
 
     @model_validator(mode="before")
     @classmethod
-    def _text_rule(cls, data: Any) -> Any:
-        return clean_json(data)
+    def _text_rule(cls, data: Any, info: ValidationInfo) -> Any:
+        return clean_json(_refuse_deep(data, info))  # depth first: clean_json recurses
 
     @field_validator("type")
     @classmethod
-    def _really_unknown(cls, v: str) -> str:
+    def _really_unknown(cls, v: str, info: ValidationInfo) -> str:
         if v in _KNOWN_TYPES or _is_server_result(v):
             raise ValueError(f"a {v!r} block is not an unknown block")
+        if not _stored(info) and not _TYPE_NAME.match(v):
+            raise ValueError(f"{v!r} is not a content block type (lowercase letters, digits, _)")
         return v
 
     @property
@@ -259,6 +354,9 @@ ContentBlock = Annotated[
 does not know becomes an :class:`UnknownBlock` holding it whole."""
 
 THINKING_BLOCKS = (ThinkingBlock, RedactedThinkingBlock)
+#: Blocks only the model writes (Anthropic Messages API): never in a user message.
+_ASSISTANT_ONLY = (ThinkingBlock, RedactedThinkingBlock, ToolUseBlock, ServerToolUseBlock,
+                   ServerToolResultBlock)
 
 
 class Message(BaseModel):
@@ -275,6 +373,26 @@ class Message(BaseModel):
         if isinstance(v, str):
             return [{"type": "text", "text": v}]
         return v
+
+    @model_validator(mode="after")
+    def _blocks_in_their_place(self, info: ValidationInfo) -> Message:
+        """The Messages API's placement rules, applied where content enters (not on stored
+        rows): a block the provider refuses in this role would fail every later turn."""
+        if not _stored(info):
+            for b in self.content:
+                if isinstance(b, _ASSISTANT_ONLY) and self.role != "assistant":
+                    raise ValueError(f"a {b.type} block belongs in an assistant message")
+                if isinstance(b, ToolResultBlock) and self.role != "user":
+                    raise ValueError("a tool_result block belongs in a user message")
+        return self
+
+    @classmethod
+    def rebuilt(cls, role: Role, content: list[Any]) -> Message:
+        """A message colloquy rebuilds from blocks it already holds (a context policy's or a
+        request repair's copy of stored messages): the entry rules are not applied again, as
+        for rows read from a store (:data:`STORED`), so a row stored before a rule existed
+        still reaches the repair that drops what the provider would refuse."""
+        return cls.model_validate({"role": role, "content": content}, context=STORED)
 
     @classmethod
     def user(cls, text: str) -> Message:

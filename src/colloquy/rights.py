@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from .branches import superseded_by
 from .errors import ConfigError, StoreError
 from .store import Store
@@ -231,6 +233,32 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` (a stored message, its blocks, JSON values) as plain JSON values, without
+    pydantic's serialiser: what ``model_dump(mode="json", exclude_none=True)`` gives, for
+    values nested deeper than that serialiser goes. Iterative: any depth."""
+    def shallow(v: Any) -> Any:
+        if isinstance(v, BaseModel):
+            return {k: x for k, x in {**v.__dict__, **(v.__pydantic_extra__ or {})}.items()
+                    if x is not None}
+        return v
+    root: list[Any] = [shallow(value)]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        v = parent[key]
+        if isinstance(v, dict):
+            parent[key] = v = {k: shallow(x) for k, x in v.items()}
+        elif isinstance(v, (list, tuple)):
+            parent[key] = v = [shallow(x) for x in v]
+        else:
+            if not (isinstance(v, (str, int, float, bool)) or v is None):
+                parent[key] = _jsonable(v)
+            continue
+        stack.extend((v, k) for k in (v if isinstance(v, dict) else range(len(v))))
+    return root[0]
+
+
 def _messages(store: Store, conversation_id: str) -> list[dict[str, Any]]:
     """A conversation's log for an export. Every message is kept; one an edit or a
     regeneration replaced is marked with ``superseded_by`` (colloquy.branches)."""
@@ -238,7 +266,12 @@ def _messages(store: Store, conversation_id: str) -> list[dict[str, Any]]:
     gone = superseded_by(log_)
     out = []
     for sm in log_:
-        row = sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
+        try:
+            row = sm.model_dump(mode="json", exclude={"conversation_id"}, exclude_none=True)
+        except ValueError:  # pydantic's serialiser stops at ~250 levels: a row stored before
+            # MAX_JSON_DEPTH existed is exported anyway, walked as plain values
+            row = _plain(sm)
+            row.pop("conversation_id", None)
         if sm.seq in gone:
             row["superseded_by"] = gone[sm.seq]
         out.append(row)

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from .errors import ConfigError, ImportRefused, InvalidTextError
 from .memory.records import Fact, Summary
-from .messages import ImageBlock, Message, StoredMessage, ToolResultBlock
+from .messages import IMAGE_MEDIA_TYPES, ImageBlock, Message, StoredMessage, ToolResultBlock
 from .store import Conversation, NewMessage, Store
 from .store.turns import IDEMPOTENCY_KEY
 from .text import clean, clean_json, is_blank, require_name
@@ -55,7 +55,7 @@ EXPORT_FORMAT = "colloquy.user-export"
 EXPORT_VERSION = 1
 #: The tables import restores; every other table in a file is skipped (see the docstring).
 RESTORED_TABLES = ("conversations", "messages", "summaries", "facts", "memory_cursors")
-_IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+_IMAGE_TYPES = IMAGE_MEDIA_TYPES
 
 
 @dataclass

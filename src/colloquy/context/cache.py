@@ -94,7 +94,7 @@ def _mark_last_block(m: Message) -> Message:
     for k in range(len(blocks) - 1, -1, -1):
         if not isinstance(blocks[k], THINKING_BLOCKS):
             blocks[k] = blocks[k].model_copy(update={"cache_control": dict(EPHEMERAL)})
-            return Message(role=m.role, content=blocks)
+            return Message.rebuilt(m.role, blocks)
     return m
 
 

@@ -362,7 +362,7 @@ class ComposedPolicy:
                 last = messages[at]
                 results_first = [b for b in last.content if isinstance(b, ToolResultBlock)]
                 rest = [b for b in last.content if not isinstance(b, ToolResultBlock)]
-                messages[at] = Message(role="user", content=[*results_first, *tail, *rest])
+                messages[at] = Message.rebuilt("user", [*results_first, *tail, *rest])
         return Context(system=system, messages=messages, sources=sources, notes=notes,
                        derived=derived, part_sources=part_sources, part_tokens=part_tokens,
                        part_records=part_records, volatile_last=bool(tail))

@@ -93,7 +93,7 @@ def _cut_largest(messages: list[Message], excess: int, window: int) -> tuple[lis
     content = list(messages[i].content)
     content[k] = _with_text(block, new_text)
     out = list(messages)
-    out[i] = Message(role=messages[i].role, content=content)
+    out[i] = Message.rebuilt(messages[i].role, content)
     return out, removed
 
 

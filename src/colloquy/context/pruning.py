@@ -88,7 +88,7 @@ class ToolOutputPruning:
                         changed = True
                 blocks.append(b)
             if changed:
-                out[i] = Message(role="user", content=blocks)
+                out[i] = Message.rebuilt("user", blocks)
             names = {}
         return out
 

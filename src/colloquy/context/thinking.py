@@ -52,7 +52,7 @@ def _without_thinking(m: Message) -> Message | None:
     kept: list[ContentBlock] = [b for b in m.content if not isinstance(b, THINKING_BLOCKS)]
     if len(kept) == len(m.content):
         return m
-    return Message(role=m.role, content=kept) if kept else None
+    return Message.rebuilt(m.role, kept) if kept else None
 
 
 def _strip(messages: Sequence[Message], sources: Sequence[list[int]]

@@ -141,7 +141,7 @@ def _clean(m: Message) -> Message | None:
     ordered: list[ContentBlock] = [*results, *others] if m.role == "user" else [*others]
     if not ordered:
         return None
-    return m if ordered == m.content else Message(role=m.role, content=ordered)
+    return m if ordered == m.content else Message.rebuilt(m.role, ordered)
 
 
 def _merge_pass(
@@ -158,7 +158,7 @@ def _merge_pass(
             notes.append("dropped an assistant message at the start")
         elif out and out[-1].role == cleaned.role:
             notes.append(f"merged consecutive {cleaned.role} messages")
-            merged = _clean(Message(role=cleaned.role, content=[*out[-1].content, *cleaned.content]))
+            merged = _clean(Message.rebuilt(cleaned.role, [*out[-1].content, *cleaned.content]))
             assert merged is not None  # both parts were non-empty
             out[-1] = merged
             out_srcs[-1] = out_srcs[-1] + s
@@ -184,7 +184,7 @@ def _orphan_pass(
                 changed = True
                 if not kept:
                     continue
-                m = Message(role="user", content=kept)
+                m = Message.rebuilt("user", kept)
         out.append(m)
         out_srcs.append(s)
     return out, out_srcs, changed
@@ -225,11 +225,11 @@ def repair(
             ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True) for u in missing
         ]
         if nxt is None:
-            msgs.append(Message(role="user", content=fill))
+            msgs.append(Message.rebuilt("user", fill))
             srcs.append([])
         else:
             rest = [b for b in nxt.content if not isinstance(b, ToolResultBlock)]
-            msgs[i + 1] = Message(role="user", content=[*nxt.tool_results, *fill, *rest])
+            msgs[i + 1] = Message.rebuilt("user", [*nxt.tool_results, *fill, *rest])
     msgs, remapped = map_tool_ids(msgs)
     if remapped:
         notes.append("gave tool calls ids every provider accepts (the log keeps the originals)")

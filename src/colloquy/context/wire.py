@@ -120,7 +120,7 @@ def map_tool_ids(messages: Sequence[Message]) -> tuple[list[Message], bool]:
             blocks.append(b)
         pending = asked
         changed = changed or touched
-        out.append(Message(role=m.role, content=blocks) if touched else m)
+        out.append(Message.rebuilt(m.role, blocks) if touched else m)
     return out, changed
 
 
@@ -175,7 +175,7 @@ def limit_breakpoints(
             b, keep = _unmark(b, keep)
             blocks.append(b)
         blocks.reverse()
-        new_messages.append(Message(role=m.role, content=blocks))
+        new_messages.append(Message.rebuilt(m.role, blocks))
     new_messages.reverse()
     new_system: list[TextBlock] = []
     for s in reversed(system):
@@ -205,7 +205,7 @@ def trim_final_assistant(messages: list[Message]) -> bool:
     last = messages[-1]
     block = last.content[-1]
     assert isinstance(block, TextBlock)
-    messages[-1] = Message(role="assistant", content=[
+    messages[-1] = Message.rebuilt("assistant", [
         *last.content[:-1], block.model_copy(update={"text": block.text.rstrip()})])
     return True
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..memory.records import Fact, Summary
-from ..messages import Message, StoredMessage
+from ..messages import STORED, Message, StoredMessage
 from ..usage import Usage
 from .base import Conversation, NewMessage
 from .users import User
@@ -181,7 +181,8 @@ def stored_message(row: Sequence[Any], message: Message | None = None) -> Stored
         )
     return StoredMessage(
         conversation_id=row[0], seq=row[1],
-        message=message if message is not None else Message(role=row[2], content=json.loads(row[3])),
+        message=message if message is not None else Message.model_validate(
+            {"role": row[2], "content": json.loads(row[3])}, context=STORED),
         created_at=row[4], model=row[5], usage=usage, cost_usd=row[10], meta=json.loads(row[11]),
     )
 
