@@ -131,3 +131,38 @@ def test_the_routes_refuse_with_4xx_and_store_nothing(tmp_path: Path) -> None:
             assert fake.requests == []
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+
+
+# -- tool definitions ------------------------------------------------------------------------------
+
+BAD_TOOLS = {
+    "bad name": ({"name": "bad name!!", "parameters": {"type": "object"}}, "name"),
+    "long name": ({"name": "x" * 65}, "name"),
+    "schema not an object": ({"name": "ok", "parameters": "nope"}, "parameters"),
+    "schema of another type": ({"name": "ok", "parameters": {"type": "string"}}, "parameters"),
+    "schema too deep": ({"name": "ok", "parameters": {"type": "object", "x": nested(80)}}, "parameters"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOOLS))
+def test_tool_definitions_are_validated_on_both_compatible_routes(tmp_path: Path, case: str) -> None:
+    fn, field = BAD_TOOLS[case]
+    db = tmp_path / "c.db"
+    token = add_user(str(db), "eve")
+    anthropic_tool = {"name": fn["name"], "input_schema": fn.get("parameters", {"type": "object"})}
+    with F.FakeAnthropic() as fake:
+        model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url, max_retries=0)
+        with serve_in_thread(create_app(db=str(db), model=model)) as base:
+            r = httpx.post(base + "/v1/chat/completions", headers={"Authorization": "Bearer " + token},
+                           json={"model": "claude-sonnet-4-6", "user": "o",
+                                 "tools": [{"type": "function", "function": fn}],
+                                 "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == f"tools[0].function.{field}"
+            r = httpx.post(base + "/v1/messages", headers={"x-api-key": token}, json={
+                "model": "claude-sonnet-4-6", "max_tokens": 50, "metadata": {"user_id": "a"},
+                "tools": [anthropic_tool], "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 400, r.text
+            expected = "input_schema" if field == "parameters" else "name"
+            assert expected in r.text
+            assert fake.requests == []

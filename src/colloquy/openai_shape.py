@@ -25,6 +25,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from pydantic import ValidationError
+
 from .messages import (
     ContentBlock,
     DocumentBlock,
@@ -342,9 +344,16 @@ def tools_from_openai(tools: Any) -> list[ToolSpec]:
             raise OpenAIShapeError("a tool is {\"type\": \"function\", \"function\": {\"name\", "
                                    "\"description\", \"parameters\"}}", f"tools[{i}]")
         schema = fn.get("parameters")
-        specs.append(ToolSpec(name=fn["name"], description=str(fn.get("description") or ""),
-                              input_schema=schema if isinstance(schema, dict)
-                              else {"type": "object", "properties": {}}))
+        if schema is not None and not isinstance(schema, dict):
+            raise OpenAIShapeError("function.parameters is a JSON schema object",
+                                   f"tools[{i}].function.parameters")
+        try:
+            specs.append(ToolSpec(name=fn["name"], description=str(fn.get("description") or ""),
+                                  input_schema=schema or {"type": "object", "properties": {}}))
+        except ValidationError as e:
+            field = "parameters" if "input_schema" in str(e.errors()[0].get("loc")) else "name"
+            raise OpenAIShapeError(str(e.errors()[0]["msg"]).removeprefix("Value error, "),
+                                   f"tools[{i}].function.{field}") from None
     return specs
 
 

@@ -13,6 +13,7 @@ in a thread of their own pool (:data:`BLOCKING_CALL_THREADS`), so every model wo
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -21,9 +22,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..messages import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock
+from ..messages import (MAX_JSON_DEPTH, ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock,
+                        json_depth_exceeds)
 from ..telemetry.genai import instrument_class
 from ..usage import FREE_PROVIDERS, Usage, cost_of
 
@@ -62,6 +64,10 @@ def _blocking_pool() -> ThreadPoolExecutor:
         return _blocking
 
 
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+TOOL_NAME_RULE = "a tool name is 1 to 64 letters, digits, _ or - (^[a-zA-Z0-9_-]{1,64}$)"
+
+
 class ToolSpec(BaseModel):
     """What the model is told about a tool: name, description and a JSON schema of its input.
 
@@ -76,6 +82,24 @@ class ToolSpec(BaseModel):
         default_factory=lambda: {"type": "object", "properties": {}}
     )
     definition: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _a_tool_name(self) -> ToolSpec:
+        # A client tool's name, as both APIs require it (Anthropic: ^[a-zA-Z0-9_-]{1,64}$,
+        # OpenAI: a-z, A-Z, 0-9, _ and -, at most 64): refused here, not by every later call.
+        if self.definition is None and not _TOOL_NAME.match(self.name):
+            raise ValueError(TOOL_NAME_RULE)
+        return self
+
+    @field_validator("input_schema")
+    @classmethod
+    def _a_json_schema_object(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # The APIs take an object schema only (Anthropic: input_schema.type must be "object").
+        if v.get("type", "object") != "object":
+            raise ValueError('a tool\'s input schema is a JSON schema of type "object"')
+        if json_depth_exceeds(v):
+            raise ValueError(f"a tool's input schema may nest at most {MAX_JSON_DEPTH} levels")
+        return v
 
     @classmethod
     def from_anthropic(cls, tool: dict[str, Any]) -> ToolSpec:

@@ -104,7 +104,12 @@ def _tools(raw: list[dict[str, Any]] | None) -> list[ToolSpec]:
     for i, tool in enumerate(raw or ()):
         if tool.get("type") in (None, "custom") and not isinstance(tool.get("name"), str):
             raise E.InvalidRequest("a tool needs a name", param=f"tools.{i}.name")
-        specs.append(ToolSpec.from_anthropic(tool))
+        try:
+            specs.append(ToolSpec.from_anthropic(tool))
+        except ValidationError as e:
+            field = "input_schema" if "input_schema" in str(e.errors()[0].get("loc")) else "name"
+            msg = str(e.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise E.InvalidRequest(f"tools.{i}.{field}: {msg}", param=f"tools.{i}.{field}") from None
     return specs
 
 
