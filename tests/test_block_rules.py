@@ -47,7 +47,7 @@ def test_a_block_at_the_depth_limit_is_kept_one_level_deeper_is_refused() -> Non
         ("very deep", {"type": "zz", "x": nested(900)}),
     ]:
         role = "assistant" if kind == "tool input" else "user"
-        with pytest.raises(ValidationError, match="at most 64 levels deep"):
+        with pytest.raises(ValidationError, match="deeper than 64 levels"):
             Message.model_validate({"role": role, "content": [block]})
 
 
@@ -166,3 +166,40 @@ def test_tool_definitions_are_validated_on_both_compatible_routes(tmp_path: Path
             expected = "input_schema" if field == "parameters" else "name"
             assert expected in r.text
             assert fake.requests == []
+
+
+# -- small ones ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["1e400", "NaN", "-Infinity"])
+def test_a_number_json_cannot_carry_is_refused_not_dropped(number: str) -> None:
+    raw = json.loads('{"role": "user", "content": [{"type": "zz", "x": %s, "y": [%s]},'
+                     ' {"type": "text", "text": "hi"}]}' % (number, number))
+    with pytest.raises(ValidationError, match="NaN or infinity"):
+        Message.model_validate(raw)
+    with pytest.raises(ValidationError, match="NaN or infinity"):
+        Message.model_validate({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t", "name": "f", "input": {"n": float(number)}}]})
+
+
+def test_an_openai_text_part_without_text_says_the_text_is_missing() -> None:
+    from colloquy.openai_shape import OpenAIShapeError, from_openai_messages
+
+    with pytest.raises(OpenAIShapeError, match="needs its text") as e:
+        from_openai_messages([{"role": "user", "content": [{"type": "text"}]}])
+    assert "not supported" not in str(e.value)
+
+
+def test_one_thinking_budget_bound_for_the_cli_and_the_server() -> None:
+    import argparse
+
+    from colloquy.cli import thinking_budget
+    from colloquy.context.thinking import MAX_BUDGET
+    from colloquy.server.schemas import ThinkingBudget
+    from pydantic import TypeAdapter
+
+    assert thinking_budget(str(MAX_BUDGET)) == MAX_BUDGET
+    with pytest.raises(argparse.ArgumentTypeError, match=f"at most {MAX_BUDGET}"):
+        thinking_budget("99999999999")
+    with pytest.raises(ValidationError):
+        TypeAdapter(ThinkingBudget).validate_python(MAX_BUDGET + 1)

@@ -16,6 +16,7 @@ built by any entry point can always be sent and exported.
 from __future__ import annotations
 
 import binascii
+import math
 import re
 import time
 from typing import Annotated, Any, Literal, Union
@@ -61,10 +62,12 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("colloquy_stored"))
 
 
-def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when ``value`` nests dicts, lists or content blocks more than ``limit`` levels
-    deep (a scalar is level 0, ``{}`` level 1). Iterative and stops at the first path too
-    deep, so a hostile 10,000-level value costs no recursion and little time."""
+def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes ``value`` unfit to store and send as JSON, or None: dicts, lists or content
+    blocks nested more than ``limit`` levels (a scalar is level 0, ``{}`` level 1), or a
+    number JSON cannot carry (NaN, infinity: ``1e400`` parses as infinity, and a store or an
+    export would write it as null). Iterative and stops at the first problem, so a hostile
+    10,000-level value costs no recursion and little time."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
@@ -74,12 +77,15 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             children: Any = v.values()
         elif isinstance(v, (list, tuple)):
             children = v
+        elif isinstance(v, float) and not math.isfinite(v):
+            return "holds a number JSON cannot carry (NaN or infinity)"
         else:
             continue
         if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple, BaseModel)))
-    return False
+            return f"nests JSON deeper than {limit} levels (colloquy.messages.MAX_JSON_DEPTH)"
+        stack.extend((c, depth + 1) for c in children
+                     if isinstance(c, (dict, list, tuple, BaseModel, float)))
+    return None
 
 
 class _Block(BaseModel):
@@ -95,9 +101,9 @@ class _Block(BaseModel):
 
 
 def _refuse_deep(data: Any, info: ValidationInfo) -> Any:
-    if not _stored(info) and json_depth_exceeds(data):
-        raise ValueError(f"a content block may nest JSON at most {MAX_JSON_DEPTH} levels deep "
-                         "(colloquy.messages.MAX_JSON_DEPTH)")
+    problem = None if _stored(info) else json_problem(data)
+    if problem:
+        raise ValueError(f"a content block {problem}")
     return data
 
 

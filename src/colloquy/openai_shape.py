@@ -296,6 +296,8 @@ def content_blocks(content: Any, param: str) -> list[ContentBlock]:
             blocks.append(_image_block(url, where))
         elif kind == "file":
             blocks.append(_file_block(part.get("file"), where))
+        elif kind == "text":
+            raise OpenAIShapeError("a text part needs its text (a string)", f"{where}.text")
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             blocks.append(TextBlock(text=part["refusal"]))
         else:

@@ -27,15 +27,21 @@ from ..messages import THINKING_BLOCKS, ContentBlock, Message, StoredMessage
 
 #: Anthropic's smallest thinking budget (``thinking.budget_tokens``).
 MIN_BUDGET = 1024
+#: The largest budget colloquy accepts, everywhere (CLI, HTTP bodies, library): above any
+#: model's output limit (Claude's largest is 128,000 tokens), so a budget past it is a typo.
+MAX_BUDGET = 200_000
 
 
 def check_budget(budget: int | None) -> int | None:
     """``budget`` as a thinking budget: None or 0 (off), else at least :data:`MIN_BUDGET`
-    tokens; :class:`ValueError` otherwise (the API's own lower bound)."""
+    tokens (the API's own lower bound) and at most :data:`MAX_BUDGET`; :class:`ValueError`
+    otherwise."""
     if not budget:
         return None
     if budget < MIN_BUDGET:
         raise ValueError(f"a thinking budget is at least {MIN_BUDGET} tokens, not {budget}")
+    if budget > MAX_BUDGET:
+        raise ValueError(f"a thinking budget is at most {MAX_BUDGET} tokens, not {budget}")
     return int(budget)
 
 

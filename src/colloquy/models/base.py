@@ -24,8 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..messages import (MAX_JSON_DEPTH, ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock,
-                        json_depth_exceeds)
+from ..messages import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock, json_problem
 from ..telemetry.genai import instrument_class
 from ..usage import FREE_PROVIDERS, Usage, cost_of
 
@@ -97,8 +96,9 @@ class ToolSpec(BaseModel):
         # The APIs take an object schema only (Anthropic: input_schema.type must be "object").
         if v.get("type", "object") != "object":
             raise ValueError('a tool\'s input schema is a JSON schema of type "object"')
-        if json_depth_exceeds(v):
-            raise ValueError(f"a tool's input schema may nest at most {MAX_JSON_DEPTH} levels")
+        problem = json_problem(v)
+        if problem:
+            raise ValueError(f"a tool's input schema {problem}")
         return v
 
     @classmethod

@@ -13,7 +13,7 @@ from ..branches import REVISION
 from ..chat import Reply
 from ..costs import SideCost
 from ..context.seen import CONTEXT
-from ..context.thinking import check_budget
+from ..context.thinking import MAX_BUDGET, check_budget
 from ..guards.base import BLOCKED
 from ..memory.records import Fact
 from ..messages import StoredMessage
@@ -47,7 +47,7 @@ def _budget(value: int | None) -> int | None:
 
 
 ThinkingBudget = Annotated[int | None, Field(
-    None, ge=0, le=200_000, description="extended thinking for this turn: a budget in tokens "
+    None, ge=0, le=MAX_BUDGET, description="extended thinking for this turn: a budget in tokens "
     "(at least 1024), or 0 for none (default: the server's)"), AfterValidator(_budget)]
 
 
