@@ -203,3 +203,18 @@ def test_one_thinking_budget_bound_for_the_cli_and_the_server() -> None:
         thinking_budget("99999999999")
     with pytest.raises(ValidationError):
         TypeAdapter(ThinkingBudget).validate_python(MAX_BUDGET + 1)
+
+
+def test_an_empty_message_is_422_whether_a_string_or_a_list(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    token = add_user(str(db), "eve")
+    with serve_in_thread(create_app(db=str(db), model="echo")) as base:
+        for content in ["", [], [{"type": "text", "text": ""}], "  "]:
+            r = httpx.post(base + "/v1/chat/completions", headers={"Authorization": "Bearer " + token},
+                           json={"model": "echo", "user": "u",
+                                 "messages": [{"role": "user", "content": content}]})
+            assert (r.status_code, "the message is empty") == (422, r.json()["error"]["message"])
+            r = httpx.post(base + "/v1/messages", headers={"x-api-key": token}, json={
+                "model": "echo", "max_tokens": 50, "metadata": {"user_id": "a"},
+                "messages": [{"role": "user", "content": content}]})
+            assert r.status_code == 422, (content, r.text)

@@ -109,8 +109,9 @@ def _refuse_deep(data: Any, info: ValidationInfo) -> Any:
 
 #: The image formats both the Anthropic and OpenAI APIs take (Anthropic "Vision" docs).
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-#: A base64 document is a PDF (Anthropic "PDF support"; plain text uses a ``text`` source).
-DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf"})
+#: A base64 document is a PDF (Anthropic "PDF support") or plain text (colloquy's OpenAI
+#: conversion takes it, as its decoded text).
+DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf", "text/plain"})
 
 
 def _check_source(src: dict[str, Any], what: str, *, media_types: frozenset[str]) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .errors import InvalidTextError
 from .messages import (
     ContentBlock,
     DocumentBlock,
@@ -414,6 +415,8 @@ def from_openai_messages(raw: list[dict[str, Any]]) -> tuple[str | None, list[Me
             raise OpenAIShapeError(f"unknown role {role!r}", f"{param}.role")
         if blocks:
             out.append(Message(role=role, content=blocks))
+        elif role == "user" and i == len(raw) - 1:  # the new message: empty, not missing
+            raise InvalidTextError("the message is empty")
     flush()
     # A blank system message is a persona of nothing, not the lack of one.
     return ("\n\n".join(system) if system else ("" if saw_system else None)), out

@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from ..chat import Reply
-from ..errors import ColloquyError
+from ..errors import ColloquyError, InvalidTextError
 from ..models import ToolSpec
 from ..openai_shape import OpenAIShapeError, from_openai_messages, tool_calls, tools_from_openai
 from ..store.users import User
@@ -139,6 +139,8 @@ def add_openai_routes(
             tools: list[ToolSpec] = tools_from_openai(body.tools) if body.tools else []
         except OpenAIShapeError as e:
             raise E.InvalidRequest(str(e), param=e.param) from e
+        except InvalidTextError:  # an empty message: 422 like a blank one, on every route
+            raise
         except ValueError as e:  # a block the content model refuses (e.g. invalid text)
             raise E.InvalidRequest(str(e), param="messages") from e
         history, content = split_turn(messages)

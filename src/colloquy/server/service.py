@@ -42,7 +42,7 @@ from ..context.base import ContextPolicy
 from ..effects import Turn, arun
 from ..memory.extract import FactExtraction
 from ..memory.records import Fact
-from ..errors import ConfigError, ConversationNotFound, StoreError
+from ..errors import ConfigError, ConversationNotFound, InvalidTextError, StoreError
 from ..messages import Message, StoredMessage, TextBlock
 from ..models import Model, ThinkingDelta, ToolSpec, get_model, model_spec
 from ..rights import DeleteReport, delete_user, export_user
@@ -314,8 +314,8 @@ class ChatService:
             self.check_content(content)
             return
         blocks = content.content if isinstance(content, Message) else list(content)
-        if not blocks:
-            raise InvalidRequest("the message is empty")
+        if not blocks:  # the same error as an empty string: one status (422) for one kind
+            raise InvalidTextError("the message is empty")
         texts = [b.text for b in blocks if isinstance(b, TextBlock)]
         # Text alone must say something; beside an image or a tool result it may be blank.
         self.check_content("\n\n".join(texts) if len(texts) == len(blocks) else "\n\n".join(
