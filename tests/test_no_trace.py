@@ -148,10 +148,14 @@ def live_strings(needle: str) -> list[str]:
     gc.collect()
     found = []
     for obj in gc.get_objects():
-        values = obj.values() if isinstance(obj, dict) else obj \
-            if isinstance(obj, (list, tuple)) else ()
+        # dict.values(obj), not obj.values(): a subclass may compute its values on demand
+        # (transformers' lazy auto-mappings import models when read).
+        # (type(obj), not isinstance: some objects' __class__ is a property that warns.)
+        kind = type(obj)
+        values = dict.values(obj) if issubclass(kind, dict) else list.__iter__(obj) \
+            if issubclass(kind, list) else tuple.__iter__(obj) if issubclass(kind, tuple) else ()
         try:
-            found.extend(v for v in values if isinstance(v, str) and needle in v)
+            found.extend(v for v in values if issubclass(type(v), str) and needle in v)
         except RuntimeError:  # a container changed size while read (another thread)
             continue
     return found

@@ -209,7 +209,7 @@ def test_text_estimate_is_about_five_characters_per_token() -> None:
 def test_block_and_message_estimates() -> None:
     text = TextBlock(text="hello world")
     assert estimate_block(text) == estimate_text("hello world")
-    assert estimate_block(ImageBlock(source={"type": "url", "url": "u"})) == IMAGE_TOKENS
+    assert estimate_block(ImageBlock(source={"type": "url", "url": "https://example.com/u.png"})) == IMAGE_TOKENS
     assert estimate_block(ToolUseBlock(id="t", name="f", input={"a": 1})) > 10
     assert estimate_block(ToolResultBlock(tool_use_id="t", content="ok")) == 6 + estimate_text("ok")
     assert estimate_block(ToolResultBlock(tool_use_id="t", content=[text])) == 6 + estimate_block(text)
