@@ -47,16 +47,22 @@ class Served:
         return [sm.message.to_anthropic() for sm in self.store.load(conv.id)]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def serve_claude(tmp_path: Path, **options: Any) -> Iterator[Served]:
+    """A served app over SQLite whose model is a fake Claude (create_app ``options`` on top of
+    no rate limit)."""
     store = SQLiteStore(tmp_path / "a.db")
     token = issue_token(store, "ann")
     with FakeAnthropic() as fake:
         model = AnthropicModel(MODEL, api_key="sk-ant-test", base_url=fake.base_url,
                                max_retries=0)
         with serve_in_thread(create_app(store=store, model=model, environ={},
-                                        rate_limit=None)) as url:
+                                        **{"rate_limit": None, **options})) as url:
             yield Served(url, token, store, fake)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    yield from serve_claude(tmp_path)
 
 
 def named(name: str) -> dict[str, str]:

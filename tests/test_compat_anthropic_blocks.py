@@ -21,16 +21,11 @@ import anthropic
 import httpx
 import pytest
 
-from colloquy.models.anthropic import AnthropicModel
-from colloquy.server import create_app
 from colloquy.server.service import RateLimit
-from colloquy.store import SQLiteStore
-from colloquy.store.users import issue_token
-from fake_anthropic import (FakeAnthropic, Reply, char_location, cited_text, error, message,
+from fake_anthropic import (Reply, char_location, cited_text, error, message,
                             redacted_thinking, server_tool_use, stream, stream_error_midway, stream_events,
                             text, thinking, tool_use, web_search_result)
-from server_helpers import serve_in_thread
-from test_compat_anthropic import MODEL, TITLE, WEATHER, Served
+from test_compat_anthropic import MODEL, TITLE, WEATHER, Served, serve_claude
 
 SEARCH = [server_tool_use("srvtoolu_1", "web_search", {"query": "q"}),
           web_search_result("srvtoolu_1", ("t", "https://e.x"))]
@@ -57,20 +52,9 @@ def _last_reply(served: Served, name: str) -> list[dict[str, Any]]:
     return content
 
 
-def _serve(tmp_path: Path, **options: Any) -> Iterator[Served]:
-    store = SQLiteStore(tmp_path / "a.db")
-    token = issue_token(store, "ann")
-    with FakeAnthropic() as fake:
-        model = AnthropicModel(MODEL, api_key="sk-ant-test", base_url=fake.base_url,
-                               max_retries=0)
-        with serve_in_thread(create_app(store=store, model=model, environ={},
-                                        **{"rate_limit": None, **options})) as url:
-            yield Served(url, token, store, fake)
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    yield from _serve(tmp_path)
+    yield from serve_claude(tmp_path)
 
 
 def _plain(value: Any) -> Any:
@@ -145,7 +129,7 @@ def _anthropic_error(r: httpx.Response, status: int, kind: str) -> str:
 
 def test_every_error_of_the_route_has_the_messages_apis_shape(tmp_path: Path) -> None:
     hi = [{"role": "user", "content": "hi"}]
-    for served in _serve(tmp_path, max_body_bytes=2000,
+    for served in serve_claude(tmp_path, max_body_bytes=2000,
                          rate_limit=RateLimit(requests=4, per=60.0)):
         url = served.url + "/v1/messages"
         key = {"x-api-key": served.token, "anthropic-version": "2023-06-01"}
@@ -169,7 +153,7 @@ def test_every_error_of_the_route_has_the_messages_apis_shape(tmp_path: Path) ->
             if r.status_code != 404:
                 break
         _anthropic_error(r, 429, "rate_limit_error")
-    for served in _serve(tmp_path / "b"):
+    for served in serve_claude(tmp_path / "b"):
         url = served.url + "/v1/messages"
         key = {"x-api-key": served.token}
         served.fake.enqueue(error(400, "invalid_request_error", "refused"))
