@@ -212,7 +212,11 @@ def test_a_message_sent_again_after_a_failed_stream_is_stored_once(browser: Any,
         page.fill("#input", "where is my parcel?")
         page.press("#input", "Enter")
         page.locator(".message.assistant.failed .turn-meta", has_text="send again").wait_for()
-        assert page.input_value("#input") == "where is my parcel?"  # ready to send again
+        # ready to send again (the text comes back with the failure; polled, as the page
+        # may paint the failure a frame before it refills the box)
+        page.wait_for_function(
+            "() => document.getElementById('input').value === 'where is my parcel?'")
+        page.wait_for_function("() => !document.getElementById('send').hidden")
         page.press("#input", "Enter")
         page.locator(".message.assistant .body", has_text="the answer at last").wait_for()
         # The page shows what the server stored: the message once, the failed reply gone.

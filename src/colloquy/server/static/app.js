@@ -337,7 +337,11 @@
       answer.li.classList.remove("streaming");
       state.abort = null;
       setBusy(false);
-      $("input").focus();
+      // A message whose reply failed is stored: its text comes back at once, with the failure,
+      // ready to send again (send() keeps its key).
+      var box = $("input");
+      if (path === "/messages" && started && !result && !stopped && !box.value) box.value = userText;
+      box.focus();
     }
     if (reload) await afterStop(result);
     await loadConversations().catch(function () {});
@@ -384,9 +388,6 @@
     try {
       var outcome = await turn("/messages", { content: text, idempotency_key: p.key }, text, again);
       if ((outcome.reply || outcome.stopped) && state.pending === p) state.pending = null;
-      else if (!outcome.reply && !outcome.stopped && !input.value) {
-        input.value = text;  // failed: ready to send again (with the same key)
-      }
     } catch (e) {
       if (!input.value) input.value = text;  // refused: nothing stored, the text is back
     }
