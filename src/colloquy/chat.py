@@ -28,7 +28,7 @@ from .context.base import Context, ContextInput, ContextPolicy
 from .context.default import DefaultPolicy
 from .context.fit import fit_to_window
 from .context.seen import CONTEXT, SeenContext, record as context_record, seen
-from .context.thinking import check_budget, finished_turns_without_thinking, replay_thinking
+from .context.thinking import FinishedTurns, check_budget, replay_thinking
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
@@ -167,6 +167,7 @@ class Chat:
         #: What of the log is replayed to the model (colloquy.branches): one filter, kept
         #: incremental over ``_log``.
         self._branch = CurrentBranch()
+        self._finished = FinishedTurns()  # thinking of finished turns left out, incrementally
         #: Guards the loaded log (short holds: a store read or write).
         self._lock = threading.RLock()
         #: One turn at a time on this Chat; held across the model call, so it is a plain Lock
@@ -315,7 +316,7 @@ class Chat:
         if history is None:
             history = self.history()
         history = self._branch.visible(history)  # superseded, blocked turns: never replayed
-        history = finished_turns_without_thinking(history)  # never sent (context.thinking)
+        history = self._finished(history)  # thinking never sent (context.thinking)
         with work_span("colloquy.context") as span:
             inp = self._context_input(history, options)
             ctx = fit_to_window(self.policy.build(inp), inp, self.window)

@@ -1,0 +1,71 @@
+"""What keeps a turn's engine time flat in the conversation's length: the engine's per-turn
+filters work incrementally over its own log list and give what a scan of the whole log gives.
+(The time itself is measured by bench/turns.py, never by a timed test.)"""
+
+from __future__ import annotations
+
+import random
+
+from colloquy.context.thinking import FinishedTurns, finished_turns_without_thinking
+from colloquy.messages import (
+    Message,
+    RedactedThinkingBlock,
+    StoredMessage,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+
+
+def _message(rng: random.Random, i: int) -> Message:
+    kind = rng.choice(["user", "reply", "thinking", "only-thinking", "redacted", "tool", "result"])
+    if kind == "user":
+        return Message.user(f"question {i}")
+    if kind == "reply":
+        return Message.assistant(f"answer {i}")
+    if kind == "thinking":
+        return Message(role="assistant", content=[ThinkingBlock(thinking=f"hm {i}", signature="s"),
+                                                  TextBlock(text=f"answer {i}")])
+    if kind == "only-thinking":  # a reply cut off while thinking: left out entirely
+        return Message(role="assistant", content=[ThinkingBlock(thinking=f"hm {i}", signature="s")])
+    if kind == "redacted":
+        return Message(role="assistant", content=[RedactedThinkingBlock(data="x"),
+                                                  ToolUseBlock(id=f"t{i}", name="f", input={})])
+    if kind == "tool":
+        return Message(role="assistant", content=[ToolUseBlock(id=f"t{i}", name="f", input={})])
+    return Message(role="user", content=[ToolResultBlock(tool_use_id=f"t{i}", content="r")])
+
+
+def _without_thinking(history: list[StoredMessage]) -> list[list[dict[str, object]]]:
+    return [sm.message.to_anthropic()["content"] for sm in history]
+
+
+def test_finished_turns_kept_over_a_growing_log_equal_a_scan_of_the_whole_log() -> None:
+    rng = random.Random(3)
+    log: list[StoredMessage] = []
+    finished = FinishedTurns()
+    for i in range(1, 400):
+        log.append(StoredMessage(conversation_id="c", seq=i, message=_message(rng, i)))
+        got = finished(log)
+        want = finished_turns_without_thinking(list(log))  # a new list: scanned whole
+        assert [sm.seq for sm in got] == [sm.seq for sm in want]
+        assert _without_thinking(list(got)) == _without_thinking(want)
+        # The current turn keeps its thinking (its tool loop goes back unmodified).
+        start = max((j for j, sm in enumerate(log) if sm.message.starts_turn), default=0)
+        assert list(got)[len(got) - (len(log) - start):] == log[start:]
+    # Another list (a log reloaded after a rewrite) is scanned whole, not spliced onto the old.
+    shorter = log[:50]
+    assert [sm.seq for sm in finished(shorter)] == [
+        sm.seq for sm in finished_turns_without_thinking(shorter)]
+
+
+def test_a_log_without_thinking_is_handed_on_as_it_is() -> None:
+    """No copy of a 10,000-message log per turn when there is nothing to leave out."""
+    log = [StoredMessage(conversation_id="c", seq=i,
+                         message=Message.user("q") if i % 2 else Message.assistant("a"))
+           for i in range(1, 10_001)]
+    finished = FinishedTurns()
+    assert finished(log) is log
+    log.append(StoredMessage(conversation_id="c", seq=10_001, message=Message.user("q")))
+    assert finished(log) is log
