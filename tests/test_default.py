@@ -45,26 +45,32 @@ def test_the_default_budget_is_fitted_to_the_model() -> None:
 def test_a_chat_without_a_policy_gets_the_default() -> None:
     chat = Chat(EchoModel(), store=MemoryStore())
     assert isinstance(chat.policy, DefaultPolicy)
-    assert chat.policy.retriever == "bm25"
+    assert chat.policy.retriever == "auto"  # hybrid once warm when the extra is installed
     assert Chat(EchoModel(), store=MemoryStore()).policy is not chat.policy  # one per chat
 
 
-def test_a_chat_without_a_policy_never_loads_the_embedding_model() -> None:
-    # Loading torch and the sentence model took 38 s on a busy machine: a chat that asked for no
-    # policy must not pay that inside a turn, even once its log outgrows the budget and recall
-    # runs (a fresh interpreter, so no other test has imported torch).
+def test_no_embedding_model_loads_before_recall_nor_with_bm25() -> None:
+    # Loading torch and the sentence model took 38 s on a busy machine: a chat whose log fits
+    # the budget (no recall yet) never starts it, and neither does retriever="bm25" once recall
+    # runs (a fresh interpreter, so no other test has imported torch). The default's background
+    # loading is tested in test_default_embeddings.py.
     script = f"""
 import json, sys
 from colloquy import Chat, MemoryStore
+from colloquy.context.default import DefaultPolicy
 from colloquy.models import EchoModel
+short = Chat(EchoModel(), store=MemoryStore(), title_model=False)
+for i in range(5):
+    short.send({FILLER!r}[i % 4])
+before = sorted(m for m in ("torch", "sentence_transformers") if m in sys.modules)
 model = EchoModel()
-chat = Chat(model, store=MemoryStore(), title_model=False)
+chat = Chat(model, store=MemoryStore(), policy=DefaultPolicy(retriever="bm25"), title_model=False)
 chat.send({KITTEN!r})
 for i in range(60):
     chat.send({FILLER!r}[i % 4] * 12 + f" ({{i}})")
 chat.send("What did I name the kitten?")
 print(json.dumps({{"recalled": "<earlier_excerpts>" in json.dumps(model.last_request.to_anthropic()),
-                  "loaded": sorted(m for m in ("torch", "sentence_transformers") if m in sys.modules)}}))
+                  "loaded": before + sorted(m for m in ("torch", "sentence_transformers") if m in sys.modules)}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

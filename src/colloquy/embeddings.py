@@ -16,6 +16,12 @@ Parallelism across requests beats parallelism inside one small matrix product, s
 **1 thread**. Set ``COLLOQUY_TORCH_THREADS=N`` (or call :func:`set_torch_threads`) to change it;
 ``0`` leaves torch's own default. The count is process-wide (torch has one setting per process):
 it is applied when colloquy loads the model, and again by each :func:`set_torch_threads` call.
+
+Off the turn's path: :func:`load_in_background` starts loading in a daemon thread and returns at
+once (the default policy's recall uses BM25 until :func:`model_loaded`; context/background.py).
+Encode calls are serialised by one lock per process: a Hugging Face fast tokenizer used by two
+threads at once can fail ("Already borrowed", huggingface/tokenizers#537), and with one torch
+thread two concurrent encodes gain nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ THREADS_ENV = "COLLOQUY_TORCH_THREADS"
 
 _MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
+#: Serialises encode calls (module docstring).
+_ENCODE_LOCK = threading.Lock()
+#: Background loads started (:func:`load_in_background`): set once each has finished.
+_LOADS: dict[str, threading.Event] = {}
+_BG_LOCK = threading.Lock()
+#: Why a background load failed, by model key.
+_LOAD_ERRORS: dict[str, str] = {}
 _threads: int | None = None  # set_torch_threads(); None: the environment or the default
 
 
@@ -122,12 +135,59 @@ def sentence_model(model: str | None = None) -> Any:
         return _MODELS[key]
 
 
+def model_loaded(model: str | None = None) -> bool:
+    """True once ``model`` is loaded in this process (never waits, never loads)."""
+    return (model or "") in _MODELS
+
+
+def load_in_background(model: str | None = None) -> bool:
+    """Start loading ``model`` in a daemon thread unless it is loaded or loading; return
+    :func:`model_loaded` (never waits). A failed load is not retried: :func:`load_error` says
+    why."""
+    key = model or ""
+    if key in _MODELS:
+        return True
+    with _BG_LOCK:
+        if key not in _LOADS:
+            done = _LOADS[key] = threading.Event()
+            threading.Thread(target=_load_then_set, args=(model, done), daemon=True,
+                             name="colloquy-embeddings-load").start()
+    return key in _MODELS
+
+
+def _load_then_set(model: str | None, done: threading.Event) -> None:
+    try:
+        sentence_model(model)
+    except Exception as e:  # noqa: BLE001 - reported by load_error(), never raised in a turn
+        _LOAD_ERRORS[model or ""] = f"{type(e).__name__}: {e}"
+    finally:
+        done.set()
+
+
+
+def wait_loaded(model: str | None = None, timeout: float | None = None) -> bool:
+    """Start loading ``model`` in the background if needed and wait up to ``timeout`` seconds
+    (None: as long as it takes) for it; True when it is loaded."""
+    if load_in_background(model):
+        return True
+    done = _LOADS.get(model or "")
+    if done is not None:
+        done.wait(timeout)
+    return model_loaded(model)
+
+
+def load_error(model: str | None = None) -> str | None:
+    """Why the background load of ``model`` failed (None: it did not, or has not finished)."""
+    return _LOAD_ERRORS.get(model or "")
+
+
 def embed(texts: Sequence[str], model: str | None = None) -> Any:
     """Unit-length embeddings of ``texts``: a float32 numpy array of shape (len(texts), 384 for
-    MiniLM). Cosine similarity is then a dot product."""
+    MiniLM). Cosine similarity is then a dot product. Loads the model if needed (waits)."""
     m = sentence_model(model)
-    return m.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
-                    batch_size=64, show_progress_bar=False).astype("float32")
+    with _ENCODE_LOCK:
+        return m.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                        batch_size=64, show_progress_bar=False).astype("float32")
 
 
 def dimension(model: str | None = None) -> int:
@@ -142,7 +202,11 @@ __all__ = [
     "dimension",
     "embed",
     "embeddings_available",
+    "load_error",
+    "load_in_background",
+    "model_loaded",
     "sentence_model",
     "set_torch_threads",
     "torch_threads",
+    "wait_loaded",
 ]

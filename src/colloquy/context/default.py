@@ -7,10 +7,14 @@ conversation), and most users never change the default. This policy keeps older 
 instead, for the price of a search over the stored log:
 
 * **Recall** of older turns (context/recall.py): BM25 over the log, fused with the dates, speaker,
-  neighbour and session signals. Sentence embeddings are opt-in
-  (``DefaultPolicy(retriever="hybrid")``, ``pip install 'colloquy[embeddings]'``): loading torch
-  and the model took 38 s on a busy 2-core machine (load 10), and a resumed long conversation
-  would embed its whole log, both inside a turn that a chat without a policy never asked for.
+  neighbour and session signals, and, when the embeddings extra is installed
+  (``pip install 'colloquy[embeddings]'``), with sentence-embedding similarity too: on LoCoMo
+  that keeps the evidence of more questions, most of all of those worded unlike their evidence
+  (bench/memory.py, README). Never inside a turn's wait: loading torch and the model took 38 s
+  on a busy 2-core machine (load 10) and a resumed long log would embed thousands of units, so
+  the model loads in a background thread from the first recall on, units are embedded by a
+  background worker, and turns rank by BM25 until the embeddings are there
+  (context/background.py). ``retriever="bm25"`` never loads the model.
 * **The whole log while it fits** the budget, verbatim (nothing to recall yet).
 * **Then a cache-friendly recent window**: the newest turns verbatim in at most
   :data:`DEFAULT_RECENT_SHARE` of the budget, trimmed in steps on a fixed grid (context/cache.py's
@@ -29,16 +33,22 @@ Nothing is summarised and no fact is extracted (those need model calls: ``--poli
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..embeddings import embeddings_available
 from ..errors import ConfigError
 from ..models.limits import context_window
+from .background import background_hybrid
 from .base import Context, ContextInput
 from .cache import CacheBreakpoints, SteppedWindow, is_anthropic
 from .compose import ComposedPolicy
 from .policies import fixed_tokens
 from .recall import RecallPart
+from .retrieval import Retriever
 
+#: What ``DefaultPolicy(retriever=...)`` accepts (see the class).
+RETRIEVER_CHOICES = ("auto", "bm25", "hybrid")
 #: The most input tokens the default policy sends per request (see the module docstring).
 DEFAULT_BUDGET_CAP = 8000
 #: Share of the model's context window the default policy may fill.
@@ -91,14 +101,16 @@ class DefaultPolicy:
     """What ``Chat(...)`` and ``colloquy chat`` use when given no policy (module docstring).
 
     ``DefaultPolicy()`` fits its budget to each request's model; ``DefaultPolicy(4000)`` fixes
-    it. ``retriever`` is ``"bm25"`` (default) or ``"hybrid"`` (sentence embeddings too; needs the
-    embeddings extra; ConfigError at the first recall without it).
+    it. ``retriever``: ``"auto"`` (default: ``"hybrid"`` when the embeddings extra is installed,
+    else ``"bm25"``), ``"bm25"`` (keywords, dates, speakers; never loads a model) or
+    ``"hybrid"`` (sentence embeddings too, loaded and computed in the background: a turn never
+    waits for them; ConfigError here without the extra), or a retriever factory (benchmarks).
     """
 
     max_input_tokens: int | None = None
     recent_share: float = DEFAULT_RECENT_SHARE
     cap: int = DEFAULT_BUDGET_CAP
-    retriever: str | None = "bm25"
+    retriever: str | Callable[[], Retriever] | None = "auto"
     part: RecallPart = field(init=False, repr=False)
     _policies: dict[tuple[int, bool], ComposedPolicy | CacheBreakpoints] = field(
         default_factory=dict, repr=False)
@@ -110,11 +122,40 @@ class DefaultPolicy:
         if not 0.0 < self.recent_share < 1.0:
             raise ConfigError(f"recent_share must be in (0, 1), not {self.recent_share}")
         if self.retriever is None:
-            self.retriever = "bm25"
+            self.retriever = "auto"
+        if not callable(self.retriever) and self.retriever not in RETRIEVER_CHOICES:
+            raise ConfigError(f"the default policy's retriever is one of "
+                              f"{', '.join(RETRIEVER_CHOICES)}, not {self.retriever!r}")
+        if self.retriever == "hybrid" and not embeddings_available():
+            raise ConfigError("retriever 'hybrid' needs the embeddings extra: "
+                              "pip install 'colloquy[embeddings]'")
+        dense = self.retriever == "hybrid" or (self.retriever == "auto" and embeddings_available())
+        chosen = self.retriever if callable(self.retriever) else (
+            background_hybrid if dense else "bm25")
         # One recall part (one index per conversation) whatever the budget of the request.
-        self.part = RecallPart(self.retriever, depth=DEFAULT_RECALL_DEPTH,
+        self.part = RecallPart(chosen, depth=DEFAULT_RECALL_DEPTH,
                                candidates=DEFAULT_RECALL_CANDIDATES,
                                neighbour_min=DEFAULT_NEIGHBOUR_MIN)
+
+    @property
+    def dense(self) -> bool:
+        """Whether recall uses sentence embeddings (once they are ready)."""
+        return self.part.retriever is background_hybrid
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: as long as it takes) until the embedding model
+        is loaded and every unit indexed so far is embedded, so recall is fully hybrid; True
+        then. False at once for a BM25 policy. For tests and benchmarks: a chat never needs
+        to call it."""
+        if not self.dense:
+            return False
+        with self.part._lock:
+            indexes = list(self.part._indexes.values())
+        if not indexes:
+            from .. import embeddings
+
+            return embeddings.wait_loaded(None, timeout)
+        return all(getattr(idx.retriever, "dense").wait_idle(timeout) for idx in indexes)
 
     def budget(self, inp: ContextInput) -> int:
         """The request's budget: ``max_input_tokens``, or :func:`default_budget` of its model."""
@@ -148,4 +189,4 @@ class DefaultPolicy:
 
 __all__ = ["DEFAULT_BUDGET_CAP", "DEFAULT_NEIGHBOUR_MIN", "DEFAULT_RECALL_CANDIDATES",
            "DEFAULT_RECALL_DEPTH", "DEFAULT_RECENT_SHARE", "DEFAULT_WINDOW_SHARE", "DefaultPolicy",
-           "WholeThenStepped", "default_budget"]
+           "RETRIEVER_CHOICES", "WholeThenStepped", "default_budget"]

@@ -107,21 +107,24 @@ def fused_columns(
         body[p], ctx[p], dat[p] = max(b, 0.0), max(c, 0.0), max(d, 0.0)
     candidates = set(body)
     body, ctx, dat = _scaled(body), _scaled(ctx), _scaled(dat)
-    dense: list[float] = []
+    dget: dict[int, float] = {}
     if retriever.dense is not None and dense_signals:
-        _, cos = retriever.dense.similarities(query, before)
+        # By key, not by place: the dense index may lack units (the newest one, indexed once
+        # its next neighbour is known; those the background embedder has not reached yet:
+        # context/background.py) and may hold them in another order. Missing units read 0.
+        dkeys, cos = retriever.dense.similarities(query, before)
         if len(cos):
-            np = retriever.dense._np
+            import numpy as np
+
             z = np.maximum((cos - cos.mean()) / (float(cos.std()) + 1e-9), 0.0)
             top = float(z.max())
-            dense = (z / top if top > 0 else z).tolist()
-            k = min(depth, len(dense))
-            candidates.update(int(i) for i in np.argpartition(-z, k - 1)[:k])
+            zl = (z / top if top > 0 else z).tolist()
+            dpos = [pos[k] for k in dkeys]
+            dget = dict(zip(dpos, zl))
+            k = min(depth, len(zl))
+            candidates.update(dpos[int(i)] for i in np.argpartition(-z, k - 1)[:k])
+    dense = bool(dget)
     candidates |= {p + d for p in list(candidates) for d in (-1, 1) if 0 <= p + d < n}
-    # The dense index may lack the newest unit (indexed once its next neighbour is known);
-    # positions past it and the -1 before the first unit read 0.
-    dense = dense[:n]
-    dget: dict[int, float] = dict(enumerate(dense))
     order = sorted(candidates)
     zero = [0.0] * len(order)
     get = body.get

@@ -165,13 +165,15 @@ class ConversationIndex:
 
     ``resume_chunk`` (messages; 0: all at once) bounds the work of one build on a log it has
     not indexed yet (see :data:`RESUME_CHUNK`): the newest turns first, older ones on later
-    builds. Only for the BM25 retrievers; the embeddings need the whole log in key order.
+    builds. Only for the BM25 retrievers and the background embeddings (context/background.py);
+    :class:`DenseRetriever` needs the whole log in key order.
     """
 
     def __init__(self, retriever: Retriever, resume_chunk: int = RESUME_CHUNK) -> None:
         self.retriever = retriever
         backfills = isinstance(retriever, BM25Retriever) or (
-            isinstance(retriever, SignalRetriever) and retriever.dense is None)
+            isinstance(retriever, SignalRetriever)
+            and (retriever.dense is None or getattr(retriever.dense, "any_order", False)))
         self.resume_chunk = max(0, resume_chunk) if backfills else 0
         #: Seq of the oldest message inside a unit while older ones wait to be indexed; else 0.
         self.backfill_seq = 0
@@ -276,6 +278,17 @@ class ConversationIndex:
             if self.keys[j] < before:
                 out.append(self.keys[j])
         return out
+
+
+def _close(idx: ConversationIndex | None) -> None:
+    """Let a dropped index's retrievers drop what they hold (a background embedder's queue,
+    vectors and cached question embeddings: context/background.py)."""
+    if idx is None:
+        return
+    for r in (idx.retriever, getattr(idx.retriever, "dense", None)):
+        close = getattr(r, "close", None)
+        if close is not None:
+            close()
 
 
 def _unit_start(history: Sequence[StoredMessage], i: int) -> int:
@@ -405,8 +418,9 @@ class RecallPart:
     def forget_conversations(self, ids: set[str]) -> None:
         """Deleted conversations leave no index behind in memory (see store.register_cache)."""
         with self._lock:
-            for cid in ids:
-                self._indexes.pop(cid, None)
+            dropped = [self._indexes.pop(cid, None) for cid in ids]
+        for idx in dropped:
+            _close(idx)
 
     def index_for(self, inp: ContextInput) -> ConversationIndex:
         """This conversation's index (a new one if the log no longer extends the indexed one)."""
@@ -417,15 +431,17 @@ class RecallPart:
                 self._indexes.move_to_end(key)
                 hist = inp.history
                 if idx.indexed_seq and (not hist or hist[-1].seq < idx.indexed_seq):
+                    _close(idx)
                     idx = None  # the log shrank: another branch of history
                 elif idx.generation != inp.conversation_generation:
+                    _close(idx)
                     idx = None  # deleted and created anew (by any process): never reuse it
             if idx is None:
                 idx = ConversationIndex(make_retriever(self.retriever), self.resume_chunk)
                 idx.generation = inp.conversation_generation
                 self._indexes[key] = idx
                 while len(self._indexes) > self.max_conversations:
-                    self._indexes.popitem(last=False)
+                    _close(self._indexes.popitem(last=False)[1])
             return idx
 
     def render(self, inp: ContextInput, window_start: int, budget: int) -> PartResult:

@@ -200,14 +200,14 @@ class BM25Retriever:
         return [(int(k), -float(b), -float(c), -float(d)) for k, b, c, d in rows]
 
 
-_QUERY_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
-_QUERY_CACHE_LOCK = threading.Lock()
-_QUERY_CACHE_SIZE = 4096
+#: Question embeddings a dense retriever caches (one conversation's: dropped with its index).
+QUERY_CACHE_SIZE = 64
 
 
 class DenseRetriever:
     """Cosine similarity of sentence embeddings; new units are embedded once, as they arrive,
-    and recent query embeddings are cached (a query is often re-ranked, e.g. per tool round)."""
+    and recent query embeddings are cached (a query is often re-ranked, e.g. per tool round),
+    per retriever, so a deleted conversation's questions go with its index (:meth:`close`)."""
 
     def __init__(self, model: str | None = None) -> None:
         import numpy as np
@@ -217,24 +217,31 @@ class DenseRetriever:
         self._keys: list[int] = []
         self._vecs: Any = np.zeros((64, dimension(model)), dtype="float32")  # grows by doubling
         self._lock = threading.Lock()
+        self._queries: OrderedDict[str, Any] = OrderedDict()
         self.added = 0
 
     def _embed(self, texts: Sequence[str]) -> Any:
         return embed(texts, self._model_name)
 
     def _query(self, text: str) -> Any:
-        key = (self._model_name or "", text)
-        with _QUERY_CACHE_LOCK:
-            hit = _QUERY_CACHE.get(key)
+        with self._lock:
+            hit = self._queries.get(text)
             if hit is not None:
-                _QUERY_CACHE.move_to_end(key)
+                self._queries.move_to_end(text)
                 return hit
         vec = self._embed([text])[0]
-        with _QUERY_CACHE_LOCK:
-            _QUERY_CACHE[key] = vec
-            while len(_QUERY_CACHE) > _QUERY_CACHE_SIZE:
-                _QUERY_CACHE.popitem(last=False)
+        with self._lock:
+            self._queries[text] = vec
+            while len(self._queries) > QUERY_CACHE_SIZE:
+                self._queries.popitem(last=False)
         return vec
+
+    def close(self) -> None:
+        """Drop the vectors and cached question embeddings (the conversation was deleted)."""
+        with self._lock:
+            self._queries.clear()
+            self._keys = []
+            self._vecs = self._np.zeros((0, self._vecs.shape[1]), dtype="float32")
 
     def set_context(self, key: int, text: str, context: str) -> None:
         """Embeddings are of the unit's own text: a neighbour's words would blur them."""
@@ -316,15 +323,34 @@ class HybridRetriever:
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
 
-class SignalRetriever:
-    """BM25 and (with ``dense=True``) sentence-embedding similarity side by side: the signals
-    the recall part fuses with what it knows of each unit (context/fusion.py). On its own,
-    ``search`` ranks by BM25 (or, with dense, by RRF of both)."""
+class DenseSignals(Protocol):
+    """What fusion needs of a dense retriever: :class:`DenseRetriever`, or the default policy's
+    background one (context/background.py), whose keys may come in any order."""
 
-    def __init__(self, dense: bool = False, context_weight: float = 0.3,
+    added: int
+
+    def add(self, items: Sequence[Item]) -> None: ...
+
+    def set_context(self, key: int, text: str, context: str) -> None: ...
+
+    def search(self, query: str, limit: int, before: int | None = None) -> list[tuple[int, float]]: ...
+
+    def similarities(self, query: str, before: int | None = None) -> tuple[list[int], Any]:
+        """(keys, cosine similarities as a numpy array) of the units with key < ``before``."""
+        ...
+
+
+class SignalRetriever:
+    """BM25 and (with ``dense``) sentence-embedding similarity side by side: the signals the
+    recall part fuses with what it knows of each unit (context/fusion.py). ``dense=True``
+    embeds each unit as it is added (:class:`DenseRetriever`); a :class:`DenseSignals` object is
+    used as given. On its own, ``search`` ranks by BM25 (or, with dense, by RRF of both)."""
+
+    def __init__(self, dense: bool | DenseSignals = False, context_weight: float = 0.3,
                  dates_weight: float = 1.0) -> None:
         self.bm25 = BM25Retriever(context_weight, dates_weight)
-        self.dense: DenseRetriever | None = DenseRetriever() if dense else None
+        self.dense: DenseSignals | None = (
+            DenseRetriever() if dense is True else (dense if not isinstance(dense, bool) else None))
 
     @property
     def added(self) -> int:
@@ -364,6 +390,7 @@ def make_retriever(kind: str | Callable[[], Retriever]) -> Retriever:
 __all__ = [
     "BM25Retriever",
     "DenseRetriever",
+    "DenseSignals",
     "HybridRetriever",
     "Item",
     "RETRIEVERS",
