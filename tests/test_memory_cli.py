@@ -173,3 +173,24 @@ def test_cost_lists_the_memory_models_calls(run: Run, db: str) -> None:
               "--db", db, stdin="I live in Lisbon\nmy name is Ana\n/cost\n").stdout
     assert "[facts] offline-facts: 2 calls" in out
     assert "session: 4 calls" in out and "price unknown" not in out
+
+
+def test_the_retriever_flag_picks_the_recall_of_the_default_and_recall_policies(
+        run: Run, db: str) -> None:
+    from colloquy.cli import build_parser, policy_from_args
+    from colloquy.context.default import DefaultPolicy
+
+    def policy(*flags: str) -> object:
+        return policy_from_args(build_parser().parse_args(["chat", "--model", "echo", *flags]))
+
+    bm25 = policy("--retriever", "bm25")
+    assert isinstance(bm25, DefaultPolicy) and bm25.retriever == "bm25" and not bm25.dense
+    named = policy("--policy", "default", "--retriever", "bm25")
+    assert isinstance(named, DefaultPolicy) and not named.dense
+    assert policy("--policy", "recall", "--retriever", "bm25").parts[0].retriever == "bm25"  # type: ignore[attr-defined]
+    run("chat", "--model", "echo", "--session", "r", "--db", db, "--retriever", "bm25",
+        stdin="hello\n")
+    for flags, said in ((("--retriever", "hybrid", "--window", "3"), "--retriever is for the default"),
+                        (("--policy", "summary", "--retriever", "bm25"), "recalls nothing")):
+        bad = run("chat", "--model", "echo", "--db", db, *flags, stdin="hi\n", check=False)
+        assert bad.returncode == 2 and said in bad.stderr, bad.stderr

@@ -77,6 +77,14 @@ def policy_from_args(args: argparse.Namespace) -> ContextPolicy | None:
         return policy_from_cli_args(args)
     window = getattr(args, "window", None)
     budget = getattr(args, "max_input_tokens", None)
+    retriever = getattr(args, "retriever", None)
+    if retriever is not None:
+        if window is not None or budget is not None or getattr(args, "full", False):
+            raise ConfigError("--retriever is for the default policy's recall: it takes none of "
+                              "--window, --max-input-tokens, --full (or name a --policy)")
+        from .context.default import DefaultPolicy
+
+        return DefaultPolicy(retriever=retriever)
     if getattr(args, "full", False):
         if window is not None or budget is not None:
             raise ConfigError("--full sends everything: it takes neither --window nor "

@@ -30,6 +30,10 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=POLICY_NAMES, metavar="NAME",
                    help=f"context policy: {', '.join(POLICY_NAMES)} (with --max-input-tokens as "
                         "its budget and --window as its cap on recent turns)")
+    p.add_argument("--retriever", choices=("auto", "bm25", "hybrid"),
+                   help="how recall finds older turns: auto (default: hybrid once the "
+                        "embeddings extra is loaded, in the background; else bm25), bm25 "
+                        "(never loads a model), hybrid (needs colloquy[embeddings])")
     p.add_argument("--policy-config", metavar="FILE",
                    help="a TOML or JSON file naming and tuning the policy (see the README, Memory)")
     p.add_argument("--extract-facts", metavar="every|N|off",
@@ -82,6 +86,12 @@ def policy_from_cli_args(args: argparse.Namespace) -> ContextPolicy:
     if unused:  # a flag the policy would silently ignore
         takes = " and ".join(f"--{a.replace('_', '-')}" for a in _TAKES.get(name, _BOTH)) or "neither"
         raise ConfigError(f"--policy {name} takes {takes}, not {', '.join(unused)}")
+    retriever = getattr(args, "retriever", None)
+    if retriever is not None:
+        if name not in ("default", "recall", "memory"):
+            raise ConfigError(f"--policy {name} recalls nothing: --retriever is for the default, "
+                              "recall and memory policies")
+        config.setdefault("recall", {})["retriever"] = retriever
     memory_model = getattr(args, "memory_model", None)
     if memory_model:
         config.setdefault("summary", {}).setdefault("model", memory_model)
