@@ -15,6 +15,7 @@ built by any entry point can always be sent and exported.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import math
 import re
@@ -34,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from .text import JSONDict, Text, clean_json
+from .text import JSONDict, Text, clean, clean_json
 from .usage import Usage
 
 Role = Literal["user", "assistant"]
@@ -184,10 +185,18 @@ class DocumentBlock(_Block):
 
     @property
     def text(self) -> str:
-        """The document's text when it carries text (plain text or content sources), else ""."""
+        """The document's text when it carries text, else "" (a PDF, a URL, a file): a plain
+        text source's data, a base64 ``text/*`` source's decoded data (:func:`decoded_text`),
+        a content source's text (its string, or its text blocks). The one reading of a
+        document's text: token budgets count it, conversions to OpenAI's shape send it."""
         src = self.source
-        if src.get("type") == "text":
+        kind = src.get("type")
+        if kind == "text":
             return str(src.get("data", ""))
+        if kind == "base64":
+            media = src.get("media_type")
+            return decoded_text(src.get("data")) if isinstance(media, str) and media.startswith(
+                "text/") else ""
         content = src.get("content")
         if isinstance(content, str):
             return content
@@ -195,6 +204,16 @@ class DocumentBlock(_Block):
             return "\n".join(str(b.get("text", "")) for b in content
                              if isinstance(b, dict) and b.get("type") == "text")
         return ""
+
+
+def decoded_text(data: Any) -> str:
+    """A base64 text document's text, as UTF-8 ("" when ``data`` is not valid base64, which
+    only a row stored before the entry rules can hold; undecodable bytes become U+FFFD)."""
+    try:
+        raw = base64.b64decode(str(data or ""), validate=True)
+    except (ValueError, binascii.Error):
+        return ""
+    return clean(raw.decode("utf-8", errors="replace"))
 
 
 class SearchResultBlock(_Block):

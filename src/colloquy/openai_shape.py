@@ -18,8 +18,6 @@ per call, before anything else, holds for every output of :func:`openai_messages
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections import Counter
@@ -98,8 +96,6 @@ def _document_part(block: DocumentBlock, losses: _Losses) -> dict[str, Any] | No
         return {"type": "file", "file": {
             "filename": name, "file_data": f"data:application/pdf;base64,{src.get('data', '')}"}}
     text = block.text
-    if kind == "base64" and str(src.get("media_type", "")).startswith("text/"):
-        text = _decoded_text(src.get("data"))
     if kind == "content" and isinstance(src.get("content"), list):
         for part in src["content"]:
             if not (isinstance(part, dict) and part.get("type") == "text"):
@@ -139,15 +135,6 @@ def _kind(block: Any) -> str:
 def _kind_of(part: Any) -> str:
     """The ``type`` of a raw content part (a dict), for notes."""
     return str(part.get("type") or "part") if isinstance(part, dict) else type(part).__name__
-
-
-def _decoded_text(data: Any) -> str:
-    """A base64 text document's text ("" when it is not valid base64): OpenAI has no text
-    document part, so the text itself is what can cross."""
-    try:
-        return base64.b64decode(str(data or ""), validate=True).decode("utf-8", errors="replace")
-    except (binascii.Error, ValueError):
-        return ""
 
 
 def _tool_message(result: ToolResultBlock, losses: _Losses) -> tuple[dict[str, Any], list[dict[str, Any]]]:
