@@ -57,6 +57,29 @@ def test_regenerate_and_edit_append_and_mark_never_rewrite(store: Store) -> None
     assert "SECRET-A" not in json.dumps(fresh.model.last_request.model_dump(mode="json"))  # type: ignore[attr-defined]
 
 
+def test_edit_and_regenerate_take_a_thinking_budget_for_their_turn_only(store: Store) -> None:
+    # Chat.send's per-turn thinking (TurnOptions), on the two revisions too
+    chat = Chat(EchoModel(), store=store, session_id="c_think", max_tokens=500)
+    chat.send("a hard question")
+
+    def sent() -> Any:
+        return chat.model.last_request  # type: ignore[attr-defined]
+
+    assert sent().thinking is None
+    chat.regenerate(thinking=2048)
+    assert (sent().thinking, sent().max_tokens) == (2048, 2548)
+    chat.edit_last("a harder question", thinking=4096, max_tokens=100)
+    assert (sent().thinking, sent().max_tokens) == (4096, 4196)
+    chat.regenerate()  # the chat's own setting again: none
+    assert sent().thinking is None
+    rows = len(chat.history())
+    with pytest.raises(ValueError, match="at least 1024"):
+        chat.regenerate(thinking=100)
+    with pytest.raises(ValueError, match="at least 1024"):
+        chat.edit_last("x", thinking=5)
+    assert len(chat.history()) == rows, "a refused budget stores nothing"
+
+
 def test_nothing_to_revise_creates_nothing(store: Store) -> None:
     chat = Chat(EchoModel(), store=store, session_id="c_empty")
     with pytest.raises(NothingToRevise):

@@ -38,7 +38,7 @@ from .continuity import (auto_title, check_key, find_keyed, fingerprint, key_ans
 from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
-from .guards import Guard, GuardContext, GuardOutcome, GuardSet, Stage, replace_text
+from .guards import Guard, GuardSet, replace_text
 from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
                        ToolResultBlock)
 from .models import (Model, ModelRequest, ModelResponse, ThinkingDelta, ToolSpec, get_model,
@@ -53,6 +53,7 @@ from .tokens import TokenCounter, counter as default_counter, estimate_text, est
 from .text import clean_persona, require_text
 from .tools import Tool, as_tools
 from .reply import NOT_RUN, Reply, not_run_reason
+from .turn_guards import blocked_turn, guard_reply, run_guards
 from .turn_options import NO_OPTIONS, TurnOptions
 from .usage import Usage
 
@@ -451,7 +452,7 @@ class Chat:
 
     def edit_last(self, content: UserInput, *, idempotency_key: str | None = None,
                   temperature: float | None = None, max_tokens: int | None = None,
-                  seq: int | None = None) -> Reply:
+                  thinking: int | None = None, seq: int | None = None) -> Reply:
         """Replace the newest turn's user message with ``content`` and answer it.
 
         Nothing stored is rewritten: a new turn is appended whose user message names the old
@@ -460,18 +461,22 @@ class Chat:
         message was sent (or the turn revised) since, from another tab or device, raises
         :class:`colloquy.errors.EditConflict` and stores nothing, rather than replace a
         message the user did not mean. Raises :class:`colloquy.errors.NothingToRevise` when
-        the conversation has no turn yet."""
+        the conversation has no turn yet. ``temperature``, ``max_tokens`` and ``thinking`` (a
+        budget in tokens, 0 for none) are :meth:`send`'s, for this turn only."""
         return self.send(content, idempotency_key=idempotency_key, temperature=temperature,
-                         max_tokens=max_tokens, revise="edit", target=seq)
+                         max_tokens=max_tokens, thinking=thinking, revise="edit", target=seq)
 
     def regenerate(self, *, idempotency_key: str | None = None, temperature: float | None = None,
-                   max_tokens: int | None = None, seq: int | None = None) -> Reply:
+                   max_tokens: int | None = None, thinking: int | None = None,
+                   seq: int | None = None) -> Reply:
         """Answer the newest turn's user message again, as a new turn that supersedes the old
         one (see :meth:`edit_last`). ``seq``: the seq of the reply meant (any message of the
         newest turn is accepted); :class:`colloquy.errors.EditConflict` when that turn is no
-        longer the newest."""
+        longer the newest. The options are :meth:`edit_last`'s (a regeneration may think
+        where the first answer did not: ``thinking=4096``)."""
         return self.send(None, idempotency_key=idempotency_key, temperature=temperature,
-                         max_tokens=max_tokens, revise="regenerate", target=seq)
+                         max_tokens=max_tokens, thinking=thinking, revise="regenerate",
+                         target=seq)
 
     async def asend(self, content: UserInput | None, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None,
@@ -556,11 +561,11 @@ class Chat:
         message, revision = self._revision(given, prior, revise, target)
         extra_meta = {**key_meta(idempotency_key, asked), **revision}
         self._ensure_conversation()
-        checked = self._guard("input", message.text)
+        checked = run_guards(self, "input", message.text)
         if checked.changed:
             message = replace_text(message, checked.text)
         if checked.blocked is not None:
-            reply = self._blocked_turn(message, checked, extra_meta)
+            reply = blocked_turn(self, message, checked, extra_meta)
             if reply.text:
                 delta()
             yield Emit(reply.text)
@@ -617,7 +622,7 @@ class Chat:
                 notes.append(held + (f"; its tool call(s) {', '.join(c.name for c in calls)} "
                                      "were not run" if calls else ""))
             if not calls or not self.tools or held or options.declared_call(calls, self.tools):
-                response, reply_row, checked_out = self._guard_reply(response, reply_row)
+                response, reply_row, checked_out = guard_reply(self, response, reply_row)
                 (stored,) = self._append(reply_row)
                 if calls and held:  # answered, so the log stays valid for the next turn
                     self._append(NewMessage(message=Message(role="user", content=[
@@ -699,55 +704,6 @@ class Chat:
             if seq is None:
                 seq = next((sm.seq for sm in reversed(self._log) if sm.role == "assistant"), 0)
             return seen(self.store, self.session_id, seq, self._log)
-
-    def _guard(self, stage: Stage, text: str) -> GuardOutcome:
-        if not self.guards.stage(stage):  # nothing to run: no context to build (every turn)
-            return GuardOutcome(text=text)
-        ctx = GuardContext(
-            stage=stage, system=self.system, conversation_id=self.session_id,
-            user_id=self.user_id, recent=self._branch.visible(self._log)[-6:], model=self.model,
-        )
-        with call_purpose("guard"):  # e.g. a topic guard's judge
-            outcome = self.guards.run(stage, text, ctx)
-        for model, usage in list(ctx.calls):  # e.g. a topic judge: a cheap model, billed too
-            if usage is not None:
-                self.record_side_call("guard", model.name, usage, model.cost(usage))
-        return outcome
-
-    def _blocked_turn(
-        self, message: Message, checked: GuardOutcome, extra_meta: dict[str, Any] | None = None
-    ) -> Reply:
-        """Store a blocked turn (the user's message and the guard's answer, both carrying the
-        verdict) and answer with the guard's message; the model is not called."""
-        assert checked.blocked is not None
-        text = checked.blocked.message or ""
-        meta = checked.meta()
-        _, answer = self._append(
-            NewMessage(message=message, meta={**meta, **(extra_meta or {})}),  # a retry replays
-            NewMessage(message=Message.assistant(text), meta={**meta, "stop_reason": "guard"}),
-        )
-        return Reply(
-            text=text, message=answer.message, conversation_id=self.session_id, seq=answer.seq,
-            usage=Usage(), cost_usd=0.0, model=self.model.name, stop_reason="guard", rounds=0,
-            notes=[f"blocked by guard {checked.blocked.guard!r}: {checked.blocked.reason}"],
-            guards=[v.record() for v in checked.verdicts], blocked=True,
-        )
-
-    def _guard_reply(
-        self, response: ModelResponse, row: NewMessage
-    ) -> tuple[ModelResponse, NewMessage, GuardOutcome]:
-        """Run the output guards on the final reply; a rewrite or block replaces its text (the
-        reply stays in the context: the user's message was fine, the model sees its answer)."""
-        checked = self._guard("output", response.text)
-        if not checked.verdicts:
-            return response, row, checked
-        text = (checked.blocked.message or "") if checked.blocked is not None else checked.text
-        response = response.model_copy(update={"content": replace_text(response.message, text).content})
-        meta = {**row.meta, **checked.meta()}
-        if checked.blocked is not None:
-            meta.pop("blocked", None)
-            meta["output_blocked"] = True
-        return response, row.model_copy(update={"message": response.message, "meta": meta}), checked
 
     def _calibrate(self, request: ModelRequest, response: ModelResponse) -> int:
         """Fold the billed prompt size into the estimator; return the raw estimate (stored with
