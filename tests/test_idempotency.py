@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -171,3 +172,82 @@ def test_the_openai_route_takes_an_idempotency_key_header(tmp_path: Path) -> Non
             assert e.value.status_code == 422 and "different message" in str(e.value)
         assert len(model.requests) == 1
     store.close()
+
+
+# -- every turn route: one key, one request ----------------------------------------------------------
+
+OPENAI, ANTHROPIC, NATIVE = "/v1/chat/completions", "/v1/messages", "native"
+
+
+def _turn(http: httpx.Client, route: str, name: str, text: str, key: str,
+          stream: bool = False) -> httpx.Response:
+    """One turn on ``route`` in conversation ``name``, read whole (a stream's events too)."""
+    if route == NATIVE:
+        return http.post(f"/v1/conversations/{name}/messages",
+                         json={"content": text, "stream": stream}, headers={"Idempotency-Key": key})
+    body: dict[str, Any] = {"model": "echo", "stream": stream,
+                            "messages": [{"role": "user", "content": text}]}
+    if route == ANTHROPIC:
+        body["max_tokens"] = 100
+    return http.post(route, json=body, headers={"Idempotency-Key": key,
+                                                "X-Colloquy-Conversation": name})
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, SQLiteStore, EchoModel]]:
+    store = SQLiteStore(tmp_path / "r.db")
+    model = EchoModel()
+    token = issue_token(store, "ada")
+    with serve_in_thread(create_app(store=store, model=model, environ={}, rate_limit=None)) as url, \
+            httpx.Client(base_url=url, headers=bearer(token), timeout=30) as http:
+        yield http, store, model
+    store.close()
+
+
+@pytest.mark.parametrize("route", [OPENAI, ANTHROPIC, NATIVE])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_replay_says_so_in_its_headers_on_every_route_streamed_or_not(
+        served: tuple[httpx.Client, SQLiteStore, EchoModel], route: str, stream: bool) -> None:
+    http, store, model = served
+    name = http.post("/v1/conversations", json={}).json()["id"]
+    first = _turn(http, route, name, "my order is late", "r-1", stream)
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    again = _turn(http, route, name, "my order is late", "r-1", stream)
+    assert again.status_code == 200, again.text
+    assert again.headers.get("idempotent-replayed") == "true", (route, stream)
+    assert "my order is late" in again.text  # the stored reply, replayed
+    assert len(model.requests) == 1 and len(store.load(name)) == 2
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (NATIVE, OPENAI), (OPENAI, NATIVE), (NATIVE, ANTHROPIC), (ANTHROPIC, NATIVE),
+    (OPENAI, ANTHROPIC), (ANTHROPIC, OPENAI)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_key_reused_on_another_route_is_refused_like_another_message(
+        served: tuple[httpx.Client, SQLiteStore, EchoModel], before: str, after: str,
+        stream: bool) -> None:
+    # the same content, the same named conversation, the same key: two different operations
+    http, store, model = served
+    name = http.post("/v1/conversations", json={}).json()["id"]
+    assert _turn(http, before, name, "cancel my order", "x-1").status_code == 200
+    r = _turn(http, after, name, "cancel my order", "x-1", stream)
+    assert r.status_code == 422, r.text
+    assert "idempotency key 'x-1' was already used" in r.text  # each API's error shape
+    assert len(model.requests) == 1 and len(store.load(name)) == 2, "nothing stored"
+    # the first route's retry is still a replay
+    assert _turn(http, before, name, "cancel my order", "x-1").headers[
+        "idempotent-replayed"] == "true"
+
+
+def test_the_library_and_the_native_route_are_one_operation(store: Store) -> None:
+    # a key sent by the library is answered by the native route's retry, and the reverse
+    # (both are colloquy's own send); a compatible API's send of it is refused
+    from colloquy.turn_options import OPENAI_API
+
+    chat = Chat(EchoModel(), store=store, session_id="c_ops")
+    chat.send("hello", idempotency_key="lib-1")
+    assert chat.idempotency_key_answered("hello", "lib-1") is True
+    with pytest.raises(IdempotencyKeyReused):
+        chat.check_idempotency_key("hello", "lib-1", api=OPENAI_API)
+    with pytest.raises(IdempotencyKeyReused):
+        chat.idempotency_key_answered("hello", "lib-1", api=OPENAI_API)

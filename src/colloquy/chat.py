@@ -414,16 +414,17 @@ class Chat:
         yield from run(self._turn(content, True, idempotency_key, options, revise, target))
 
     def check_idempotency_key(self, content: UserInput | None, idempotency_key: str | None,
-                              revise: Revision | None = None, target: int | None = None) -> None:
+                              revise: Revision | None = None, target: int | None = None,
+                              api: str | None = None) -> None:
         """Raise :class:`IdempotencyKeyReused` now if the key was already used in this
         conversation for another request (another message, or another operation: ``revise``
         and ``target`` as for :meth:`send`): what :meth:`send` would raise, checked without the
         turn lock, so a server can refuse with a status before it starts streaming (the check
         under the lock in :meth:`send` stays the one that counts). ``content`` None: a
-        regeneration."""
+        regeneration; ``api``: :attr:`TurnOptions.api`."""
         if idempotency_key is not None:
             check_key(self.store, self.session_id, idempotency_key, fingerprint(
-                _user_message(content) if content is not None else None, revise, target),
+                _user_message(content) if content is not None else None, revise, target, api),
                 self._log)
 
     def check_target(self, revise: Revision | None, target: int | None,
@@ -441,14 +442,15 @@ class Chat:
 
     def idempotency_key_answered(self, content: UserInput | None, idempotency_key: str | None,
                                  revise: Revision | None = None, target: int | None = None,
-                                 ) -> bool:
+                                 api: str | None = None) -> bool:
         """:meth:`check_idempotency_key`, and whether the key was already answered: the turn
         will replay the stored reply, which a server says in a header before a stream starts
         (one more store read than the check alone)."""
         if idempotency_key is None:
             return False
         return key_answered(self.store, self.session_id, idempotency_key, fingerprint(
-            _user_message(content) if content is not None else None, revise, target), self._log)
+            _user_message(content) if content is not None else None, revise, target, api),
+            self._log)
 
     def edit_last(self, content: UserInput, *, idempotency_key: str | None = None,
                   temperature: float | None = None, max_tokens: int | None = None,
@@ -551,7 +553,7 @@ class Chat:
     ) -> Turn:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
         # The fingerprint is of the request as sent: its operation, message and target.
-        asked = fingerprint(given, revise, target)
+        asked = fingerprint(given, revise, target, options.api)
         prior = prior_turn(self, idempotency_key, asked)
         if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
             if streaming and prior.text:

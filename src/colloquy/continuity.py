@@ -73,19 +73,25 @@ IDEMPOTENCY_FINGERPRINT = "idempotency_fingerprint"
 
 
 def fingerprint(message: Message | None, revise: str | None = None,
-                target: int | None = None) -> str:
+                target: int | None = None, api: str | None = None) -> str:
     """SHA-256 (hex) of the request a key stands for: what a retry must repeat.
 
     A plain send is the message's content blocks as canonical JSON (the form stored before
     revisions counted, so older keys still match). An edit or a regeneration (``revise``) adds
     the operation and the message it names (``target``, a seq; None: the newest turn), so a key
     first used for a send is not answered as a regeneration, nor the reverse (a regeneration's
-    ``message`` is None: it sends none). Taken before input guards run, so a guard that
-    rewrites the stored text (PII redaction) does not make a faithful retry look different."""
+    ``message`` is None: it sends none). A turn sent through a compatible route (``api``: see
+    :data:`~colloquy.turn_options.TurnOptions.api`) adds that API, so the same key and message
+    sent to colloquy's own route and to ``/v1/chat/completions`` (or ``/v1/messages``) are two
+    requests, not a retry: a key reused across operations is refused like one reused with
+    another message. Taken before input guards run, so a guard that rewrites the stored text
+    (PII redaction) does not make a faithful retry look different."""
     blocks = None if message is None else [
         b.model_dump(mode="json", exclude_none=True) for b in message.content]
-    payload: Any = blocks if revise is None and target is None else {
+    payload: Any = blocks if revise is None and target is None and api is None else {
         "operation": revise or "send", "content": blocks, "target": target}
+    if api is not None:
+        payload["api"] = api
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 

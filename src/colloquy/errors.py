@@ -151,7 +151,9 @@ class InvalidConversationError(ColloquyError):
 
 
 class IdempotencyKeyReused(ColloquyError):
-    """An idempotency key came back with a different message than the one first sent with it.
+    """An idempotency key came back with a different message than the one first sent with it,
+    or for another operation (a send, an edit, a regeneration; colloquy's own route or a
+    compatible API's: colloquy.continuity.fingerprint).
 
     A retry must resend the same content; a new message needs a new key. Replaying the first
     reply would answer a question that was not asked, so the turn is refused and nothing is
@@ -166,7 +168,8 @@ class IdempotencyKeyReused(ColloquyError):
 
     def _text(self, where: str) -> str:
         return (f"idempotency key {self.key!r} was already used in {where} with a different "
-                "message: a retry must resend the same content, a new message needs a new key")
+                "message or operation: a retry must resend the same request to the same route, "
+                "a new message needs a new key")
 
     def client_message(self) -> str:
         return self._text("this conversation")

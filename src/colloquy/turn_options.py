@@ -24,20 +24,25 @@ class TurnOptions:
     *declared* for this turn that colloquy does not run (an API client's own tools, or a
     provider's server tools): when the model calls one, the turn ends with the call stored and
     ``stop_reason`` ``"tool_use"``, and the caller sends the results as the next message (the
-    OpenAI and Anthropic APIs' client-tool contract)."""
+    OpenAI and Anthropic APIs' client-tool contract). ``api``: the compatible API the turn
+    came through (:data:`OPENAI_API` for ``/v1/chat/completions``, :data:`ANTHROPIC_API` for
+    ``/v1/messages``; None for colloquy's own: library, CLI, native routes), part of the
+    idempotency fingerprint (colloquy.continuity.fingerprint)."""
 
     temperature: float | None = None
     max_tokens: int | None = None
     thinking: int | None = None
     tools: tuple[ToolSpec, ...] = ()
+    api: str | None = None
 
     @classmethod
     def of(cls, temperature: float | None = None, max_tokens: int | None = None,
-           thinking: int | None = None, tools: Iterable[ToolSpec] = ()) -> TurnOptions:
+           thinking: int | None = None, tools: Iterable[ToolSpec] = (), *,
+           api: str | None = None) -> TurnOptions:
         """Checked options: a thinking budget under 1,024 tokens (and not 0) raises ValueError."""
         return cls(temperature=temperature, max_tokens=max_tokens,
                    thinking=None if thinking is None else (check_budget(thinking) or 0),
-                   tools=tuple(tools))
+                   tools=tuple(tools), api=api)
 
     def specs(self, own: Mapping[str, Any]) -> list[ToolSpec]:
         """Every tool the model is told about: the chat's own (``own``: name -> Tool), then
@@ -53,5 +58,9 @@ class TurnOptions:
 
 
 NO_OPTIONS = TurnOptions()
+#: :attr:`TurnOptions.api` of a turn sent to the OpenAI-compatible ``/v1/chat/completions``.
+OPENAI_API = "openai.chat.completions"
+#: :attr:`TurnOptions.api` of a turn sent to the Anthropic-compatible ``/v1/messages``.
+ANTHROPIC_API = "anthropic.messages"
 
-__all__ = ["NO_OPTIONS", "TurnOptions"]
+__all__ = ["ANTHROPIC_API", "NO_OPTIONS", "OPENAI_API", "TurnOptions"]

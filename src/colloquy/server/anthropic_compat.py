@@ -37,11 +37,12 @@ from ..messages import ContentBlock, Message
 from ..models import ThinkingDelta, ToolSpec
 from ..models.base import TextPiece
 from ..store.users import User
+from ..turn_options import ANTHROPIC_API
 from . import errors as E
 from .compat import CONVERSATION_HEADER, ConversationHeader, split_turn, turn_responses
 from .inflight import cancel_on_disconnect
 from .schemas import ErrorBody, IdempotencyKeyHeader, _Clean
-from .service import ChatService
+from .service import ChatService, replayed_header
 
 #: The Messages API's stop reasons; colloquy's own (a guard's block) is the nearest of them.
 _STOP = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
@@ -323,12 +324,13 @@ def add_anthropic_routes(
     ) -> Any:
         system, history, content, tools = parse(body)
         budget = _budget(body.thinking, body.max_tokens)
-        conv, chat, ticket = await service.client_turn(
+        conv, chat, ticket, replay = await service.client_turn(
             user, named(x_colloquy_conversation, body.metadata), system, history, content,
-            body.model, idempotency_key)
+            body.model, idempotency_key, ANTHROPIC_API)
         # The API's max_tokens holds the thinking budget; colloquy's is the answer's own.
         options: dict[str, Any] = {
-            "temperature": body.temperature, "thinking": budget, "tools": tools,
+            "api": ANTHROPIC_API, "temperature": body.temperature, "thinking": budget,
+            "tools": tools,
             "max_tokens": body.max_tokens - budget if budget else body.max_tokens}
         headers = {CONVERSATION_HEADER: conv.name}
         message_id = f"msg_{secrets.token_hex(12)}"
@@ -344,9 +346,7 @@ def add_anthropic_routes(
             with ticket:  # a client that goes away stops the model call (its partial reply kept)
                 reply, replayed = await cancel_on_disconnect(request.receive, service.send(
                     chat, content, idempotency_key, **options))
-            response.headers.update(headers)
-            if replayed:
-                response.headers["Idempotent-Replayed"] = "true"
+            response.headers.update({**headers, **replayed_header(replayed)})
             return {**message(reply, reply.message.to_anthropic()["content"]),
                     "colloquy": _extension(reply, conv.name)}
 
@@ -375,7 +375,8 @@ def add_anthropic_routes(
                 ticket.release()
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"},
+                                 headers={**headers, "Cache-Control": "no-cache",
+                                          **replayed_header(replay)},
                                  background=BackgroundTask(ticket.release))
 
     @routes.post("/messages/count_tokens",

@@ -33,11 +33,12 @@ from ..errors import ColloquyError, InvalidTextError
 from ..models import ToolSpec
 from ..openai_shape import OpenAIShapeError, from_openai_messages, tool_calls, tools_from_openai
 from ..store.users import User
+from ..turn_options import OPENAI_API
 from . import errors as E
 from .compat import CONVERSATION_HEADER, ConversationHeader, split_turn, turn_responses
 from .inflight import cancel_on_disconnect
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader
-from .service import ChatService
+from .service import ChatService, replayed_header
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
            "tool_use": "tool_calls", "refusal": "content_filter", "guard": "content_filter"}
@@ -147,10 +148,10 @@ def add_openai_routes(
         service.check_message(content)  # before a conversation is created for it
         named = (x_colloquy_conversation
                  or (body.metadata or {}).get("conversation_id") or body.user)
-        conv, chat, ticket = await service.client_turn(
-            user, named, system, history, content, body.model, idempotency_key)
+        conv, chat, ticket, replay = await service.client_turn(
+            user, named, system, history, content, body.model, idempotency_key, OPENAI_API)
         options: dict[str, Any] = {
-            "temperature": body.temperature,
+            "api": OPENAI_API, "temperature": body.temperature,
             "max_tokens": body.max_completion_tokens or body.max_tokens,
             "thinking": body.thinking, "tools": tools}
         created = int(time.time())
@@ -161,9 +162,7 @@ def add_openai_routes(
             with ticket:
                 reply, replayed = await cancel_on_disconnect(request.receive, service.send(
                     chat, content, idempotency_key, **options))
-            response.headers.update(headers)
-            if replayed:
-                response.headers["Idempotent-Replayed"] = "true"
+            response.headers.update({**headers, **replayed_header(replayed)})
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             calls = tool_calls(reply.message)
             if calls:
@@ -214,5 +213,6 @@ def add_openai_routes(
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"},
+                                 headers={**headers, "Cache-Control": "no-cache",
+                                          **replayed_header(replay)},
                                  background=BackgroundTask(ticket.release))

@@ -278,22 +278,24 @@ class ChatService:
                               target)
 
     def prepare_turn(self, user: User, name: str, content: UserInput | None, key: str | None,
-                     revise: Revision | None = None, target: int | None = None) -> Chat:
+                     revise: Revision | None = None, target: int | None = None,
+                     api: str | None = None) -> Chat:
         """The caller's conversation, the idempotency key's check and the revision's, once the
-        caller is known (blocking: store reads)."""
+        caller is known (blocking: store reads). ``api``: the compatible API the turn came
+        through (TurnOptions.api), part of the key's fingerprint."""
         chat = self.chat(user, name)
         if key is not None:
-            chat.check_idempotency_key(content, key, revise, target)
+            chat.check_idempotency_key(content, key, revise, target, api)
         chat.check_target(revise, target, key)
         return chat
 
     def prepare_stream(self, user: User, name: str, content: UserInput | None, key: str | None,
                        revise: Revision | None = None, target: int | None = None,
-                       ) -> tuple[Chat, bool]:
+                       api: str | None = None) -> tuple[Chat, bool]:
         """:meth:`prepare_turn`, and whether the key was already answered (see
         :meth:`turn_chat`)."""
-        chat = self.prepare_turn(user, name, content, key, revise, target)
-        return chat, chat.idempotency_key_answered(content, key, revise, target)
+        chat = self.prepare_turn(user, name, content, key, revise, target, api)
+        return chat, chat.idempotency_key_answered(content, key, revise, target, api)
 
     def cached_conversations(self) -> set[str]:
         """The conversations whose Chat is cached here (see colloquy.caches.sweep_deleted)."""
@@ -379,30 +381,33 @@ class ChatService:
     async def send(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                    temperature: float | None = None, max_tokens: int | None = None,
                    thinking: int | None = None, tools: Sequence[ToolSpec] = (),
-                   revise: Revision | None = None) -> tuple[Reply, bool]:
+                   revise: Revision | None = None, api: str | None = None,
+                   ) -> tuple[Reply, bool]:
         """One turn; returns the reply and whether it was replayed from an earlier request with
         the same idempotency key (Chat stores the key with the message and answers a retry with
         the stored reply). The options are Chat.send's, for this turn only; ``revise``: the
-        turn replaces the newest one (colloquy.branches)."""
+        turn replaces the newest one (colloquy.branches); ``api``: TurnOptions.api."""
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools, api=api)
         async with self._turn(chat.session_id):
-            reply = await chat.asend(content, idempotency_key=key, temperature=temperature,
-                                     max_tokens=max_tokens, thinking=thinking, tools=tools,
-                                     revise=revise)
-            return reply, _replayed(reply)
+            async for event in arun(chat._turn(content, False, key, options, revise),
+                                    chat.executor):
+                if isinstance(event, Reply):
+                    return event, _replayed(event)
+        raise AssertionError("a turn ends with its Reply")  # pragma: no cover
 
     async def stream(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                      temperature: float | None = None, max_tokens: int | None = None,
                      thinking: int | None = None, tools: Sequence[ToolSpec] = (),
                      revise: Revision | None = None, target: int | None = None,
+                     api: str | None = None,
                      ) -> AsyncIterator[str | ThinkingDelta | tuple[Reply, bool]]:
         """Text deltas (and thinking deltas), then ``(reply, replayed)``. Text deltas that
         arrive while the previous one is still being sent go out as one
-        (colloquy.server.coalesce)."""
+        (colloquy.server.coalesce). The options are :meth:`send`'s."""
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools, api=api)
         async with self._turn(chat.session_id):
-            async for event in coalesced(chat.astream(
-                    content, idempotency_key=key, temperature=temperature,
-                    max_tokens=max_tokens, thinking=thinking, tools=tools, revise=revise,
-                    target=target)):
+            async for event in coalesced(arun(
+                    chat._turn(content, True, key, options, revise, target), chat.executor)):
                 if isinstance(event, Reply):
                     yield event, _replayed(event)
                 elif isinstance(event, ThinkingDelta) or (isinstance(event, str) and event):
@@ -469,23 +474,26 @@ class ChatService:
 
     async def client_turn(
         self, user: User, name: str | None, system: str | None, history: Sequence[Message],
-        new: Message, model: str | None, key: str | None,
-    ) -> tuple[Conversation, Chat, Ticket]:
+        new: Message, model: str | None, key: str | None, api: str,
+    ) -> tuple[Conversation, Chat, Ticket, bool]:
         """A compatible route's turn set up: a place among the turns in flight (503 at once
         past the limit), the conversation (:meth:`conversation_for_client`) and its Chat with
-        the idempotency key checked (:meth:`prepare_turn`), in one trip to a thread."""
+        the idempotency key checked for this ``api`` (:meth:`prepare_stream`), in one trip to
+        a thread. The last item: whether the key was already answered, so the turn will
+        replay (``Idempotent-Replayed``, said before a stream starts, as the native route
+        does)."""
         ticket = self.inflight.admit()
         try:
-            def prepare() -> tuple[Conversation, Chat]:
+            def prepare() -> tuple[Conversation, Chat, bool]:
                 conv = self.conversation_for_client(user, name, system, history, new, model)
                 assert conv is not None  # (created when missing)
-                return conv, self.prepare_turn(user, conv.name, new, key)
+                return conv, *self.prepare_stream(user, conv.name, new, key, api=api)
 
-            conv, chat = await self.run(prepare)
+            conv, chat, replay = await self.run(prepare)
         except BaseException:
             ticket.release()
             raise
-        return conv, chat, ticket
+        return conv, chat, ticket, replay
 
     def conversation_for_client(
         self, user: User, name: str | None, system: str | None, history: Sequence[Message],
