@@ -263,6 +263,16 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
 
 
+def _misplaced(kind: str, role: Any) -> bool:
+    """A block the Messages API refuses in a message of ``role``: what only the model writes
+    (thinking, tool calls, server tools' calls and results) outside an assistant message, a
+    tool_result outside a user message."""
+    if kind in ("thinking", "redacted_thinking", "tool_use", "server_tool_use") or (
+            kind.endswith("_tool_result") and kind != "tool_result"):
+        return role != "assistant"
+    return kind == "tool_result" and role != "user"
+
+
 def request_problem(body: Any) -> str | None:
     """The first rule of the Messages API that ``body`` breaks, worded as the API's 400 says it
     (invalid_request_error), or None. The real API checks these; so does this fake, so a test
@@ -289,6 +299,10 @@ def request_problem(body: Any) -> str | None:
         for k, b in enumerate(blocks):
             marks += bool(b.get("cache_control"))
             kind = b.get("type")
+            if _misplaced(str(kind), m.get("role")):
+                # (the API's 400 names the block; this wording is the fake's own)
+                return (f"messages.{i}.content.{k}: `{kind}` blocks are not allowed in "
+                        f"`{m.get('role')}` messages")
             if kind == "text" and not str(b.get("text", "")).strip():
                 return "messages: text content blocks must contain non-whitespace text"
             if kind == "tool_use":

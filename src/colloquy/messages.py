@@ -53,6 +53,12 @@ MAX_JSON_DEPTH = 64
 #: context=STORED)``): the entry rules (:data:`MAX_JSON_DEPTH`, block placement, sources) are
 #: not applied, so a row stored before a rule existed still loads and exports.
 STORED: dict[str, Any] = {"colloquy_stored": True}
+#: Validation context for the messages of an imported export (colloquy.rights_import): every
+#: entry rule but the placement of blocks by role. An export written before that rule holds
+#: rows like those a store already kept (a thinking block in a user message, say); the request
+#: repair (colloquy.context.validate) leaves such blocks out of every request, so they are
+#: restored as they were rather than refused.
+IMPORTED: dict[str, Any] = {"colloquy_imported": True}
 
 #: A block type name: what the Messages API uses (snake_case), so an empty or made-up shape
 #: is refused while a block type newer than colloquy is kept whole.
@@ -385,6 +391,17 @@ _ASSISTANT_ONLY = (ThinkingBlock, RedactedThinkingBlock, ToolUseBlock, ServerToo
                    ServerToolResultBlock)
 
 
+def misplaced(block: object, role: str) -> bool:
+    """Whether the Messages API refuses ``block`` in a message of ``role`` (a 400 on every
+    request that carries it): a block only the model writes (thinking, redacted_thinking,
+    tool_use, a server tool's call or result) outside an assistant message, a tool_result
+    outside a user message. The one statement of the rule: refused where content enters
+    (:class:`Message`), left out of requests built from older rows (colloquy.context.validate)."""
+    if isinstance(block, _ASSISTANT_ONLY):
+        return role != "assistant"
+    return isinstance(block, ToolResultBlock) and role != "user"
+
+
 class Message(BaseModel):
     """One message: a role and a list of content blocks. A plain string is accepted as
     shorthand for a single text block."""
@@ -400,17 +417,23 @@ class Message(BaseModel):
             return [{"type": "text", "text": v}]
         return v
 
-    @model_validator(mode="after")
-    def _blocks_in_their_place(self, info: ValidationInfo) -> Message:
+    @field_validator("content")
+    @classmethod
+    def _blocks_in_their_place(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
         """The Messages API's placement rules, applied where content enters (not on stored
-        rows): a block the provider refuses in this role would fail every later turn."""
-        if not _stored(info):
-            for b in self.content:
-                if isinstance(b, _ASSISTANT_ONLY) and self.role != "assistant":
-                    raise ValueError(f"a {b.type} block belongs in an assistant message")
-                if isinstance(b, ToolResultBlock) and self.role != "user":
-                    raise ValueError("a tool_result block belongs in a user message")
-        return self
+        rows, nor on an import: :data:`IMPORTED`): a block the provider refuses in this role
+        would fail every later turn. A field validator, not a model one: pydantic runs a
+        model's "after" validators again, without context, whenever a built Message is put
+        in another model (a StoredMessage, a NewMessage), which refused every stored row
+        holding such a block when it was loaded."""
+        role = info.data.get("role")
+        if role is not None and not _stored(info) and not (info.context or {}).get(
+                "colloquy_imported"):
+            for b in v:
+                if misplaced(b, role):
+                    where = "a user" if isinstance(b, ToolResultBlock) else "an assistant"
+                    raise ValueError(f"a {b.type} block belongs in {where} message")
+        return v
 
     @classmethod
     def rebuilt(cls, role: Role, content: list[Any]) -> Message:

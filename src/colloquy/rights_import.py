@@ -35,7 +35,8 @@ from pydantic import ValidationError
 
 from .errors import ConfigError, ImportRefused, InvalidTextError
 from .memory.records import Fact, Summary
-from .messages import IMAGE_MEDIA_TYPES, ImageBlock, Message, StoredMessage, ToolResultBlock
+from .messages import (IMAGE_MEDIA_TYPES, IMPORTED, ImageBlock, Message, StoredMessage,
+                       ToolResultBlock)
 from .store import Conversation, NewMessage, Store
 from .store.turns import IDEMPOTENCY_KEY
 from .text import clean, clean_json, is_blank, require_name
@@ -321,8 +322,9 @@ def _path_name(r: _Row, name: str | None) -> str:
 
 def _message(r: _Row, conversation_id: str, seq: int, role: str, content: list[Any], *,
              encoded: bool) -> StoredMessage:
-    message: Message = r.model(
-        lambda: Message(role=role, content=content))  # type: ignore[arg-type]
+    # The entry rules, but for placement by role (messages.IMPORTED: an old export's rows).
+    message: Message = r.model(lambda: Message.model_validate(
+        {"role": role, "content": content}, context=IMPORTED))
     for block in message.content:
         images = [block] if isinstance(block, ImageBlock) else [
             b for b in (block.content if isinstance(block, ToolResultBlock)

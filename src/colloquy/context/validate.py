@@ -14,7 +14,11 @@ Rules (Anthropic's, which are also valid for OpenAI after conversion):
   4. no empty message, no whitespace-only text block (system blocks included);
   5. tool-call ids match ``^[a-zA-Z0-9_-]{1,40}$`` and are unique in the request;
   6. at most 4 cache_control breakpoints in the request;
-  7. a final assistant message (a prefill) does not end with whitespace.
+  7. a final assistant message (a prefill) does not end with whitespace;
+  8. each block in a message of a role that may hold it (:func:`~colloquy.messages.misplaced`:
+     thinking, tool_use and server tool blocks only in assistant messages, tool_result only in
+     user messages). New content is refused at entry; a row stored before that rule (or
+     restored from an old export) is left out of the request, with a note, and kept in the log.
 (Text is valid Unicode by construction: colloquy.text.)
 Rules 4 (system), 5, 6 and 7 are the providers' own: see :mod:`colloquy.context.wire` for their
 sources. :func:`repair_request` is the one place a request is made to obey them all.
@@ -25,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import InvalidConversationError
-from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock
+from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock, misplaced
 from .wire import (
     MAX_BREAKPOINTS,
     count_breakpoints,
@@ -85,6 +89,8 @@ def problems(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> l
         for b in m.content:
             if isinstance(b, TextBlock) and not b.text.strip():
                 out.append(f"message {i} has an empty text block")
+            if m.role == "user" and misplaced(b, m.role):
+                out.append(f"message {i}: a {b.type} block in a user message")
             if isinstance(b, ToolResultBlock) and isinstance(b.content, list) and any(
                 isinstance(p, TextBlock) and not p.text.strip() for p in b.content
             ):
@@ -168,6 +174,25 @@ def _merge_pass(
     return out, out_srcs
 
 
+def _placement_pass(msgs: list[Message], notes: list[str]) -> list[Message]:
+    """Each message without the blocks its role may not hold (rule 8): a row stored before the
+    entry rules, or restored from an old export, would otherwise fail every later turn. Left
+    out, not moved: a thinking block in a user message is no answer of the model's, a
+    tool_result in an assistant message answers no call the request can show."""
+    out: list[Message] = []
+    for m in msgs:
+        dropped = [b for b in m.content if misplaced(b, m.role)]
+        if dropped:
+            where, only = ("an assistant", "a user") if m.role == "assistant" else (
+                "a user", "an assistant")
+            for kind in dict.fromkeys(str(b.type) for b in dropped):
+                notes.append(f"left a {kind} block stored in {where} message out of the request "
+                             f"(the API takes it only in {only} message; the log keeps it)")
+            m = Message.rebuilt(m.role, [b for b in m.content if not misplaced(b, m.role)])
+        out.append(m)  # (an emptied message is dropped by the merge pass)
+    return out
+
+
 def _orphan_pass(
     msgs: list[Message], srcs: list[list[int]], notes: list[str]
 ) -> tuple[list[Message], list[list[int]], bool]:
@@ -196,7 +221,8 @@ def repair(
     """Make a message list sendable without inventing content.
 
     Returns the repaired messages, their merged source sequence numbers, and one note per kind
-    of repair done. Repairs: drop empty blocks and messages; drop leading assistant messages;
+    of repair done. Repairs: leave out blocks stored in a role that may not hold them (rule
+    8); drop empty blocks and messages; drop leading assistant messages;
     merge consecutive messages of one role; drop tool_results that answer nothing; answer an
     unanswered tool_use with an is_error result saying the call was interrupted; give tool
     calls ids every provider accepts (:func:`~colloquy.context.wire.map_tool_ids`); strip
@@ -207,6 +233,7 @@ def repair(
     if _plainly_valid(msgs):
         return msgs, srcs, []
     notes: list[str] = []
+    msgs = _placement_pass(msgs, notes)
     changed = True
     while changed:  # each round removes something, so this ends
         msgs, srcs = _merge_pass(msgs, srcs, notes)
