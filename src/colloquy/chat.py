@@ -55,7 +55,7 @@ from .tools import Tool, as_tools
 from .reply import NOT_RUN, Reply, not_run_reason
 from .turn_guards import blocked_turn, guard_reply, run_guards
 from .turn_options import NO_OPTIONS, TurnOptions
-from .usage import Usage
+from .usage import Usage, add_costs
 
 log = logging.getLogger("colloquy")
 
@@ -265,7 +265,7 @@ class Chat:
         self._conversation = None
         self._generation = None
         if had:
-            forget_cached([self.session_id])  # recall indexes, summary caches, cached Chats
+            forget_cached([self.session_id], self.store)  # recall indexes, summary caches, cached Chats
 
     def _calibrate_from_log(self) -> None:
         """Resume the token estimator's calibration from stored replies: each carries the raw
@@ -576,7 +576,7 @@ class Chat:
             self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
         total = Usage()
         #: Priced per call and added up: tiered prices apply to each call, not to the sum.
-        total_cost: float | None = 0.0
+        costs: list[float | None] = []  # unknown (None) for a call without a price or usage
         notes: list[str] = []
         paused: list[ContentBlock] = []  # the stored parts of a reply paused by the provider
         rounds = 0
@@ -600,7 +600,7 @@ class Chat:
             notes.extend(n for n in response.notes if n not in notes)
             total = total + response.usage
             cost = self.model.cost(response.usage)
-            total_cost = None if cost is None or total_cost is None else total_cost + cost
+            costs.append(cost)
             meta: dict[str, Any] = {"raw_input_estimate": raw_estimate, CONTEXT: context_record(
                 ctx, self.system, model=self.model.name, counter=self.counter,
                 raw_total=raw_estimate, tools=request.tools)}
@@ -640,7 +640,7 @@ class Chat:
                     if paused else response.message
                 return Reply(
                     text=whole.text, message=whole, conversation_id=self.session_id,
-                    seq=stored.seq, usage=total, cost_usd=total_cost,
+                    seq=stored.seq, usage=total, cost_usd=add_costs(costs),
                     model=response.model or self.model.name, stop_reason=response.stop_reason,
                     rounds=rounds, notes=notes,
                     guards=[v.record() for v in checked.verdicts + checked_out.verdicts],

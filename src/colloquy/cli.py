@@ -132,8 +132,10 @@ def _render(sm: StoredMessage) -> str:
     return f"[{sm.seq}] {sm.role}: {text}"
 
 
-def _money(x: float | None) -> str:
-    return "price unknown" if x is None else f"${x:.6f}"
+def _money(x: float | None, estimated: bool = False) -> str:
+    """``$0.000120``, ``~$0.000120`` for a cost of estimated usage, or ``price unknown`` (no
+    price, or a call that reported no usage: never shown as $0)."""
+    return "price unknown" if x is None else f"{'~' if estimated else ''}${x:.6f}"
 
 
 def _dump(obj: Any, out: TextIO) -> None:
@@ -169,16 +171,16 @@ def _print_cost(chat: Chat, out: TextIO) -> None:
         u = t.usage
         out.write(f"[{t.seq}] {t.model}: {u.describe()} · "
                   f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
-                  f"{_money(t.cost_usd)}\n")
+                  f"{_money(t.cost_usd, u.estimated)}\n")
     for s in cost.side_calls:  # summaries, fact extraction, titles
         u = s.usage
         out.write(f"[{s.purpose}] {s.model}: {s.calls} call{'s' if s.calls != 1 else ''} · "
-                  f"{u.describe()} · {_money(s.cost_usd)}\n")
+                  f"{u.describe()} · {_money(s.cost_usd, u.estimated)}\n")
     u = cost.usage
     calls = len(cost.turns) + sum(s.calls for s in cost.side_calls)
     out.write(f"session: {calls} calls · {u.describe()} · "
               f"cache write {u.cache_write_tokens} · cache read {u.cache_read_tokens} · "
-              f"{_money(cost.cost_usd)}\n")
+              f"{_money(cost.cost_usd, u.estimated)}\n")
 
 
 def _slash(chat: Chat, line: str, out: TextIO) -> bool:
@@ -359,7 +361,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             for note in reply.notes:
                 err.write(f"  note: {note}\n")
             err.write(f"  [{u.describe()} · cache r/w "
-                      f"{u.cache_read_tokens}/{u.cache_write_tokens} · {_money(reply.cost_usd)}]\n")
+                      f"{u.cache_read_tokens}/{u.cache_write_tokens} · {_money(reply.cost_usd, u.estimated)}]\n")
     return EXIT_ERROR if failures else EXIT_OK
 
 

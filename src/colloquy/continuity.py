@@ -36,7 +36,8 @@ from .errors import IdempotencyKeyReused
 from .store.turns import IDEMPOTENCY_KEY
 from .telemetry import call_purpose
 from .text import as_data, require_text
-from .usage import Usage
+from .costs import stored_cost
+from .usage import Usage, add_costs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, Reply
@@ -157,11 +158,10 @@ def prior_turn(chat: Chat, idempotency_key: str | None, request: str,
         return found
     sm = used[-1]
     usage = Usage.total(m.usage for m in used if m.usage is not None)
-    costs = [m.cost_usd for m in used]
     return Reply(
         text=sm.message.text, message=sm.message, conversation_id=chat.session_id,
         seq=sm.seq, usage=usage,
-        cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
+        cost_usd=add_costs(stored_cost(m) for m in used),
         model=sm.model or chat.model.name, stop_reason=sm.meta.get("stop_reason"),
         rounds=len(used), notes=["replayed: this idempotency key was already answered"],
         blocked=bool(sm.meta.get("blocked")), guards=list(sm.meta.get("guards", [])),

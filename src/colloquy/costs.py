@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from .messages import StoredMessage
 from .store import Conversation
-from .usage import Usage, cost_of
+from .usage import Usage, add_costs, cost_of
 
 #: Conversation meta key of the side calls' running totals (see :func:`with_side_call`).
 SIDE_CALLS = "side_calls"
@@ -59,24 +59,32 @@ def side_calls_of(conversation: Conversation | None) -> list[SideCost]:
 def session_cost(log: Iterable[StoredMessage], conversation: Conversation | None) -> SessionCost:
     """Tokens and dollars per model call (the stored replies of ``log``, priced by
     genai-prices where a reply has no stored price) and the conversation's side calls."""
-    turns = [
-        TurnCost(seq=sm.seq, model=sm.model, usage=sm.usage,
-                 cost_usd=sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage))
-        for sm in log if sm.usage is not None
-    ]
+    turns = [TurnCost(seq=sm.seq, model=sm.model, usage=sm.usage, cost_usd=stored_cost(sm))
+             for sm in log if sm.usage is not None]
     side = side_calls_of(conversation)
-    costs = [t.cost_usd for t in turns] + [s.cost_usd for s in side]
     return SessionCost(
         turns=turns, side_calls=side,
         usage=Usage.total([*(t.usage for t in turns), *(s.usage for s in side)]),
-        cost_usd=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
+        cost_usd=add_costs([*(t.cost_usd for t in turns), *(s.cost_usd for s in side)]),
     )
+
+
+def stored_cost(sm: StoredMessage) -> float | None:
+    """One stored model call's dollars: its stored price, else genai-prices' (cost_of); None
+    when unknown, which a call that reported no usage always is (``Usage.reported``: rows
+    stored before that rule carry $0 for it)."""
+    if sm.usage is None or not sm.usage.reported:
+        return None
+    return sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage)
 
 
 def with_side_call(meta: dict[str, Any], purpose: str, model: str, usage: Usage,
                    cost_usd: float | None) -> dict[str, Any]:
     """A conversation's ``meta`` with one more side call added to its purpose and model's
-    entry (a new dict; ``meta`` is not changed)."""
+    entry (a new dict; ``meta`` is not changed). A call that reported no usage has an
+    unknown cost, whatever ``cost_usd`` says (see :func:`stored_cost`)."""
+    if not usage.reported:
+        cost_usd = None
     table = dict(meta.get(SIDE_CALLS) or {})
     key = f"{purpose} {model}"
     old = table.get(key)
@@ -86,8 +94,7 @@ def with_side_call(meta: dict[str, Any], purpose: str, model: str, usage: Usage,
         prev = SideCost.model_validate(old)
         entry = SideCost(
             purpose=purpose, model=model, calls=prev.calls + 1, usage=prev.usage + usage,
-            cost_usd=None if prev.cost_usd is None or cost_usd is None
-            else prev.cost_usd + cost_usd)
+            cost_usd=add_costs([prev.cost_usd, cost_usd]))
     table[key] = entry.model_dump(mode="json")
     return {**meta, SIDE_CALLS: table}
 
@@ -104,4 +111,4 @@ def derived_side_call(record: Any) -> tuple[str, str, Usage, float | None] | Non
 
 
 __all__ = ["SIDE_CALLS", "SessionCost", "SideCost", "TurnCost", "derived_side_call",
-           "session_cost", "side_calls_of", "with_side_call"]
+           "session_cost", "side_calls_of", "stored_cost", "with_side_call"]

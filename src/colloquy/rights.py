@@ -351,7 +351,7 @@ def import_user(store: Store, data: dict[str, Any], *, replace: bool = False) ->
         if held:
             _delete_through_store(store, user_id, DeleteReport(user_id=user_id))
         write_plan(store, plan, None)
-    forget_cached(gone)
+    forget_cached(gone, store)
     report.rows = plan.counts()
     report.conversations = len(plan.conversations)
     return report
@@ -375,7 +375,7 @@ def delete_user(store: Store, user_id: str, *, erase: bool = True) -> DeleteRepo
         return report
     gone = [c.id for c in store.list_conversations(user_id=user_id, limit=_ALL)]
     _delete_sql(store, "user", user_id, report)
-    forget_cached(gone)  # the running process's recall indexes and summary caches too
+    forget_cached(gone, store)  # the running process's recall indexes and summary caches too
     if erase:
         erase_deleted(store, [t for t, n in report.rows.items() if n], report)
     return report
@@ -408,7 +408,7 @@ def purge_conversations(store: Store, older_than: float, *, now: float | None = 
         return report
     gone = [c.id for c in store.list_conversations(limit=_ALL) if c.updated_at < cutoff]
     _delete_sql(store, "stale", cutoff, report)
-    forget_cached(gone)
+    forget_cached(gone, store)
     if erase and report.total:
         erase_deleted(store, [t for t, n in report.rows.items() if n], report)
     return report

@@ -39,6 +39,12 @@ class Usage(BaseModel):
     def prompt_tokens(self) -> int:
         return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
 
+    @property
+    def reported(self) -> bool:
+        """False for a call whose provider reported no usage and nothing was estimated (every
+        count 0): no model call reads zero tokens, so its cost is unknown, never $0."""
+        return self.estimated or bool(self.prompt_tokens or self.output_tokens)
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
@@ -49,7 +55,10 @@ class Usage(BaseModel):
         )
 
     def describe(self) -> str:
-        """``in 120 · out 15``, or ``in ~120 · out ~15 (estimated)`` (for display)."""
+        """``in 120 · out 15``, ``in ~120 · out ~15 (estimated)``, or ``usage not reported``
+        (for display)."""
+        if not self.reported:
+            return "usage not reported"
         mark = "~" if self.estimated else ""
         text = f"in {mark}{self.input_tokens} · out {mark}{self.output_tokens}"
         return f"{text} (estimated)" if self.estimated else text
@@ -185,14 +194,28 @@ def price_for(model: str | None) -> Price | None:
     return _snapshot_price(info) if info is not None else None
 
 
+def add_costs(costs: Iterable[float | None]) -> float | None:
+    """The dollars of several model calls (a turn's rounds, a session's turns and side calls):
+    ``None`` (unknown) when any call's cost is unknown, never a sum that counts it as $0.
+    Whether the total is an estimate travels with the usage (``Usage.total``: estimated when
+    any part is)."""
+    total = 0.0
+    for c in costs:
+        if c is None:
+            return None
+        total += c
+    return total
+
+
 def cost_of(model: str | None, usage: Usage | None) -> float | None:
-    """Dollars for one model call's usage, or ``None`` if the model's price is unknown.
+    """Dollars for one model call's usage, or ``None`` if the model's price is unknown or the
+    call reported no usage (:attr:`Usage.reported`: a cost that is unknown is never $0).
 
     Priced like :func:`price_for`; with the packaged data the cost is genai-prices' own
     calculation, so tiered prices (e.g. Claude's long-context rate above 200k input tokens)
     apply per call: price each call, then add the dollars.
     """
-    if usage is None or not model:
+    if usage is None or not model or not usage.reported:
         return None
     provider, name = _split(model)
     override = _override(model, name)

@@ -437,6 +437,8 @@ class RecallPart:
                     _close(idx)
                     idx = None  # deleted and created anew (by any process): never reuse it
             if idx is None:
+                if inp.store is not None:  # its conversations' deletions and sweeps reach us
+                    register_cache(self, inp.store)
                 idx = ConversationIndex(make_retriever(self.retriever), self.resume_chunk)
                 idx.generation = inp.conversation_generation
                 self._indexes[key] = idx

@@ -235,6 +235,12 @@ class SummaryPart:
                 self._made.pop(cid, None)
                 self._failed.pop(cid, None)
 
+    def _held_for(self, inp: ContextInput) -> None:
+        """About to hold something of ``inp``'s conversation: its store's deletions and sweeps
+        reach this part from now on (colloquy.caches keeps one registry per store)."""
+        if inp.store is not None:
+            register_cache(self, inp.store)
+
     def _previous(self, inp: ContextInput, up_to: int) -> Summary | None:
         conv = inp.conversation_id or ""
         stored = None
@@ -262,6 +268,7 @@ class SummaryPart:
                 text, usage = self.summariser.summarise_with_usage(prev.text if prev else None, new)
             except Exception as e:  # noqa: BLE001 - any failure falls back, with a note
                 what = "the previous summary" if prev else "the plain window"
+                self._held_for(inp)
                 with self._lock:
                     self._failed[inp.conversation_id or ""] = new[-1].seq
                 if isinstance(e, SummaryRejected):
@@ -280,6 +287,7 @@ class SummaryPart:
                           "tokens": estimate_text(text),
                           "replaced_tokens": replaced_tokens(prev.text if prev else None, new)},
                 )
+                self._held_for(inp)
                 with self._lock:
                     self._made[inp.conversation_id or ""] = (inp.conversation_generation, summary)
                     self._failed.pop(inp.conversation_id or "", None)

@@ -21,6 +21,7 @@ from ..guards import Guard
 from ..models import Model, get_model
 from ..plugins import load_object
 from ..store import MemoryStore
+from ..usage import add_costs
 from .dataset import Dataset
 from .evaluators import EVALUATORS, RUBRICS, EvaluatorFn, evaluate_case
 from .results import CaseResult, EvalRun, RunResult, TurnResult, compare
@@ -111,7 +112,7 @@ def _summarise(run: RunResult) -> RunResult:
     costs = [t.cost_usd for t in turns]
     return run.model_copy(update=dict(
         summary=summary,
-        cost_usd=None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 8),
+        cost_usd=None if (total := add_costs(costs)) is None else round(total, 8),
         input_tokens=sum(t.input_tokens for t in turns),
         output_tokens=sum(t.output_tokens for t in turns),
         turns=len(turns),

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, m
 
 from ..branches import REVISION
 from ..chat import Reply
-from ..costs import SideCost
+from ..costs import SideCost, stored_cost
 from ..context.seen import CONTEXT
 from ..context.thinking import MAX_BUDGET, check_budget
 from ..guards.base import BLOCKED
@@ -167,7 +167,7 @@ class MessageOut(BaseModel):
         return cls(
             seq=sm.seq, role=sm.role, text=sm.message.text, created_at=sm.created_at,
             content=[b.model_dump(mode="json", exclude_none=True) for b in sm.message.content],
-            model=sm.model, usage=sm.usage, cost_usd=sm.cost_usd,
+            model=sm.model, usage=sm.usage, cost_usd=stored_cost(sm),
             stop_reason=sm.meta.get("stop_reason") if sm.role == "assistant" else None,
             superseded_by=superseded_by, revision=sm.meta.get(REVISION),
             blocked=bool(sm.meta.get(BLOCKED)), has_context=CONTEXT in sm.meta,

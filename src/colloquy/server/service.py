@@ -150,7 +150,7 @@ class ChatService:
             self._models.setdefault(model_spec(m), m)
         for m in self._models.values():
             self.redactor.add(getattr(m, "_secret", None), getattr(m, "_api_key", None))
-            m.cost(Usage())  # loads the price data now (about a second), not in a first turn
+            m.cost(Usage(input_tokens=1))  # loads the price data now (about a second), not in a first turn
         #: Per-conversation turn queues in this process: (lock, number of users of it); an
         #: entry is dropped when its last user leaves, so the map stays as small as the set of
         #: conversations with a turn in progress.
@@ -163,7 +163,11 @@ class ChatService:
         self.inflight = InFlight(settings.max_inflight)
         self._chats: OrderedDict[str, Chat] = OrderedDict()
         self._chats_lock = threading.Lock()
-        register_cache(self)  # a deleted conversation's Chat (and log) is dropped at once
+        # A deleted conversation's Chat (and log) is dropped at once; the models' records of
+        # requests (offline models) too. Registered with this store only (colloquy.caches).
+        for cache in (self, *self._models.values()):
+            if hasattr(cache, "forget_conversations"):
+                register_cache(cache, store)
         #: ...and one deleted by another process within ``sweep_interval`` seconds.
         self.sweeper = Sweeper(store, settings.sweep_interval, self.run)
 

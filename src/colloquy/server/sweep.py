@@ -7,8 +7,9 @@ A conversation nobody touches again (its user deleted by ``colloquy users delete
 ``serve`` worker or ``purge`` from cron) would otherwise stay cached until evicted: the service
 keeps up to ``ServerSettings.cached_chats`` Chats with their loaded logs. So every
 ``ServerSettings.sweep_interval`` seconds the service asks the store, in one query, which of the
-conversations its caches hold still exist, and forgets the others in every registered cache
-(:func:`colloquy.caches.sweep_deleted`). The cost is one query per interval per worker, none
+conversations its caches hold still exist, and forgets the others in the caches registered
+with that store (:func:`colloquy.caches.sweep_deleted`; one registry per store, so two
+services over two stores in one process never ask about, nor evict, each other's). The cost is one query per interval per worker, none
 per turn; a deleted user's messages leave a worker's memory within about one interval.
 """
 

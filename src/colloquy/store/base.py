@@ -351,7 +351,7 @@ class StoreBase:
     def delete_conversation(self, conversation_id: str) -> None:
         if not self._delete_conversation(conversation_id):
             raise ConversationNotFound(conversation_id)
-        forget_cached([conversation_id])
+        forget_cached([conversation_id], self)
 
     def append(
         self,

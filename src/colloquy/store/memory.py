@@ -57,7 +57,7 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             if owner is not None:
                 conv = self._conversations.get(owner.conversation_id or "")
                 user = self._user_generation(owner.user_id) if owner.user_id else None
-                check_owner(owner, conv.generation if conv else None, user)
+                check_owner(owner, conv.generation if conv else None, user, self)
             yield
 
     def _insert_conversation(self, conv: Conversation, owner: Owner | None) -> bool:

@@ -19,6 +19,7 @@ serial (``BEGIN IMMEDIATE``); the memory store holds its lock.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,7 +50,8 @@ class Owner(BaseModel):
 
 
 
-def check_owner(owner: Owner | None, conversation: str | None, user: str | None) -> None:
+def check_owner(owner: Owner | None, conversation: str | None, user: str | None,
+                store: Any = None) -> None:
     """Raise :class:`OwnerGone` unless the owner still exists as it was: ``conversation`` and
     ``user`` are the generations read (under lock) for its conversation and user records, None
     where the record is missing (each is looked at only when the owner names it)."""
@@ -58,7 +60,7 @@ def check_owner(owner: Owner | None, conversation: str | None, user: str | None)
     if owner.conversation_id is not None and (
         conversation is None or (owner.generation is not None and conversation != owner.generation)
     ):
-        forget_cached([owner.conversation_id])  # what this process still holds of it goes too
+        forget_cached([owner.conversation_id], store)  # what this process still holds of it goes too
         raise OwnerGone(f"conversation {owner.conversation_id!r}", owner.conversation_id)
     if owner.user_id is not None and owner.user_generation is not None and user != owner.user_generation:
         raise OwnerGone(f"user {owner.user_id!r}")

@@ -73,7 +73,7 @@ class SQLStore(StoreBase, LockMethods):
         if owner.user_id is not None and owner.user_generation is not None:
             row = conn.execute(d.q(Q.USER_GENERATION + d.key_share), (owner.user_id,)).fetchone()
             user = row[0] if row else None
-        check_owner(owner, conversation, user)
+        check_owner(owner, conversation, user, self)
 
     def _check_for(self, conn: Any, owner: Owner | None, conversation_id: str) -> None:
         """For a record of ``conversation_id``: that conversation must exist, and ``owner``
