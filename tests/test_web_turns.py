@@ -14,6 +14,7 @@ import pytest
 from colloquy import (
     Chat,
     EchoModel,
+    FunctionGuard,
     FunctionModel,
     ModelResponse,
     ScriptedModel,
@@ -325,3 +326,159 @@ def test_an_unanswered_message_can_be_regenerated_after_a_reload(browser: Any,
         text = panel.inner_text()
         assert "1 message," in text and "1 messages" not in text, text
         page.click("#close-context")
+
+
+def _flaky(*answers: str | None) -> FunctionModel:
+    """A model whose first call fails (the provider dropped the connection), then gives these
+    answers in turn (None: fails again)."""
+    outcomes: list[str | None] = [None, *answers]
+
+    def answer(request: Any) -> str:
+        step = outcomes.pop(0)
+        if step is None:
+            raise ConnectionError("the provider dropped the connection")
+        return step
+    return FunctionModel(answer)
+
+
+def _press_send(page: Any) -> None:
+    """Send what is in the box as a person would on this screen."""
+    if page.evaluate("window.matchMedia('(pointer: coarse)').matches"):
+        page.click("#send")
+    else:
+        page.press("#input", "Enter")
+
+
+def _fail_once(page: Any, text: str) -> None:
+    page.fill("#input", text)
+    _press_send(page)
+    page.locator(".message.assistant.failed .turn-meta", has_text="send again").wait_for()
+    page.wait_for_function("() => !document.getElementById('send').hidden")
+
+
+def _reloaded_offer(page: Any, text: str) -> None:
+    """After a reload (or in a new tab): the message is offered again, its text in the box."""
+    page.wait_for_selector("#app:not([hidden])")
+    page.locator("#messages > .message.user .turn-meta", has_text="send again").wait_for()
+    page.wait_for_function("t => document.getElementById('input').value === t", arg=text)
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_failed_message_sent_again_after_a_reload_is_stored_once(browser: Any, tmp_path: Path,
+                                                                  screen: str) -> None:
+    """The page keeps the message waiting for a reply (conversation, text, idempotency key)
+    in this tab's sessionStorage: after a reload it offers the message again (its text back
+    in the box, "send again" on it), and sending it, even retyped, carries the first key, so
+    the server finishes the first attempt's turn and the message is stored once."""
+    text = "where is my parcel?"
+    with serve_site(tmp_path, _flaky("the answer at last", "a second answer")) as s, \
+            open_page(browser, s, screen) as w:
+        page = w.page
+        _fail_once(page, text)
+        page.reload()
+        _reloaded_offer(page, text)
+        page.fill("#input", "")
+        page.fill("#input", text)  # retyped: the same message
+        _press_send(page)
+        page.locator("#messages > .message.assistant .body", has_text="the answer at last").wait_for()
+        assert page.input_value("#input") == ""
+        assert page.locator("#messages > .message.user").count() == 1
+        assert page.locator("#messages .failed, #messages > .earlier").count() == 0
+        assert "send again" not in page.inner_text("#messages")
+        (conv,) = s.store.list_conversations(user_id="ada")
+        log = s.store.load(conv.id)
+        assert [(sm.role, sm.message.text) for sm in log] == [
+            ("user", text), ("assistant", "the answer at last")]
+        assert str(log[0].meta.get("idempotency_key", "")).startswith("web-")
+        assert page.evaluate("sessionStorage.getItem('colloquy.pending')") is None
+        # Answered: a reload offers nothing.
+        page.reload()
+        page.locator("#messages > .message.assistant").wait_for()
+        assert page.input_value("#input") == ""
+
+
+def test_a_failed_message_opened_in_another_tab_is_answered_once(browser: Any,
+                                                                 tmp_path: Path) -> None:
+    """A tab that does not know the message's key (another tab, a new window) offers it again
+    too, and sends it as the regeneration of that message: answered once, the message shown
+    once (the stored attempt folded as an earlier version), no second copy in the context."""
+    text = "where is my parcel?"
+    with serve_site(tmp_path, _flaky("the answer at last")) as s:
+        with open_page(browser, s) as w:
+            _fail_once(w.page, text)
+            cid = s.store.list_conversations(user_id="ada")[0].id
+        with open_page(browser, s, "phone", hash="#" + cid) as w:
+            page = w.page
+            _reloaded_offer(page, text)
+            _press_send(page)
+            page.locator("#messages > .message.assistant .body",
+                         has_text="the answer at last").wait_for()
+            assert page.locator("#messages > .message.user").count() == 1
+            assert page.input_value("#input") == ""
+        chat = Chat(EchoModel(), store=s.store, session_id=cid)
+        sent = chat.build_context().messages
+        assert [(m.role, m.text) for m in sent] == [("user", text), ("assistant", "the answer at last")]
+
+
+def test_a_deleted_conversation_or_signing_out_forgets_the_waiting_message(
+        browser: Any, tmp_path: Path) -> None:
+    def waiting() -> Any:
+        return page.evaluate("JSON.parse(sessionStorage.getItem('colloquy.pending'))")
+
+    with serve_site(tmp_path, _flaky(None)) as s, open_page(browser, s) as w:
+        page = w.page
+        _fail_once(page, "first")
+        assert [p["text"] for p in waiting().values()] == ["first"]
+        page.click("#delete-chat")
+        page.click("#delete-chat-ok")
+        page.locator("#chat-title", has_text="New chat").wait_for()
+        page.wait_for_function("() => sessionStorage.getItem('colloquy.pending') === null")
+        assert page.input_value("#input") == ""  # its text went with it
+        _fail_once(page, "second")
+        assert [p["text"] for p in waiting().values()] == ["second"]
+        menu(page, "#signout")
+        page.wait_for_selector("#signin:not([hidden])")
+        assert waiting() is None
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_blocked_message_adds_nothing_to_the_bill(browser: Any, tmp_path: Path,
+                                                    screen: str) -> None:
+    """An input guard's answer made no model call: its line says so (not "usage not reported
+    · cost unknown"), and the conversation's cost stays known, while streamed and reloaded."""
+    guard = FunctionGuard(lambda text: "password" not in text, name="no_passwords")
+    with serve_site(tmp_path, EchoModel(), guards=[guard]) as s, open_page(browser, s, screen) as w:
+        page = w.page
+        send(page, "hello")
+        page.fill("#input", "my password is hunter2")
+        if screen == "phone":
+            page.click("#send")
+        else:
+            page.press("#input", "Enter")
+        blocked = page.locator("#messages > .message.assistant").nth(1)
+        for _ in range(2):  # streamed, then as stored
+            blocked.locator(".body", has_text="Sorry").wait_for()
+            page.wait_for_function("() => !document.getElementById('send').hidden")
+            assert "price unknown" not in page.inner_text("#session-cost")
+            assert "$0.000000" in page.inner_text("#session-cost")
+            assert "no model call" in blocked.locator(".turn-meta").inner_text()
+            assert "cost unknown" not in blocked.inner_text()
+            page.reload()
+            page.wait_for_selector("#app:not([hidden])")
+
+
+def _estimated(request: Any) -> ModelResponse:
+    return ModelResponse(content=[TextBlock(text="an answer with estimated usage")],
+                         usage=Usage(input_tokens=40, output_tokens=6, estimated=True),
+                         model="local-llm", stop_reason="end_turn")
+
+
+def test_a_cost_of_estimated_usage_is_marked_estimated_on_the_conversation_too(
+        browser: Any, tmp_path: Path) -> None:
+    with serve_site(tmp_path, FunctionModel(_estimated)) as s, open_page(browser, s) as w:
+        page = w.page
+        reply = send(page, "hello")
+        assert "~$" in reply.locator(".turn-meta").inner_text()
+        page.wait_for_function("() => document.getElementById('session-cost').textContent"
+                               ".includes('estimated')")
+        assert "~$" in page.inner_text("#session-cost"), page.inner_text("#session-cost")

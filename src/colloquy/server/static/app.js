@@ -9,10 +9,13 @@
 
   var Api = window.colloquyApi, M = window.colloquyMessages;
   var TOKEN_KEY = "colloquy.token";
+  // sessionStorage key of the messages waiting to be sent again (see setPending).
+  var PENDING_KEY = "colloquy.pending";
   var $ = function (id) { return document.getElementById(id); };
   var state = {
     user: null, conversations: [], current: null, messages: [], bubbles: [], busy: false,
-    pending: null, abort: null, features: { memory: false, deleteMe: false, exportMe: false },
+    pending: loadPending(), refill: null, abort: null,
+    features: { memory: false, deleteMe: false, exportMe: false },
     // A touch keyboard has no Shift+Enter: there Enter is a new line and the button sends.
     touch: window.matchMedia("(pointer: coarse)").matches
   };
@@ -24,6 +27,65 @@
   function failureText(e) {
     if (e instanceof Api.ApiError) return e.message;
     return "could not reach the server (" + (e && e.message ? e.message : e) + ")";
+  }
+
+  // -- messages waiting to be sent again -------------------------------------------------------
+
+  /* Per conversation id, the message whose reply failed: {text, key, path, seq}. Sent again
+   * unchanged, it carries the same idempotency key, so the server finishes the first attempt's
+   * turn instead of storing the message twice. Kept in sessionStorage (this tab's; a reload
+   * keeps it); a deleted conversation or signing out forgets it. */
+  function loadPending() {
+    try { return JSON.parse(sessionStorage.getItem(PENDING_KEY) || "{}") || {}; }
+    catch (e) { return {}; }
+  }
+
+  function setPending(id, p) {
+    if (p) state.pending[id] = p; else delete state.pending[id];
+    try {
+      if (!Object.keys(state.pending).length) sessionStorage.removeItem(PENDING_KEY);
+      else sessionStorage.setItem(PENDING_KEY, JSON.stringify(state.pending));
+    } catch (e) { /* no storage: the key lasts as long as the page */ }
+  }
+
+  function forgetPending() {
+    state.pending = {};
+    try { sessionStorage.removeItem(PENDING_KEY); } catch (e) { /* nothing kept */ }
+  }
+
+  /* The conversation just opened: if its newest message got no reply (the reply failed, before
+   * a reload or in another tab), say so and put its text back in the box, ready to send again:
+   * with the key it was sent with when this tab knows it, else as the regeneration of that
+   * message (answered once either way). A draft refilled for another conversation goes. */
+  function offerAgain() {
+    var box = $("input"), id = state.current.id, turnBubbles = unanswered();
+    if (state.refill && state.refill.conversation !== id) dropRefill();
+    var mine = turnBubbles[0], p = state.pending[id];
+    if (!mine || !mine.text.trim()) {
+      if (p) setPending(id, null);  // answered since (by this tab before a reload, or another)
+      return;
+    }
+    if (!p || p.text !== mine.text) {
+      p = { text: mine.text, key: Api.newKey(), path: "/regenerate", seq: mine.userSeq };
+      setPending(id, p);
+    }
+    mine.meta.textContent = (mine.meta.textContent ? mine.meta.textContent + " · " : "") +
+      "no reply: send again to retry";
+    if (!box.value) box.value = mine.text;
+    if (box.value === mine.text) state.refill = { conversation: id, text: mine.text };
+  }
+
+  /* A turn of conversation ``id`` was answered (sent, sent again, edited or regenerated): no
+   * message of it waits any more, and text put back in the box for it goes. */
+  function settled(id) {
+    setPending(id, null);
+    dropRefill();
+  }
+
+  /* Text put back in the box for a conversation goes (unless the user changed it). */
+  function dropRefill() {
+    if (state.refill && $("input").value === state.refill.text) $("input").value = "";
+    state.refill = null;
   }
 
   // -- conversations ---------------------------------------------------------------------------
@@ -67,7 +129,7 @@
     var detail;
     try { detail = await Api.call("GET", Api.conversationPath(id)); }
     catch (e) {
-      if (e.status === 404) { newChat(); return; }
+      if (e.status === 404) { setPending(id, null); newChat(); return; }
       showError("chat-error", failureText(e)); return;
     }
     state.current = detail;
@@ -81,6 +143,7 @@
     }));
     renderSessionCost();
     refreshActions();
+    offerAgain();
     showConversationHeader();
     renderConversations();
     scrollToEnd(true);
@@ -88,6 +151,7 @@
   }
 
   function newChat() {
+    dropRefill();
     state.current = null;
     state.messages = [];
     state.bubbles = [];
@@ -265,8 +329,9 @@
    * bubbles appear at once; if the server refuses the request before the turn begins (413,
    * 422, 429, the network), they go again, ``replaced`` bubbles come back, and the error says
    * why (the returned promise rejects). Stop aborts the request: the server stops the model
-   * and stores the reply so far, which is then shown as stored. */
-  async function turn(path, body, userText, replaced, revision) {
+   * and stores the reply so far, which is then shown as stored. ``resend``: a message sent
+   * from the box (a failure puts its text back there, to send again). */
+  async function turn(path, body, userText, replaced, revision, resend) {
     // An edit box left open names a message this turn is about to make stale: close it.
     state.bubbles.forEach(function (b) { if (b.closeEdit) b.closeEdit(); });
     showError("chat-error", "");
@@ -305,17 +370,19 @@
           result = data;
           if (frame) { cancelAnimationFrame(frame); frame = 0; }
           M.setText(answer, data.text);
-          answer.meta.textContent = M.usageLine(data.usage, data.cost_usd, data.stop_reason);
+          answer.meta.textContent = M.usageLine(data.usage, data.cost_usd, data.stop_reason,
+                                                data.blocked);
           answer.replySeq = data.seq;
           if (data.rounds === 1) mine.userSeq = data.seq - 1;  // else: reloaded from the log
           answer.hasContext = true;
-          state.messages.push({ role: "assistant", usage: data.usage, cost_usd: data.cost_usd });
+          state.messages.push({ role: "assistant", usage: data.usage, cost_usd: data.cost_usd,
+                                blocked: data.blocked });
           renderSessionCost();
           reload = data.rounds > 1;  // tool calls: shown from the stored log
         } else if (event === "error") {
           answer.li.classList.add("failed");
           answer.meta.textContent = "failed: " + data.error.message +
-            (path === "/messages" ? " (your message is saved; send again to retry)" : "");
+            (resend ? " (your message is saved; send again to retry)" : "");
         }
       }, controller.signal);
     } catch (e) {
@@ -340,9 +407,13 @@
       // A message whose reply failed is stored: its text comes back at once, with the failure,
       // ready to send again (send() keeps its key).
       var box = $("input");
-      if (path === "/messages" && started && !result && !stopped && !box.value) box.value = userText;
+      if (resend && started && !result && !stopped && !box.value) {
+        box.value = userText;
+        state.refill = { conversation: state.current.id, text: userText };
+      }
       box.focus();
     }
+    if (result || stopped) settled(state.current.id);
     if (reload) await afterStop(result);
     await loadConversations().catch(function () {});
     var fresh = state.conversations.filter(function (c) { return c.id === state.current.id; })[0];
@@ -377,18 +448,23 @@
         showConversationHeader();
       }
     } catch (e) { showError("chat-error", failureText(e)); return; }
-    // The message's key: the unanswered message sent again keeps the key it was sent with.
-    var p = state.pending, again = [];
-    if (!p || p.conversation !== state.current.id || p.text !== text) {
-      p = state.pending = { conversation: state.current.id, text: text, key: Api.newKey() };
+    // The message's key: the unanswered message sent again keeps the key it was sent with
+    // (or, its key unknown here, is answered by regenerating it: see offerAgain).
+    var id = state.current.id, p = state.pending[id], again = [];
+    if (!p || p.text !== text) {
+      p = { text: text, key: Api.newKey(), path: "/messages" };
+      setPending(id, p);
     } else {
       again = unanswered();  // sent again: its stored message and failed reply are replaced
     }
     input.value = "";
+    state.refill = null;
+    var regen = p.path === "/regenerate";
+    var body = regen ? { idempotency_key: p.key, seq: p.seq } : { content: text, idempotency_key: p.key };
     try {
-      var outcome = await turn("/messages", { content: text, idempotency_key: p.key }, text, again);
-      if ((outcome.reply || outcome.stopped) && state.pending === p) state.pending = null;
+      await turn(p.path, body, text, again, regen ? "regenerate" : undefined, true);
     } catch (e) {
+      if (regen && conflicted(e)) { setPending(id, null); return; }  // shown as stored now
       if (!input.value) input.value = text;  // refused: nothing stored, the text is back
     }
   }
@@ -428,7 +504,9 @@
   async function onDeleteChatClose() {
     if ($("delete-chat-dialog").returnValue !== "delete" || !state.current) return;
     try {
-      await Api.call("DELETE", Api.conversationPath(state.current.id));
+      var id = state.current.id;
+      await Api.call("DELETE", Api.conversationPath(id));
+      setPending(id, null);
       newChat();
       await loadConversations();
     } catch (e) { showError("chat-error", failureText(e)); }
@@ -537,6 +615,7 @@
   function signOut(message) {
     closeMenu();
     localStorage.removeItem(TOKEN_KEY);
+    forgetPending();  // a message waiting to be sent again is this user's
     Api.session.token = null;
     state.current = null;
     $("app").hidden = true;

@@ -33,8 +33,10 @@
   }
 
   /* One reply's usage line. A provider that reported no usage is never shown as "0 tokens ·
-   * $0": colloquy's estimate is marked as one, and no figure at all says "unknown". */
-  function usageLine(usage, cost, stopReason) {
+   * $0": colloquy's estimate is marked as one, and no figure at all says "unknown". A reply an
+   * input guard gave instead of the model (``blocked``) made no model call: nothing to bill. */
+  function usageLine(usage, cost, stopReason, blocked) {
+    if (blocked) return "blocked by a guard · no model call";
     var stopped = stopReason === "cancelled" ? "stopped · " : "";
     if (!usage || !totalTokens(usage)) return stopped + "usage not reported · cost unknown";
     var est = usage.estimated ? "~" : "";
@@ -47,11 +49,12 @@
       ? "~" + money(cost) : money(cost));
   }
 
-  /* The conversation's total, from the replies' and side calls' usage. */
+  /* The conversation's total, from the replies' and side calls' usage (a guard's answer to a
+   * blocked message made no model call: it adds nothing; the guard's judge is a side call). */
   function sessionLine(items) {
     var tokens = 0, cost = 0, unknownPrice = false, estimated = false, reported = 0, any = false;
     items.forEach(function (m) {
-      if (m.role === "user") return;
+      if (m.role === "user" || m.blocked) return;
       any = true;
       if (!m.usage || !totalTokens(m.usage)) { unknownPrice = true; return; }
       reported++;
@@ -62,7 +65,8 @@
     if (!any) return "";
     if (!reported) return "This conversation: usage not reported";
     return "This conversation: " + (estimated ? "~" : "") + tokens + " tokens" +
-      (estimated ? " (partly estimated)" : "") + " · " + (unknownPrice ? "price unknown" : money(cost));
+      (estimated ? " (partly estimated)" : "") + " · " +
+      (unknownPrice ? "price unknown" : (estimated ? "~" : "") + money(cost));
   }
 
   // -- copying ---------------------------------------------------------------------------------
@@ -407,7 +411,7 @@
       var b = item.bubble;
       if (item.role === "assistant") {
         var last = b.lastReply || {};
-        b.meta.textContent = usageLine(b.usage, b.cost, last.stop_reason);
+        b.meta.textContent = usageLine(b.usage, b.cost, last.stop_reason, last.blocked);
         b.replySeq = last.seq;
         b.hasContext = !!last.has_context;
       } else {
