@@ -78,13 +78,17 @@ _BY_STORE_LOCK = threading.Lock()
 
 
 def registry_of(store: Any) -> CacheRegistry:
-    """``store``'s registry (created on first use); the process-wide one for None."""
+    """``store``'s registry (created on first use); the process-wide one for None, or for a
+    store object that cannot be referenced weakly (a plugin's, with ``__slots__``)."""
     if store is None:
         return _PROCESS
     with _BY_STORE_LOCK:
-        registry = _BY_STORE.get(store)
-        if registry is None:
-            registry = _BY_STORE[store] = CacheRegistry()
+        try:
+            registry = _BY_STORE.get(store)
+            if registry is None:
+                registry = _BY_STORE[store] = CacheRegistry()
+        except TypeError:
+            return _PROCESS
         return registry
 
 
