@@ -69,7 +69,7 @@ def test_a_turn_with_one_unreported_call_costs_unknown_in_the_library_and_the_ro
     token = issue_token(store, "ada")
     # The service runs no tools: its turn is one call, which reports no usage.
     silent = FunctionModel(lambda request: ModelResponse(
-        content=[TextBlock(text="hi")], usage=Usage(), model="local-llm", stop_reason="end_turn"))
+        content=[TextBlock(text="hi")], usage=Usage(), model="function", stop_reason="end_turn"))
     app = create_app(store=store, model=silent, environ={}, rate_limit=None)
     with TestClient(app) as client:
         detail = client.get("/v1/conversations/c_lib", headers=bearer(token)).json()
@@ -79,6 +79,12 @@ def test_a_turn_with_one_unreported_call_costs_unknown_in_the_library_and_the_ro
                         json={"content": "and in Porto?"})
         assert r.status_code == 200, r.text
         assert r.json()["cost_usd"] is None  # was 0.0
+        # What the model saw for that reply: no dollar figure in its cost split either.
+        seen = client.get(f"/v1/conversations/c_lib/messages/{r.json()['seq']}/context",
+                          headers=bearer(token)).json()
+        assert {k: v for k, v in seen["cost"].items() if k.endswith("_usd")} == {
+            "input_usd": None, "cache_write_usd": None, "cache_read_usd": None,
+            "output_usd": None, "total_usd": None}, seen["cost"]
         streamed = client.post("/v1/conversations/c_lib/messages", headers=bearer(token),
                                json={"content": "and in Faro?", "stream": True}).text
         done = streamed.split("event: done", 1)[1]

@@ -482,3 +482,20 @@ def test_a_cost_of_estimated_usage_is_marked_estimated_on_the_conversation_too(
         page.wait_for_function("() => document.getElementById('session-cost').textContent"
                                ".includes('estimated')")
         assert "~$" in page.inner_text("#session-cost"), page.inner_text("#session-cost")
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_a_turn_with_one_unreported_call_shows_no_dollar_figure(browser: Any, site: Site,
+                                                                 screen: str) -> None:
+    """A turn of two model calls, the second without usage: its line and the conversation's
+    say "price unknown", never "$0" beside it (tests/test_cost_unknown.py for the rest)."""
+    from test_cost_unknown import lookup, two_rounds
+
+    Chat(two_rounds(), store=site.store, session_id="c_half", user_id="ada",
+         tools=[lookup]).send("weather in Lisbon?")
+    with open_page(browser, site, screen, hash="#c_half") as w:
+        page = w.page
+        line = page.locator("#messages > .message.assistant .turn-meta").first
+        line.filter(has_text="tokens").wait_for()
+        for text in (line.inner_text(), page.inner_text("#session-cost")):
+            assert "price unknown" in text and "$" not in text, text

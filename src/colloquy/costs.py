@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from .messages import StoredMessage
 from .store import Conversation
-from .usage import Usage, add_costs, cost_of
+from .usage import Usage, add_costs, priced
 
 #: Conversation meta key of the side calls' running totals (see :func:`with_side_call`).
 SIDE_CALLS = "side_calls"
@@ -70,12 +70,8 @@ def session_cost(log: Iterable[StoredMessage], conversation: Conversation | None
 
 
 def stored_cost(sm: StoredMessage) -> float | None:
-    """One stored model call's dollars: its stored price, else genai-prices' (cost_of); None
-    when unknown, which a call that reported no usage always is (``Usage.reported``: rows
-    stored before that rule carry $0 for it)."""
-    if sm.usage is None or not sm.usage.reported:
-        return None
-    return sm.cost_usd if sm.cost_usd is not None else cost_of(sm.model, sm.usage)
+    """One stored model call's dollars (colloquy.usage.priced): None when unknown."""
+    return priced(sm.model, sm.usage, sm.cost_usd)
 
 
 def with_side_call(meta: dict[str, Any], purpose: str, model: str, usage: Usage,

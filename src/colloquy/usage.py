@@ -207,6 +207,15 @@ def add_costs(costs: Iterable[float | None]) -> float | None:
     return total
 
 
+def priced(model: str | None, usage: Usage | None, stored: float | None) -> float | None:
+    """One stored model call's dollars: ``stored`` (its price when it was made), else
+    :func:`cost_of`; None when unknown, which a call that reported no usage always is (rows
+    stored before that rule carry $0 for it)."""
+    if usage is None or not usage.reported:
+        return None
+    return stored if stored is not None else cost_of(model, usage)
+
+
 def cost_of(model: str | None, usage: Usage | None) -> float | None:
     """Dollars for one model call's usage, or ``None`` if the model's price is unknown or the
     call reported no usage (:attr:`Usage.reported`: a cost that is unknown is never $0).

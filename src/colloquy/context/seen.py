@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from ..errors import NoContextRecord
 from ..messages import StoredMessage
 from ..tokens import TokenCounter, estimate_text, estimate_tools
-from ..usage import Usage, price_for
+from ..usage import Usage, price_for, priced
 from .base import Context
 
 #: Meta key of a reply's context record.
@@ -186,10 +186,11 @@ def _seen_message(sm: StoredMessage) -> SeenMessage:
 
 
 def cost_split(model: str | None, usage: Usage | None, total: float | None) -> CostSplit | None:
-    """``usage`` priced kind by kind at ``model``'s base rates (colloquy.usage.price_for)."""
+    """``usage`` priced kind by kind at ``model``'s base rates (colloquy.usage.price_for); no
+    figure for a call that reported no usage (its cost is unknown, never $0)."""
     if usage is None:
         return None
-    price = price_for(model)
+    price = price_for(model) if usage.reported else None
 
     def usd(tokens: int, rate: float | None) -> float | None:
         return None if rate is None else tokens * rate / 1_000_000
@@ -245,7 +246,7 @@ def seen(store: Any, conversation_id: str, seq: int,
         persona_tokens=int(persona.get("tokens", 0)), parts=parts, messages=kept,
         messages_tokens=int(tokens.get("messages", 0)), tools_tokens=int(tokens.get("tools", 0)),
         estimated_input_tokens=int(tokens.get("total", 0)), usage=reply.usage,
-        cost=cost_split(reply.model, reply.usage, reply.cost_usd),
+        cost=cost_split(reply.model, reply.usage, priced(reply.model, reply.usage, reply.cost_usd)),
     )
 
 
