@@ -15,8 +15,9 @@ Why "for good" needs more than DELETE: databases keep deleted bytes around. SQLi
 in free pages and in the write-ahead log; PostgreSQL leaves dead tuples in the table's pages. So
 deletion here is followed by erasure: on SQLite ``secure_delete`` (zeroes freed content), a WAL
 checkpoint that truncates the log file, and ``VACUUM`` (rewrites the file from live rows only);
-on PostgreSQL ``VACUUM FULL`` of every touched table (rewrites it into new files; the old ones are
-truncated). What a database engine cannot erase: PostgreSQL's own WAL segments and any backups
+on PostgreSQL ``VACUUM FULL`` of every table that can hold user data, touched or not (rewrites it
+into new files; the old ones are truncated), since rows the user deleted earlier left dead tuples
+in tables that no longer hold any row of theirs. What a database engine cannot erase: PostgreSQL's own WAL segments and any backups
 or replicas keep the bytes until they are recycled (see the README, PostgreSQL).
 """
 
@@ -42,6 +43,7 @@ from .rights_import import (
     write_plan,
 )
 from .store.base import forget_cached
+from .store.sqlite import checkpoint_truncate
 from .store.queries import (
     LOCK_STALE_CONVERSATIONS,
     LOCK_USER,
@@ -415,8 +417,6 @@ def purge_conversations(store: Store, older_than: float, *, now: float | None = 
 
 
 def _delete_sql(store: Store, scope: str, arg: Any, report: DeleteReport) -> None:
-    if _dialect(store) == "sqlite":
-        store._conn().execute("PRAGMA secure_delete = ON")  # type: ignore[attr-defined]
     specs = user_tables(discover_tables(store))
     with store.transaction() as conn:  # type: ignore[attr-defined]
         _delete_rows(store, conn, specs, scope, arg, report)
@@ -465,23 +465,22 @@ def erase_deleted(store: Store, tables: Sequence[str], report: DeleteReport | No
     done: list[str] = []
     dialect = _dialect(store)
     if dialect == "sqlite":
-        conn = store._conn()  # type: ignore[attr-defined]
-        conn.execute("PRAGMA secure_delete = ON")
+        conn = store._conn()  # type: ignore[attr-defined]  # secure_delete is on (store/sqlite.py)
         conn.execute("VACUUM")  # rebuild the file from live rows only
         done.append("VACUUM")
-        for _ in range(50):
-            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                done.append("wal_checkpoint(TRUNCATE)")
-                break
-            time.sleep(0.1)  # another connection is reading; its snapshot pins the WAL
+        if checkpoint_truncate(conn):
+            done.append("wal_checkpoint(TRUNCATE)")
         else:
             done.append("wal_checkpoint(TRUNCATE) incomplete: readers kept the WAL busy")
     elif dialect == "postgres":
         from psycopg import sql
 
+        # Every table that can hold user data, not only those this deletion touched: dead
+        # tuples of rows deleted earlier (a conversation or a fact the user deleted themselves)
+        # stay in a table's files until it is rewritten. Cost: README, Deletion.
+        everything = sorted(set(tables) | set(user_tables(discover_tables(store))))
         with store.pool.connection() as conn:  # type: ignore[attr-defined]
-            for table in tables:
+            for table in everything:
                 conn.execute(sql.SQL("VACUUM (FULL, ANALYZE) {}").format(sql.Identifier(table)))
                 done.append(f"VACUUM FULL {table}")
             try:

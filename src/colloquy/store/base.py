@@ -272,6 +272,12 @@ class StoreBase:
         """Remove the record, its log and its derived records; False if not found."""
         raise NotImplementedError
 
+    def _erase_deleted(self) -> None:
+        """Called after a deletion that promises "for good" (a conversation, facts) committed:
+        make the deleted bytes unrecoverable from the store's files where that is cheap (SQLite:
+        truncate the write-ahead log, which still holds the rows' old page images). Nothing to do
+        in memory; on PostgreSQL dead tuples stay until a table rewrite (README, Deletion)."""
+
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
         now: float, owner: Owner | None,
@@ -352,6 +358,7 @@ class StoreBase:
         if not self._delete_conversation(conversation_id):
             raise ConversationNotFound(conversation_id)
         forget_cached([conversation_id], self)
+        self._erase_deleted()
 
     def append(
         self,

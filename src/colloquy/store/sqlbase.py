@@ -307,9 +307,13 @@ class SQLStore(StoreBase, LockMethods):
         q = self.dialect.q
         with self.transaction() as conn:
             if fact_ids is None:
-                return int(conn.execute(q(Q.DELETE_USER_FACTS), (user_id,)).rowcount)
-            return sum(int(conn.execute(q(Q.DELETE_FACT), (user_id, fid)).rowcount)
-                       for fid in fact_ids)
+                n = int(conn.execute(q(Q.DELETE_USER_FACTS), (user_id,)).rowcount)
+            else:
+                n = sum(int(conn.execute(q(Q.DELETE_FACT), (user_id, fid)).rowcount)
+                        for fid in fact_ids)
+        if n:
+            self._erase_deleted()
+        return n
 
     # -- memory records: cursors -----------------------------------------------------------------
 

@@ -9,6 +9,11 @@ queue on a lock of their own first: SQLite's busy handler polls by sleeping in g
 32 threads contending for the write lock saw a p99 of half a second, where a queue hands the lock
 straight on (``bench/store.py``).
 
+Deletion is for good: every connection runs with ``secure_delete`` (freed content is zeroed in
+the page), and a deletion of a conversation or of facts ends with :func:`checkpoint_truncate`, so
+the old page images in the ``-wal`` file are gone too (rights.py does the same, plus ``VACUUM``,
+for a user). Cost: one checkpoint per deletion, none on the turn path.
+
 The database file is created 0600 before SQLite opens it, so its ``-wal`` and ``-shm`` files
 (which SQLite creates with the database file's mode) are owner-only too (``colloquy.files``).
 """
@@ -37,6 +42,25 @@ MIN_SQLITE = (3, 35, 0)
 #: The connections' text_factory: UTF-8 with U+FFFD for bytes that are not UTF-8 (a partial of
 #: ``bytes.decode``, so no Python frame per value).
 _decode_text = functools.partial(bytes.decode, encoding="utf-8", errors="replace")
+
+#: How long :func:`checkpoint_truncate` retries while readers pin the log (seconds).
+CHECKPOINT_PATIENCE = 5.0
+
+
+def checkpoint_truncate(conn: sqlite3.Connection, patience: float = CHECKPOINT_PATIENCE) -> bool:
+    """Copy the write-ahead log into the database file and truncate it to zero bytes, so that
+    no old page image (deleted rows' text) stays in ``<db>-wal``. Retries while another
+    connection's read snapshot pins the log, up to ``patience`` seconds; False if it never
+    completed (the caller reports it). Must run outside a transaction."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
 
 _WRITERS: dict[str, threading.RLock] = {}
 _WRITERS_LOCK = threading.Lock()
@@ -179,6 +203,7 @@ class SQLiteStore(SQLStore):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA secure_delete = ON")  # deleted text is zeroed in its page
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             except sqlite3.Error as e:  # e.g. "file is not a database"
                 if conn is not None:
@@ -224,6 +249,9 @@ class SQLiteStore(SQLStore):
                     pass
             self._all.clear()
         self._local = threading.local()
+
+    def _erase_deleted(self) -> None:
+        checkpoint_truncate(self._conn())
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return _Reading(self)
