@@ -258,8 +258,9 @@ def make_title(
 def auto_title(chat: Chat, reply_text: str) -> str | None:
     """Title the conversation after an exchange if it has no title yet; return the new title.
 
-    Re-reads the record first so a title set meanwhile (``sessions rename`` on another device)
-    is never overwritten. Never raises.
+    Re-reads the record first (no title model call for a conversation renamed meanwhile), and
+    writes with ``untitled_only``: the store's UPDATE holds the condition, so a rename by another
+    process during the title model call is never overwritten. Never raises.
     """
     try:
         conv = chat.conversation
@@ -278,11 +279,12 @@ def auto_title(chat: Chat, reply_text: str) -> str | None:
         model = title_model_for(chat.model, getattr(chat, "title_model", None))
         title, usage = make_title(first_user, reply_text, model)
         chat._conversation = chat.store.update_conversation(chat.session_id, title=title,
-                                                            owner=chat.owner)
+                                                            owner=chat.owner, untitled_only=True)
         if usage is not None and model is not None:
-            # Priced through the model that made the call: a local model's title is free.
+            # Priced through the model that made the call: a local model's title is free (and
+            # a call whose title lost to a rename was still made, so it is billed).
             chat.record_side_call("title", model[1], usage, model[0].cost(usage, model[1]))
-        return title
+        return title if chat._conversation.title == title else None
     except Exception as e:  # noqa: BLE001 - a title must never fail the turn
         log.warning("could not title conversation %s: %s", chat.session_id, e)
         return None

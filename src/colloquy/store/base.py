@@ -206,9 +206,13 @@ class Store(MemoryRecordStore, Protocol):
         model: str | None = None,
         meta: dict[str, Any] | None = None,
         owner: Owner | None = None,
+        untitled_only: bool = False,
     ) -> Conversation:
         """Change the given fields; with ``owner`` (e.g. the generation a title was computed
-        for) only if it still exists, else :class:`OwnerGone`."""
+        for) only if it still exists, else :class:`OwnerGone`. With ``untitled_only`` (how an
+        automatic title is written) change nothing when the conversation has a title already,
+        and return the record as it is: the condition is part of the write, so a rename by
+        another process while the title model ran is never overwritten."""
         ...
 
     def delete_conversation(self, conversation_id: str) -> None:
@@ -263,9 +267,11 @@ class StoreBase:
         raise NotImplementedError
 
     def _update_conversation(
-        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None
+        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None,
+        untitled_only: bool = False,
     ) -> Conversation | None:  # pragma: no cover
-        """Apply ``changes`` (column -> value) and ``updated_at = now``; None if not found."""
+        """Apply ``changes`` (column -> value) and ``updated_at = now``; None if not found.
+        With ``untitled_only``, only while the title is unset (else the record unchanged)."""
         raise NotImplementedError
 
     def _delete_conversation(self, conversation_id: str) -> bool:  # pragma: no cover
@@ -339,6 +345,7 @@ class StoreBase:
         model: str | None = None,
         meta: dict[str, Any] | None = None,
         owner: Owner | None = None,
+        untitled_only: bool = False,
     ) -> Conversation:
         # The text rules, as the record would apply them: back ends write these values as given.
         changes: dict[str, Any] = {
@@ -349,7 +356,8 @@ class StoreBase:
                 ("meta", None if meta is None else clean_json(copy.deepcopy(meta))),
             ) if v is not None
         }
-        conv = self._update_conversation(conversation_id, changes, time.time(), owner)
+        conv = self._update_conversation(conversation_id, changes, time.time(), owner,
+                                         untitled_only)
         if conv is None:
             raise ConversationNotFound(conversation_id)
         return conv

@@ -76,12 +76,13 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
         return convs[:limit]
 
     def _update_conversation(
-        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None
+        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None,
+        untitled_only: bool = False,
     ) -> Conversation | None:
         with self._owned(owner):
             conv = self._conversations.get(conversation_id)
-            if conv is None:
-                return None
+            if conv is None or (untitled_only and conv.title is not None):
+                return conv
             conv = conv.model_copy(update={**changes, "updated_at": now})
             self._conversations[conversation_id] = conv
             return conv

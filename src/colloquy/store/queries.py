@@ -93,13 +93,16 @@ LIST_USER_CONVERSATIONS = f"SELECT {CONV_COLS} FROM conversations WHERE user_id 
 UPDATABLE = ("title", "persona", "model", "meta")
 
 
-def update_conversation_sql(columns: Sequence[str]) -> str:
-    """``UPDATE conversations SET updated_at = ?, <col> = ? ... WHERE id = ? RETURNING ...``."""
+def update_conversation_sql(columns: Sequence[str], untitled_only: bool = False) -> str:
+    """``UPDATE conversations SET updated_at = ?, <col> = ? ... WHERE id = ? RETURNING ...``;
+    with ``untitled_only`` also ``AND title IS NULL`` (an automatic title never overwrites a
+    rename made meanwhile: the check and the write are one statement)."""
     unknown = set(columns) - set(UPDATABLE)
     if unknown:  # pragma: no cover - a programming error, never user input
         raise ValueError(f"not updatable: {sorted(unknown)}")
     sets = ", ".join(["updated_at = ?", *(f"{c} = ?" for c in columns)])
-    return f"UPDATE conversations SET {sets} WHERE id = ? RETURNING {CONV_COLS}"
+    where = "id = ? AND title IS NULL" if untitled_only else "id = ?"
+    return f"UPDATE conversations SET {sets} WHERE {where} RETURNING {CONV_COLS}"
 
 
 DELETE_MESSAGES = "DELETE FROM messages WHERE conversation_id = ?"

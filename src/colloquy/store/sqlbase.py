@@ -124,15 +124,20 @@ class SQLStore(StoreBase, LockMethods):
         return [Q.conversation(r) for r in rows]
 
     def _update_conversation(
-        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None
+        self, conversation_id: str, changes: dict[str, Any], now: float, owner: Owner | None,
+        untitled_only: bool = False,
     ) -> Conversation | None:
         if "meta" in changes:
             changes = {**changes, "meta": json.dumps(changes["meta"])}
         with self.transaction() as conn:
             row = conn.execute(
-                self.dialect.q(Q.update_conversation_sql(list(changes))),
+                self.dialect.q(Q.update_conversation_sql(list(changes), untitled_only)),
                 (now, *changes.values(), conversation_id),
             ).fetchone()
+            if row is None and untitled_only:  # titled meanwhile (or gone): as it is
+                row = conn.execute(self.dialect.q(Q.SELECT_CONVERSATION),
+                                   (conversation_id,)).fetchone()
+                return Q.conversation(row) if row else None
             conv = Q.conversation(row) if row else None
             # The UPDATE locked the row: a mismatch raises, and the rollback undoes it.
             own = conv.generation if conv is not None and owner is not None \
