@@ -101,11 +101,13 @@ def test_conversation_lifecycle(env: Env) -> None:
     assert env.store.find_conversation(cid) is None
 
 
-def test_a_json_turn_makes_three_trips_to_the_step_threads(env: Env) -> None:
-    """The token's user, then the turn's two steps around the model call: the caller's
-    conversation is resolved in the first of them, not in a trip of its own (issue 16: each
-    trip is a hand-over between the event loop and a thread, CPU per turn). Counted on the
-    pool itself; the turn's answer, a retry's replay and another user's 404 are unchanged."""
+def test_a_json_turn_makes_two_trips_to_the_step_threads(env: Env) -> None:
+    """The turn's two steps around the model call: the token's user and the caller's
+    conversation are resolved in the first of them, not in trips of their own
+    (colloquy.server.hot; issue 16: each trip is a hand-over between the event loop and a
+    thread, CPU per turn); creating a conversation is one trip, its token included. Counted on
+    the pool itself; the turn's answer, a retry's replay, another user's 404 and a bad token's
+    401 are unchanged."""
     service = env.app.state.service
     trips = 0
     submit = service.executor.submit
@@ -117,13 +119,18 @@ def test_a_json_turn_makes_three_trips_to_the_step_threads(env: Env) -> None:
 
     service.executor.submit = counted
     cid = env.new()
+    assert trips == 1
     trips = 0
     r = env.say(cid, "first", idempotency_key="k-1")
     assert r.status_code == 200 and r.json()["seq"] == 2
-    assert trips == 3
+    assert trips == 2
     again = env.say(cid, "first", idempotency_key="k-1")
     assert again.json()["seq"] == 2 and again.headers["Idempotent-Replayed"] == "true"
     assert env.say(cid, "hers?", who="bob").status_code == 404
+    bad = env.client.post(f"/v1/conversations/{cid}/messages", json={"content": "hi"},
+                          headers={"Authorization": "Bearer col_nope"})
+    assert bad.status_code == 401 and bad.headers["WWW-Authenticate"] == "Bearer"
+    assert bad.json()["error"]["type"] == "unauthenticated"
 
 
 def test_cached_chats_are_bounded_by_count_and_by_the_messages_they_hold(

@@ -73,4 +73,7 @@ def guard_reply(
     if checked.blocked is not None:
         meta.pop("blocked", None)
         meta["output_blocked"] = True
-    return response, row.model_copy(update={"message": response.message, "meta": meta}), checked
+    # A NewMessage validated (its meta through the text rules): an append returns what it gets.
+    row = NewMessage(message=response.message, usage=row.usage, model=row.model,
+                     cost_usd=row.cost_usd, meta=meta)
+    return response, row, checked

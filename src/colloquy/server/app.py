@@ -8,6 +8,7 @@ turn is :class:`colloquy.Chat`'s, persistence is the store's. Errors are transla
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import fields, replace
 from functools import partial
@@ -19,10 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -51,6 +52,8 @@ from .schemas import (
     FactOut,
     EditCreate,
     Health,
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
     IdempotencyKeyHeader,
     Me,
     MessageCreate,
@@ -58,8 +61,9 @@ from .schemas import (
     RegenerateCreate,
     ReplyOut,
 )
+from .hot import HotRoute, Serve, bearer_token, json_response
 from .inflight import cancel_on_disconnect
-from .service import ChatService, ServerSettings, replayed_header
+from .service import Caller, ChatService, ServerSettings, replayed_header
 
 log = logging.getLogger("colloquy.server")
 STATIC = Path(__file__).with_name("static")
@@ -97,6 +101,8 @@ SSE_DOC = (
 
 
 _to_json = json.JSONEncoder(ensure_ascii=False).encode  # built once: one per event costs
+#: An Idempotency-Key header the turn routes accept (IdempotencyKeyHeader's rules).
+_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def sse(event: str, data: Any) -> str:
@@ -317,12 +323,13 @@ def create_app(
         return Response(status_code=204)
 
     async def answer(conversation_id: str, content: str | None, key: str | None, stream: bool,
-                     user: User, request: Request, response: Response,
+                     user: User | Caller, request: Request, response: Response,
                      revise: Revision | None = None, thinking: int | None = None,
                      target: int | None = None) -> Any:
         """A turn for one of the turn routes: JSON, or server-sent events with ``stream``;
         ``thinking``: the request's own thinking budget (Chat.send's); ``target``: the seq an
-        edit or regeneration is meant for (Chat.send's)."""
+        edit or regeneration is meant for (Chat.send's). A :class:`Caller` (the hot route's
+        token, looked up in the turn's first step) only for a JSON turn."""
         ticket = service.inflight.admit()  # 503 at once past the limit
         if not stream:
             with ticket:
@@ -332,6 +339,7 @@ def create_app(
                                                         target=target))
             response.headers.update(replayed_header(replayed))
             return ReplyOut.of(reply, replayed=replayed, name=conversation_id)
+        assert not isinstance(user, Caller)
         try:
             chat, replay = await service.turn_chat(user, conversation_id, content, key,
                                                    revise, target)
@@ -380,6 +388,35 @@ def create_app(
         key = service.idempotency_key(idempotency_key, body.idempotency_key)
         return await answer(conversation_id, body.content, key, body.stream, user, request,
                             response, thinking=body.thinking)
+
+    async def send_message_hot(request: Request, token: str, body: MessageCreate
+                               ) -> Response | None:
+        """send_message's JSON turn, its token looked up in the turn's first step (see
+        colloquy.server.hot); a stream, or a header the route would question, goes to it."""
+        header = request.headers.get(IDEMPOTENCY_HEADER)
+        if body.stream or header is not None and not (
+                len(header) <= 128 and _KEY.fullmatch(header)
+                and body.idempotency_key in (None, header)):
+            return None
+        reply = await answer(request.path_params["conversation_id"], body.content,
+                             header or body.idempotency_key, False, Caller(token, user_for),
+                             request, Response(), thinking=body.thinking)
+        return json_response(reply, headers=replayed_header(reply.replayed))
+
+    async def create_conversation_hot(request: Request, token: str, body: ConversationCreate
+                                      ) -> Response:
+        """create_conversation with the token looked up in the same trip (colloquy.server.hot)."""
+        conv = await service.run(partial(service.create, Caller(token, user_for),
+                                         title=body.title, system=body.system, model=body.model))
+        return json_response(ConversationOut.of(conv), status_code=201)
+
+    def hot(path: str, body: type[BaseModel], serve: Serve) -> None:
+        route = next(r for r in app.routes if isinstance(r, APIRoute)
+                     and r.path == "/v1" + path and "POST" in (r.methods or ()))
+        app.router.routes.insert(0, HotRoute(route, body, serve))
+
+    hot("/conversations/{conversation_id}/messages", MessageCreate, send_message_hot)
+    hot("/conversations", ConversationCreate, create_conversation_hot)
 
     @api.post("/conversations/{conversation_id}/edit", response_model=ReplyOut,
               responses=TURN_RESPONSES, summary="replace the newest user message and answer it",
@@ -540,9 +577,7 @@ class _TokenUser(HTTPBearer):
     async def __call__(self, request: Request) -> User:  # type: ignore[override]
         # The lookup runs on the service's own pool (loop.run_in_executor), not as a sync
         # dependency on anyio's, whose trip costs more CPU per request.
-        scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
-        if scheme.lower() != "bearer" or not token:
-            token = request.headers.get("x-api-key", "")
+        token = bearer_token(request)
         if not token:
             raise E.NotAuthenticated(_MISSING_TOKEN[E.error_flavour(
                 request.url.path, request.headers) == "anthropic"])

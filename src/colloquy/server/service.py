@@ -129,6 +129,20 @@ class ServerSettings:
     metrics_token: str | None = None
 
 
+@dataclass(frozen=True)
+class Caller:
+    """A request's caller not looked up yet: its bearer token and the lookup (blocking: a store
+    read, the rate limit), so that a route can authenticate in the first step of its work on
+    the step pool instead of in a trip of its own (colloquy.server.hot). The lookup raises
+    NotAuthenticated for a bad token."""
+
+    token: str
+    lookup: Callable[[str], User]
+
+    def user(self) -> User:
+        return self.lookup(self.token)
+
+
 class ChatService:
     """The service's logic, independent of HTTP (so it is testable and reusable)."""
 
@@ -205,11 +219,14 @@ class ChatService:
         return conv
 
     def create(
-        self, user: User, *, title: str | None = None, system: str | None = None,
+        self, user: User | Caller, *, title: str | None = None, system: str | None = None,
         model: str | None = None, name: str | None = None,
     ) -> Conversation:
         """A new conversation of the caller, with a random id; named ``name`` (default: that
-        id). :class:`StoreError` when the caller already has that name."""
+        id). :class:`StoreError` when the caller already has that name. A :class:`Caller` is
+        authenticated first."""
+        if isinstance(user, Caller):
+            user = user.user()
         m = self.check_model(model)
         return self.store.create_conversation(
             id=new_id(), name=name, user_id=user.id,
@@ -357,26 +374,28 @@ class ChatService:
             else:
                 self._locks[conversation_id] = (lock, users - 1)
 
-    async def send_named(self, user: User, name: str, content: str | None,
+    async def send_named(self, user: User | Caller, name: str, content: str | None,
                          key: str | None = None, *, revise: Revision | None = None,
                          thinking: int | None = None, target: int | None = None,
                          ) -> tuple[Reply, bool]:
         """:meth:`turn_chat` then :meth:`send`, with the caller's conversation resolved (and
         the idempotency key checked) in the turn's first step on the pool rather than in a trip
-        of its own: a JSON turn makes three trips to a thread, not four (issue 16's CPU per
-        turn). Raises what they raise. Turns are queued here by (user, name), which names one
-        conversation; a turn on the same conversation queued by id (a stream) waits for the
-        store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`;
+        of its own; a :class:`Caller` (a token not yet looked up) is authenticated in that step
+        too: a JSON turn makes two trips to a thread, not four (issue 16's CPU per turn).
+        Raises what they raise. Turns are queued here by (user or token, name), which names one
+        conversation; a turn on the same conversation queued otherwise (by id: a stream) waits
+        for the store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`;
         ``thinking``: Chat.send's, this turn only; ``target``: Chat.send's."""
         if content is not None:
             self.check_content(content)
         options = TurnOptions.of(thinking=thinking)
 
         def turn() -> Turn:  # its first step runs on the pool: store reads may wait there
-            chat = self.prepare_turn(user, name, content, key, revise, target)
+            caller = user.user() if isinstance(user, Caller) else user
+            chat = self.prepare_turn(caller, name, content, key, revise, target)
             return (yield from chat._turn(content, False, key, options, revise, target))
 
-        async with self._turn((user.id, name)):
+        async with self._turn((user.token if isinstance(user, Caller) else user.id, name)):
             async for event in arun(turn(), self.executor):
                 if isinstance(event, Reply):
                     return event, _replayed(event)

@@ -41,6 +41,7 @@ share one descriptor (closing any descriptor of a file would drop all of the pro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -221,6 +222,7 @@ def _unlock(fd: int, offset: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=8192)  # a turn takes and frees it: two hashes a turn otherwise
 def _offset(conversation_id: str) -> int:
     return lock_key(conversation_id) % _RANGE
 

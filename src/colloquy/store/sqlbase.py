@@ -175,7 +175,7 @@ class SQLStore(StoreBase, LockMethods):
             for i in range(0, len(rows), step):
                 chunk = rows[i:i + step]
                 conn.execute(q(Q.insert_messages_sql(len(chunk))), [v for r in chunk for v in r])
-        return [Q.stored_message(r, m.message) for r, m in zip(rows, messages)]
+        return [Q.appended(r, m) for r, m in zip(rows, messages)]
 
     def load(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> list[StoredMessage]:
         q = self.dialect.q
