@@ -26,9 +26,11 @@ thread two concurrent encodes gain nothing.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,7 +123,19 @@ def _load(model: str | None) -> Any:
             ) from e
         model = str(pkg.get_model_path())  # the model files ship inside the package
     _apply_threads()
-    return SentenceTransformer(model, device="cpu")
+    # No "Loading weights" progress bar on the user's terminal: the default policy loads the
+    # model in the background, in the middle of an interactive chat.
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers depends on transformers
+        return SentenceTransformer(model, device="cpu")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return SentenceTransformer(model, device="cpu")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def sentence_model(model: str | None = None) -> Any:
@@ -179,6 +193,24 @@ def wait_loaded(model: str | None = None, timeout: float | None = None) -> bool:
 def load_error(model: str | None = None) -> str | None:
     """Why the background load of ``model`` failed (None: it did not, or has not finished)."""
     return _LOAD_ERRORS.get(model or "")
+
+
+#: At exit, how long to wait for a background load or an encode in flight (seconds).
+EXIT_WAIT_SECONDS = 10.0
+
+
+def _quiesce(timeout: float = EXIT_WAIT_SECONDS) -> None:
+    """At interpreter exit: wait (bounded) for background loads and the encode in flight, and
+    keep the encode lock, so that no torch work runs in a daemon thread while the interpreter
+    shuts down (a ``colloquy chat`` that exited in the middle of one aborted with "terminate
+    called without an active exception")."""
+    deadline = time.monotonic() + timeout
+    for done in list(_LOADS.values()):
+        done.wait(max(0.0, deadline - time.monotonic()))
+    _ENCODE_LOCK.acquire(timeout=max(0.0, deadline - time.monotonic()))  # never released
+
+
+atexit.register(_quiesce)
 
 
 def embed(texts: Sequence[str], model: str | None = None) -> Any:
