@@ -144,7 +144,9 @@ def test_delete_me_leaves_no_trace_in_the_serving_process(store: Store) -> None:
 
 def live_strings(needle: str) -> list[str]:
     """Every string held in any container anywhere in this process that contains ``needle``
-    (after a collection): what the garbage collector can still reach."""
+    (after a collection): what the garbage collector can still reach, frozen objects included
+    (colloquy.gc_freeze: gc.get_objects() does not list them)."""
+    gc.unfreeze()
     gc.collect()
     found = []
     for obj in gc.get_objects():

@@ -1,11 +1,18 @@
 """What keeps a turn's engine time flat in the conversation's length: the engine's per-turn
-filters work incrementally over its own log list and give what a scan of the whole log gives.
-(The time itself is measured by bench/turns.py, never by a timed test.)"""
+filters work incrementally over its own log list and give what a scan of the whole log gives;
+a long log leaves the garbage collector's full walks. (The time itself is measured by
+bench/turns.py, never by a timed test.)"""
 
 from __future__ import annotations
 
+import gc
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from colloquy import Chat, gc_freeze
 from colloquy.context.thinking import FinishedTurns, finished_turns_without_thinking
 from colloquy.messages import (
     Message,
@@ -16,6 +23,8 @@ from colloquy.messages import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from colloquy.models.offline import EchoModel
+from colloquy.store import NewMessage, SQLiteStore
 
 
 def _message(rng: random.Random, i: int) -> Message:
@@ -69,3 +78,29 @@ def test_a_log_without_thinking_is_handed_on_as_it_is() -> None:
     assert finished(log) is log
     log.append(StoredMessage(conversation_id="c", seq=10_001, message=Message.user("q")))
     assert finished(log) is log
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_a_resumed_long_log_leaves_the_collectors_walks_and_is_still_freed(
+        unfrozen: None, tmp_path: Path) -> None:
+    """A Chat that loads a log of FREEZE_EVERY messages or more freezes it (full collections
+    walk it no more: it is not among gc.get_objects()); dropped, it is freed all the same."""
+    store = SQLiteStore(tmp_path / "long.db")
+    store.create_conversation(id="long")
+    n = gc_freeze.FREEZE_EVERY
+    store.append("long", [NewMessage(message=Message.user(f"message {i}")) for i in range(n)])
+    chat = Chat(EchoModel(keep_requests=0), store=store, session_id="long")
+    log = chat.history()
+    assert len(log) == n and gc.get_freeze_count() > 0
+    tracked = {id(o) for o in gc.get_objects()}
+    assert not any(id(sm) in tracked for sm in log)
+    frozen = gc.get_freeze_count()
+    del chat, log
+    assert gc.get_freeze_count() < frozen - n, "the log was freed by reference counting"
+    store.close()

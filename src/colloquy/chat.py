@@ -38,6 +38,7 @@ from .continuity import (auto_title, check_key, find_keyed, fingerprint, key_ans
 from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
+from .gc_freeze import took_in
 from .guards import Guard, GuardSet, replace_text
 from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
                        ToolResultBlock)
@@ -255,6 +256,7 @@ class Chat:
             self._log = self.store.load(self.session_id)
         else:
             self._log.extend(new)
+        took_in(len(new))  # a long log leaves the collector's full walks (colloquy.gc_freeze)
         if after == 0 and self._log:
             self._calibrate_from_log()
 
@@ -292,6 +294,7 @@ class Chat:
                 self._log = self.store.load(self.session_id)
             else:
                 self._log.extend(stored)
+            took_in(len(stored))
             return stored
 
     # -- context -------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ def clean(text: str) -> str:
     return text if "\x00" not in text else text.replace("\x00", REPLACEMENT)
 
 
+#: Values :func:`clean_json` returns as they are, told by their exact type without a call: a
+#: stored reply's meta holds lists of hundreds of numbers (the recalled seqs, context/seen.py),
+#: validated on every append.
+_ATOMIC = frozenset({int, float, bool, type(None)})
+
+
 def clean_json(value: Any) -> Any:
     """A JSON-like value (dicts, lists, strings, numbers) with every string, keys included,
     passed through :func:`clean`. Returns the same object when nothing changed."""
@@ -78,17 +84,23 @@ def clean_json(value: Any) -> Any:
         out: dict[Any, Any] | None = None
         for i, (k, v) in enumerate(value.items()):
             ck = clean(k) if isinstance(k, str) else k
-            cv = clean_json(v)
+            cv = v if type(v) in _ATOMIC else clean_json(v)
             if out is None and (ck is not k or cv is not v):
                 out = dict(list(value.items())[:i])
             if out is not None:
                 out[ck] = cv
         return value if out is None else out
     if isinstance(value, (list, tuple)):
-        items = [clean_json(v) for v in value]
-        if all(a is b for a, b in zip(items, value)):
-            return value
-        return type(value)(items)
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            if type(v) in _ATOMIC:
+                continue
+            cv = clean_json(v)
+            if cv is not v:
+                if items is None:
+                    items = list(value)
+                items[i] = cv
+        return value if items is None else type(value)(items)
     return value
 
 

@@ -168,9 +168,10 @@ def rank_columns(keys: Sequence[int], cols: Sequence[Sequence[float]],
     for w, col in zip(weights.as_list(), cols):
         if w:
             scores = list(map(operator.add, scores, map(w.__mul__, col)))
-    out = [(k, v) for k, v in zip(keys, scores) if v > 0 and not math.isnan(v)]
-    out.sort(key=lambda kv: (-kv[1], kv[0]))
-    return out
+    # Sorted as (-score, key) tuples, compared natively: no key function per candidate.
+    ranked = [(-v, k) for k, v in zip(keys, scores) if v > 0 and not math.isnan(v)]
+    ranked.sort()
+    return [(k, -v) for v, k in ranked]
 
 
 def rank_by(keys: Sequence[int], rows: Sequence[Sequence[float]],

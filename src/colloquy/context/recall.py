@@ -509,26 +509,39 @@ class RecallPart:
         chosen: dict[int, Unit] = {}
         hours: set[int] = set()  # date lines: at most one per distinct hour (see render_excerpts)
         limit = int(min(before if before is not None else math.inf, 2**62))
-        score = dict(hits)
+        score = dict(hits).get
         keys, units, position, nb = idx.keys, idx.units, idx.position, self.neighbours
+        ceil, nmin = math.ceil, self.neighbour_min
+        s0, s1, s2 = STAMP_PARTS
+        # The sums below are add_parts and parts_estimate written out (the same additions in
+        # the same order, so the same figures): this loop runs for up to ``candidates`` hits
+        # on every turn.
+        room = budget - ceil(parts_estimate(used) * scale)
         for key, value in hits[: self.candidates]:
-            if budget - math.ceil(parts_estimate(used) * scale) < 14:
+            if room < 14:
                 break  # not even the smallest unit fits any more
             p = position[key]
-            floor = self.neighbour_min * value
-            group = [k for k in keys[max(0, p - nb):p + nb + 1]
-                     if k < limit and k not in chosen and (k == key or score.get(k, 0.0) >= floor)]
+            floor = nmin * value
+            group = [k for k in keys[p - nb if p > nb else 0:p + nb + 1]
+                     if k < limit and k not in chosen and (k == key or score(k, 0.0) >= floor)]
             if not group:
                 continue
-            new_hours = {int(units[k].created_at // SAME_TIME_SECONDS) for k in group} - hours
-            total = used
+            chars, pieces, script = used
+            new_hours: set[int] = set()
             for k in group:
-                total = add_parts(total, units[k].parts)
+                u = units[k]
+                up = u.parts
+                chars, pieces, script = chars + up[0], pieces + up[1], script + up[2]
+                hour = int(u.created_at // SAME_TIME_SECONDS)
+                if hour not in hours:
+                    new_hours.add(hour)
             for _ in new_hours:
-                total = add_parts(total, STAMP_PARTS)
-            if math.ceil(parts_estimate(total) * scale) > budget:
+                chars, pieces, script = chars + s0, pieces + s1, script + s2
+            tokens = max(1, ceil(script + max(chars / 4.8, pieces))) if chars or script else 0
+            if ceil(tokens * scale) > budget:
                 continue  # a smaller unit further down may still fit
-            used = total
+            used = (chars, pieces, script)
+            room = budget - ceil(tokens * scale)
             hours |= new_hours
             for k in group:
                 chosen[k] = units[k]

@@ -194,10 +194,12 @@ class BM25Retriever:
                 "SELECT rowid, bm25(units, 1.0, 0.0, 0.0), bm25(units, 0.0, 1.0, 0.0), "
                 f"{dated} FROM units WHERE {where}", args).fetchall()
         cw, dw = self.context_weight, self.dates_weight
-        rows.sort(key=lambda r: (r[1] + cw * r[2] + dw * r[3], r[0]))
-        del rows[limit:]
+        # Sorted as (weighted sum, rowid, ...) tuples, compared natively (rowids are unique, so
+        # the columns after it never decide): no key function per row.
+        ranked = [(b + cw * c + dw * d, k, b, c, d) for k, b, c, d in rows]
+        ranked.sort()
         # FTS5 scores are "lower is better"; a column with no match scores (about) zero.
-        return [(int(k), -float(b), -float(c), -float(d)) for k, b, c, d in rows]
+        return [(int(k), -float(b), -float(c), -float(d)) for _, k, b, c, d in ranked[:limit]]
 
 
 #: Question embeddings a dense retriever caches (one conversation's: dropped with its index).
