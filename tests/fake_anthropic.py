@@ -389,6 +389,10 @@ def content_problem(body: Any) -> str | None:
                 needed = _DOCUMENT_SOURCES.get(src.get("type"))
                 if needed is None or any(key not in src for key in needed):
                     return f"messages.{i}.content.{k}.document.source: invalid source"
+                if src.get("type") == "base64" and src.get("media_type") != "application/pdf":
+                    # a base64 source is a PDF (Base64PDFSource); text is a "text" source
+                    return (f"messages.{i}.content.{k}.document.source.base64.media_type: "
+                            "Input should be 'application/pdf'")
     assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if not assistant:
         return None

@@ -14,9 +14,13 @@ import pytest
 
 from colloquy import Chat
 from colloquy.messages import (STORED, DocumentBlock, Message, SearchResultBlock, TextBlock,
-                               ToolResultBlock)
+                               ToolResultBlock, ToolUseBlock)
+from colloquy.context.validate import repair
+from colloquy.models.anthropic import AnthropicModel
+from colloquy.store import Store
 from colloquy.openai_shape import openai_messages
 from colloquy.tokens import estimate_block
+from fake_anthropic import FakeAnthropic, message, text
 from test_compat_anthropic import MODEL, Served, serve_claude
 
 TEXT = "The quarterly report says revenue grew in every region but one. " * 40
@@ -102,3 +106,30 @@ def test_the_anthropic_routes_count_tokens_counts_the_document(served: Served) -
     as_base64 = counted({"type": "base64", "media_type": "text/plain", "data": b64(TEXT)})
     as_text = counted({"type": "text", "media_type": "text/plain", "data": TEXT})
     assert as_base64 == as_text > 500
+
+
+def test_claude_is_sent_a_base64_text_document_as_plain_text(store: Store) -> None:
+    # Anthropic's base64 document source is a PDF only: a base64 text document goes as a
+    # "text" source of its decoded text (the request only; the log keeps what was sent)
+    with FakeAnthropic() as fake:
+        model = AnthropicModel(MODEL, api_key="sk-ant-test", base_url=fake.base_url,
+                               max_retries=0)
+        fake.enqueue(message(text("read it")), message(text("A title")),
+                     message(text("again")))
+        chat = Chat(model, store=store, session_id="c_doc")
+        doc = b64_doc(title="Q3", citations={"enabled": True})
+        nested = ToolResultBlock(tool_use_id="t1", content=[b64_doc("nested text")])
+        assert chat.send([doc, TextBlock(text="summarise")]).text == "read it"
+        sent = fake.requests[0].body["messages"][0]["content"][0]
+        assert sent == {"type": "document", "title": "Q3", "citations": {"enabled": True},
+                        "source": {"type": "text", "media_type": "text/plain", "data": TEXT}}
+        assert chat.history()[0].message.content[0] == doc  # stored as it came
+        assert chat.send("and again?").text == "again"  # the stored row, sent again
+        assert fake.requests[-1].body["messages"][0]["content"][0] == sent
+    # a document a tool returned, too
+    fixed, _, _ = repair([Message(role="user", content=[TextBlock(text="q")]),
+                          Message(role="assistant", content=[
+                              ToolUseBlock(id="t1", name="f", input={})]),
+                          Message(role="user", content=[nested])])
+    part = fixed[2].content[0].content[0]  # type: ignore[union-attr, index]
+    assert part.source == {"type": "text", "media_type": "text/plain", "data": "nested text"}

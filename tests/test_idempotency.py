@@ -251,3 +251,38 @@ def test_the_library_and_the_native_route_are_one_operation(store: Store) -> Non
         chat.check_idempotency_key("hello", "lib-1", api=OPENAI_API)
     with pytest.raises(IdempotencyKeyReused):
         chat.idempotency_key_answered("hello", "lib-1", api=OPENAI_API)
+
+
+@pytest.mark.parametrize("route", [OPENAI, ANTHROPIC])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_retry_in_a_conversation_the_client_names_none_is_answered_once(
+        served: tuple[httpx.Client, SQLiteStore, EchoModel], route: str, stream: bool) -> None:
+    # A client that replays its history and names no conversation (the replayed history finds
+    # it): a retried request is the same request, in the same conversation, answered once.
+    http, store, model = served
+    body: dict[str, Any] = {"model": "echo", "max_tokens": 100, "stream": stream,
+                            "messages": [{"role": "user", "content": "plan my trip"}]}
+
+    def send(key: str) -> httpx.Response:
+        r = http.post(route, json=body, headers={"Idempotency-Key": key})
+        assert r.status_code == 200, r.text
+        return r
+
+    first = send("u-1")
+    again = send("u-1")  # the first turn, retried
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert first.headers["x-colloquy-conversation"] == again.headers["x-colloquy-conversation"]
+    assert len(model.requests) == 1
+    # a later turn (its history holds the first reply), retried
+    conv = store.find_named("ada", first.headers["x-colloquy-conversation"])
+    assert conv is not None
+    answer = store.load(conv.id)[-1].message.text  # what the client got back
+    body["messages"] += [{"role": "assistant", "content": answer},
+                         {"role": "user", "content": "by train"}]
+    second = send("u-2")
+    retried = send("u-2")
+    assert retried.headers.get("idempotent-replayed") == "true"
+    assert retried.headers["x-colloquy-conversation"] == \
+        second.headers["x-colloquy-conversation"] == first.headers["x-colloquy-conversation"]
+    assert len(model.requests) == 2
+    assert len(store.list_conversations(user_id="ada")) == 1

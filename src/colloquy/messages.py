@@ -211,6 +211,24 @@ class DocumentBlock(_Block):
                              if isinstance(b, dict) and b.get("type") == "text")
         return ""
 
+    @property
+    def base64_text(self) -> bool:
+        """Whether the source is base64 ``text/*`` data, which no provider takes as such
+        (Anthropic's base64 document source is a PDF only: ``Base64PDFSource``)."""
+        src = self.source
+        return src.get("type") == "base64" and str(src.get("media_type", "")).startswith("text/")
+
+    def sendable(self) -> DocumentBlock:
+        """The document as a request carries it: a base64 ``text/*`` source becomes a plain
+        text source of its decoded :attr:`text` (what the token budgets counted); any other
+        document (and one whose data decodes to nothing) as it is. For requests only
+        (colloquy.context.validate): the log keeps the block as it came."""
+        text = self.text if self.base64_text else ""
+        if not text:
+            return self
+        return self.model_copy(update={"source": {"type": "text", "media_type": "text/plain",
+                                                  "data": text}})
+
 
 def decoded_text(data: Any) -> str:
     """A base64 text document's text, as UTF-8 ("" when ``data`` is not valid base64, which

@@ -18,7 +18,10 @@ Rules (Anthropic's, which are also valid for OpenAI after conversion):
   8. each block in a message of a role that may hold it (:func:`~colloquy.messages.misplaced`:
      thinking, tool_use and server tool blocks only in assistant messages, tool_result only in
      user messages). New content is refused at entry; a row stored before that rule (or
-     restored from an old export) is left out of the request, with a note, and kept in the log.
+     restored from an old export) is left out of the request, with a note, and kept in the log;
+  9. a base64 document is a PDF (Anthropic's ``Base64PDFSource``): a base64 ``text/*`` document
+     (which colloquy takes, e.g. an OpenAI ``file`` part) is sent as a plain-text source of its
+     decoded text (:meth:`~colloquy.messages.DocumentBlock.sendable`).
 (Text is valid Unicode by construction: colloquy.text.)
 Rules 4 (system), 5, 6 and 7 are the providers' own: see :mod:`colloquy.context.wire` for their
 sources. :func:`repair_request` is the one place a request is made to obey them all.
@@ -29,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import InvalidConversationError
-from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock, misplaced
+from ..messages import ContentBlock, DocumentBlock, Message, TextBlock, ToolResultBlock, misplaced
 from .wire import (
     MAX_BREAKPOINTS,
     count_breakpoints,
@@ -91,6 +94,8 @@ def problems(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> l
                 out.append(f"message {i} has an empty text block")
             if m.role == "user" and misplaced(b, m.role):
                 out.append(f"message {i}: a {b.type} block in a user message")
+            if isinstance(b, DocumentBlock) and b.base64_text:
+                out.append(f"message {i}: a base64 document that is not a PDF")
             if isinstance(b, ToolResultBlock) and isinstance(b.content, list) and any(
                 isinstance(p, TextBlock) and not p.text.strip() for p in b.content
             ):
@@ -128,12 +133,16 @@ def validate(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> N
 
 
 def _clean_block(b: ContentBlock) -> ContentBlock | None:
-    """None for a whitespace-only text block; a tool_result without its whitespace-only parts."""
+    """None for a whitespace-only text block; a tool_result without its whitespace-only parts;
+    a base64 text document as plain text (rule 9), in a tool_result too."""
     if isinstance(b, TextBlock):
         return b if b.text.strip() else None
+    if isinstance(b, DocumentBlock):
+        return b.sendable()
     if isinstance(b, ToolResultBlock) and isinstance(b.content, list):
-        parts = [p for p in b.content if not (isinstance(p, TextBlock) and not p.text.strip())]
-        if len(parts) != len(b.content):
+        parts = [p.sendable() if isinstance(p, DocumentBlock) else p for p in b.content
+                 if not (isinstance(p, TextBlock) and not p.text.strip())]
+        if parts != b.content:
             return b.model_copy(update={"content": parts})
     return b
 

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from ..branches import Revision
 from ..chat import Chat, Reply, UserInput
 from ..context.seen import SeenContext, seen
+from ..continuity import find_keyed
 from ..context.base import ContextPolicy
 from ..effects import Turn, arun
 from ..memory.extract import FactExtraction
@@ -508,7 +509,8 @@ class ChatService:
         ticket = self.inflight.admit()
         try:
             def prepare() -> tuple[Conversation, Chat, bool]:
-                conv = self.conversation_for_client(user, name, system, history, new, model)
+                conv = self.conversation_for_client(user, name, system, history, new, model,
+                                                    key=key)
                 assert conv is not None  # (created when missing)
                 return conv, *self.prepare_stream(user, conv.name, new, key, api=api)
 
@@ -520,7 +522,7 @@ class ChatService:
 
     def conversation_for_client(
         self, user: User, name: str | None, system: str | None, history: Sequence[Message],
-        new: Message, model: str | None, *, create: bool = True,
+        new: Message, model: str | None, *, create: bool = True, key: str | None = None,
     ) -> Conversation | None:
         """The conversation a compatible route's request continues (None only with
         ``create=False``, when there is none yet).
@@ -535,7 +537,10 @@ class ChatService:
         starting alike). A request whose history holds earlier turns continues the one of those
         whose last stored reply is the last assistant message it replays; a request with no
         earlier turn, or whose history matches none (edited, or from elsewhere), starts a new
-        one, seeded with the replayed history so that the model sees it."""
+        one, seeded with the replayed history so that the model sees it. A request whose
+        idempotency ``key`` one of those conversations already holds is a retry: it continues
+        that one (its history no longer ends with that conversation's last reply, which
+        answered the first attempt)."""
         if name is not None:
             if not _CONVERSATION_ID.match(name):
                 raise InvalidRequest("conversation names are 1-128 characters: letters, digits, "
@@ -566,6 +571,9 @@ class ChatService:
                     self.store.append(conv.id, [NewMessage(message=m) for m in history],
                                       owner=Owner(conversation_id=conv.id,
                                                   generation=conv.generation))
+                return conv
+            if key is not None and find_keyed(self.store, conv.id, key,
+                                              self.chat(user, name).history()) is not None:
                 return conv
             if last is not None and _same_reply(self.chat(user, name).history(), last):
                 return conv
