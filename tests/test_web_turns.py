@@ -499,3 +499,27 @@ def test_a_turn_with_one_unreported_call_shows_no_dollar_figure(browser: Any, si
         line.filter(has_text="tokens").wait_for()
         for text in (line.inner_text(), page.inner_text("#session-cost")):
             assert "price unknown" in text and "$" not in text, text
+
+
+def test_a_refused_message_sent_again_leaves_an_older_unanswered_one_in_view(
+        browser: Any, tmp_path: Path) -> None:
+    """A message whose reply failed, then another refused before anything was stored (429)
+    and sent again: the first stays shown (it is stored), the second is answered after it."""
+    with serve_site(tmp_path, _flaky("the second answer")) as s, open_page(browser, s) as w:
+        page = w.page
+        _fail_once(page, "first question")
+        page.fill("#input", "second question")
+        page.route("**/messages", refuse_with(
+            429, {"error": {"type": "rate_limited", "message": "rate limit reached"}}))
+        page.press("#input", "Enter")
+        page.locator("#chat-error", has_text="try again").wait_for()
+        page.unroute("**/messages")
+        assert page.input_value("#input") == "second question"
+        page.press("#input", "Enter")
+        page.locator("#messages > .message.assistant .body", has_text="the second answer").wait_for()
+        users = page.locator("#messages > .message.user .body").all_inner_texts()
+        assert users == ["first question", "second question"], users
+        (conv,) = s.store.list_conversations(user_id="ada")
+        assert [(sm.role, sm.message.text) for sm in s.store.load(conv.id)] == [
+            ("user", "first question"), ("user", "second question"),
+            ("assistant", "the second answer")]

@@ -455,7 +455,11 @@
       p = { text: text, key: Api.newKey(), path: "/messages" };
       setPending(id, p);
     } else {
-      again = unanswered();  // sent again: its stored message and failed reply are replaced
+      // Sent again: its stored message and failed reply are replaced, if they are the newest
+      // turn (a send refused before anything was stored has none; an older message left
+      // unanswered stays).
+      again = unanswered();
+      if (!again.length || again[0].text !== text) again = [];
     }
     input.value = "";
     state.refill = null;
