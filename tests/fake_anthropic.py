@@ -296,6 +296,7 @@ def request_problem(body: Any) -> str | None:
             return f"messages.{i}: all messages must have non-empty content"
         previous = _blocks(messages[i - 1].get("content")) if i else []
         asked = {b.get("id") for b in previous if b.get("type") == "tool_use"}
+        results: set[Any] = set()
         for k, b in enumerate(blocks):
             marks += bool(b.get("cache_control"))
             kind = b.get("type")
@@ -316,6 +317,10 @@ def request_problem(body: Any) -> str | None:
             if kind == "tool_result":
                 for part in b.get("content") if isinstance(b.get("content"), list) else []:
                     marks += bool(part.get("cache_control"))
+                if b.get("tool_use_id") in results:
+                    return (f"messages.{i}.content.{k}: each tool_use must have a single result. "
+                            f"Found multiple `tool_result` blocks with id: {b.get('tool_use_id')}")
+                results.add(b.get("tool_use_id"))
                 if b.get("tool_use_id") not in asked:
                     return (f"messages.{i}.content.{k}: unexpected `tool_use_id` found in "
                             f"`tool_result` blocks: {b.get('tool_use_id')}. Each `tool_result` "

@@ -22,9 +22,9 @@ The stored log keeps every block: only the request is shaped here.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ..messages import THINKING_BLOCKS, ContentBlock, Message, StoredMessage
+from ..messages import THINKING_BLOCKS, ContentBlock, Message, StoredMessage, TextBlock
 
 #: Anthropic's smallest thinking budget (``thinking.budget_tokens``).
 MIN_BUDGET = 1024
@@ -46,13 +46,54 @@ def check_budget(budget: int | None) -> int | None:
     return int(budget)
 
 
-def _loop_start(messages: Sequence[Message]) -> int:
-    """Index of the message that starts the current turn (its user message with the user's
-    own words): the messages from there on are the turn's tool loop."""
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].starts_turn:
-            return i
+def _vanishes(m: Message) -> bool:
+    """True for an assistant message the request leaves out: nothing but thinking (a reply cut
+    off while thinking) or blank text."""
+    if m.role != "assistant":
+        return False
+    for b in m.content:
+        if isinstance(b, THINKING_BLOCKS):
+            continue
+        if isinstance(b, TextBlock) and not b.text.strip():
+            continue
+        return False
+    return True
+
+
+def loop_start(n: int, at: Callable[[int], Message]) -> int:
+    """Index of the message that starts the current tool loop, as the API sees the request.
+
+    ``at(i)`` is message ``i`` of ``n`` (raw, before the repair merges anything). The API
+    reads the request after the repair: consecutive user messages are one, an assistant message
+    left with nothing is gone, and the user message after an assistant's tool_use holds its
+    tool_result blocks (stored, or the repair's "interrupted" ones). Such a user message
+    continues the tool loop even when it also carries the user's own words (a reply cut by
+    max_tokens in the middle of a tool call, then a new message): the loop starts at the last
+    user message whose merged run follows no tool_use. Walks back from the end only as far as
+    the current loop.
+    """
+    i = n - 1
+    while i >= 0:
+        while i >= 0 and not (at(i).role == "user" and at(i).starts_turn):
+            i -= 1
+        if i < 0:
+            return 0
+        j = i  # the user's own words; walk back over what merges with them
+        k = i - 1
+        while k >= 0 and (at(k).role == "user" or _vanishes(at(k))):
+            k -= 1
+        asks = False  # the assistant messages before them merge into one too
+        while k >= 0 and at(k).role == "assistant":
+            asks = asks or bool(at(k).tool_uses)
+            k -= 1
+        if not asks or k < 0:  # no call to answer (or dropped: the request starts with it)
+            return j
+        i = k  # the run answers those calls: the loop began earlier
     return 0
+
+
+def _loop_start(messages: Sequence[Message]) -> int:
+    return loop_start(len(messages), messages.__getitem__)
 
 
 def _without_thinking(m: Message) -> Message | None:
@@ -128,9 +169,7 @@ class FinishedTurns:
             if _holds_thinking(history[i]):
                 found.append(i)
         self._scanned = (history, len(history))
-        start = len(history) - 1
-        while start > 0 and not history[start].message.starts_turn:
-            start -= 1
+        start = loop_start(len(history), lambda i: history[i].message)
         cut = bisect_left(found, max(start, 0))
         if cut == 0:
             return history
@@ -163,26 +202,50 @@ def replay_thinking(
 
     Returns the messages to send, their source sequence numbers (parallel to ``sources``), the
     thinking budget this call may use (``budget`` or None) and notes. An assistant message left
-    with nothing is dropped with its sources; the caller's repair step then merges what that
-    leaves adjacent.
+    with nothing (only thinking: a reply cut off while thinking) is dropped with its sources,
+    inside the loop too (its half thought has no signature worth replaying, and the API reads
+    the user messages around it as one); the caller's repair step then merges what that leaves
+    adjacent.
     """
     srcs = [list(s) for s in sources] if sources is not None else [[] for _ in messages]
-    start = _loop_start(messages)
-    notes: list[str] = []
-    if budget:
-        last = next((m for m in reversed(messages[start:]) if m.role == "assistant"), None)
-        if last is not None and last.content and not isinstance(last.content[0], THINKING_BLOCKS):
-            budget = None
-            notes.append("thinking off for this call: the tool loop it continues began without "
-                         "thinking (the API needs that loop's thinking block first)")
     if not any(isinstance(b, THINKING_BLOCKS) for m in messages if m.role == "assistant"
                for b in m.content):
-        return list(messages), srcs, budget, notes
+        if budget and _continues_without_thinking(messages, _loop_start(messages)):
+            return list(messages), srcs, None, [_OFF_NOTE]
+        return list(messages), srcs, budget, []
+    keep = [i for i, m in enumerate(messages) if not _vanishes(m) or i == len(messages) - 1]
+    if len(keep) != len(messages):
+        messages = [messages[i] for i in keep]
+        srcs = [srcs[i] for i in keep]
+    start = _loop_start(messages)
+    notes: list[str] = []
+    if budget and _continues_without_thinking(messages, start):
+        budget = None
+        notes.append(_OFF_NOTE)
     if not budget:
         start = len(messages)  # thinking off: no thinking block is sent at all
     head, head_srcs = _strip(messages[:start], srcs[:start])
     return [*head, *messages[start:]], [*head_srcs, *srcs[start:]], budget, notes
 
 
+_OFF_NOTE = ("thinking off for this call: the tool loop it continues began without thinking "
+             "(the API needs that loop's thinking block first)")
+
+
+def _continues_without_thinking(messages: Sequence[Message], start: int) -> bool:
+    """True when the request continues a tool loop whose last assistant message does not start
+    with a thinking block (written with thinking off, or by another provider): the API refuses
+    thinking on for such a request."""
+    i = len(messages) - 1
+    while i >= start and messages[i].role != "assistant":
+        i -= 1
+    if i < start:
+        return False
+    while i > start and messages[i - 1].role == "assistant":  # they merge into one
+        i -= 1
+    first = messages[i].content
+    return bool(first) and not isinstance(first[0], THINKING_BLOCKS)
+
+
 __all__ = ["MIN_BUDGET", "FinishedTurns", "check_budget", "finished_turns_without_thinking",
-           "replay_thinking"]
+           "loop_start", "replay_thinking"]

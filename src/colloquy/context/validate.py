@@ -111,9 +111,13 @@ def problems(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> l
         if len(results) > n_leading:
             out.append(f"message {i}: tool_result blocks must come first")
         asked = {b.id for b in messages[i - 1].tool_uses} if i else set()
+        seen: set[str] = set()
         for r in results:
             if r.tool_use_id not in asked:
                 out.append(f"message {i}: tool_result {r.tool_use_id} answers no tool_use")
+            elif r.tool_use_id in seen:
+                out.append(f"message {i}: tool_use {r.tool_use_id} has more than one tool_result")
+            seen.add(r.tool_use_id)
         if m.role == "assistant" and m.tool_uses:
             answered = {r.tool_use_id for r in messages[i + 1].tool_results} if i + 1 < len(messages) else set()
             for u in m.tool_uses:
@@ -224,6 +228,40 @@ def _orphan_pass(
     return out, out_srcs, changed
 
 
+def _answer_every_call(msgs: list[Message], srcs: list[list[int]], notes: list[str]) -> None:
+    """In place: every tool_use answered exactly once, in the next message. An unanswered call
+    (a process died before its result, a reply cut mid-call, an import that names one id twice)
+    gets an is_error result saying it was interrupted; a second result for one call is dropped
+    (Anthropic: "each tool_use must have a single result")."""
+    for i, m in enumerate(list(msgs)):
+        if m.role != "assistant" or not m.tool_uses:
+            continue
+        nxt = msgs[i + 1] if i + 1 < len(msgs) else None
+        results: list[ToolResultBlock] = []
+        answered: set[str] = set()
+        asked = {u.id for u in m.tool_uses}
+        for r in nxt.tool_results if nxt else []:
+            if r.tool_use_id in answered or r.tool_use_id not in asked:
+                notes.append("dropped a second result of one tool call")
+                continue
+            answered.add(r.tool_use_id)
+            results.append(r)
+        missing = [u for u in m.tool_uses if u.id not in answered]
+        if missing:
+            notes.append("answered interrupted tool calls with an error result")
+        elif nxt is None or len(results) == len(nxt.tool_results):
+            continue
+        fill: list[ContentBlock] = [
+            ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True) for u in missing
+        ]
+        if nxt is None:
+            msgs.append(Message.rebuilt("user", fill))
+            srcs.append([])
+        else:
+            rest = [b for b in nxt.content if not isinstance(b, ToolResultBlock)]
+            msgs[i + 1] = Message.rebuilt("user", [*results, *fill, *rest])
+
+
 def repair(
     messages: Sequence[Message], sources: Sequence[list[int]] | None = None
 ) -> tuple[list[Message], list[list[int]], list[str]]:
@@ -248,27 +286,10 @@ def repair(
         msgs, srcs = _merge_pass(msgs, srcs, notes)
         msgs, srcs, changed = _orphan_pass(msgs, srcs, notes)
 
-    for i, m in enumerate(list(msgs)):
-        if m.role != "assistant" or not m.tool_uses:
-            continue
-        nxt = msgs[i + 1] if i + 1 < len(msgs) else None
-        answered = {r.tool_use_id for r in nxt.tool_results} if nxt else set()
-        missing = [u for u in m.tool_uses if u.id not in answered]
-        if not missing:
-            continue
-        notes.append("answered interrupted tool calls with an error result")
-        fill: list[ContentBlock] = [
-            ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True) for u in missing
-        ]
-        if nxt is None:
-            msgs.append(Message.rebuilt("user", fill))
-            srcs.append([])
-        else:
-            rest = [b for b in nxt.content if not isinstance(b, ToolResultBlock)]
-            msgs[i + 1] = Message.rebuilt("user", [*nxt.tool_results, *fill, *rest])
-    msgs, remapped = map_tool_ids(msgs)
+    msgs, remapped = map_tool_ids(msgs)  # first: the pairing below needs unique ids
     if remapped:
         notes.append("gave tool calls ids every provider accepts (the log keeps the originals)")
+    _answer_every_call(msgs, srcs, notes)
     if trim_final_assistant(msgs):
         notes.append("stripped trailing whitespace from the final assistant message")
     return msgs, srcs, list(dict.fromkeys(notes))
