@@ -78,8 +78,9 @@ def test_a_system_message_becomes_the_persona_of_a_new_conversation(live: Live) 
                   {"role": "user", "content": "ahoy"}])
     assert live.store.find_named("ada", "oa-persona").persona == "Speak like a pirate."
     sent = live.model.last_request
-    # Only the new message was taken: the stored log is the history.
-    assert [m.text for m in sent.messages] == ["ahoy"]
+    # The new conversation was seeded with the history the client replays (as an unnamed one
+    # is), so the model sees it; the persona is the system message, not a message.
+    assert [m.text for m in sent.messages] == ["old turn the client kept", "old answer", "ahoy"]
     assert [b.text for b in sent.system] == ["Speak like a pirate."]
 
 

@@ -528,8 +528,9 @@ class ChatService:
         ``create=False``, when there is none yet).
 
         Named (header, metadata, ``user``): the caller's conversation of that name, created on
-        first use with the client's system message as its persona (another user's conversation
-        of that name is never touched, nor visible).
+        first use with the client's system message as its persona and seeded with the replayed
+        history, like an unnamed one (another user's conversation of that name is never
+        touched, nor visible).
 
         Unnamed, for a client that replays its whole history each time (as ``llm`` and most SDK
         code do): one stored conversation per client conversation. Its name is ``replay-`` and
@@ -549,7 +550,7 @@ class ChatService:
             if conv is not None or not create:
                 return conv
             try:
-                return self.create(user, system=system, model=model, name=name)
+                return self._seeded(user, system, model, name, history)
             except StoreError:
                 return self.owned(user, name)  # created meanwhile by another request
         first = history[0] if history else new
@@ -564,20 +565,26 @@ class ChatService:
                 if not create:
                     return None
                 try:
-                    conv = self.create(user, system=system, model=model, name=name)
+                    return self._seeded(user, system, model, name, history)
                 except StoreError:
                     continue  # taken meanwhile by another request of the caller
-                if history:
-                    self.store.append(conv.id, [NewMessage(message=m) for m in history],
-                                      owner=Owner(conversation_id=conv.id,
-                                                  generation=conv.generation))
-                return conv
             if key is not None and find_keyed(self.store, conv.id, key,
                                               self.chat(user, name).history()) is not None:
                 return conv
             if last is not None and _same_reply(self.chat(user, name).history(), last):
                 return conv
         raise InvalidRequest("too many conversations start with this message")  # pragma: no cover
+
+    def _seeded(self, user: User, system: str | None, model: str | None, name: str,
+                history: Sequence[Message]) -> Conversation:
+        """A new conversation of the caller named ``name`` (its name taken: StoreError),
+        seeded with the history the client replays, so the model sees it (the tool calls that
+        the request's tool results answer included), whether the client named it or not."""
+        conv = self.create(user, system=system, model=model, name=name)
+        if history:
+            self.store.append(conv.id, [NewMessage(message=m) for m in history],
+                              owner=Owner(conversation_id=conv.id, generation=conv.generation))
+        return conv
 
     def count_for_client(
         self, user: User, name: str | None, system: str | None, history: Sequence[Message],
