@@ -415,8 +415,9 @@ def create_app(
                      and r.path == "/v1" + path and "POST" in (r.methods or ()))
         app.router.routes.insert(0, HotRoute(route, body, serve))
 
-    hot("/conversations/{conversation_id}/messages", MessageCreate, send_message_hot)
-    hot("/conversations", ConversationCreate, create_conversation_hot)
+    if settings.hot_routes:
+        hot("/conversations/{conversation_id}/messages", MessageCreate, send_message_hot)
+        hot("/conversations", ConversationCreate, create_conversation_hot)
 
     @api.post("/conversations/{conversation_id}/edit", response_model=ReplyOut,
               responses=TURN_RESPONSES, summary="replace the newest user message and answer it",

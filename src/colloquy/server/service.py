@@ -128,6 +128,10 @@ class ServerSettings:
     #: (implies ``metrics``); None: no route (``colloquy serve --metrics PORT`` serves the
     #: series on a port of its own instead).
     metrics_token: str | None = None
+    #: Answer a JSON turn and a new conversation by the hot routes (colloquy.server.hot), which
+    #: skip FastAPI's per-request solving and give the same answers; False: every request goes
+    #: through its FastAPI route (the tests compare the two).
+    hot_routes: bool = True
 
 
 @dataclass(frozen=True)
