@@ -14,8 +14,8 @@ Scenarios and targets (issue 16):
   turns on a 10 s model: p50 <= 11 s, p99 <= 15 s (turns in flight bounded by memory, not by
   threads);
 * ``cpu``: server CPU per JSON turn with the echo model (50 users x 20 turns) <= 2 ms, a burst
-  of 400 simultaneous first turns, and a cProfile of the server over the same load (where the
-  CPU goes, by package and by function);
+  of 400 simultaneous first turns, and a profile of the server over the same load (yappi,
+  every thread: where the CPU goes, by package and by function);
 * ``memory``: the server's resident memory per turn in flight (1,000 turns waiting on a 10 s
   model), the figure behind ``serve --max-inflight``'s default.
 

@@ -392,9 +392,10 @@ def create_app(
     async def send_message_hot(request: Request, token: str, body: MessageCreate
                                ) -> Response | None:
         """send_message's JSON turn, its token looked up in the turn's first step (see
-        colloquy.server.hot); a stream, or a header the route would question, goes to it."""
+        colloquy.server.hot); a stream, a header the route would question, or a turn past
+        max_inflight goes to it (which looks the token up first: 401 or 429 before 503)."""
         header = request.headers.get(IDEMPOTENCY_HEADER)
-        if body.stream or header is not None and not (
+        if body.stream or service.inflight.full or header is not None and not (
                 len(header) <= 128 and _KEY.fullmatch(header)
                 and body.idempotency_key in (None, header)):
             return None

@@ -70,7 +70,8 @@ class HotRoute(Route):
         if token and _is_json(request):
             try:
                 body = self.body.model_validate(json.loads(raw))
-            except (ValueError, ValidationError):  # the FastAPI route says what is wrong
+            # The FastAPI route says what is wrong (nesting too deep for the parser included).
+            except (ValueError, ValidationError, RecursionError):
                 body = None
             if body is not None:
                 response = await self.serve(request, token, body)

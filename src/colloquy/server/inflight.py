@@ -90,9 +90,14 @@ class InFlight:
         while self.count and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
+    @property
+    def full(self) -> bool:
+        """Whether :meth:`admit` would refuse a turn now."""
+        return self.count >= self.limit
+
     def admit(self) -> Ticket:
         """A place for one more turn, or :class:`Overloaded` (503, Retry-After) at once."""
-        if self.count >= self.limit:
+        if self.full:
             raise Overloaded(f"this worker has {self.count} turns in flight, its limit "
                              "(serve --max-inflight); retry shortly", retry_after=1.0)
         self.count += 1

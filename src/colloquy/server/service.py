@@ -391,12 +391,17 @@ class ChatService:
         conversation; a turn on the same conversation queued otherwise (by id: a stream) waits
         for the store's turn lock instead (colloquy.effects). ``revise``: as for :meth:`send`;
         ``thinking``: Chat.send's, this turn only; ``target``: Chat.send's."""
-        if content is not None:
+        if content is not None and not isinstance(user, Caller):
             self.check_content(content)
         options = TurnOptions.of(thinking=thinking)
 
         def turn() -> Turn:  # its first step runs on the pool: store reads may wait there
-            caller = user.user() if isinstance(user, Caller) else user
+            if isinstance(user, Caller):
+                caller = user.user()
+                if content is not None:  # after the token, as the routes: 401 before 413
+                    self.check_content(content)
+            else:
+                caller = user
             chat = self.prepare_turn(caller, name, content, key, revise, target)
             return (yield from chat._turn(content, False, key, options, revise, target))
 
