@@ -6,6 +6,7 @@ bench/turns.py, never by a timed test.)"""
 from __future__ import annotations
 
 import gc
+import weakref
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +105,46 @@ def test_a_resumed_long_log_leaves_the_collectors_walks_and_is_still_freed(
     del chat, log
     assert gc.get_freeze_count() < frozen - n, "the log was freed by reference counting"
     store.close()
+
+
+class _TurnState:
+    """What a failed or cancelled request leaves: a reference cycle holding a buffer."""
+
+    def __init__(self) -> None:
+        self.me = self
+        self.body = bytearray(1_000_000)
+
+
+def _turns_until_a_freeze(chat: Chat) -> None:
+    frozen = gc.get_freeze_count()
+    gc_freeze._pending = gc_freeze.FREEZE_EVERY - 1  # one message short of a freeze
+    chat.send("hi")
+    assert gc.get_freeze_count() != frozen
+
+
+def test_garbage_frozen_with_the_live_objects_is_collected_within_reclaim_every_freezes(
+        unfrozen: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack7 F3: a freeze collects the young generations only, so a cycle that had reached the
+    oldest generation (a turn's state that lived through a long model call) and died just
+    before the freeze, and a cycle alive at a freeze (a turn in flight) that died after it, were
+    frozen with the live objects and never freed: each freeze kept its garbage for good. Now
+    every RECLAIM_EVERY freezes everything is collected once."""
+    from colloquy import MemoryStore
+
+    monkeypatch.setattr(gc_freeze, "RECLAIM_EVERY", 3, raising=False)
+    monkeypatch.setattr(gc_freeze, "_freezes", 0, raising=False)
+    chat = Chat(EchoModel(keep_requests=0), store=MemoryStore())
+    old = _TurnState()
+    gc.collect()  # it reaches the oldest generation, then dies just before a freeze
+    dead_before = weakref.ref(old)
+    del old
+    _turns_until_a_freeze(chat)  # freeze 1
+    in_flight = _TurnState()
+    died_frozen = weakref.ref(in_flight)
+    _turns_until_a_freeze(chat)  # freeze 2: alive then, dead after it
+    del in_flight
+    gc.collect()
+    # Frozen: the price of skipping full walks, for a while.
+    assert dead_before() is not None and died_frozen() is not None
+    _turns_until_a_freeze(chat)  # freeze 3: everything is collected first
+    assert dead_before() is None and died_frozen() is None, "frozen garbage kept for good"

@@ -10,10 +10,14 @@ So each time the Chats of a process have taken in :data:`FREEZE_EVERY` more mess
 from the store or appended), :func:`took_in` collects the young generations (so fresh cyclic
 garbage is not kept) and calls :func:`gc.freeze`: everything alive then moves to the permanent
 generation, which full collections skip. Frozen objects are still freed by reference counting
-as usual when dropped (a deleted conversation's log, a Chat leaving a cache); only a reference
-cycle that was alive when frozen and became garbage later is not collected, a small, bounded
-cost that the shorter pauses pay for. ``gc.get_objects()`` does not list frozen objects: call
-``gc.unfreeze()`` first to see every object.
+as usual when dropped (a deleted conversation's log, a Chat leaving a cache). A reference cycle
+frozen with the live objects is not: one alive at the freeze that died later (a turn in flight
+then: its task, its frames, an exception's traceback, its request's text), or one that had
+reached the oldest generation and died since the last full collection. So every
+:data:`RECLAIM_EVERY` freezes, the freeze unfreezes first and collects everything once (one
+full walk per 32,000 messages taken in): without it a service kept every freeze's garbage for
+good, and with it the text of conversations deleted since (attack7 F3). ``gc.get_objects()``
+does not list frozen objects: call ``gc.unfreeze()`` first to see every object.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ import threading
 
 #: Messages the process's Chats take in between two freezes (0: never freeze).
 FREEZE_EVERY = 2_000
+#: Every this many freezes, a freeze unfreezes and collects everything first: the garbage kept
+#: frozen is at most that of this many freezes (module docstring).
+RECLAIM_EVERY = 16
 
 _lock = threading.Lock()
+_freezing = threading.Lock()
 _pending = 0
+#: Freezes since the last collection of everything.
+_freezes = 0
 
 
 def took_in(messages: int) -> None:
@@ -39,8 +49,27 @@ def took_in(messages: int) -> None:
         if _pending < FREEZE_EVERY:
             return
         _pending = 0
-    gc.collect(1)
-    gc.freeze()
+    freeze()
 
 
-__all__ = ["FREEZE_EVERY", "took_in"]
+def freeze() -> None:
+    """Collect, then freeze what is alive (module docstring): the young generations, or every
+    object each :data:`RECLAIM_EVERY` freezes. A freeze already running in another thread
+    stands for this one."""
+    global _freezes
+    if not _freezing.acquire(blocking=False):
+        return
+    try:
+        _freezes += 1
+        if _freezes >= RECLAIM_EVERY:
+            _freezes = 0
+            gc.unfreeze()  # cycles that died frozen are collected with the rest
+            gc.collect()
+        else:
+            gc.collect(1)  # a full collection is what the freeze avoids
+        gc.freeze()
+    finally:
+        _freezing.release()
+
+
+__all__ = ["FREEZE_EVERY", "RECLAIM_EVERY", "freeze", "took_in"]
