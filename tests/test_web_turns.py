@@ -420,6 +420,34 @@ def test_a_failed_message_opened_in_another_tab_is_answered_once(browser: Any,
         assert [(m.role, m.text) for m in sent] == [("user", text), ("assistant", "the answer at last")]
 
 
+def test_a_reload_while_the_server_is_unreachable_keeps_the_token_and_the_waiting_message(
+        browser: Any, tmp_path: Path) -> None:
+    """attack7 F5: the page signed out on any failure of its first request after a (re)load,
+    a network error or a 5xx alike: a reload while the server restarted (often why a reply had
+    just failed) removed the saved token and forgot the message waiting to be sent again. Only
+    a 401 signs out now; otherwise the sign-in form says what failed, the token in it, and
+    signing in again offers the waiting message as before."""
+    text = "where is my parcel?"
+    with serve_site(tmp_path, _flaky("the answer at last")) as s, \
+            open_page(browser, s) as w:
+        page = w.page
+        _fail_once(page, text)
+        page.route("**/v1/me", lambda route: route.abort())  # the server is restarting
+        page.reload()
+        page.wait_for_selector("#signin:not([hidden])")
+        page.locator("#signin-error", has_text="could not reach the server").wait_for()
+        assert page.evaluate("localStorage.getItem('colloquy.token')") == s.token
+        assert page.evaluate("sessionStorage.getItem('colloquy.pending')") is not None
+        page.unroute("**/v1/me")
+        assert page.input_value("#token") == s.token
+        page.press("#token", "Enter")  # the server is back
+        _reloaded_offer(page, text)
+        _press_send(page)
+        page.locator("#messages > .message.assistant .body", has_text="the answer at last").wait_for()
+        (conv,) = s.store.list_conversations(user_id="ada")
+        assert [sm.role for sm in s.store.load(conv.id)] == ["user", "assistant"]
+
+
 def test_a_deleted_conversation_or_signing_out_forgets_the_waiting_message(
         browser: Any, tmp_path: Path) -> None:
     def waiting() -> Any:

@@ -711,6 +711,15 @@
     wire();
     var saved = localStorage.getItem(TOKEN_KEY);
     if (!saved) { signOut(); return; }
-    signIn(saved).catch(function () { signOut("Sign in again."); });
+    signIn(saved).catch(function (e) {
+      if (e instanceof Api.ApiError && e.status === 401) { signOut("Sign in again."); return; }
+      // Unreachable or failing (a server restarting): not a reason to forget the token, nor
+      // a message waiting to be sent again. The form holds the token: sign in to retry.
+      Api.session.token = null;
+      $("app").hidden = true;
+      $("signin").hidden = false;
+      $("token").value = saved;
+      showError("signin-error", failureText(e) + ": sign in to try again.");
+    });
   });
 })();
