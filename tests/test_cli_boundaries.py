@@ -311,6 +311,20 @@ def test_explicitly_empty_ids_are_refused_never_replaced(tmp_path: Path, args: l
     assert not db.exists() or SQLiteStore(db).list_conversations() == []
 
 
+@pytest.mark.parametrize("blank", ["   ", "\u200b", "\ufeff", "\u00ad", "\u2060 \u200d"],
+                         ids=["spaces", "zwsp", "bom", "soft-hyphen", "mixed"])
+def test_a_piped_blank_line_is_skipped_and_the_chat_goes_on(tmp_path: Path, blank: str) -> None:
+    """A line that shows nothing (colloquy.text.is_blank) is skipped like an empty one: the
+    later lines are still sent, and the chat ends well."""
+    db = str(tmp_path / "c.db")
+    p = cli(tmp_path, "chat", "--model", "echo", "--session", "p", "--db", db,
+            stdin=f"a\n{blank}\nb\n".encode())
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and "empty" not in p.stderr
+    texts = [sm.message.text for sm in SQLiteStore(db).load("p") if sm.message.role == "user"]
+    assert texts == ["a", "b"]
+
+
 # -- the interactive prompt ------------------------------------------------------------------------
 
 
@@ -371,6 +385,21 @@ def test_the_prompt_edits_lines_and_keeps_a_private_history(tmp_path: Path) -> N
     t.type(b"\x1b[A" * ups + b"\r")
     t.close()
     assert [sm.message.text for sm in SQLiteStore(db).load("tty2")][:1] == ["aXbc"]
+
+
+def test_a_typed_line_that_shows_nothing_is_skipped_and_the_prompt_comes_back(
+        tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    t = Terminal(tmp_path, "chat", "--model", "echo", "--session", "zw", "--db", db)
+    t.read_until(b"you> ")
+    t.type(b"before\r")
+    t.type("\u200b\ufeff\r".encode())
+    t.type(b"after\r")
+    t.close()
+    assert t.proc.returncode == 0
+    assert b"empty" not in t.out
+    texts = [sm.message.text for sm in SQLiteStore(db).load("zw") if sm.message.role == "user"]
+    assert texts == ["before", "after"]
 
 
 def test_slash_commands_unknown_ones_and_messages_that_start_with_a_slash(tmp_path: Path) -> None:

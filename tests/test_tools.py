@@ -4,15 +4,17 @@ results, and the chat's tool loop (tool_use -> tool_result rounds until the mode
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import Field
 
 from colloquy import Chat, Reply, Tool, tool
 from colloquy.context import problems
 from colloquy.errors import ColloquyError, ToolError
 from colloquy.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from colloquy.models import FunctionModel, ModelRequest, ScriptedModel, tool_call
+from colloquy.models.base import ToolSpec
 from colloquy.store import Store
 from colloquy.tokens import TokenCounter
 from colloquy.tools import as_tools, run_calls
@@ -310,3 +312,60 @@ def test_a_process_that_died_mid_tool_leaves_a_log_the_next_turn_can_send(store:
     assert req.messages[-1].tool_results[0].is_error
     assert "interrupted" in req.messages[-1].tool_results[0].text
     assert any("interrupted" in n for n in reply.notes)
+
+
+# -- the text rule and the name rule, where a tool is declared ---------------------------------
+
+
+def lookup(q: str) -> str:
+    return "r"
+
+
+def lookup_field(q: Annotated[str, Field(description="the qu\udce9ry\x00")]) -> str:
+    return "r"
+
+
+def test_a_tools_text_follows_the_text_rule_so_every_turn_reaches_the_provider(store: Store) -> None:
+    """A lone surrogate in a description or a schema's text (a docstring read with
+    surrogateescape, a Field description) is U+FFFD in what the provider gets, every turn."""
+    import fake_anthropic as F
+    from colloquy.models.anthropic import AnthropicModel
+
+    described = tool(lookup, description="caf\udce9 menu")
+    assert described.description == "caf\ufffd menu"
+    field = tool(lookup_field)
+    assert field.input_schema["properties"]["q"]["description"] == "the qu\ufffdry\ufffd"
+    with F.FakeAnthropic() as fake:
+        model = AnthropicModel("claude-sonnet-4-6", api_key="k", base_url=fake.base_url,
+                               max_retries=0)
+        for t in (described, field):
+            for _ in range(2):
+                fake.enqueue(F.message(F.text("fine")))
+                chat = Chat(model, store=store, session_id=t.name, title_model=False, tools=[t])
+                assert chat.send("hi").text == "fine"
+        sent = [r.body["tools"][0] for r in fake.requests]
+    assert len(sent) == 4
+    assert sent[0]["description"] == "caf\ufffd menu"
+    assert sent[2]["input_schema"]["properties"]["q"]["description"] == "the qu\ufffdry\ufffd"
+
+
+@pytest.mark.parametrize("name", ["bad name", "x" * 65, "caf\udce9", "f/g"])
+def test_a_tool_name_the_apis_refuse_is_a_tool_error_where_it_is_declared(name: str) -> None:
+    with pytest.raises(ToolError, match="a tool name is 1 to 64"):
+        tool(lookup, name=name)
+    with pytest.raises(ToolError, match="a tool name is 1 to 64"):
+        Tool(name=name, description="d", fn=lookup)
+    with pytest.raises(ToolError, match="deeper than 64"):
+        Tool(name="ok", description="d", fn=lookup,
+             input_schema={"type": "object", "x": json.loads("[" * 80 + "]" * 80)})
+
+
+def test_a_tool_spec_cleans_its_text_on_every_construction_path() -> None:
+    spec = ToolSpec(name="f", description="d\udce9",
+                    input_schema={"type": "object", "properties": {"k\ud800": {"title": "\x00"}}})
+    assert spec.description == "d\ufffd"
+    assert spec.input_schema["properties"] == {"k\ufffd": {"title": "\ufffd"}}
+    server = ToolSpec.from_anthropic({"type": "web_search_20250305", "name": "web_search",
+                                      "note": "n\udce9"})
+    assert server.definition is not None and server.definition["note"] == "n\ufffd"
+    json.dumps(spec.to_anthropic(), ensure_ascii=False).encode("utf-8")

@@ -21,7 +21,7 @@ from .chat import Chat, Reply
 from .context.base import ContextPolicy
 from .context.policies import FullHistory, RollingWindow, TokenBudget
 from .context.thinking import check_budget
-from .errors import ColloquyError, ConfigError, InvalidTextError, ModelError
+from .errors import ColloquyError, ConfigError, ContextTooLongError, InvalidTextError, ModelError
 from .files import private_dir, private_open
 from .guards import build_guards
 from .messages import (
@@ -36,7 +36,7 @@ from .messages import (
 from .models import ThinkingDelta
 from .store import Store, default_db_path, open_store
 from .store.base import Conversation, new_id, resolve_conversation, users_conversation
-from .text import clean, require_name
+from .text import clean, is_blank, require_name
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
 
@@ -316,9 +316,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         err.write(f"session {args.session or chat.session_id} (model {chat.model.name}); "
                   "/help for commands\n")
     interactive = sys.stdin.isatty()
-    failures = 0
+    failures = refused = 0
     for line in _lines(interactive):
-        if not line.strip():
+        if is_blank(line):  # spaces, U+200B, a BOM: nothing to send, like an empty line
             continue
         if line.startswith("//"):
             line = line[1:]
@@ -350,10 +350,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
                         reply = event
             sys.stdout.write("\n")
             sys.stdout.flush()
+        except InvalidTextError as e:  # this line is refused; the chat goes on with the next
+            refused += 1
+            err.write(f"colloquy: {e}: line not sent\n")
+            continue
         except ModelError as e:
             failures += 1
             err.write(f"\ncolloquy: model error: {e}\n(your message is saved; send again to retry)\n")
-            if isinstance(e, ModelError) and not interactive and not e.retryable:
+            # Piped: a provider that will refuse every line ends the chat; a line too long
+            # for the context window is that line's problem, and the next lines still go.
+            if not interactive and not e.retryable and not isinstance(e, ContextTooLongError):
                 return EXIT_ERROR
             continue
         if reply is not None:
@@ -362,7 +368,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 err.write(f"  note: {note}\n")
             err.write(f"  [{u.describe()} · cache r/w "
                       f"{u.cache_read_tokens}/{u.cache_write_tokens} · {_money(reply.cost_usd, u.estimated)}]\n")
-    return EXIT_ERROR if failures else EXIT_OK
+    return EXIT_ERROR if failures else EXIT_USAGE if refused else EXIT_OK
 
 
 # -- sessions ----------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import re
 import time
+from itertools import accumulate
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -89,10 +91,42 @@ def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
         else:
             continue
         if depth > limit:
-            return f"nests JSON deeper than {limit} levels (colloquy.messages.MAX_JSON_DEPTH)"
+            return _too_deep(limit)
         stack.extend((c, depth + 1) for c in children
                      if isinstance(c, (dict, list, tuple, BaseModel, float)))
     return None
+
+
+def _too_deep(limit: int) -> str:
+    name = " (colloquy.messages.MAX_JSON_DEPTH)" if limit == MAX_JSON_DEPTH else ""
+    return f"nests JSON deeper than {limit} levels{name}"
+
+
+#: A JSON string literal (escapes included) and a run of characters other than brackets: what
+#: :func:`json_text_depth` removes to leave the nesting alone.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_text_depth(text: str) -> int:
+    """The deepest nesting of objects and arrays in JSON text (``[[]]`` is 2), read without
+    parsing it. Why: Python's ``json`` parser recurses, so text nested ~1,000 levels deep
+    raises ``RecursionError`` (and a little less passes, then fails whatever recurses next);
+    checking the depth first lets a parser see only text it can take. Linear in the text's
+    length (two regular-expression passes and one over the brackets), no recursion."""
+    if "[" not in text and "{" not in text:
+        return 0
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+
+
+def parse_json(text: str, limit: int = MAX_JSON_DEPTH, **kwargs: Any) -> Any:
+    """``json.loads(text, **kwargs)`` for text from outside (an OpenAI ``arguments`` string, an
+    import file): ``ValueError`` ("nests JSON deeper than ``limit`` levels") when it nests
+    deeper than ``limit``, checked before the parser runs (:func:`json_text_depth`)."""
+    if json_text_depth(text) > limit:
+        raise ValueError(_too_deep(limit))
+    return json.loads(text, **kwargs)
 
 
 class _Block(BaseModel):

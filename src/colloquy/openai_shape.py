@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from .errors import InvalidTextError
 from .messages import (
+    MAX_JSON_DEPTH,
     ContentBlock,
     DocumentBlock,
     ImageBlock,
@@ -35,6 +36,7 @@ from .messages import (
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
+    json_text_depth,
     system_text,
 )
 from .models.base import ToolSpec
@@ -295,11 +297,15 @@ def content_blocks(content: Any, param: str) -> list[ContentBlock]:
     return blocks
 
 
-def _arguments(raw: Any) -> dict[str, Any]:
+def _arguments(raw: Any, param: str) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     if not isinstance(raw, str) or not raw.strip():
         return {}
+    if json_text_depth(raw) > MAX_JSON_DEPTH:  # before the parser, which recurses
+        raise OpenAIShapeError(
+            f"the arguments nest JSON deeper than {MAX_JSON_DEPTH} levels "
+            "(colloquy.messages.MAX_JSON_DEPTH)", param)
     try:
         value = json.loads(raw)
     except ValueError:
@@ -317,7 +323,8 @@ def _tool_calls(calls: Any, param: str) -> list[ContentBlock]:
                 or not isinstance(fn.get("name"), str):
             raise OpenAIShapeError("a tool call needs an id and function.name", f"{param}[{i}]")
         blocks.append(ToolUseBlock(id=call["id"], name=fn["name"],
-                                   input=_arguments(fn.get("arguments"))))
+                                   input=_arguments(fn.get("arguments"),
+                                                   f"{param}[{i}].function.arguments")))
     return blocks
 
 

@@ -27,6 +27,8 @@ from .rights import (
     parse_age,
     purge_conversations,
 )
+from .messages import parse_json
+from .rights_import import MAX_IMPORT_DEPTH
 from .store import open_store
 from .store.base import resolve_conversation
 
@@ -71,9 +73,11 @@ def cmd_users_import(args: argparse.Namespace) -> int:
         else:
             with open(args.file, "rb") as f:
                 raw = f.read()
-        # Bad UTF-8 becomes U+FFFD, as everywhere bytes enter (colloquy.text).
-        data: dict[str, Any] = json.loads(raw.decode("utf-8", errors="replace"))
-    except (OSError, json.JSONDecodeError) as e:
+        # Bad UTF-8 becomes U+FFFD, as everywhere bytes enter (colloquy.text); the depth is
+        # checked before the parser (which recurses) reads the file.
+        data: dict[str, Any] = parse_json(raw.decode("utf-8", errors="replace"),
+                                          MAX_IMPORT_DEPTH)
+    except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read export {args.file}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"cannot read export {args.file}: not a colloquy user export")

@@ -35,8 +35,17 @@ from pydantic import ValidationError
 
 from .errors import ConfigError, ImportRefused, InvalidTextError
 from .memory.records import Fact, Summary
-from .messages import (IMAGE_MEDIA_TYPES, IMPORTED, ImageBlock, Message, StoredMessage,
-                       ToolResultBlock)
+from .messages import (
+    IMAGE_MEDIA_TYPES,
+    IMPORTED,
+    MAX_JSON_DEPTH,
+    ImageBlock,
+    Message,
+    StoredMessage,
+    ToolResultBlock,
+    json_problem,
+    parse_json,
+)
 from .store import Conversation, NewMessage, Store
 from .store.turns import IDEMPOTENCY_KEY
 from .text import clean, clean_json, is_blank, require_name
@@ -52,6 +61,9 @@ LIMITS: dict[str, int] = {
     "content": 32_000_000,  # one message's content blocks: Anthropic's 32 MB request limit
     "meta": 1_000_000,
 }
+#: The deepest nesting an export file may hold: a content block sits 8 levels deep in it and
+#: holds MAX_JSON_DEPTH levels itself. Checked before any parser or check that recurses.
+MAX_IMPORT_DEPTH = 2 * MAX_JSON_DEPTH
 EXPORT_FORMAT = "colloquy.user-export"
 EXPORT_VERSION = 1
 #: The tables import restores; every other table in a file is skipped (see the docstring).
@@ -139,7 +151,7 @@ class _Row:
             if len(v) > LIMITS[limit]:
                 raise self.refuse(f"{name} is over the limit of {LIMITS[limit]} characters")
             try:
-                v = json.loads(v, parse_constant=_no_constant)
+                v = parse_json(v, parse_constant=_no_constant)
             except ValueError as e:
                 raise self.refuse(f"{name} is not valid JSON ({e})") from e
         elif len(json.dumps(v, ensure_ascii=False, default=str)) > LIMITS[limit]:
@@ -165,18 +177,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _check_finite(value: Any) -> None:
-    """NaN and Infinity anywhere in a JSON value (Python's json reads them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("NaN or Infinity")
-    if isinstance(value, dict):
-        for v in value.values():
-            _check_finite(v)
-    elif isinstance(value, list):
-        for v in value:
-            _check_finite(v)
-
-
 # -- reading the file ----------------------------------------------------------------------------
 
 
@@ -194,10 +194,9 @@ def plan_import(data: Any, user_id: str | None = None) -> ImportPlan:
     named = head.text("user_id", "id", empty=False)
     if user_id is not None and named != user_id:
         raise head.refuse(f"the file holds user {named!r}, not {user_id!r}")
-    try:
-        _check_finite(data)
-    except ValueError:
-        raise head.refuse("it holds NaN or Infinity, which JSON does not allow") from None
+    problem = json_problem(data, MAX_IMPORT_DEPTH)  # iterative: before anything recurses
+    if problem:
+        raise head.refuse(f"it {problem}")
     plan = ImportPlan(user_id=named)
     tables = data.get("tables")
     if tables is not None:

@@ -77,31 +77,67 @@ _ATOMIC = frozenset({int, float, bool, type(None)})
 
 def clean_json(value: Any) -> Any:
     """A JSON-like value (dicts, lists, strings, numbers) with every string, keys included,
-    passed through :func:`clean`. Returns the same object when nothing changed."""
+    passed through :func:`clean`. Returns the same object when nothing changed (and each
+    unchanged container inside it). Iterative: a value of any depth (a stored row from before
+    the depth rule, a hostile body) costs no recursion."""
     if isinstance(value, str):
         return clean(value)
-    if isinstance(value, dict):
-        out: dict[Any, Any] | None = None
-        for i, (k, v) in enumerate(value.items()):
-            ck = clean(k) if isinstance(k, str) else k
-            cv = v if type(v) in _ATOMIC else clean_json(v)
-            if out is None and (ck is not k or cv is not v):
-                out = dict(list(value.items())[:i])
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    # One frame per open container: [container, its enumerated entries, the cleaned entries so
+    # far (None while nothing changed), the child container being cleaned (index, key, cleaned
+    # key, child) or None]. A dict's entries are (key, value) pairs.
+    stack: list[list[Any]] = [_frame(value)]
+    done: Any = None
+    while stack:
+        frame = stack[-1]
+        container, entries, out, pending = frame
+        is_dict = isinstance(container, dict)
+        if pending is not None:  # the child just cleaned is `done`
+            i, k, ck, v = pending
+            frame[3] = None
+            if out is None and (ck is not k or done is not v):
+                out = frame[2] = _prefix(container, i)
             if out is not None:
-                out[ck] = cv
-        return value if out is None else out
-    if isinstance(value, (list, tuple)):
-        items: list[Any] | None = None
-        for i, v in enumerate(value):
+                out.append((ck, done) if is_dict else done)
+        for i, entry in entries:
+            if is_dict:
+                k, v = entry
+                ck = clean(k) if isinstance(k, str) else k
+            else:
+                k = ck = None
+                v = entry
             if type(v) in _ATOMIC:
-                continue
-            cv = clean_json(v)
-            if cv is not v:
-                if items is None:
-                    items = list(value)
-                items[i] = cv
-        return value if items is None else type(value)(items)
-    return value
+                cv = v
+            elif isinstance(v, str):
+                cv = clean(v)
+            elif isinstance(v, (dict, list, tuple)):
+                frame[3] = (i, k, ck, v)
+                stack.append(_frame(v))
+                break
+            else:
+                cv = v
+            if out is None and (ck is not k or cv is not v):
+                out = frame[2] = _prefix(container, i)
+            if out is not None:
+                out.append((ck, cv) if is_dict else cv)
+        else:
+            stack.pop()
+            done = container if out is None else (
+                dict(out) if is_dict else type(container)(out))
+    return done
+
+
+def _frame(container: Any) -> list[Any]:
+    entries = container.items() if isinstance(container, dict) else container
+    return [container, enumerate(entries), None, None]
+
+
+def _prefix(container: Any, i: int) -> list[Any]:
+    """The first ``i`` entries of a container, unchanged: where its cleaned copy starts."""
+    if isinstance(container, dict):
+        return list(container.items())[:i]
+    return list(container[:i])
 
 
 def clean_json_text(text: str) -> str:

@@ -23,7 +23,11 @@ from .telemetry.turns import tool_result, tool_span
 
 def _input_model(fn: Callable[..., Any]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
-    for name, param in inspect.signature(fn).parameters.items():
+    try:  # hints written as strings (``from __future__ import annotations``) resolved in fn's module
+        signature = inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError, SyntaxError):
+        signature = inspect.signature(fn)
+    for name, param in signature.parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ToolError(f"tool {fn.__name__!r}: *args/**kwargs cannot be described to a model")
         annotation = param.annotation if param.annotation is not inspect.Parameter.empty else Any
@@ -44,6 +48,21 @@ class Tool:
     fn: Callable[..., Any]
     input_schema: dict[str, Any] = field(default_factory=dict)
     _validator: type[BaseModel] | None = None
+
+    def __post_init__(self) -> None:
+        # What the model will be told is checked here, where the tool is declared, not by
+        # every later send: a name the APIs refuse, a schema too deep; and its text follows
+        # the text rule (a lone surrogate from a docstring becomes U+FFFD), so the request
+        # can always be encoded.
+        try:
+            spec = ToolSpec(name=self.name, description=self.description,
+                            input_schema=self.input_schema)
+        except ValidationError as e:
+            problems = "; ".join(str(err["msg"]).removeprefix("Value error, ")
+                                 for err in e.errors(include_url=False))
+            raise ToolError(f"tool {self.name!r}: {problems}") from None
+        self.name, self.description, self.input_schema = (
+            spec.name, spec.description, spec.input_schema)
 
     @classmethod
     def from_function(

@@ -20,12 +20,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..messages import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock, json_problem
 from ..telemetry.genai import instrument_class
+from ..text import Text, clean_json
 from ..usage import FREE_PROVIDERS, Usage, cost_of
 
 StopReason = Literal[
@@ -75,8 +76,10 @@ class ToolSpec(BaseModel):
     web fetch): sent as is to that provider, and left out (with a note) for another."""
 
     model_config = ConfigDict(frozen=True)
-    name: str
-    description: str = ""
+    # Every text follows the text rule (colloquy.text): a lone surrogate in a docstring or a
+    # Field(description=...) read with surrogateescape would fail every request otherwise.
+    name: Text
+    description: Text = ""
     input_schema: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}}
     )
@@ -99,7 +102,17 @@ class ToolSpec(BaseModel):
         problem = json_problem(v)
         if problem:
             raise ValueError(f"a tool's input schema {problem}")
-        return v
+        return cast("dict[str, Any]", clean_json(v))
+
+    @field_validator("definition")
+    @classmethod
+    def _a_json_definition(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        problem = json_problem(v)
+        if problem:
+            raise ValueError(f"a server tool's definition {problem}")
+        return cast("dict[str, Any]", clean_json(v))
 
     @classmethod
     def from_anthropic(cls, tool: dict[str, Any]) -> ToolSpec:

@@ -28,7 +28,7 @@ from ..errors import (
     OverloadedError,
     RateLimitError,
 )
-from ..messages import ContentBlock, TextBlock, ToolUseBlock
+from ..messages import MAX_JSON_DEPTH, ContentBlock, TextBlock, ToolUseBlock, json_text_depth
 from ..openai_shape import openai_messages
 from ..tokens import estimated_usage
 from ..usage import Usage
@@ -364,6 +364,8 @@ def _parse_arguments(arguments: str | None) -> dict[str, Any]:
     the tool loop can report the mistake back to the model instead of crashing."""
     if arguments is None or not arguments.strip():
         return {}
+    if json_text_depth(arguments) > MAX_JSON_DEPTH:  # the parser recurses; the block would
+        return {"_raw": arguments}                    # be refused deeper than this anyway
     try:
         value = json.loads(arguments)
     except ValueError:

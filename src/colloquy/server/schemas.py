@@ -16,10 +16,15 @@ from ..context.seen import CONTEXT
 from ..context.thinking import MAX_BUDGET, check_budget
 from ..guards.base import BLOCKED
 from ..memory.records import Fact
-from ..messages import StoredMessage
+from ..messages import MAX_JSON_DEPTH, StoredMessage, json_problem
 from ..store import Conversation
 from ..text import clean_json
 from ..usage import Usage
+
+#: The deepest nesting a request body may hold: its content blocks, tool schemas and metadata
+#: hold MAX_JSON_DEPTH levels each, a few levels inside the body. Checked (iteratively) before
+#: anything that recurses reads the body, so 1,000 or 100,000 levels answer 400, never 500.
+MAX_BODY_DEPTH = 2 * MAX_JSON_DEPTH
 
 #: Hard ceilings checked by validation; the configured limits (ServerSettings) are usually lower.
 MAX_TITLE = 200
@@ -32,11 +37,15 @@ _ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 class _Clean(BaseModel):
     """A request body: its strings follow the text rules (colloquy.text) before any field is
     validated, so a JSON escape that decodes to a lone surrogate (``"\\ud83d"``) or NUL is
-    stored as U+FFFD, on every route, instead of failing a length check or a store."""
+    stored as U+FFFD, on every route, instead of failing a length check or a store; a body
+    nested deeper than :data:`MAX_BODY_DEPTH` is refused first."""
 
     @model_validator(mode="before")
     @classmethod
     def _text_rules(cls, data: Any) -> Any:
+        problem = json_problem(data, MAX_BODY_DEPTH)
+        if problem:
+            raise ValueError(f"the request body {problem}")
         return clean_json(data)
 
 
