@@ -286,3 +286,48 @@ def test_a_retry_in_a_conversation_the_client_names_none_is_answered_once(
         second.headers["x-colloquy-conversation"] == first.headers["x-colloquy-conversation"]
     assert len(model.requests) == 2
     assert len(store.list_conversations(user_id="ada")) == 1
+
+
+@pytest.mark.parametrize("route", [OPENAI, ANTHROPIC])
+def test_chats_that_start_alike_are_told_apart_without_loading_their_logs(
+        tmp_path: Path, route: str) -> None:
+    """attack7 F4: a client that names no conversation and starts each chat with the same
+    message gets replay-<hash>, -2, -3...; each request looked for its idempotency key (and its
+    last reply) in every one of them through a Chat of each (its whole log loaded and kept in
+    the service's cache), so a request cost more with every such chat (28 ms at 10, 182 ms at
+    300). Now by indexed reads of the store: no other chat's Chat, and a retry still finds its
+    own."""
+    store = SQLiteStore(tmp_path / "alike.db")
+    model = EchoModel()
+    app = create_app(store=store, model=model, environ={}, rate_limit=None)
+    service = app.state.service
+    http = TestClient(app, headers=bearer(issue_token(store, "ada")))
+    body: dict[str, Any] = {"model": "echo", "max_tokens": 100,
+                            "messages": [{"role": "user", "content": "start"}]}
+    names = [http.post(route, json=body, headers={"Idempotency-Key": f"s-{i}"})
+             .headers["x-colloquy-conversation"] for i in range(6)]
+    assert len(set(names)) == 6
+    opened: list[str] = []
+    chat = service.chat
+
+    def counted(user: Any, name: str) -> Any:
+        opened.append(name)
+        return chat(user, name)
+
+    service.chat = counted
+    new = http.post(route, json=body, headers={"Idempotency-Key": "s-6"})
+    assert new.headers["x-colloquy-conversation"] not in names
+    assert opened == [new.headers["x-colloquy-conversation"]], "other chats were opened"
+    retried = http.post(route, json=body, headers={"Idempotency-Key": "s-3"})
+    assert retried.headers.get("idempotent-replayed") == "true"
+    assert retried.headers["x-colloquy-conversation"] == names[3]
+    assert len(model.requests) == 7
+    # A later turn of one of them continues it (found by its last reply, read from the tail).
+    conv = store.find_named("ada", names[2])
+    assert conv is not None
+    answer = store.load(conv.id)[-1].message.text
+    body["messages"] += [{"role": "assistant", "content": answer},
+                         {"role": "user", "content": "and then?"}]
+    later = http.post(route, json=body, headers={"Idempotency-Key": "s-7"})
+    assert later.headers["x-colloquy-conversation"] in names
+    store.close()
