@@ -675,14 +675,16 @@ class Chat:
     def _store_interrupted(self, request: ModelRequest, stop: TurnInterrupted) -> None:
         """Store what an interrupted call produced: the text so far (possibly none: the
         context skips an empty message), ``stop_reason`` "cancelled", and its usage, the
-        provider's when it sent one, else estimated (``usage_estimated`` in the meta): the
-        provider bills a cut-off call too. Never raises (the caller's exception goes on)."""
+        provider's when it sent one, else estimated (``usage_estimated`` in the meta; the
+        thinking streamed counts as output, as the API bills it): the provider bills a cut-off
+        call too. Never raises (the caller's exception goes on)."""
         try:
             usage = stop.usage
             meta: dict[str, Any] = {"stop_reason": CANCELLED}
             if usage is None:
                 usage = Usage(input_tokens=self.count_tokens(request),
-                              output_tokens=estimate_text(stop.text) if stop.text else 0,
+                              output_tokens=sum(estimate_text(t) for t in (stop.text, stop.thinking)
+                                                if t),
                               estimated=True)
                 meta[USAGE_ESTIMATED] = True
             content: list[ContentBlock] = [TextBlock(text=stop.text)] if stop.text.strip() else []
