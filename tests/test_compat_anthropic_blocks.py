@@ -36,7 +36,7 @@ MIXES: dict[str, list[dict[str, Any]]] = {
     "one cited text": [cited_text("cited", char_location("c"))],
     "cited text, unknown kind, text": [cited_text("cited", char_location("c")),
                                        {"type": "brand_new", "x": 1}, text("end")],
-    "text, cited text, text": [text("As "), cited_text("it says", char_location("it", 0, 2, 4)),
+    "text, cited text, text": [text("As "), cited_text("it says", char_location("it", 0, 2, "Report")),
                                text(", so.")],
     "server tool first, then text": [*SEARCH, text("found")],
     "thinking, text, tool_use": [thinking("plan"), text("Checking."),

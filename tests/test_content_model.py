@@ -427,3 +427,41 @@ def test_a_thinking_budget_below_the_api_minimum_is_refused() -> None:
         Chat("echo", store=MemoryStore(), title_model=False, thinking=100)
     with pytest.raises(ValueError, match="at least 1024"):
         Chat("echo", store=MemoryStore(), title_model=False).send("q", thinking=10)
+
+
+@pytest.mark.parametrize("how", ["stream", "astream"])
+def test_a_reply_cut_while_thinking_bills_the_thinking_it_streamed(fake: FakeAnthropic,
+                                                                   how: str) -> None:
+    """Thinking tokens are output tokens: a caller that goes away while Claude thinks (before
+    any answer text) leaves a cut reply billed for the thinking streamed so far, not for 0."""
+    from colloquy.models import ThinkingDelta
+    from colloquy.tokens import estimate_text
+
+    thought = "Weighing every option in turn before answering. " * 40
+    fake.enqueue(stream(thinking(thought), text("Answer.")))
+    chat = Chat(claude(fake), store=MemoryStore(), title_model=False, thinking=1024)
+    seen: list[str] = []
+    if how == "stream":
+        events = chat.stream("q")
+        for event in events:
+            if isinstance(event, ThinkingDelta) and event.thinking:
+                seen.append(event.thinking)
+                if len(seen) == 10:
+                    break
+        events.close()
+    else:
+        async def cut() -> None:
+            events = chat.astream("q")
+            async for event in events:
+                if isinstance(event, ThinkingDelta) and event.thinking:
+                    seen.append(event.thinking)
+                    if len(seen) == 10:
+                        break
+            await events.aclose()
+
+        asyncio.run(cut())
+    stored = chat.history()[-1]
+    assert stored.role == "assistant" and stored.meta["stop_reason"] == "cancelled"
+    assert stored.usage is not None and stored.usage.estimated
+    assert stored.usage.output_tokens >= estimate_text("".join(seen)) > 0
+    assert stored.cost_usd and stored.cost_usd > 0

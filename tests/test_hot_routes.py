@@ -137,6 +137,7 @@ def twice(send: Callable[[Side], httpx.Response]) -> Callable[[Side], httpx.Resp
 
 DEEP = b'{"content": "hi", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}"
 DEEPER = b"[" * 2000 + b"]" * 2000
+DEEPISH = b'{"content": "hi", "x": ' + b"[" * 300 + b"]" * 300 + b"}"
 
 TURN_CASES = [
     Case("a turn", lambda s: s.turn(json={"content": "hello"}), 200, hot=True),
@@ -178,6 +179,7 @@ TURN_CASES = [
     Case("a body over max_body_bytes", lambda s: s.turn(json={"content": "x" * MAX_BODY}), 413),
     Case("a chunked body over max_body_bytes", lambda s: s.turn(
         content=chunks(json.dumps({"content": "x" * MAX_BODY}).encode()), headers=JSON), 413),
+    Case("nesting over the body's limit", lambda s: s.turn(**raw(DEEPISH)), 422),
     Case("nesting too deep in a field", lambda s: s.turn(**raw(DEEP)), 400),
     Case("nesting too deep for the parser", lambda s: s.turn(**raw(DEEPER)), 400),
     Case("another user's conversation",

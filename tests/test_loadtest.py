@@ -44,6 +44,11 @@ def test_loadtest_json_replies_against_a_real_server(server: tuple[str, str]) ->
     assert lat["count"] == 12
     assert 0.02 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]  # the model's 20 ms at least
     assert out["ttft"] is None and out["output_tokens"] > 0
+    # Its own CPU, per request sent (4 conversations created, 12 turns): issue 16 wants it
+    # reported beside the percentiles, so that a generator measuring itself shows.
+    assert out["requests"] == 16 and out["client_cpu_s"] > 0
+    assert out["client_cpu_ms_per_request"] == pytest.approx(  # (both rounded)
+        1000 * out["client_cpu_s"] / 16, abs=0.01)
 
 
 def test_loadtest_streaming_measures_first_token(server: tuple[str, str]) -> None:
@@ -55,6 +60,8 @@ def test_loadtest_streaming_measures_first_token(server: tuple[str, str]) -> Non
     assert result.ttft.p50 is not None and result.latency.p50 is not None
     assert 0.02 <= result.ttft.p50 < result.latency.p50
     assert "first token" in result.render()
+    assert f"generator CPU {result.client_cpu_s:.2f} s for {result.requests} requests" \
+        in result.render()
 
 
 def test_duration_bounds_the_run(server: tuple[str, str]) -> None:

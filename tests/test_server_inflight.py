@@ -171,8 +171,10 @@ def test_a_client_that_hangs_up_stops_the_model_call(tmp_path: Path, route: str)
             reply = _last_reply(db, url, token, cid)
             assert reply["stop_reason"] == "cancelled"
             assert reply["usage"]["input_tokens"] > 0
+            assert reply["cost_usd"] > 0  # billed: the provider bills a cut call too
             if streaming:
                 assert reply["text"].startswith("one")
+                assert reply["usage"]["output_tokens"] > 0  # what was generated, billed
 
 
 def _send_in_thread(url: str, token: str, cid: str, out: list[Any]) -> threading.Thread:

@@ -7,6 +7,8 @@ Claude: with a budget it answers with a thinking block first, as Claude does."""
 from __future__ import annotations
 
 import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +84,32 @@ def test_serve_thinking_flag_turns_it_on_for_every_turn(tmp_path: Path) -> None:
         assert reply["content"][0]["type"] == "thinking"
         assert "2048 tokens" in reply["content"][0]["thinking"]
     assert os.path.exists(db)
+
+
+def test_cli_thinking_is_dimmed_on_a_terminal() -> None:
+    """On a terminal (stderr a tty) the thinking is written dimmed (SGR 2), then reset; the
+    answer stays alone on stdout."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "colloquy", "chat", "--db", "memory",
+                               "--model", "echo", "--thinking", "2048"], input=b"hello\n",
+                              stdout=subprocess.PIPE, stderr=slave, env=clean_env(), timeout=60)
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    dimmed = "".join(re.findall("\x1b\\[2m(.*?)\x1b\\[0m", err.decode(), re.S))
+    assert "I may think for up to 2048 tokens" in dimmed  # each piece dimmed as it comes
+    assert b"think" not in proc.stdout and b"\x1b[" not in proc.stdout

@@ -12,7 +12,12 @@ Modes:
                    the test can hold the database's write lock first and kill the process while
                    it waits to store the reply
     crash-tool     the model asks for a tool; the tool prints READY and hangs
+    paused         one turn of --text (--key): the model prints READY, waits for a line on
+                   stdin, then answers "answer to <text>" (the test acts on the lock meanwhile)
     send           one turn of --text (with --key as idempotency key); prints "REPLY <seq>"
+
+``paused`` and ``send`` print "FAILED <error class>" (exit 3) when the turn raises a colloquy
+error, so the test reads which one.
 
 Only the model (FunctionModel / EchoModel / ScriptedModel) is a double; the chat engine and the
 store are colloquy's own.
@@ -27,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from colloquy import Chat, EchoModel, FunctionModel, ScriptedModel, tool, tool_call  # noqa: E402
+from colloquy import (  # noqa: E402
+    Chat, ColloquyError, EchoModel, FunctionModel, ScriptedModel, tool, tool_call)
 from colloquy.models import ModelRequest  # noqa: E402
 from colloquy.store import Store, open_store  # noqa: E402
 
@@ -113,9 +119,20 @@ def main() -> int:
         model = ScriptedModel([tool_call("slow_lookup", {"query": "x"}), "done"])
         Chat(model, store=store, session_id=args.session, tools=[slow_lookup]).send(
             args.text, idempotency_key=args.key)
-    elif args.mode == "send":
-        reply = Chat(EchoModel(), store=store, session_id=args.session).send(
-            args.text, idempotency_key=args.key)
+    elif args.mode in ("paused", "send"):
+        def answer_after_go(req: ModelRequest) -> str:
+            say("READY")
+            sys.stdin.readline()
+            return f"answer to {args.text}"
+
+        model = FunctionModel(answer_after_go) if args.mode == "paused" else EchoModel()
+        try:
+            reply = Chat(model, store=store, session_id=args.session).send(
+                args.text, idempotency_key=args.key)
+        except ColloquyError as e:
+            say("FAILED", type(e).__name__)
+            store.close()
+            return 3
         say("REPLY", reply.seq)
     else:
         raise SystemExit(f"unknown mode {args.mode}")

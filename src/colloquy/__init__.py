@@ -44,6 +44,8 @@ from .errors import (
     StoreError,
     StoreUnavailable,
     ToolError,
+    TurnLockLost,
+    TurnSuperseded,
 )
 from .guards import (
     FunctionGuard,
@@ -185,6 +187,8 @@ __all__ = [
     "TokenCounter",
     "Tool",
     "ToolError",
+    "TurnLockLost",
+    "TurnSuperseded",
     "ToolResultBlock",
     "ToolUseBlock",
     "TopicClassifier",

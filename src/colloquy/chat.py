@@ -33,8 +33,8 @@ from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
-from .continuity import (auto_title, check_key, find_keyed, fingerprint, key_answered,
-                         key_meta, prior_turn)
+from .continuity import (auto_title, check_key, claim_turn, find_keyed, fingerprint,
+                         key_answered, key_meta, prior_turn)
 from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
@@ -175,6 +175,8 @@ class Chat:
         #: One turn at a time on this Chat; held across the model call, so it is a plain Lock
         #: (any thread may release it: the async API's steps run on different threads).
         self._gate = threading.Lock()
+        #: The fence of the turn in flight (store/locks.py, Fencing); None between turns.
+        self._fence: str | None = None
 
     # -- the log -------------------------------------------------------------------------------
 
@@ -288,8 +290,9 @@ class Chat:
             last = self._log[-1].seq if self._log else 0
             with work_span("colloquy.store.append", **{"db.system.name": store_system(self.store),
                                                        "colloquy.store.messages": len(items)}):
+                fenced = {"fence": self._fence} if self._fence is not None else {}
                 stored = self.store.append(self.session_id, items, expected_seq=last,
-                                           owner=self.owner)
+                                           owner=self.owner, **fenced)
             if self._log and stored and stored[0].seq != self._log[-1].seq + 1:
                 self._log = self.store.load(self.session_id)
             else:
@@ -539,9 +542,11 @@ class Chat:
             with work_span("colloquy.turn_lock", **{"gen_ai.conversation.id": self.session_id}):
                 release = yield Acquire(self)
             try:
+                self._fence = claim_turn(self.store, self.session_id)  # None: no record yet
                 reply = yield from self._locked_turn(given, streaming, idempotency_key,
                                                      options, revise, scope.delta, target)
             finally:
+                self._fence = None
                 release()
             outcome = "blocked" if reply.blocked else "replayed" if any(
                 n.startswith("replayed") for n in reply.notes) else "ok"
@@ -566,6 +571,8 @@ class Chat:
         message, revision = self._revision(given, prior, revise, target)
         extra_meta = {**key_meta(idempotency_key, asked), **revision}
         self._ensure_conversation()
+        if self._fence is None:  # the conversation's first turn: its record exists now
+            self._fence = claim_turn(self.store, self.session_id)
         checked = run_guards(self, "input", message.text)
         if checked.changed:
             message = replace_text(message, checked.text)
@@ -668,14 +675,16 @@ class Chat:
     def _store_interrupted(self, request: ModelRequest, stop: TurnInterrupted) -> None:
         """Store what an interrupted call produced: the text so far (possibly none: the
         context skips an empty message), ``stop_reason`` "cancelled", and its usage, the
-        provider's when it sent one, else estimated (``usage_estimated`` in the meta): the
-        provider bills a cut-off call too. Never raises (the caller's exception goes on)."""
+        provider's when it sent one, else estimated (``usage_estimated`` in the meta; the
+        thinking streamed counts as output, as the API bills it): the provider bills a cut-off
+        call too. Never raises (the caller's exception goes on)."""
         try:
             usage = stop.usage
             meta: dict[str, Any] = {"stop_reason": CANCELLED}
             if usage is None:
                 usage = Usage(input_tokens=self.count_tokens(request),
-                              output_tokens=estimate_text(stop.text) if stop.text else 0,
+                              output_tokens=sum(estimate_text(t) for t in (stop.text, stop.thinking)
+                                                if t),
                               estimated=True)
                 meta[USAGE_ESTIMATED] = True
             content: list[ContentBlock] = [TextBlock(text=stop.text)] if stop.text.strip() else []

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from .messages import Message, StoredMessage, TextBlock
 from .models import LOCAL_SERVERS, Model, ModelRequest, get_model
-from .errors import IdempotencyKeyReused
+from .errors import IdempotencyKeyReused, TurnSuperseded
+from .store.owner import new_generation
 from .store.turns import IDEMPOTENCY_KEY
 from .telemetry import call_purpose
 from .text import as_data, require_text
@@ -63,6 +64,18 @@ def turn_lock(store: Store, conversation_id: str) -> AbstractContextManager[Any]
     still refuse to interleave through ``expected_seq``)."""
     lock = getattr(store, "lock", None)
     return lock(conversation_id) if callable(lock) else contextlib.nullcontext()
+
+
+def claim_turn(store: Store, conversation_id: str) -> str | None:
+    """Called once the turn holds the lock: a fresh fence written into the conversation's record
+    (store/locks.py, Fencing), which the turn's appends then require, so a turn whose lock was
+    lost and taken by another turn stores nothing more (:class:`TurnLockLost`). None when the
+    conversation has no record yet, or the store keeps no fences."""
+    claim = getattr(store, "claim_turn", None)
+    if not callable(claim):
+        return None
+    fence = new_generation()
+    return fence if claim(conversation_id, fence) else None
 
 
 # -- idempotency ----------------------------------------------------------------------------------
@@ -153,8 +166,11 @@ def prior_turn(chat: Chat, idempotency_key: str | None, request: str,
     if found is None:
         return None
     # The log is dense (seq n at index n - 1): the turn's messages follow the keyed one.
-    used = _answer(chat._log[found.seq:])
+    after = chat._log[found.seq:]
+    used = _answer(after)
     if used is None:
+        if any(_starts_turn(sm) for sm in after):
+            raise TurnSuperseded(chat.session_id, found.seq)
         return found
     sm = used[-1]
     usage = Usage.total(m.usage for m in used if m.usage is not None)
@@ -178,11 +194,20 @@ def key_answered(store: Store, conversation_id: str, idempotency_key: str,
     return found is not None and _answer(store.load(conversation_id, after_seq=found.seq)) is not None
 
 
+def _starts_turn(sm: StoredMessage) -> bool:
+    """A user message that is not tool results: another request's message (a new turn)."""
+    return sm.role == "user" and not any(b.type == "tool_result" for b in sm.message.content)
+
+
 def _answer(after: Sequence[StoredMessage]) -> list[StoredMessage] | None:
     """The assistant messages of the keyed turn up to its final one (no tool_use), from the
-    messages that follow the keyed one; None when it was not answered."""
+    messages that follow the keyed one; None when it was not answered. Only the keyed turn's
+    own messages count: a reply after another request's message (its turn ran while this one
+    had died, or had lost its lock) answers that request, never this key."""
     used: list[StoredMessage] = []
     for sm in after:
+        if _starts_turn(sm):
+            return None
         if sm.role == "assistant":
             used.append(sm)
             if not sm.message.tool_uses:

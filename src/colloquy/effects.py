@@ -102,10 +102,13 @@ class TurnInterrupted(ColloquyError):
     had streamed so far (empty for a non-streamed call), ``usage`` what the provider reported
     (None: the turn estimates it). The turn stores the partial reply and re-raises."""
 
-    def __init__(self, text: str = "", usage: Usage | None = None) -> None:
+    def __init__(self, text: str = "", usage: Usage | None = None, thinking: str = "") -> None:
         super().__init__("the turn was interrupted by its caller")
         self.text = text
         self.usage = usage
+        #: The thinking streamed so far: billed as output (it has no signature, so it is not
+        #: stored: no request could carry it back).
+        self.thinking = thinking
 
 
 def model_error(err: Exception, model: Model) -> ColloquyError:
@@ -193,18 +196,19 @@ def run(turn: Turn) -> Iterator[str | ThinkingDelta | Reply]:
             return
         value, error = None, None
         parts: list[str] = []
+        thoughts: list[str] = []
         try:
             if isinstance(effect, Emit):
                 yield effect.text
             elif isinstance(effect, CallModel):
                 calls += 1
-                value = yield from _call(effect, parts, calls)
+                value = yield from _call(effect, parts, calls, thoughts)
             elif isinstance(effect, RunTools):
                 value = _in(effect.context, run_calls, effect.tools, list(effect.calls))
             else:
                 value = _acquire(effect.chat)
         except (GeneratorExit, KeyboardInterrupt) as gone:
-            _interrupt(turn, TurnInterrupted("".join(parts)))
+            _interrupt(turn, TurnInterrupted("".join(parts), thinking="".join(thoughts)))
             raise gone from None
         except Exception as e:  # noqa: BLE001 - thrown into the turn, which decides
             error = model_error(e, effect.model) if isinstance(effect, CallModel) else e
@@ -214,7 +218,7 @@ def _in(context: contextvars.Context | None, fn: Callable[..., Any], *args: Any)
     return fn(*args) if context is None else context.run(fn, *args)
 
 
-def _call(effect: CallModel, parts: list[str], call: int
+def _call(effect: CallModel, parts: list[str], call: int, thoughts: list[str]
           ) -> Generator[str | ThinkingDelta, None, ModelResponse]:
     model, request, ctx = effect.model, effect.request, effect.context
     if not effect.stream:
@@ -233,6 +237,7 @@ def _call(effect: CallModel, parts: list[str], call: int
                     effect.on_delta()
                 yield TextPiece(event.text, event.index, call)
             elif isinstance(event, ThinkingDelta):
+                thoughts.append(event.thinking)
                 yield replace(event, call=call)  # shown apart; the whole block comes last
             else:
                 final = event
@@ -292,6 +297,10 @@ class _Async:
     #: The caller's context: the turn's first step starts in it (its span parents the turn's).
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     parts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
+
+    def interrupted(self) -> TurnInterrupted:
+        return TurnInterrupted("".join(self.parts), thinking="".join(self.thoughts))
 
     async def step(self, turn: Turn, value: Any, error: BaseException | None,
                    shielded: bool = False) -> _Step:
@@ -387,9 +396,9 @@ async def arun(turn: Turn, executor: Executor | None = None
             raise outcome.error
         effect = outcome.effect
         if gone is not None:  # the caller left: interrupt the turn at this effect
-            error = TurnInterrupted("".join(driver.parts))
+            error = driver.interrupted()
             continue
-        driver.parts = []
+        driver.parts, driver.thoughts = [], []
         try:
             if isinstance(effect, Emit):
                 yield effect.text
@@ -408,6 +417,7 @@ async def arun(turn: Turn, executor: Executor | None = None
                                     effect.on_delta()
                                 yield TextPiece(event.text, event.index, calls)
                             elif isinstance(event, ThinkingDelta):
+                                driver.thoughts.append(event.thinking)
                                 yield replace(event, call=calls)
                             else:
                                 final = event
@@ -429,7 +439,7 @@ async def arun(turn: Turn, executor: Executor | None = None
                 value = await driver.acquire(effect.chat)
         except (asyncio.CancelledError, GeneratorExit) as e:
             gone = e
-            error = TurnInterrupted("".join(driver.parts))
+            error = driver.interrupted()
         except Exception as e:  # noqa: BLE001 - thrown into the turn, which decides
             error = model_error(e, effect.model) if isinstance(effect, CallModel) else e
 

@@ -28,7 +28,11 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
         ├── ConversationNotFound
         │   └── OwnerGone           a write on behalf of a deleted conversation or user
         ├── ConflictError           another writer appended to the conversation first
+        │   └── TurnSuperseded      a retried key's message was never answered, and a later
+        │                           turn was (its answer cannot be put back in place)
         ├── ConversationBusy        another turn held the conversation for too long
+        │   └── TurnLockLost        the turn's lock was lost (its database session ended) and
+        │                           another turn took the conversation: retry
         └── StoreUnavailable        the database cannot be reached (or stays locked): retry
 
 An error has two texts: ``str(error)`` for logs and local users, naming colloquy's internal ids
@@ -305,3 +309,39 @@ class ConversationBusy(StoreError):
 
     def client_message(self) -> str:
         return self._text("the conversation")
+
+
+class TurnLockLost(ConversationBusy):
+    """The turn lost the conversation's turn lock while it ran (PostgreSQL: the connection
+    holding the lock dropped, e.g. the server restarted) and another turn took the conversation
+    meanwhile (the fence in the conversation's record changed: store/locks.py). Nothing of this
+    turn was stored after the loss: its user message, if already stored, is kept; its reply is
+    not (it would land after the other turn's). Sending again with the same idempotency key is
+    safe: it finishes the turn, or says :class:`TurnSuperseded`. HTTP: 409, Retry-After."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        self.timeout = 0.0
+        StoreError.__init__(self, self._text(f"conversation {conversation_id!r}"))
+
+    def _text(self, which: str) -> str:
+        return (f"the turn lost the lock of {which} (its database connection dropped) and "
+                "another turn took it; this turn's reply was not stored: send again (with the "
+                "same idempotency key, the message is not stored twice)")
+
+
+class TurnSuperseded(ConflictError):
+    """A retry (same idempotency key) of a request whose message was stored (``seq``) but never
+    answered, and a later turn was answered since (its reply already saw this message: the
+    context merges the two). The retry stores nothing and replays nothing, since the only reply
+    after the message is another request's; a new message (with a new key) asks again.
+    HTTP: 409 ``conflict``."""
+
+    def __init__(self, conversation_id: str, seq: int) -> None:
+        self.seq = seq
+        super().__init__(conversation_id, seq + 1)
+
+    def _text(self, which: str) -> str:
+        return (f"the message sent with this idempotency key (message {self.seq} of {which}) "
+                "was never answered and a later turn was answered since: nothing was stored or "
+                "replayed; send the message again with a new key to ask again")

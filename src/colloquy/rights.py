@@ -57,8 +57,9 @@ from .text import clean_json_text
 #: Tables that never hold anything about a user.
 SKIP_TABLES = {"schema_migrations"}
 #: Columns that are no data about anyone: a record's generation (store/owner.py) is set anew
-#: by an import, as for any record created again.
-_NOT_EXPORTED = {"generation"}
+#: by an import, as for any record created again; a conversation's turn fence (store/locks.py)
+#: belongs to the turn in flight that wrote it.
+_NOT_EXPORTED = {"generation", "turn_fence"}
 _ALL = 10**9
 
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import embeddings
-from .retrieval import QUERY_CACHE_SIZE, Item, SignalRetriever
+from .retrieval import Item, QueryCache, SignalRetriever
 
 #: Units the worker embeds per encode call: small, so that a turn's question never waits long
 #: for the shared encoder (about 16 short messages take ~0.2 s with one torch thread).
@@ -60,7 +60,7 @@ class BackgroundEmbeddings:
         self._vecs: Any = None
         self._n = 0
         self._lock = threading.Lock()
-        self._queries: OrderedDict[str, Any] = OrderedDict()
+        self._queries = QueryCache()
         self._inflight = 0
         self.added = 0
         self.closed = False
@@ -107,7 +107,7 @@ class BackgroundEmbeddings:
         with self._lock:
             self.closed = True
             self._pending.clear()
-            self._queries.clear()
+            self._queries.close()
             self._keys = self._np.zeros(0, dtype="int64")
             self._vecs = None
             self._n = 0
@@ -147,18 +147,7 @@ class BackgroundEmbeddings:
         return len(batch)
 
     def _query(self, text: str) -> Any:
-        with self._lock:
-            hit = self._queries.get(text)
-            if hit is not None:
-                self._queries.move_to_end(text)
-                return hit
-        vec = embeddings.embed([text], self.model)[0]
-        with self._lock:
-            if not self.closed:
-                self._queries[text] = vec
-                while len(self._queries) > QUERY_CACHE_SIZE:
-                    self._queries.popitem(last=False)
-        return vec
+        return self._queries.get(text, lambda t: embeddings.embed([t], self.model)[0])
 
     def similarities(self, query: str, before: int | None = None) -> tuple[list[int], Any]:
         """(keys, cosine similarities) of the embedded units with key < ``before``; none while

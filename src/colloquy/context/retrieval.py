@@ -206,6 +206,41 @@ class BM25Retriever:
 QUERY_CACHE_SIZE = 64
 
 
+class QueryCache:
+    """The embeddings of a conversation's recent questions, newest last (a question is often
+    ranked again, e.g. per tool round): at most :data:`QUERY_CACHE_SIZE`, least recently used
+    out first. Thread-safe; the embedding itself runs outside the lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vecs: OrderedDict[str, Any] = OrderedDict()
+        self.closed = False
+
+    def get(self, text: str, embed: Callable[[str], Any]) -> Any:
+        """The embedding of ``text``: cached, or ``embed(text)`` (then cached unless closed)."""
+        with self._lock:
+            hit = self._vecs.get(text)
+            if hit is not None:
+                self._vecs.move_to_end(text)
+                return hit
+        vec = embed(text)
+        with self._lock:
+            if not self.closed:
+                self._vecs[text] = vec
+                while len(self._vecs) > QUERY_CACHE_SIZE:
+                    self._vecs.popitem(last=False)
+        return vec
+
+    def __len__(self) -> int:
+        return len(self._vecs)
+
+    def close(self) -> None:
+        """Forget every question (the conversation was deleted) and cache none from now on."""
+        with self._lock:
+            self.closed = True
+            self._vecs.clear()
+
+
 class DenseRetriever:
     """Cosine similarity of sentence embeddings; new units are embedded once, as they arrive,
     and recent query embeddings are cached (a query is often re-ranked, e.g. per tool round),
@@ -219,29 +254,19 @@ class DenseRetriever:
         self._keys: list[int] = []
         self._vecs: Any = np.zeros((64, dimension(model)), dtype="float32")  # grows by doubling
         self._lock = threading.Lock()
-        self._queries: OrderedDict[str, Any] = OrderedDict()
+        self._queries = QueryCache()
         self.added = 0
 
     def _embed(self, texts: Sequence[str]) -> Any:
         return embed(texts, self._model_name)
 
     def _query(self, text: str) -> Any:
-        with self._lock:
-            hit = self._queries.get(text)
-            if hit is not None:
-                self._queries.move_to_end(text)
-                return hit
-        vec = self._embed([text])[0]
-        with self._lock:
-            self._queries[text] = vec
-            while len(self._queries) > QUERY_CACHE_SIZE:
-                self._queries.popitem(last=False)
-        return vec
+        return self._queries.get(text, lambda t: self._embed([t])[0])
 
     def close(self) -> None:
         """Drop the vectors and cached question embeddings (the conversation was deleted)."""
         with self._lock:
-            self._queries.clear()
+            self._queries.close()
             self._keys = []
             self._vecs = self._np.zeros((0, self._vecs.shape[1]), dtype="float32")
 

@@ -227,12 +227,15 @@ class Store(MemoryRecordStore, Protocol):
         *,
         expected_seq: int | None = None,
         owner: Owner | None = None,
+        fence: str | None = None,
     ) -> list[StoredMessage]:
         """Append messages in one transaction, numbered from last_seq + 1.
 
         With ``expected_seq`` (the conversation's last_seq as the caller last saw it), raise
         :class:`ConflictError` if another writer appended in between, instead of interleaving.
         With ``owner``, raise :class:`OwnerGone` if the conversation was replaced meanwhile.
+        With ``fence`` (the token the turn wrote with ``claim_turn``), raise
+        :class:`TurnLockLost` if another turn claimed the conversation since (store/locks.py).
         """
         ...
 
@@ -286,7 +289,7 @@ class StoreBase:
 
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
-        now: float, owner: Owner | None,
+        now: float, owner: Owner | None, fence: str | None = None,
     ) -> list[StoredMessage]:  # pragma: no cover
         """Append in one transaction (see :meth:`Store.append`), stamped ``now``."""
         raise NotImplementedError
@@ -375,8 +378,9 @@ class StoreBase:
         *,
         expected_seq: int | None = None,
         owner: Owner | None = None,
+        fence: str | None = None,
     ) -> list[StoredMessage]:
-        return self._append(conversation_id, messages, expected_seq, time.time(), owner)
+        return self._append(conversation_id, messages, expected_seq, time.time(), owner, fence)
 
 
 __all__ = [

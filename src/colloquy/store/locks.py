@@ -19,6 +19,19 @@ client machine), or a crashed process would block the conversation forever.
   ``pg_locks.py``); the server drops them when that connection closes.
 * Memory: a threading lock per conversation.
 
+Fencing: a lock can be lost while its holder still runs. A PostgreSQL advisory lock lives as
+long as its session: when the server restarts, or the connection holding the locks drops, the
+server frees them while the turns that took them go on (their model calls are in flight), and
+another process's turn may take the conversation. (A SQLite byte lock cannot be lost while its
+process lives: one descriptor per file per process, closed never; only a ``<db>.locks`` file
+deleted or replaced under running processes would let two of them lock "the same" byte.) So each
+turn, once it holds the lock, writes a fresh token, its *fence*, into the conversation's record
+(``claim_turn``), and every append of the turn passes it: the append's UPDATE of the record
+(which locks the row) compares it, and a turn whose fence was replaced by a later turn's raises
+:class:`~colloquy.errors.TurnLockLost` and stores nothing more. The check is in the write's own
+transaction, so there is no window between check and commit; a lost lock that no other turn
+took in between (the usual server restart) leaves the fence as it was, and the turn finishes.
+
 Two ways to take a lock, on every store (:class:`TurnLocks`):
 
 * ``try_lock(conversation_id)`` never waits: it returns a *release* callable, or None when

@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import ConflictError, ConversationNotFound
+from ..errors import ConflictError, ConversationNotFound, TurnLockLost
 from ..messages import StoredMessage
 from .base import Conversation, LogRead, NewMessage, StoreBase
 from .owner import Owner, check_owner
@@ -30,6 +30,15 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
         self._lock = threading.RLock()
         #: user id -> GCRA theoretical arrival time (see :meth:`take_rate`).
         self._rates: dict[str, float] = {}
+        #: conversation id -> the fence of the turn that last took its lock (store/locks.py).
+        self._fences: dict[str, str] = {}
+
+    def claim_turn(self, conversation_id: str, fence: str) -> bool:
+        with self._lock:
+            if conversation_id not in self._conversations:
+                return False
+            self._fences[conversation_id] = fence
+            return True
 
     def find_conversation(self, conversation_id: str) -> Conversation | None:
         with self._lock:
@@ -92,15 +101,18 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             if self._conversations.pop(conversation_id, None) is None:
                 return False
             del self._messages[conversation_id]
+            self._fences.pop(conversation_id, None)
             self._forget_conversation_records(conversation_id)
         return True
 
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
-        now: float, owner: Owner | None,
+        now: float, owner: Owner | None, fence: str | None = None,
     ) -> list[StoredMessage]:
         with self._owned(owner):
             conv = self.get_conversation(conversation_id)
+            if fence is not None and self._fences.get(conversation_id) != fence:
+                raise TurnLockLost(conversation_id)
             if expected_seq is not None and expected_seq != conv.last_seq:
                 raise ConflictError(conversation_id, expected_seq + 1)
             stored = [

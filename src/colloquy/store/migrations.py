@@ -260,6 +260,14 @@ MIGRATIONS: list[Migration] = [
         CREATE UNIQUE INDEX facts_one_active ON facts (user_id, norm) WHERE valid_until IS NULL;
         """,
     ),
+    Migration(
+        # The turn fence (store/locks.py, "Fencing"): a token each turn writes into its
+        # conversation's record when it takes the turn lock; the turn's appends commit only
+        # while the record still holds it, so a turn whose lock was lost (its PostgreSQL
+        # session dropped) and taken by another turn stores nothing after the loss.
+        "0700_turn_fence",
+        sqlite="ALTER TABLE conversations ADD COLUMN turn_fence TEXT;",
+    ),
 ]
 
 

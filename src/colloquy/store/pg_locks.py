@@ -15,8 +15,10 @@ conversations at once. TCP keepalives make a silently lost peer (a dead machine)
 When the connection dies (the server restarted, the network dropped it), the server has dropped
 every lock it held. The next call reconnects and re-takes the locks this process still holds
 (``pg_try_advisory_lock`` again); a lock another process took in between is reported *lost*
-(:attr:`AdvisoryLocks.lost`, and a warning) and its turn still cannot corrupt the log: each
-append carries ``expected_seq``.
+(:attr:`AdvisoryLocks.lost`, and a warning). Whether or not it is noticed here (another turn
+may have taken the lock and freed it again before the reconnect), a turn that lost its lock
+cannot commit as if it held it: its appends carry the turn's fence (``locks.py``, Fencing) and
+raise :class:`~colloquy.errors.TurnLockLost` once another turn claimed the conversation.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..errors import ConflictError, ConversationNotFound, StoreError
+from ..errors import ConflictError, ConversationNotFound, StoreError, TurnLockLost
 from ..memory.records import Fact, Summary
 from ..messages import StoredMessage
 from . import queries as Q
@@ -156,7 +156,7 @@ class SQLStore(StoreBase, LockMethods):
 
     def _append(
         self, conversation_id: str, messages: Sequence[NewMessage], expected_seq: int | None,
-        now: float, owner: Owner | None,
+        now: float, owner: Owner | None, fence: str | None = None,
     ) -> list[StoredMessage]:
         n = len(messages)
         q = self.dialect.q
@@ -167,6 +167,8 @@ class SQLStore(StoreBase, LockMethods):
             self._check_owner(conn, owner, row[1] if row and mine else None)  # OwnerGone
             if row is None:
                 raise ConversationNotFound(conversation_id)
+            if fence is not None and row[2] != fence:  # the row is locked: no claim in between
+                raise TurnLockLost(conversation_id)
             last = int(row[0]) - n
             if expected_seq is not None and expected_seq != last:
                 raise ConflictError(conversation_id, expected_seq + 1)
@@ -176,6 +178,9 @@ class SQLStore(StoreBase, LockMethods):
                 chunk = rows[i:i + step]
                 conn.execute(q(Q.insert_messages_sql(len(chunk))), [v for r in chunk for v in r])
         return [Q.appended(r, m) for r, m in zip(rows, messages)]
+
+    def claim_turn(self, conversation_id: str, fence: str) -> bool:
+        return self._write_one(Q.claim_turn_sql(self.dialect), (fence, conversation_id)) is not None
 
     def load(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> list[StoredMessage]:
         q = self.dialect.q

@@ -6,6 +6,10 @@ lookup of an idempotency key (the :class:`TurnStore` protocol).
   asyncio service can take it on the event loop;
 * ``lock(conversation_id, timeout)``: a context manager that waits for the lock (see
   ``locks.py`` for why a lock, and why these mechanisms per back end);
+* ``claim_turn(conversation_id, fence)``: written by a turn that has just taken the lock: its
+  fence (a fresh token) goes in the conversation's record, and the turn's appends pass it
+  (``append(..., fence=)``) so they commit only while no later turn claimed the conversation
+  (see ``locks.py``, Fencing); False when there is no record yet;
 * ``find_by_idempotency_key(conversation_id, key)``: the message stored with that key, if any.
   Keys ride in the user message's ``meta["idempotency_key"]``; migration 0200 indexes them
   uniquely per conversation, so a retried request can never be stored twice.
@@ -43,6 +47,11 @@ class TurnStore(Protocol):
         """Take the conversation's turn lock without waiting: a release callable (call it once
         the turn is over, from any thread; later calls do nothing), or None when another turn
         (this process or another) holds it."""
+        ...
+
+    def claim_turn(self, conversation_id: str, fence: str) -> bool:
+        """Write ``fence`` into the conversation's record (the turn holding the lock now owns
+        it); False when the conversation has no record."""
         ...
 
     def find_by_idempotency_key(self, conversation_id: str, key: str) -> StoredMessage | None: ...
