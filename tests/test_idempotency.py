@@ -290,18 +290,17 @@ def test_a_retry_in_a_conversation_the_client_names_none_is_answered_once(
 
 @pytest.mark.parametrize("route", [OPENAI, ANTHROPIC])
 def test_chats_that_start_alike_are_told_apart_without_loading_their_logs(
-        tmp_path: Path, route: str) -> None:
+        store: Store, route: str) -> None:
     """attack7 F4: a client that names no conversation and starts each chat with the same
     message gets replay-<hash>, -2, -3...; each request looked for its idempotency key (and its
     last reply) in every one of them through a Chat of each (its whole log loaded and kept in
     the service's cache), so a request cost more with every such chat (28 ms at 10, 182 ms at
     300). Now by indexed reads of the store: no other chat's Chat, and a retry still finds its
-    own."""
-    store = SQLiteStore(tmp_path / "alike.db")
+    own. Every store."""
     model = EchoModel()
     app = create_app(store=store, model=model, environ={}, rate_limit=None)
     service = app.state.service
-    http = TestClient(app, headers=bearer(issue_token(store, "ada")))
+    http = TestClient(app, headers=bearer(issue_token(store, "ada")))  # type: ignore[arg-type]
     body: dict[str, Any] = {"model": "echo", "max_tokens": 100,
                             "messages": [{"role": "user", "content": "start"}]}
     names = [http.post(route, json=body, headers={"Idempotency-Key": f"s-{i}"})
@@ -330,4 +329,3 @@ def test_chats_that_start_alike_are_told_apart_without_loading_their_logs(
                          {"role": "user", "content": "and then?"}]
     later = http.post(route, json=body, headers={"Idempotency-Key": "s-7"})
     assert later.headers["x-colloquy-conversation"] in names
-    store.close()
