@@ -208,3 +208,17 @@ def test_cli_eval_example_and_regression(tmp_path: Path) -> None:
 
     r4 = _cli("eval", "examples/eval-cooking.jsonl", "--model", "echo", "--policy", "window:x")
     assert r4.returncode == 2 and "whole number" in r4.stderr and "Traceback" not in r4.stderr
+
+
+def test_a_run_of_unknown_cost_is_not_plotted_at_zero_dollars() -> None:
+    """attack7 F10: the report's cost-vs-recall plot drew a run whose cost is unknown (a model
+    call that reported no usage) at $0, beside the table's "unknown"."""
+    run = run_eval(DATASET, [FunctionModel(good_model, name="m")], ["window:1", "full"])
+    priced, unknown = run.runs
+    priced.cost_usd, unknown.cost_usd = 0.02, None
+    html = render_html(run)
+    assert "unknown" in html  # the table says so
+    plot = html[html.index('aria-label="cost vs recall"'):]
+    plot = plot[:plot.index("</svg>")]
+    assert plot.count("<circle") == 1 and f"{unknown.label}: recall" not in plot
+    assert f"{priced.label}: recall" in plot

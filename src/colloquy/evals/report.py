@@ -83,8 +83,11 @@ def _nice(x: float) -> float:
     return next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= x)
 
 
-def _cost_axis(runs: list[RunResult]) -> tuple[str, list[float]]:
-    costs = [r.cost_usd or 0.0 for r in runs]
+def _cost_axis(runs: list[RunResult]) -> tuple[str, list[float | None]]:
+    """The scatter's x axis: each run's cost, None for a cost that is unknown (a call that
+    reported no usage: never plotted at $0, attack7 F10); input tokens when every known cost
+    is 0 (offline models)."""
+    costs = [r.cost_usd for r in runs]
     if any(costs):
         return "cost (USD)", costs
     return "input tokens (offline models are free)", [float(r.input_tokens) for r in runs]
@@ -95,7 +98,8 @@ def scatter(run: EvalRun, width: int = 400, height: int = 300) -> str:
     left, bottom, top, right = 48, 44, 16, 16
     plot_w, plot_h = width - left - right, height - top - bottom
     label, xs = _cost_axis(run.runs)
-    x_max = _nice(max(xs) * 1.05) if xs and max(xs) > 0 else 1.0
+    known = [x for x in xs if x is not None]
+    x_max = _nice(max(known) * 1.05) if known and max(known) > 0 else 1.0
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'role="img" aria-label="cost vs recall">',
              f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
@@ -116,7 +120,7 @@ def scatter(run: EvalRun, width: int = 400, height: int = 300) -> str:
                  f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">recall</text>')
     for r, (res, xv) in enumerate(zip(run.runs, xs)):
         recall = res.summary.get("recall")
-        if recall is None:
+        if recall is None or xv is None:  # no score, or a cost that is unknown
             continue
         x = left + plot_w * xv / x_max
         y = top + plot_h - plot_h * recall
