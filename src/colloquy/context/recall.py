@@ -19,7 +19,7 @@ rebuild of the whole log. Retrievers (context/retrieval.py):
 
 * ``"bm25"`` (default): SQLite FTS5 BM25 (stdlib only), its scores fused with the dates, speaker,
   neighbour and session signals (context/fusion.py);
-* ``"hybrid"``: the same with sentence embeddings (``pip install 'colloquy[embeddings]'``) as
+* ``"hybrid"``: the same with sentence embeddings (``pip install -e '.[embeddings]'``) as
   more signals; a unit found only by the embeddings is a candidate too;
 * ``"dense"``: sentence embeddings alone; ``"rrf"``: BM25 and embeddings by reciprocal rank
   fusion (the earlier hybrid), or any :class:`~colloquy.context.retrieval.Retriever`.

@@ -38,7 +38,7 @@ def cmd_guard_fit(args: argparse.Namespace) -> int:
     embed = default_embedder()
     if embed is None:
         raise ConfigError("colloquy guard fit needs the embeddings extra: "
-                          "pip install 'colloquy[embeddings]'")
+                          "pip install -e '.[embeddings]'")
     clf = fit_topic_classifier(
         examples.on_topic, examples.off_topic, embed=embed,
         topics=args.topics or examples.topics, target_false_block=args.target_false_block,

@@ -79,7 +79,7 @@ class LearnedTopicGuard(Guard):
         embed = embed or default_embedder()
         if embed is None:
             raise ConfigError("the example-based topic guard needs colloquy[embeddings] "
-                              "(pip install 'colloquy[embeddings]') or an embed function")
+                              "(pip install -e '.[embeddings]') or an embed function")
         self.embed = embed
         if isinstance(embed, SentenceEmbedder):
             embed.start()  # load in the background from now on, not at the first message

@@ -119,7 +119,7 @@ class TopicGuard(Guard):
             embed = embed or default_embedder()
             if embed is None:
                 raise ConfigError("topic guard: method 'embeddings' needs colloquy[embeddings] "
-                                  "(pip install 'colloquy[embeddings]') or an embed function")
+                                  "(pip install -e '.[embeddings]') or an embed function")
         if method == "model" and judge is None:
             raise ConfigError("topic guard: method 'model' needs a judge model")
         if isinstance(judge, str):

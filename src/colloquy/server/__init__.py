@@ -1,5 +1,5 @@
 """The HTTP service: a thin FastAPI app over :class:`colloquy.Chat` and the store, plus the web
-chat page. Needs the ``server`` extra: ``pip install 'colloquy[server]'``.
+chat page. Needs the ``server`` extra: ``pip install -e '.[server]'``.
 
     from colloquy.server import create_app
     app = create_app(db="chat.db", model="echo")   # serve with any ASGI server
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
             from ..errors import ConfigError
 
             raise ConfigError(
-                "the HTTP service needs the server extra: pip install 'colloquy[server]'"
+                "the HTTP service needs the server extra: pip install -e '.[server]'"
             ) from e
         return create_app
     if name in {"ChatService", "ServerSettings"}:

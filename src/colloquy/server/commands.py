@@ -95,7 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - checked here, used by _run
     except ImportError as e:
-        raise ConfigError("colloquy serve needs the server extra: pip install 'colloquy[server]'") from e
+        raise ConfigError(
+            "colloquy serve needs the server extra: pip install -e '.[server]'") from e
     from ..models import get_model
     from ..store import resolve_db_url
     from .ratelimit import RateLimit

@@ -49,7 +49,7 @@ def open_store(
             from .postgres import PostgresStore  # type: ignore[import-not-found]
         except ImportError as e:
             raise ConfigError(
-                "PostgreSQL needs the postgres extra: pip install 'colloquy[postgres]'"
+                "PostgreSQL needs the postgres extra: pip install -e '.[postgres]'"
             ) from e
         return PostgresStore(url)  # type: ignore[no-any-return]
     if url.startswith("sqlite:///"):

@@ -20,7 +20,7 @@ Why these choices:
 * An optional **schema** (``PostgresStore(url, schema="tenant_a")``) isolates one store's tables;
   the test suite uses a fresh schema per test.
 
-Install with ``pip install 'colloquy[postgres]'``.
+Install with ``pip install -e '.[postgres]'``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ try:
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "the PostgreSQL store needs the postgres extra: pip install 'colloquy[postgres]'"
+        "the PostgreSQL store needs the postgres extra: pip install -e '.[postgres]'"
     ) from e
 
 from ..errors import StoreError, StoreUnavailable
