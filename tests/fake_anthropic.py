@@ -231,6 +231,12 @@ def stream(*content: dict[str, Any], **kwargs: Any) -> Reply:
     return Reply(events=stream_events(*content, **kwargs))
 
 
+def either(*content: dict[str, Any], **kwargs: Any) -> Reply:
+    """A Message streamed or not, as the request asks (``"stream": true`` or not): for tests
+    that run one script through routes that stream and routes that do not."""
+    return Reply(json=message(*content, **kwargs).json, events=stream_events(*content, **kwargs))
+
+
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
@@ -433,9 +439,13 @@ class FakeAnthropic:
     so a test that under-scripts fails fast and says why.
     """
 
-    def __init__(self, api_key: str | None = None, *, strict: bool = True) -> None:
+    def __init__(self, api_key: str | None = None, *, strict: bool = True,
+                 title: str | None = None) -> None:
         self.api_key = api_key
         self.strict = strict
+        #: When set, a conversation-title request (colloquy's title prompt) is answered with
+        #: this title, streamed or not, outside the queue.
+        self.title = title
         self.requests: list[Recorded] = []
         #: Answers whose client hung up before they were complete.
         self.drops = Drops()
@@ -455,6 +465,12 @@ class FakeAnthropic:
     def enqueue(self, *replies: Reply) -> None:
         with self._lock:
             self._replies.extend(replies)
+
+    def reset(self) -> None:
+        """Forget the requests and the replies still queued (a server shared by many tests)."""
+        with self._lock:
+            self.requests.clear()
+            self._replies.clear()
 
     def start(self) -> FakeAnthropic:
         self._thread.start()
@@ -488,6 +504,9 @@ class FakeAnthropic:
         problem = problem or content_problem(request.body)
         if problem is not None:
             return error(400, "invalid_request_error", problem, headers={"x-should-retry": "false"})
+        if self.title is not None and isinstance(request.body, dict) and (
+                "You write titles" in json.dumps(request.body.get("system"))):
+            return either(text(self.title))
         with self._lock:
             if self._replies:
                 return self._replies.popleft()
@@ -536,7 +555,8 @@ def _handler_for(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             headers = {"request-id": f"req_fake_{next(_ids):04d}", **reply.headers}
-            if reply.events is not None:
+            streamed = isinstance(body, dict) and body.get("stream") is True
+            if reply.events is not None and (reply.json is None or streamed):
                 self._send_stream(reply, headers)
             else:
                 self._send_json(reply.status, reply.json, headers)

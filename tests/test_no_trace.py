@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import gc
 import json
+import platform
 import subprocess
 import sys
 import time
+import weakref
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -143,23 +145,34 @@ def test_delete_me_leaves_no_trace_in_the_serving_process(store: Store) -> None:
 
 
 def live_strings(needle: str) -> list[str]:
-    """Every string held in any container anywhere in this process that contains ``needle``
-    (after a collection): what the garbage collector can still reach, frozen objects included
-    (colloquy.gc_freeze: gc.get_objects() does not list them)."""
+    """Every string (or bytes) containing ``needle`` that any object of this process refers to
+    (after a collection): the referents of every object the garbage collector tracks, frozen
+    ones included (colloquy.gc_freeze: gc.get_objects() does not list them), and of the
+    containers it does not track (a dict or tuple of strings only), reached through them. So a
+    text held as a dict key, in a set, in an ``functools.lru_cache`` or in an object's
+    ``__dict__`` is found, not only one in a tracked list or dict's values."""
     gc.unfreeze()
     gc.collect()
-    found = []
-    for obj in gc.get_objects():
-        # dict.values(obj), not obj.values(): a subclass may compute its values on demand
-        # (transformers' lazy auto-mappings import models when read).
-        # (type(obj), not isinstance: some objects' __class__ is a property that warns.)
-        kind = type(obj)
-        values = dict.values(obj) if issubclass(kind, dict) else list.__iter__(obj) \
-            if issubclass(kind, list) else tuple.__iter__(obj) if issubclass(kind, tuple) else ()
-        try:
-            found.extend(v for v in values if issubclass(type(v), str) and needle in v)
-        except RuntimeError:  # a container changed size while read (another thread)
+    found: list[str] = []
+    seen: set[int] = set()
+    todo = gc.get_objects()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
             continue
+        seen.add(id(obj))
+        try:
+            referents = gc.get_referents(obj)
+        except RuntimeError:  # pragma: no cover - changed while read (another thread)
+            continue
+        for ref in referents:
+            kind = type(ref)  # (type(), not isinstance: some __class__ are properties that warn)
+            if kind is str or kind is bytes or kind is bytearray:
+                text = ref if kind is str else bytes(ref).decode("utf-8", "replace")
+                if needle in text:
+                    found.append(text)
+            elif kind in (dict, tuple, list, set, frozenset) and not gc.is_tracked(ref):
+                todo.append(ref)  # untracked containers: not in gc.get_objects()
     return found
 
 
@@ -197,3 +210,55 @@ def test_a_user_deleted_by_another_process_leaves_the_serving_process(db: str) -
             assert f"said-{BOB}" in held_text(service)  # the other user's stay cached
     finally:
         store.close()
+
+
+def _estimate_secret_texts() -> None:
+    """Estimates that leave a text in the process-wide memos (no reference kept here)."""
+    from colloquy.messages import Message
+    from colloquy.tokens import estimate_message, estimate_text, note_estimate
+
+    estimate_text("memo-zqcarl one")
+    estimate_message(Message.user("memo-zqcarl two"))
+    note_estimate("memo-zqcarl three", 3)
+
+
+def test_any_deletion_empties_the_process_wide_text_memos() -> None:
+    """Token estimates are memoised by text or by message, whatever their conversation: a memo
+    cannot tell a deleted user's entries apart, so any forgotten conversation empties it."""
+    from colloquy.caches import forget_cached
+
+    _estimate_secret_texts()
+    assert live_strings("memo-zqcarl")  # held by the memos
+    forget_cached(["c_any"])
+    assert live_strings("memo-zqcarl") == []
+
+
+class _Node:
+    """An object in a reference cycle (weakly referenceable, to see when it is freed)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.me = self
+
+
+def _frozen_cycle() -> weakref.ref[_Node]:
+    node = _Node("cycle-zqdora")  # freed by the collector only (it refers to itself)
+    gc.freeze()
+    return weakref.ref(node)
+
+
+def test_reclaim_collects_garbage_that_died_frozen_and_freezes_again() -> None:
+    from colloquy.gc_freeze import _malloc_trim, reclaim
+
+    gc.collect()
+    dead = _frozen_cycle()
+    try:
+        gc.collect()
+        assert dead() is not None  # died frozen: a collection does not see it
+        reclaim()
+        assert dead() is None
+        assert gc.get_freeze_count() > 0  # what is alive is frozen again
+    finally:
+        gc.unfreeze()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None

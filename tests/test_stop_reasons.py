@@ -149,3 +149,22 @@ def test_the_async_turn_never_runs_a_cut_call_either() -> None:
         assert asyncio.run(chat2.asend("email bob")).stop_reason == "max_tokens"
         assert ran == []
         assert asyncio.run(chat2.asend("again")).text == "ok"
+
+
+@pytest.mark.parametrize("reason", ["a_reason_added_later", "pause_turn"])
+def test_a_call_under_an_unknown_or_exhausted_stop_reason_is_held_too(reason: str) -> None:
+    """A stop reason colloquy does not know (a provider's newer one), and pause_turn once the
+    turn's rounds are spent, hold the reply's calls as a cut reply does, and say why."""
+    answers: list[object] = [cut(TextBlock(text="Working."), tool_call("send_email", {}, id="t1"),
+                                 reason=reason), "Sure."]
+    model = ScriptedModel(answers)
+    chat = Chat(model, tools=[send_email], store=MemoryStore(), title_model=False,
+                max_tool_rounds=0)
+    reply = chat.send("email it")
+    assert ran == [] and reply.stop_reason == reason and len(model.requests) == 1
+    note = " ".join(reply.notes)
+    assert (repr(reason) in note) if reason != "pause_turn" else ("paused the turn" in note)
+    assert "send_email were not run" in note
+    assert chat.history()[-1].message.tool_results[0].is_error
+    assert chat.send("again").text == "Sure."
+    assert problems(model.last_request.messages, model.last_request.system) == []

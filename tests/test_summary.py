@@ -222,6 +222,8 @@ def test_summary_problem_names_each_kind() -> None:
     assert summary_problem(GOOD, 100) is None
     assert "empty" in (summary_problem("  ", 100) or "")
     assert "cut off" in (summary_problem(GOOD, 100, "max_tokens") or "")
+    assert "cut off" in (summary_problem(GOOD, 100, "model_context_window_exceeded") or "")
+    assert summary_problem(GOOD, 100, "a_reason_added_later") is None
     assert "longer than" in (summary_problem(long_words(300), 100) or "")
     assert "repeats itself" in (summary_problem(LOOPING, 10_000) or "")
     # a loop of varied lines: most 4-word phrases come back

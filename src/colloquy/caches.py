@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
+
+from .gc_freeze import reclaim
 
 class ConversationsChecker(Protocol):
     """What :func:`sweep_deleted` needs of a store (every shipped store has it)."""
@@ -126,5 +128,28 @@ def sweep_deleted(store: ConversationsChecker) -> set[str]:
     if not held:
         return set()
     gone = held - store.existing_conversations(held)
-    forget_cached(gone, store)
+    if gone:
+        forget_cached(gone, store)
+        reclaim()  # the garbage, frozen cycles included, and the C heap's free pages
     return gone
+
+
+class TextMemo:
+    """A process-wide memo that holds text or messages but not which conversation they came
+    from (a token estimate keyed by text, by a message's identity): it forgets everything
+    whenever any conversation is forgotten, since it cannot tell which entries were the
+    deleted ones. Made by :func:`text_memo`."""
+
+    def __init__(self, clear: Callable[[], None]) -> None:
+        self._clear = clear
+
+    def forget_conversations(self, ids: set[str]) -> None:
+        self._clear()
+
+
+def text_memo(clear: Callable[[], None]) -> TextMemo:
+    """Register a process-wide memo emptied by ``clear`` (see :class:`TextMemo`); keep the
+    returned object (the registry holds it weakly)."""
+    memo = TextMemo(clear)
+    register_cache(memo)
+    return memo

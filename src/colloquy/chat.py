@@ -53,7 +53,7 @@ from .telemetry.turns import context_attributes, store_system, turn_span, work_s
 from .tokens import TokenCounter, counter as default_counter, estimate_text, estimate_tools
 from .text import clean_persona, require_text
 from .tools import Tool, as_tools
-from .reply import NOT_RUN, Reply, not_run_reason
+from .reply import CANCELLED, NOT_RUN, Reply, not_run_reason
 from .turn_guards import blocked_turn, guard_reply, run_guards
 from .turn_options import NO_OPTIONS, TurnOptions
 from .usage import Usage, add_costs
@@ -62,9 +62,6 @@ log = logging.getLogger("colloquy")
 
 
 UserInput = str | Message | Sequence[ContentBlock]
-#: The stop_reason stored on a reply cut short because its caller went away (see
-#: colloquy.effects): the text received so far is kept, its usage billed.
-CANCELLED = "cancelled"
 
 
 def _user_message(content: UserInput) -> Message:

@@ -15,7 +15,7 @@ callers (the CLI, the HTTP server, users' code) can translate them in one place.
     │   ├── BadRequestError         400/422: the API refused the request's shape
     │   ├── ModelConnectionError    network failure or timeout, nothing came back
     │   └── EmptyCompletionError    a 200 with no content at all (e.g. llama.cpp's context
-    │                               overflow while streaming)
+    │                               overflow while streaming, an empty Anthropic stream)
     ├── InvalidConversationError    a request would break the API's conversation rules
     │   └── NothingToRevise         edit/regenerate asked of a conversation with no turn yet
     ├── EditConflict                an edit/regenerate named a message no longer the newest turn's
@@ -145,7 +145,8 @@ class ModelConnectionError(ModelError):
 
 class EmptyCompletionError(ModelError):
     """The provider answered success with nothing in it: no text, no tool call, no reason to
-    stop early. llama.cpp's server does so when a streamed prompt overflows its context. Not
+    stop early. llama.cpp's server does so when a streamed prompt overflows its context; an
+    Anthropic stream that is empty, or holds ``message_start`` then ``message_stop``, too. Not
     stored as a reply (an empty reply would be merged into every later turn); the user's
     message is kept, and the server maps it to 502."""
 

@@ -15,23 +15,45 @@ from pydantic import BaseModel, ConfigDict, Field
 from .messages import Message
 from .usage import Usage
 
+#: colloquy's own stop reasons, beside the providers': a guard answered the message (no model
+#: call), and a reply cut short because its caller went away (colloquy.effects: the text so far
+#: is kept, its usage billed).
+GUARD = "guard"
+CANCELLED = "cancelled"
+
+#: Stop reasons after which a reply's tool calls are run (or it has none): the model finished
+#: its turn, or asked for its calls; None when the provider did not say.
+_RUNS = frozenset({"end_turn", "tool_use"})
+
 #: Stop reasons after which a reply's tool calls are never run, and why (said in Reply.notes
-#: and in the is_error tool_result stored for each call). max_tokens: the reply was cut, so a
-#: tool_use's input may be incomplete (its defaults would fill the gap); stop_sequence: the
-#: same, at a stop sequence; refusal: the provider stopped the reply for safety. The turn ends;
-#: the user can ask again (or raise max_tokens). (pause_turn is not here: Anthropic paused a
-#: long server-tool turn, whose blocks colloquy keeps whole, so the turn goes on: _locked_turn.)
+#: and in the is_error tool_result stored for each call). max_tokens and
+#: model_context_window_exceeded: the reply was cut, so a tool_use's input may be incomplete
+#: (its defaults would fill the gap); stop_sequence: the same, at a stop sequence; refusal: the
+#: provider stopped the reply for safety. The turn ends; the user can ask again (or raise
+#: max_tokens). Held too: pause_turn past the turn's rounds (Anthropic paused a long server-tool
+#: turn; a pause within them goes on: _locked_turn), and a stop reason colloquy does not know (a
+#: provider's newer one), named in the note.
 NOT_RUN: dict[str, str] = {
     "max_tokens": "the reply was cut off by max_tokens before it was complete",
+    "model_context_window_exceeded": "the reply was cut off when the model's context window "
+                                     "filled up (stop_reason model_context_window_exceeded)",
     "stop_sequence": "the reply stopped at a stop sequence and may be incomplete",
     "refusal": "the model refused to go on (stop_reason refusal)",
 }
+_PAUSED = ("the provider paused the turn (stop_reason pause_turn) more times than the turn's "
+           "tool rounds allow; send a new message to go on")
 
 
 def not_run_reason(stop_reason: str | None) -> str | None:
     """Why a reply with this stop_reason ends the turn without running its tool calls, or None
-    when its tool calls may run (tool_use, end_turn, or a stop reason the provider did not give)."""
-    return NOT_RUN.get(stop_reason or "")
+    when its tool calls may run (tool_use, end_turn, or a stop reason the provider did not
+    give)."""
+    if stop_reason is None or stop_reason in _RUNS:
+        return None
+    if stop_reason == "pause_turn":
+        return _PAUSED
+    return NOT_RUN.get(stop_reason) or (
+        f"the reply stopped with stop_reason {stop_reason!r}, which colloquy does not know")
 
 
 class Reply(BaseModel):

@@ -33,6 +33,7 @@ from .messages import (
     ToolUseBlock,
     UnknownBlock,
 )
+from .caches import text_memo
 from .usage import Usage
 
 #: Word-like pieces as BPE tokenizers cut them: letter runs, numbers in groups of up to three
@@ -265,6 +266,17 @@ def estimate_message(message: Message) -> int:
         _MEMO.clear()
     _MEMO[id(message)] = (message, value)
     return value
+
+
+def _forget_texts() -> None:
+    with _NOTED_LOCK:
+        _NOTED.clear()
+    _MEMO.clear()
+    _estimate_text.cache_clear()
+
+
+#: The memos above hold texts and messages of any conversation: a deletion empties them.
+_FORGETS = text_memo(_forget_texts)
 
 
 class TokenCounter:

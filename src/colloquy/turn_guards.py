@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .guards import GuardContext, GuardOutcome, Stage, replace_text
 from .messages import Message
 from .models import ModelResponse
-from .reply import Reply
+from .reply import GUARD, Reply
 from .store import NewMessage
 from .telemetry import call_purpose
 from .usage import Usage
@@ -49,11 +49,11 @@ def blocked_turn(
     meta = checked.meta()
     _, answer = chat._append(
         NewMessage(message=message, meta={**meta, **(extra_meta or {})}),  # a retry replays
-        NewMessage(message=Message.assistant(text), meta={**meta, "stop_reason": "guard"}),
+        NewMessage(message=Message.assistant(text), meta={**meta, "stop_reason": GUARD}),
     )
     return Reply(
         text=text, message=answer.message, conversation_id=chat.session_id, seq=answer.seq,
-        usage=Usage(), cost_usd=0.0, model=chat.model.name, stop_reason="guard", rounds=0,
+        usage=Usage(), cost_usd=0.0, model=chat.model.name, stop_reason=GUARD, rounds=0,
         notes=[f"blocked by guard {checked.blocked.guard!r}: {checked.blocked.reason}"],
         guards=[v.record() for v in checked.verdicts], blocked=True,
     )

@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..caches import text_memo
 from ..errors import NoContextRecord
 from ..messages import StoredMessage
 from ..tokens import TokenCounter, estimate_text, estimate_tools
@@ -67,6 +68,7 @@ def persona_hash(persona: str) -> str:
 
 
 _PERSONA_MEMO: dict[str, tuple[str, int]] = {}
+_FORGETS = text_memo(_PERSONA_MEMO.clear)  # a persona is a user's text: a deletion empties it
 
 
 def _persona(persona: str) -> tuple[str, int]:

@@ -32,7 +32,7 @@ from ..messages import Message, StoredMessage, TextBlock
 from ..memory.models import DEFAULT_MEMORY_MODEL, MemoryModelUser
 from ..memory.records import Summary
 from ..memory.transcript import transcript
-from ..models.base import Model, ModelRequest
+from ..models.base import CUT_OFF, Model, ModelRequest
 from ..store.base import register_cache
 from ..text import as_data
 from ..tokens import estimate_message, estimate_text
@@ -132,8 +132,8 @@ def summary_problem(text: str, replaced: int, stop_reason: str | None = None,
                     source: str = "") -> str | None:
     """Why a summary must not be used, or None when it is fine.
 
-    Rejected: empty; cut off (``stop_reason == "max_tokens"``: the model ran out of room, the
-    summary ends mid-thought and often mid-loop); looping (a line or sentence of 16+ characters
+    Rejected: empty; cut off (stop_reason ``max_tokens`` or ``model_context_window_exceeded``:
+    the model ran out of room, the summary ends mid-thought and often mid-loop); looping (a line or sentence of 16+ characters
     three times, or over 35% of its word 4-grams repeated, counting only the repeats that the
     ``source`` text it summarises does not have itself: a faithful summary of repetitive tool
     output is not a loop); longer than the ``replaced`` tokens it stands for (a summary that
@@ -141,8 +141,8 @@ def summary_problem(text: str, replaced: int, stop_reason: str | None = None,
     raised every turn's input from 216 to 702 tokens, issue 13)."""
     if not text.strip():
         return "the summariser returned an empty summary"
-    if stop_reason == "max_tokens":
-        return "the summary was cut off at the summariser's max_tokens"
+    if stop_reason in CUT_OFF:
+        return f"the summary was cut off (stop_reason {stop_reason})"
     pieces = Counter(_pieces(text))
     seen = Counter(_pieces(source)) if source else Counter()
     for piece, n in pieces.items():

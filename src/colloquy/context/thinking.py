@@ -24,6 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
+from ..caches import text_memo
 from ..messages import THINKING_BLOCKS, ContentBlock, Message, StoredMessage, TextBlock
 
 #: Anthropic's smallest thinking budget (``thinking.budget_tokens``).
@@ -117,6 +118,7 @@ def _strip(messages: Sequence[Message], sources: Sequence[list[int]]
 
 _MEMO: dict[int, tuple[StoredMessage, StoredMessage | None]] = {}
 _MEMO_MAX = 8_192
+_FORGETS = text_memo(_MEMO.clear)  # it holds messages of any conversation: a deletion empties it
 
 
 def _stripped(sm: StoredMessage) -> StoredMessage | None:

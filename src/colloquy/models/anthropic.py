@@ -23,6 +23,7 @@ from ..errors import (
     AuthenticationError,
     BadRequestError,
     ContextTooLongError,
+    EmptyCompletionError,
     MissingAPIKeyError,
     ModelConnectionError,
     ModelError,
@@ -35,7 +36,6 @@ from .base import (
     Model,
     ModelRequest,
     ModelResponse,
-    StopReason,
     StreamEvent,
     TextDelta,
     ThinkingDelta,
@@ -54,18 +54,6 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 #: the server still receives exactly :meth:`ModelRequest.to_anthropic`.
 _CREATE_PARAMS = frozenset({"model", "max_tokens", "messages", "system", "tools", "thinking"})
 _COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "thinking"})
-
-_STOP_REASONS: dict[str, StopReason] = {
-    "end_turn": "end_turn",
-    "max_tokens": "max_tokens",
-    "stop_sequence": "stop_sequence",
-    "tool_use": "tool_use",
-    "pause_turn": "pause_turn",
-    "refusal": "refusal",
-    # The reply was cut short because the context window filled up: a truncation, like
-    # max_tokens, which is how the engine should treat it.
-    "model_context_window_exceeded": "max_tokens",
-}
 
 #: The HTTP status each API error type has. An error sent *inside* a stream arrives on an
 #: HTTP 200 response; we report the status the same error has before a stream starts, so
@@ -214,15 +202,31 @@ def _delta(event: Any) -> TextDelta | ThinkingDelta | None:
 
 
 def to_model_response(message: SDKMessage) -> ModelResponse:
-    """An SDK ``Message`` (from ``create`` or a finished stream) as a :class:`ModelResponse`."""
-    stop = message.stop_reason
+    """An SDK ``Message`` (from ``create`` or a finished stream) as a :class:`ModelResponse`;
+    its stop_reason as the API said it (``model_context_window_exceeded``, ``refusal``, and any
+    reason added after this SDK, which the SDK passes on as a string)."""
     return ModelResponse(
         content=_to_blocks(list(message.content)),
-        stop_reason=_STOP_REASONS.get(stop) if stop else None,
+        stop_reason=message.stop_reason,
         usage=_to_usage(message.usage),
         model=message.model or "",
         id=message.id,
     )
+
+
+def _answered(message: object, request_id: str | None) -> SDKMessage:
+    """The API's message, or EmptyCompletionError when the call ended with no content at all:
+    no message (an empty body, a stream with no ``message_start``, a body that is not a
+    Message), or a message with no block holding anything that never said why it stopped
+    (``message_start`` then ``message_stop``). A message with a stop_reason and no content is
+    an answer (the API's empty ``end_turn``, a ``refusal``), not this."""
+    if isinstance(message, SDKMessage) and (message.stop_reason is not None or not all(
+            b.type == "text" and not b.text for b in message.content)):
+        return message
+    raise EmptyCompletionError(
+        "the Anthropic API's answer ended with no content: no message, or a message with no "
+        "content and no stop_reason (an empty response)", provider=PROVIDER,
+        request_id=request_id or getattr(message, "_request_id", None))
 
 
 class AnthropicModel(Model):
@@ -296,22 +300,26 @@ class AnthropicModel(Model):
             message = self._client.messages.create(**self._create_kwargs(request))
         except _CAUGHT as err:
             raise self._error(err) from err
-        return to_model_response(message)
+        return to_model_response(_answered(message, None))
 
     def stream(self, request: ModelRequest) -> Iterator[StreamEvent]:
         """Text and thinking deltas as they arrive, then the response assembled by the SDK from
         the whole stream (tool inputs from their ``input_json_delta`` pieces, signatures from
         ``signature_delta``, citations from ``citations_delta``)."""
+        final: SDKMessage | None = None
         try:
             with self._client.messages.stream(**self._create_kwargs(request)) as stream:
+                started = False
                 for event in stream:
+                    started = started or event.type == "message_start"
                     delta = _delta(event)
                     if delta is not None:
                         yield delta
-                final = stream.get_final_message()
+                final = stream.get_final_message() if started else None
+                request_id = stream.request_id
         except _CAUGHT as err:
             raise self._error(err) from err
-        yield to_model_response(final)
+        yield to_model_response(_answered(final, request_id))
 
     async def arequest(self, request: ModelRequest) -> ModelResponse:
         client = self._async_client()
@@ -321,7 +329,7 @@ class AnthropicModel(Model):
             message = await client.messages.create(**self._create_kwargs(request))
         except _CAUGHT as err:
             raise self._error(err) from err
-        return to_model_response(message)
+        return to_model_response(_answered(message, None))
 
     async def astream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """As :meth:`stream`, on the event loop; closing the iterator (or cancelling its task)
@@ -331,16 +339,20 @@ class AnthropicModel(Model):
             async for event in super().astream(request):
                 yield event
             return
+        final: SDKMessage | None = None
         try:
             async with client.messages.stream(**self._create_kwargs(request)) as stream:
+                started = False
                 async for sdk_event in stream:
+                    started = started or sdk_event.type == "message_start"
                     delta = _delta(sdk_event)
                     if delta is not None:
                         yield delta
-                final = await stream.get_final_message()
+                final = await stream.get_final_message() if started else None
+                request_id = stream.request_id
         except _CAUGHT as err:
             raise self._error(err) from err
-        yield to_model_response(final)
+        yield to_model_response(_answered(final, request_id))
 
     def count_tokens(self, request: ModelRequest) -> int:
         """The provider's exact count of the prompt (system, messages and tools)."""

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,9 +29,15 @@ from ..telemetry.genai import instrument_class
 from ..text import Text, clean_json
 from ..usage import FREE_PROVIDERS, Usage, cost_of
 
-StopReason = Literal[
-    "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal", "error"
-]
+#: Why a reply stopped, in the Messages API's words: ``end_turn``, ``max_tokens``,
+#: ``stop_sequence``, ``tool_use``, ``pause_turn``, ``refusal``,
+#: ``model_context_window_exceeded`` (OpenAI's finish_reason is mapped onto them). A reason a
+#: provider adds later is passed through as its string, stored and reported as it came.
+StopReason = str
+
+#: The stop reasons of a reply cut off before it was complete: at ``max_tokens``, or when the
+#: model's context window filled up (Anthropic's newer models).
+CUT_OFF: frozenset[str] = frozenset({"max_tokens", "model_context_window_exceeded"})
 
 #: Threads for the calls of models that have no async client (the default arequest/astream):
 #: each waiting call holds one, as every turn did before the async API (issue 16).

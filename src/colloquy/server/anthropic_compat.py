@@ -36,6 +36,7 @@ from ..errors import ColloquyError
 from ..messages import ContentBlock, Message
 from ..models import ThinkingDelta, ToolSpec
 from ..models.base import TextPiece
+from ..reply import CANCELLED, GUARD
 from ..store.users import User
 from ..turn_options import ANTHROPIC_API
 from . import errors as E
@@ -45,7 +46,6 @@ from .schemas import ErrorBody, IdempotencyKeyHeader, _Clean
 from .service import ChatService, replayed_header
 
 #: The Messages API's stop reasons; colloquy's own (a guard's block) is the nearest of them.
-_STOP = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
 
 
 class MessagesRequest(_Clean):
@@ -142,9 +142,14 @@ def _usage(reply: Reply) -> dict[str, Any]:
 
 
 def _stop_reason(reply: Reply) -> str:
-    if reply.blocked:
+    """The reply's stop_reason as the provider said it (``model_context_window_exceeded``,
+    ``refusal``, a reason added later...); a guard's answer is a ``refusal``; colloquy's own
+    ``cancelled`` (a replayed reply whose first caller went away), or none, is ``end_turn``."""
+    if reply.blocked or reply.stop_reason == GUARD:
         return "refusal"
-    return reply.stop_reason if reply.stop_reason in _STOP else "end_turn"
+    if reply.stop_reason is None or reply.stop_reason == CANCELLED:
+        return "end_turn"
+    return reply.stop_reason
 
 
 def _extension(reply: Reply, name: str) -> dict[str, Any]:

@@ -40,8 +40,11 @@ from .inflight import cancel_on_disconnect
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader
 from .service import ChatService, replayed_header
 
+#: OpenAI's finish_reason for each stop reason (any other, a provider's newer one included,
+#: is "stop"; the colloquy field carries the stop_reason as the provider said it).
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-           "tool_use": "tool_calls", "refusal": "content_filter", "guard": "content_filter"}
+           "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+           "refusal": "content_filter", "guard": "content_filter"}
 
 
 def _usage(reply: Reply) -> dict[str, Any]:
@@ -62,7 +65,8 @@ def _extension(reply: Reply, name: str) -> dict[str, Any]:
     """colloquy's own fields, beside OpenAI's (clients ignore what they do not know); the
     conversation is named as the client named it (or as colloquy found it)."""
     return {"conversation_id": name, "seq": reply.seq, "cost_usd": reply.cost_usd,
-            "usage": reply.usage.model_dump(), "notes": reply.notes}
+            "usage": reply.usage.model_dump(), "stop_reason": reply.stop_reason,
+            "notes": reply.notes}
 
 
 def _finish(reply: Reply) -> str:

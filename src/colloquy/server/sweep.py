@@ -10,7 +10,11 @@ keeps up to ``ServerSettings.cached_chats`` Chats with their loaded logs. So eve
 conversations its caches hold still exist, and forgets the others in the caches registered
 with that store (:func:`colloquy.caches.sweep_deleted`; one registry per store, so two
 services over two stores in one process never ask about, nor evict, each other's). The cost is one query per interval per worker, none
-per turn; a deleted user's messages leave a worker's memory within about one interval.
+per turn; a deleted user's messages leave a worker's memory within about one interval. A
+sweep that forgot something also empties the process-wide text memos (colloquy.caches.TextMemo),
+collects everything, frozen garbage included, and trims the C heap
+(:func:`colloquy.gc_freeze.reclaim`): no live object refers to the text any more; freed memory
+keeps its bytes until reused (README, Deletion).
 """
 
 from __future__ import annotations

@@ -261,7 +261,8 @@ class _Call:
 
 #: colloquy's stop reasons as the conventions' output-message ``finish_reason`` values.
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-           "max_tokens": "length", "tool_use": "tool_call", "refusal": "content_filter",
+           "max_tokens": "length", "model_context_window_exceeded": "length",
+           "tool_use": "tool_call", "refusal": "content_filter",
            "error": "error"}
 
 
