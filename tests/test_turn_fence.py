@@ -228,3 +228,36 @@ def test_the_service_answers_a_lost_lock_with_a_retry() -> None:
     assert retry_after(TurnLockLost("c")) == 1
     assert status_for(TurnSuperseded("c", 1)) == (409, "conflict")
     assert retry_after(TurnSuperseded("c", 1)) is None
+
+
+def test_over_http_the_overtaken_turn_is_409_with_retry_after_and_its_retry_409_conflict() -> None:
+    from fastapi.testclient import TestClient
+
+    from colloquy.server import create_app
+    from colloquy.store import MemoryStore
+    from colloquy.store.users import issue_token
+    from server_helpers import bearer
+
+    store = MemoryStore()
+
+    def overtaken(req: ModelRequest) -> str:
+        (conv,) = store.list_conversations()
+        store.claim_turn(conv.id, "other turn")  # another worker's turn took the conversation
+        store.append(conv.id, [NewMessage(message=Message.user("question B")),
+                               NewMessage(message=Message.assistant("answer B"))],
+                     expected_seq=conv.last_seq, fence="other turn")
+        return "answer A"
+
+    app = create_app(store=store, model=FunctionModel(overtaken), environ={}, rate_limit=None)
+    client = TestClient(app)
+    h = bearer(issue_token(store, "ann"))
+    cid = client.post("/v1/conversations", headers=h, json={}).json()["id"]
+    sent = {"headers": {**h, "Idempotency-Key": "kA"}, "json": {"content": "question A"}}
+    r = client.post(f"/v1/conversations/{cid}/messages", **sent)  # type: ignore[arg-type]
+    assert (r.status_code, r.json()["error"]["type"]) == (409, "conversation_busy"), r.text
+    assert r.headers["retry-after"] == "1"
+    r = client.post(f"/v1/conversations/{cid}/messages", **sent)  # type: ignore[arg-type]
+    assert (r.status_code, r.json()["error"]["type"]) == (409, "conflict"), r.text
+    (conv,) = store.list_conversations()
+    assert [sm.message.text for sm in store.load(conv.id)] == [
+        "question A", "question B", "answer B"]
