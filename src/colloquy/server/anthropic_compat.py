@@ -40,7 +40,8 @@ from ..reply import CANCELLED, GUARD
 from ..store.users import User
 from ..turn_options import ANTHROPIC_API
 from . import errors as E
-from .compat import CONVERSATION_HEADER, ConversationHeader, split_turn, turn_responses
+from .compat import (CONVERSATION_HEADER, ConversationHeader, ignored_note, split_turn,
+                     turn_responses)
 from .inflight import cancel_on_disconnect
 from .schemas import ErrorBody, IdempotencyKeyHeader, _Clean
 from .service import ChatService, replayed_header
@@ -152,9 +153,9 @@ def _stop_reason(reply: Reply) -> str:
     return reply.stop_reason
 
 
-def _extension(reply: Reply, name: str) -> dict[str, Any]:
+def _extension(reply: Reply, name: str, notes: list[str]) -> dict[str, Any]:
     return {"conversation_id": name, "seq": reply.seq, "cost_usd": reply.cost_usd,
-            "notes": reply.notes, "usage_estimated": reply.usage.estimated}
+            "notes": [*reply.notes, *notes], "usage_estimated": reply.usage.estimated}
 
 
 def _wire(block: ContentBlock) -> dict[str, Any]:
@@ -338,6 +339,7 @@ def add_anthropic_routes(
             "tools": tools,
             "max_tokens": body.max_tokens - budget if budget else body.max_tokens}
         headers = {CONVERSATION_HEADER: conv.name}
+        ignored = ignored_note(body.model_extra)
         message_id = f"msg_{secrets.token_hex(12)}"
 
         def message(reply: Reply | None, content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -353,7 +355,7 @@ def add_anthropic_routes(
                     chat, content, idempotency_key, **options))
             response.headers.update({**headers, **replayed_header(replayed)})
             return {**message(reply, reply.message.to_anthropic()["content"]),
-                    "colloquy": _extension(reply, conv.name)}
+                    "colloquy": _extension(reply, conv.name, ignored)}
 
         async def events() -> AsyncIterator[str]:
             # A disconnect cancels this body (Starlette), which stops the turn (colloquy.effects).
@@ -370,7 +372,8 @@ def add_anthropic_routes(
                         yield blocks.rest(list(reply.message.content))
                         yield _sse("message_delta", {
                             "delta": {"stop_reason": _stop_reason(reply), "stop_sequence": None},
-                            "usage": _usage(reply), "colloquy": _extension(reply, conv.name)})
+                            "usage": _usage(reply),
+                            "colloquy": _extension(reply, conv.name, ignored)})
                         yield _sse("message_stop", {})
             except ColloquyError as e:
                 status, kind = E.status_for(e)

@@ -32,6 +32,16 @@ def turn_responses(answer: str) -> dict[int | str, dict[str, Any]]:
                   "description": answer}, **errors}
 
 
+def ignored_note(extra: dict[str, Any] | None) -> list[str]:
+    """A note naming the request's fields colloquy accepts but does not act on (``tool_choice``,
+    ``response_format``, ``top_p``...: the body's extra fields), so a client that relies on one
+    can see it was not honoured; none when there are none."""
+    names = sorted(k for k, v in (extra or {}).items() if v is not None)
+    if not names:
+        return []
+    return [f"not acted on by colloquy (accepted and ignored): {', '.join(names)}"]
+
+
 def split_turn(messages: Sequence[Message]) -> tuple[list[Message], Message]:
     """(the replayed history, the new user message): the user messages after the last
     assistant message, joined into one message, tool results first (both APIs want a tool
@@ -48,4 +58,5 @@ def split_turn(messages: Sequence[Message]) -> tuple[list[Message], Message]:
     return list(messages[:start]), Message(role="user", content=blocks)
 
 
-__all__ = ["CONVERSATION_HEADER", "ConversationHeader", "split_turn", "turn_responses"]
+__all__ = ["CONVERSATION_HEADER", "ConversationHeader", "ignored_note", "split_turn",
+           "turn_responses"]

@@ -35,7 +35,8 @@ from ..openai_shape import OpenAIShapeError, from_openai_messages, tool_calls, t
 from ..store.users import User
 from ..turn_options import OPENAI_API
 from . import errors as E
-from .compat import CONVERSATION_HEADER, ConversationHeader, split_turn, turn_responses
+from .compat import (CONVERSATION_HEADER, ConversationHeader, ignored_note, split_turn,
+                     turn_responses)
 from .inflight import cancel_on_disconnect
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader
 from .service import ChatService, replayed_header
@@ -61,12 +62,13 @@ def _usage(reply: Reply) -> dict[str, Any]:
     return out
 
 
-def _extension(reply: Reply, name: str) -> dict[str, Any]:
+def _extension(reply: Reply, name: str, notes: list[str]) -> dict[str, Any]:
     """colloquy's own fields, beside OpenAI's (clients ignore what they do not know); the
-    conversation is named as the client named it (or as colloquy found it)."""
+    conversation is named as the client named it (or as colloquy found it); ``notes``: the
+    route's own, after the turn's."""
     return {"conversation_id": name, "seq": reply.seq, "cost_usd": reply.cost_usd,
             "usage": reply.usage.model_dump(), "stop_reason": reply.stop_reason,
-            "notes": reply.notes}
+            "notes": [*reply.notes, *notes]}
 
 
 def _finish(reply: Reply) -> str:
@@ -159,6 +161,7 @@ def add_openai_routes(
             "max_tokens": body.max_completion_tokens or body.max_tokens,
             "thinking": body.thinking, "tools": tools}
         created = int(time.time())
+        ignored = ignored_note(body.model_extra)
         headers = {CONVERSATION_HEADER: conv.name}
         cid = completion_id(conv.name)
 
@@ -175,7 +178,7 @@ def add_openai_routes(
                 "id": cid, "object": "chat.completion", "created": created, "model": reply.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": _finish(reply),
                              "logprobs": None}],
-                "usage": _usage(reply), "colloquy": _extension(reply, conv.name),
+                "usage": _usage(reply), "colloquy": _extension(reply, conv.name, ignored),
             }
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -201,7 +204,7 @@ def add_openai_routes(
                     if calls:
                         yield chunk({"tool_calls": [{"index": i, **c}
                                                     for i, c in enumerate(calls)]})
-                    yield chunk({}, _finish(reply), colloquy=_extension(reply, conv.name))
+                    yield chunk({}, _finish(reply), colloquy=_extension(reply, conv.name, ignored))
                     if include_usage:
                         data = {"id": cid, "object": "chat.completion.chunk",
                                 "created": created, "model": reply.model, "choices": [],
