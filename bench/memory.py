@@ -603,14 +603,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = set(args.sections.split(","))
     budgets = [int(b) for b in args.budgets.split(",")]
     dense_budgets = [int(b) for b in args.dense_budgets.split(",")]
+    dense = not args.no_dense and dense_available()
+    table = policies(dense, args.share)
+    if args.policies:
+        asked = args.policies.split(",")
+        unknown = [n for n in asked if n not in table]
+        if unknown:  # a misspelt or retired name measured nothing, silently (default-hybrid is
+            # now "default": hybrid with the extra; "default-cold" is its BM25 alone)
+            ap.error(f"unknown policies {', '.join(unknown)}: choose from {', '.join(table)}"
+                     + ("" if dense else " (embedding rows: not with --no-dense, nor without the embeddings extra)"))
+        table = {k: v for k, v in table.items() if k in asked}
     files = sorted(data_dir().glob("*.json"))
     if args.quick:
         files = files[:1]
     convs = [load(f) for f in files]
-    dense = not args.no_dense and dense_available()
-    table = policies(dense, args.share)
-    if args.policies:
-        table = {k: v for k, v in table.items() if k in args.policies.split(",")}
     price = price_for(MODEL)
     assert price is not None
     n_q = sum(len(c.questions) for c in convs)
