@@ -275,6 +275,8 @@ def test_stop_cuts_the_reply_and_the_server_keeps_what_was_written(browser: Any,
         while (last := s.store.load(cid)[-1]).role != "assistant" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert last.role == "assistant" and last.meta["stop_reason"] == "cancelled"
+        # Billed for what was generated (the echo model reports none: colloquy's estimate).
+        assert last.usage is not None and last.usage.output_tokens > 0 and last.usage.estimated
         kept = last.message.text
         assert 60 <= len(kept) and len(kept.split()) < words
         # The page shows the reply as stored (the server keeps what came until the model call
