@@ -26,6 +26,9 @@ from .sweep import SWEEP_INTERVAL
 SETTINGS_VAR = "COLLOQUY_SERVER_SETTINGS"
 METRICS_TOKEN_VAR = "COLLOQUY_METRICS_TOKEN"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: Seconds a worker may take to answer uvicorn's supervisor (``--worker-healthcheck-timeout``):
+#: its 5 s default killed healthy workers on a loaded 2-core machine (tests/test_serve_workers).
+WORKER_HEALTHCHECK_TIMEOUT = 60.0
 
 
 def _user_store(db: str | None, *, create: bool = False) -> UserStore:
@@ -111,6 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-inflight must be at least 1, not {args.max_inflight}")
     if args.drain_timeout < 0:
         raise ConfigError(f"--drain-timeout must not be negative, not {args.drain_timeout}")
+    if not args.worker_healthcheck_timeout > 0:  # NaN too
+        raise ConfigError("--worker-healthcheck-timeout must be positive, not "
+                          f"{args.worker_healthcheck_timeout}")
     if not args.sweep_interval >= 0:  # NaN too
         raise ConfigError(f"--sweep-interval must not be negative, not {args.sweep_interval}")
     RateLimit.parse(args.rate_limit)  # a clear error now, not in every worker
@@ -168,7 +174,12 @@ def _run(args: argparse.Namespace, settings: dict[str, Any]) -> None:
                 proxy_headers=False, server_header=False,
                 # SIGTERM: stop accepting, let turns in flight finish up to the deadline, then
                 # cancel them (each stores its partial reply: colloquy.effects).
-                timeout_graceful_shutdown=args.drain_timeout)
+                timeout_graceful_shutdown=args.drain_timeout,
+                # With --workers > 1 the supervisor pings each worker and kills one that does
+                # not answer in time; uvicorn's 5 s killed healthy workers while they imported
+                # the app or loaded the embedding model on a loaded machine (load 10, 2 cores:
+                # "Child process died", every start, every turn in flight lost).
+                timeout_worker_healthcheck=args.worker_healthcheck_timeout)
 
 
 def parse_metrics(value: str) -> tuple[str, str, int]:
@@ -300,6 +311,11 @@ def add_serve_command(
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="on SIGTERM, seconds to let turns in flight finish before cutting them "
                    "(their partial replies are stored; default 30)")
+    p.add_argument("--worker-healthcheck-timeout", type=float,
+                   default=WORKER_HEALTHCHECK_TIMEOUT, metavar="S",
+                   help="with --workers > 1, seconds a worker may take to answer the "
+                   "supervisor's health check before it is killed and restarted (default "
+                   f"{WORKER_HEALTHCHECK_TIMEOUT:g}; uvicorn's own is 5)")
     p.add_argument("--rate-limit", default="120/minute", metavar="N/PERIOD",
                    help="per-user request rate, one limit for every process and machine on "
                    "the database, e.g. 60/minute, 5/s, off (default 120/minute)")
