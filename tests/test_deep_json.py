@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from colloquy import Chat, EchoModel, MemoryStore, SQLiteStore, export_user, import_user
-from colloquy.errors import ConfigError
+from colloquy.errors import ConfigError, ToolError
 from colloquy.messages import Message, TextBlock, UnknownBlock, json_text_depth, parse_json
 from colloquy.models.base import ToolSpec
 from colloquy.server import create_app
@@ -106,7 +106,7 @@ def test_the_library_refuses_deep_values_without_recursing(depth: int) -> None:
     with pytest.raises(ValueError, match="deeper than 64"):
         Message.model_validate({"role": "assistant", "content": [
             {"type": "tool_use", "id": "t", "name": "f", "input": {"k": value}}]})
-    with pytest.raises(ValueError, match="deeper than 64"):
+    with pytest.raises(ToolError, match="deeper than 64"):
         ToolSpec(name="f", input_schema={"type": "object", "properties": {"k": value}})
     with pytest.raises(ValueError, match="deeper than 64"):
         parse_json('{"k":%s}' % nest(depth))

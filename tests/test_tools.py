@@ -4,6 +4,7 @@ results, and the chat's tool loop (tool_use -> tool_result rounds until the mode
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 import pytest
@@ -369,3 +370,24 @@ def test_a_tool_spec_cleans_its_text_on_every_construction_path() -> None:
                                       "note": "n\udce9"})
     assert server.definition is not None and server.definition["note"] == "n\ufffd"
     json.dumps(spec.to_anthropic(), ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "bad name"}, {"name": "x" * 65}, {"name": ""}, {"name": "f/g"},
+    {"name": "ok", "input_schema": {"type": "array"}},
+])
+def test_an_invalid_tool_spec_is_a_tool_error_naming_the_rule_not_a_validation_dump(
+        spec: dict[str, Any]) -> None:
+    """ToolSpec(...) built by hand, as tool() and Tool() are: one ToolError naming the rule and
+    the field, not pydantic's multi-line ValidationError ("1 validation error for ToolSpec")."""
+    field = "input_schema" if "input_schema" in spec else "name"
+    rule = "^[a-zA-Z0-9_-]{1,64}$" if field == "name" else 'of type "object"'
+    with pytest.raises(ToolError) as raised:
+        ToolSpec(**spec)
+    message = str(raised.value)
+    assert rule in message and message.startswith(f"tool {spec['name']!r}: ")
+    assert raised.value.field == field
+    assert "validation error" not in message and "\n" not in message
+    if field == "name" and spec["name"]:  # (tool(fn, name="") is named after fn)
+        with pytest.raises(ToolError, match=re.escape(rule)):
+            tool(add, name=spec["name"])

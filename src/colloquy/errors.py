@@ -233,7 +233,12 @@ class NoContextRecord(ColloquyError):
 
 class ToolError(ColloquyError):
     """A tool definition is invalid, or the model asked for a tool that does not exist
-    too many times in a row."""
+    too many times in a row. ``field``: for an invalid definition, the field at fault
+    (``"name"``, ``"description"``, ``"input_schema"``, ``"definition"``), else None."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class StoreError(ColloquyError):

@@ -23,9 +23,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from pydantic import ValidationError
-
-from .errors import InvalidTextError
+from .errors import InvalidTextError, ToolError
 from .messages import (
     MAX_JSON_DEPTH,
     ContentBlock,
@@ -347,10 +345,9 @@ def tools_from_openai(tools: Any) -> list[ToolSpec]:
         try:
             specs.append(ToolSpec(name=fn["name"], description=str(fn.get("description") or ""),
                                   input_schema=schema or {"type": "object", "properties": {}}))
-        except ValidationError as e:
-            field = "parameters" if "input_schema" in str(e.errors()[0].get("loc")) else "name"
-            raise OpenAIShapeError(str(e.errors()[0]["msg"]).removeprefix("Value error, "),
-                                   f"tools[{i}].function.{field}") from None
+        except ToolError as e:
+            field = "parameters" if e.field == "input_schema" else e.field or "name"
+            raise OpenAIShapeError(str(e), f"tools[{i}].function.{field}") from None
     return specs
 
 

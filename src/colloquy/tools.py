@@ -54,13 +54,8 @@ class Tool:
         # every later send: a name the APIs refuse, a schema too deep; and its text follows
         # the text rule (a lone surrogate from a docstring becomes U+FFFD), so the request
         # can always be encoded.
-        try:
-            spec = ToolSpec(name=self.name, description=self.description,
-                            input_schema=self.input_schema)
-        except ValidationError as e:
-            problems = "; ".join(str(err["msg"]).removeprefix("Value error, ")
-                                 for err in e.errors(include_url=False))
-            raise ToolError(f"tool {self.name!r}: {problems}") from None
+        spec = ToolSpec(name=self.name, description=self.description,
+                        input_schema=self.input_schema)  # ToolError when invalid
         self.name, self.description, self.input_schema = (
             spec.name, spec.description, spec.input_schema)
 

@@ -22,7 +22,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from ..errors import ToolError
 
 from ..messages import ContentBlock, Message, TextBlock, ThinkingBlock, ToolUseBlock, json_problem
 from ..telemetry.genai import instrument_class
@@ -90,6 +93,18 @@ class ToolSpec(BaseModel):
         default_factory=lambda: {"type": "object", "properties": {}}
     )
     definition: dict[str, Any] | None = None
+
+    def __init__(self, **data: Any) -> None:
+        # An invalid tool is a ToolError naming the rule broken (and the field, for a route's
+        # error), where the tool is declared or a request describes it: not pydantic's dump.
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+            problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in errors)
+            loc = errors[0]["loc"] if errors else ()
+            raise ToolError(f"tool {data.get('name')!r}: {problems}",
+                            field=str(loc[0]) if loc else "name") from None
 
     @model_validator(mode="after")
     def _a_tool_name(self) -> ToolSpec:

@@ -32,7 +32,7 @@ from pydantic import ConfigDict, Field, StrictBool, ValidationError
 
 from ..chat import Reply
 from ..context.thinking import MIN_BUDGET
-from ..errors import ColloquyError
+from ..errors import ColloquyError, ToolError
 from ..messages import ContentBlock, Message
 from ..models import ThinkingDelta, ToolSpec
 from ..models.base import TextPiece
@@ -108,10 +108,9 @@ def _tools(raw: list[dict[str, Any]] | None) -> list[ToolSpec]:
             raise E.InvalidRequest("a tool needs a name", param=f"tools.{i}.name")
         try:
             specs.append(ToolSpec.from_anthropic(tool))
-        except ValidationError as e:
-            field = "input_schema" if "input_schema" in str(e.errors()[0].get("loc")) else "name"
-            msg = str(e.errors()[0]["msg"]).removeprefix("Value error, ")
-            raise E.InvalidRequest(f"tools.{i}.{field}: {msg}", param=f"tools.{i}.{field}") from None
+        except ToolError as e:
+            field = e.field or "name"
+            raise E.InvalidRequest(f"tools.{i}.{field}: {e}", param=f"tools.{i}.{field}") from None
     return specs
 
 
