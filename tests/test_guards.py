@@ -356,6 +356,34 @@ def test_specs_and_config_file(tmp_path: Path) -> None:
         load_guard_config(str(bad))
 
 
+#: Guard configs with a key colloquy does not read, and the key the error must name.
+UNKNOWN_KEYS = {
+    "persona as a string": ('persona = "You are a chef."\n', "'persona' must be a table"),
+    "persona key in a guard": ('[[guards]]\ntype = "pii"\npersona = "chef"\n', "'persona'"),
+    "misspelt persona key": ('[persona]\nsytem = "You are a chef."\n', "'persona.sytem'"),
+    "unknown table": ('[guard]\ntype = "pii"\n', "'guard'"),
+    "unknown top-level key": ('system = "chef"\n', "'system'"),
+    "unknown topic option": ('[[guards]]\ntype = "topic"\ntopics = "food"\ncolour = 1\n',
+                             "'colour'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_KEYS))
+def test_a_guard_config_key_colloquy_does_not_read_is_an_error_naming_it_and_the_file(
+        tmp_path: Path, case: str) -> None:
+    text, named = UNKNOWN_KEYS[case]
+    cfg = tmp_path / "guards.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_guard_config(str(cfg))
+    assert named in str(raised.value) and str(cfg) in str(raised.value)
+    if case == "persona as a string":  # the CLI: one line, exit 2, no traceback
+        r = _cli("chat", "--model", "echo", "--db", str(tmp_path / "c.db"), "--guards", str(cfg),
+                 stdin="hi\n")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and named in r.stderr and str(cfg) in r.stderr
+
+
 def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "colloquy", *args], input=stdin,
                           capture_output=True, text=True, timeout=60)

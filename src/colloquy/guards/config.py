@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,13 @@ from .length import LengthGuard
 from .pii import PII_KINDS, PIIRedactor
 from .learned import LearnedTopicGuard
 from .topic import TopicGuard
+
+
+#: The [persona] table's keys that build its topic guard (``system`` is the persona itself).
+PERSONA_TOPIC_KEYS = ("topics", "steer", "method", "judge", "threshold", "on_error", "timeout",
+                      "classifier", "examples", "context_weight", "non_english",
+                      "target_false_block")
+_UNKNOWN_ARGUMENT = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 def load_hook(path: str) -> Any:
@@ -70,6 +78,9 @@ def guard_from_config(cfg: dict[str, Any], *, judge: Any = None) -> Guard:
         else:
             raise ConfigError(f"unknown guard type {kind!r}: use topic, pii, length or hook")
     except TypeError as e:
+        unknown = _UNKNOWN_ARGUMENT.search(str(e))
+        if unknown:
+            raise ConfigError(f"guard {kind!r}: unknown key {unknown.group(1)!r}") from e
         raise ConfigError(f"guard {kind!r}: {e}") from e
     if timeout != "default":
         guard.timeout = None if timeout is None else float(timeout)
@@ -137,19 +148,38 @@ def load_guard_config(path: str, *, judge: Any = None) -> tuple[list[Guard], dic
         data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode("utf-8"))
     except (ValueError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"guard config {path!r} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {e}") from e
-    persona = dict(data.get("persona") or {})
+    where = f"guard config {path!r}"
+    # Every key is one colloquy reads: a misspelt or misplaced one (``persona = "..."`` at the
+    # top, ``[guard]`` for ``[[guards]]``, ``sytem``) would otherwise be ignored in silence.
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: not a table of [persona] and [[guards]]")
+    for key in data:
+        if key not in ("persona", "guards"):
+            raise ConfigError(f"{where}: unknown key {key!r} (the file holds a [persona] table "
+                              "and [[guards]] tables)")
+    persona_table = data.get("persona") or {}
+    if not isinstance(persona_table, dict):
+        raise ConfigError(f"{where}: 'persona' must be a table ([persona] with system = ...)")
+    persona = dict(persona_table)
+    for key in persona:
+        if key != "system" and key not in PERSONA_TOPIC_KEYS:
+            raise ConfigError(f"{where}: unknown key 'persona.{key}' (known: system, "
+                              f"{', '.join(PERSONA_TOPIC_KEYS)})")
+    entries = data.get("guards") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: 'guards' must be a list of tables ([[guards]])")
     guards: list[Guard] = []
-    if persona.get("topics") or persona.get("classifier") or persona.get("examples"):
-        topic_cfg: dict[str, Any] = {"type": "topic", "topics": persona.get("topics", "")}
-        for key in ("steer", "method", "judge", "threshold", "on_error", "timeout", "classifier",
-                    "examples", "context_weight", "non_english", "target_false_block"):
-            if key in persona:
-                topic_cfg[key] = persona[key]
-        guards.append(guard_from_config(_relative_to(topic_cfg, path), judge=judge))
-    for cfg in data.get("guards") or []:
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"guard config {path!r}: each [[guards]] entry must be a table")
-        guards.append(guard_from_config(_relative_to(cfg, path), judge=judge))
+    try:
+        if persona.get("topics") or persona.get("classifier") or persona.get("examples"):
+            topic_cfg: dict[str, Any] = {"type": "topic", "topics": persona.get("topics", "")}
+            topic_cfg.update((k, persona[k]) for k in PERSONA_TOPIC_KEYS[1:] if k in persona)
+            guards.append(guard_from_config(_relative_to(topic_cfg, path), judge=judge))
+        for i, cfg in enumerate(entries, 1):
+            if not isinstance(cfg, dict):
+                raise ConfigError(f"each [[guards]] entry must be a table (entry {i} is not)")
+            guards.append(guard_from_config(_relative_to(cfg, path), judge=judge))
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
     return guards, persona
 
 
