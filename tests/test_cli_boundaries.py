@@ -287,19 +287,31 @@ def test_memory_policy_with_budget_and_window_runs_in_chat_and_context(tmp_path:
 
 
 def test_argv_that_is_not_utf8_follows_the_text_rules(tmp_path: Path) -> None:
-    """An invalid byte in an argument (decoded with surrogateescape) is U+FFFD in ids and text,
-    as on stdin: the session is found again with the same bytes, never a traceback."""
+    """An invalid byte in an argument (decoded with surrogateescape) is U+FFFD in text, as on
+    stdin; in a name or an id it is refused, naming the byte (as U+FFFD, caf\xe9 and caf\xe8
+    would be one session), never a traceback."""
     db = str(tmp_path / "c.db")
-    args = [b"chat", b"--model", b"echo", b"--session", b"caf\xe9", b"--user", b"z\xff",
+    args = [b"chat", b"--model", b"echo", b"--session", b"cafe", b"--user", b"z",
             b"--system", b"be \xe9", b"--db", db.encode()]
     for _ in range(2):
         p = subprocess.run([sys.executable.encode(), b"-m", b"colloquy", *args], input=b"hi\n",
                            capture_output=True, env=env_for(tmp_path), timeout=120)
         assert p.returncode == 0, p.stderr
-    conv = SQLiteStore(db).get_conversation("caf\ufffd")
-    assert (conv.user_id, conv.persona, conv.last_seq) == ("z\ufffd", "be \ufffd", 4)
+    conv = SQLiteStore(db).get_conversation("cafe")
+    assert (conv.user_id, conv.persona, conv.last_seq) == ("z", "be \ufffd", 4)
+    for flag, raw in ((b"--session", b"caf\xe9"), (b"--user", b"z\xff")):
+        named = [b"--session", b"cafe", b"--user", b"z"]
+        named[named.index(flag) + 1] = raw
+        p = subprocess.run([sys.executable.encode(), b"-m", b"colloquy", b"chat", b"--model",
+                            b"echo", *named, b"--db", db.encode()], input=b"hi\n",
+                           capture_output=True, env=env_for(tmp_path), timeout=120)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and "Traceback" not in err, err
+        assert f"argument {flag.decode()}: '{raw.decode('ascii', 'backslashreplace')}' is not " \
+               "valid UTF-8" in err
+    assert [c.id for c in SQLiteStore(db).list_conversations()] == ["cafe"]
     p = cli(tmp_path, "sessions", "show", "caf\udce9", "--db", db)  # what argv decoding gives
-    assert p.returncode == 0 and "be \ufffd" in p.stdout
+    assert p.returncode == 2 and "is not valid UTF-8" in p.stderr
 
 
 @pytest.mark.parametrize("args", [["--session", ""], ["--user", " "], ["--model", ""]])

@@ -127,3 +127,40 @@ def test_sessions_help_says_how_names_resolve(capsys: pytest.CaptureFixture[str]
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         assert "--user ID" in capsys.readouterr().out
+
+
+def test_a_name_given_in_bytes_that_are_not_utf8_is_refused_never_merged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--session $'\\xff'`` and ``--session $'\\xfe'`` reach Python as lone surrogates
+    (surrogateescape), which the text rule turns into U+FFFD: both were one conversation named
+    '\ufffd'. Every name or id argument now refuses them, naming the bytes, and nothing is stored."""
+    import subprocess
+    import sys
+
+    from server_helpers import clean_env
+
+    db = str(tmp_path / "c.db")
+    for raw in (b"\xff", b"caf\xe9"):
+        p = subprocess.run([sys.executable, "-m", "colloquy", "chat", "--model", "echo",
+                            "--db", db, "--session", raw], input=b"hello\n", capture_output=True,
+                           env=clean_env(LC_ALL="C.UTF-8"), timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and "Traceback" not in err, err
+        shown = raw.decode("ascii", "backslashreplace")  # 'caf\xe9'
+        assert f"argument --session: '{shown}' is not valid UTF-8" in err
+    store = open_store(db)
+    try:
+        assert store.list_conversations() == []
+    finally:
+        store.close()
+    # Every other name or id argument, in process (argv as Python decodes it).
+    bad = "x\udcff"
+    for argv in (["chat", "--user", bad], ["sessions", "list", "--user", bad],
+                 ["sessions", "show", bad], ["sessions", "show", "s", "--user", bad],
+                 ["context", bad], ["memory", "list", "--user", bad],
+                 ["users", "add", bad], ["users", "revoke", bad],
+                 ["users", "export", bad], ["users", "delete", bad, "--yes"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--db", db])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and "'x\\xff' is not valid UTF-8" in err, (argv, err)

@@ -36,7 +36,7 @@ from .messages import (
 from .models import ThinkingDelta
 from .store import Store, default_db_path, open_store
 from .store.base import Conversation, new_id, resolve_conversation, users_conversation
-from .text import clean, is_blank, require_name
+from .text import clean, is_blank, name_argument, require_name
 from .memory.cli import (add_memory_commands, add_policy_flags, extraction_from_args,
                          policy_from_cli_args, wants_named_policy)
 
@@ -54,9 +54,10 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 def _add_session_ref(p: argparse.ArgumentParser) -> None:
     """A session argument: its id, or with ``--user`` the name that user knows it by, resolved
     as ``chat --user U --session NAME`` resolves it (store.base.resolve_conversation)."""
-    p.add_argument("id", metavar="ID", help="the session's id; with --user, the user's name for "
+    p.add_argument("id", metavar="ID", type=name_argument,
+                   help="the session's id; with --user, the user's name for "
                    "it (as the service and 'sessions list' show it)")
-    p.add_argument("--user", metavar="ID", help="resolve ID among this user's sessions")
+    p.add_argument("--user", metavar="ID", type=name_argument, help="resolve ID among this user's sessions")
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -457,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("chat", help="chat (resumes --session if it exists)")
-    p.add_argument("--session", metavar="ID", help="session to resume or start")
-    p.add_argument("--user", metavar="ID", help="the user this session belongs to")
+    p.add_argument("--session", metavar="ID", type=name_argument, help="session to resume or start")
+    p.add_argument("--user", metavar="ID", type=name_argument, help="the user this session belongs to")
     p.add_argument("--model", metavar="M", help="claude-... (default claude-sonnet-4-6), gpt-..., "
                    "ollama:NAME, vllm:NAME, llamacpp:NAME, or echo (offline)")
     p.add_argument("--system", metavar="TEXT", help="the persona (system prompt)")
@@ -476,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = sub.add_parser("sessions", help="list, show, export, delete sessions")
     ssub = sessions.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
     p = ssub.add_parser("list", help="sessions, newest first")
-    p.add_argument("--user", metavar="ID")
+    p.add_argument("--user", metavar="ID", type=name_argument)
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     _add_db(p)

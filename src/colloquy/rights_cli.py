@@ -31,6 +31,7 @@ from .messages import parse_json
 from .rights_import import MAX_IMPORT_DEPTH
 from .store import open_store
 from .store.base import resolve_conversation
+from .text import name_argument
 
 AddDb = Callable[[argparse.ArgumentParser], None]
 
@@ -139,7 +140,7 @@ def cmd_sessions_rename(args: argparse.Namespace) -> int:
 def add_user_data_commands(usub: Any, add_db: AddDb) -> None:
     """``users export|import|delete`` under the existing ``users`` command group."""
     p = usub.add_parser("export", help="write everything held about a user as JSON")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", type=name_argument)
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (default stdout)")
     add_db(p)
     p.set_defaults(func=cmd_users_export)
@@ -152,7 +153,7 @@ def add_user_data_commands(usub: Any, add_db: AddDb) -> None:
     p.set_defaults(func=cmd_users_import)
 
     p = usub.add_parser("delete", help="delete every row about a user, for good")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", type=name_argument)
     p.add_argument("--yes", action="store_true", help="confirm")
     p.add_argument("--keep-bytes", action="store_true",
                    help="skip the erasure (VACUUM etc.): faster, but deleted bytes may linger")

@@ -192,6 +192,24 @@ def require_name(name: str, what: str = "the conversation name") -> str:
     return name
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def name_argument(value: str) -> str:
+    """An ``argparse`` type for a name or an id given on the command line (a session, a user):
+    the argument as given, or an error naming the bytes when it is not valid UTF-8. Python
+    reads such bytes as lone surrogates (``surrogateescape``), which the text rule makes
+    U+FFFD: ``--session $'\\xff'`` and ``--session $'\\xfe'`` would be one conversation."""
+    if not _SURROGATE.search(value):
+        return value
+    import argparse
+
+    shown = "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
+                    else f"\\u{ord(c):04x}" if _SURROGATE.match(c) else c for c in value)
+    raise argparse.ArgumentTypeError(
+        f"'{shown}' is not valid UTF-8 (names are text: give this one in UTF-8)")
+
+
 def clean_or_empty(text: str) -> str:
     """``text`` cleaned, and ``""`` (none) when blank: for values where blank means "not set"
     (a stored conversation's model)."""
@@ -259,6 +277,7 @@ __all__ = [
     "clean_persona",
     "clean_title",
     "is_blank",
+    "name_argument",
     "quoted",
     "require_text",
 ]

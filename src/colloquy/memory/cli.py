@@ -21,6 +21,7 @@ from ..context.presets import POLICY_NAMES, load_policy_config, make_extraction,
 from ..errors import ConfigError, StoreError
 from ..store import open_store
 from ..store.base import conversation_names
+from ..text import name_argument
 from .extract import FactExtraction
 from .records import Fact
 
@@ -193,19 +194,19 @@ def add_memory_commands(
     memory = sub.add_parser("memory", help="list, add and forget facts remembered about a user")
     msub = memory.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
     p = msub.add_parser("list", help="the user's facts (active ones unless --all)")
-    p.add_argument("--user", metavar="ID", required=True)
+    p.add_argument("--user", metavar="ID", type=name_argument, required=True)
     p.add_argument("--all", action="store_true", help="include retired facts")
     p.add_argument("--json", action="store_true")
     add_db(p)
     p.set_defaults(func=cmd_memory_list)
     p = msub.add_parser("add", help="remember a fact about the user")
-    p.add_argument("--user", metavar="ID", required=True)
+    p.add_argument("--user", metavar="ID", type=name_argument, required=True)
     p.add_argument("--subject", metavar="S", help="what it is about (default: general)")
     p.add_argument("text", nargs="+", metavar="TEXT")
     add_db(p)
     p.set_defaults(func=cmd_memory_add)
     p = msub.add_parser("forget", help="delete facts for good")
-    p.add_argument("--user", metavar="ID", required=True)
+    p.add_argument("--user", metavar="ID", type=name_argument, required=True)
     p.add_argument("ids", nargs="*", metavar="FACT_ID")
     p.add_argument("--all", action="store_true", help="forget every fact of the user")
     add_db(p)

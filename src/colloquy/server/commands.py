@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..store import open_store
 from ..store.users import UserStore, issue_token
+from ..text import name_argument
 from .sweep import SWEEP_INTERVAL
 
 SETTINGS_VAR = "COLLOQUY_SERVER_SETTINGS"
@@ -76,7 +77,7 @@ def add_users_commands(
 ) -> None:
     """Add ``add``, ``list`` and ``revoke`` to the ``colloquy users`` group."""
     p = users.add_parser("add", help="create a user of the HTTP service; prints their token once")
-    p.add_argument("name", metavar="NAME", help="the user id (conversations are filed under it)")
+    p.add_argument("name", metavar="NAME", type=name_argument, help="the user id (conversations are filed under it)")
     p.add_argument("--rotate", action="store_true",
                    help="issue a new token for an existing user (the old one stops working)")
     add_db(p)
@@ -86,7 +87,7 @@ def add_users_commands(
     add_db(p)
     p.set_defaults(func=cmd_users_list)
     p = users.add_parser("revoke", help="invalidate a user's token (keeps their data)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=name_argument)
     add_db(p)
     p.set_defaults(func=cmd_users_revoke)
 
