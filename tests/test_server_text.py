@@ -162,3 +162,53 @@ def test_the_openai_route_with_the_sdk_and_raw_escapes(kind: str, tmp_path: Any)
         assert r.status_code == 200
         assert len(clean_json(r)["sessions"][0]["messages"]) == 6
     store.close()
+
+
+#: Where each compatible route reads the conversation's name: (route, header or body field).
+NAME_SOURCES = [("openai", "header"), ("openai", "metadata.conversation_id"), ("openai", "user"),
+                ("anthropic", "header"), ("anthropic", "metadata.user_id")]
+
+
+def named_request(api: Api, route: str, source: str, name: str, text: str,
+                  path: str = "") -> Any:
+    headers = {**api.h, **({"X-Colloquy-Conversation": name} if source == "header" else {})}
+    body: dict[str, Any] = {"model": "echo", "messages": [{"role": "user", "content": text}]}
+    if source.startswith("metadata."):
+        body["metadata"] = {source.removeprefix("metadata."): name}
+    elif source == "user":
+        body["user"] = name
+    if route == "anthropic":
+        return api.client.post(path or "/v1/messages", json={**body, "max_tokens": 50},
+                               headers=headers)
+    return api.client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+@pytest.mark.parametrize("route,source", NAME_SOURCES)
+def test_a_blank_conversation_name_is_no_name_on_every_compatible_source(
+        api: Api, route: str, source: str) -> None:
+    """A blank header, metadata or ``user`` (spaces, U+200B, U+3000) names no conversation, as
+    an empty one always did (and as an HTTP server makes a header of spaces): the request is
+    answered in the conversation its history finds. It was a 400 that named no source."""
+    blanks = [" ", "\t "] if source == "header" else [" ", "\u200b", "\u3000 "]
+    for i, blank in enumerate(blanks):
+        r = named_request(api, route, source, blank, f"hello {i}")
+        assert r.status_code == 200, (blank, r.text)
+        assert r.headers["X-Colloquy-Conversation"].startswith("replay-")
+    if route == "anthropic":  # count_tokens reads the name the same way
+        r = named_request(api, route, source, " ", "hi", path="/v1/messages/count_tokens")
+        assert r.status_code == 200, r.text
+    names = [c.name for c in api.store.list_conversations(user_id="ada")]
+    assert len(names) == len(blanks) and all(n.startswith("replay-") for n in names)
+
+
+@pytest.mark.parametrize("route,source", NAME_SOURCES)
+def test_an_invalid_conversation_name_is_a_400_naming_its_source(
+        api: Api, route: str, source: str) -> None:
+    r = named_request(api, route, source, "two words", "hello")
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    param = "X-Colloquy-Conversation" if source == "header" else source
+    assert error["message"].startswith(f"{param}: conversation names")
+    if route == "openai":  # OpenAI's error object has a param; the Messages API's has none
+        assert error["param"] == param
+    assert api.store.list_conversations(user_id="ada") == [] and api.model.requests == []

@@ -40,8 +40,8 @@ from ..reply import CANCELLED, GUARD
 from ..store.users import User
 from ..turn_options import ANTHROPIC_API
 from . import errors as E
-from .compat import (CONVERSATION_HEADER, ConversationHeader, ignored_note, split_turn,
-                     turn_responses)
+from .compat import (CONVERSATION_HEADER, ConversationHeader, client_name, ignored_note,
+                     split_turn, turn_responses)
 from .inflight import cancel_on_disconnect
 from .schemas import ErrorBody, IdempotencyKeyHeader, _Clean
 from .service import ChatService, replayed_header
@@ -304,8 +304,8 @@ def add_anthropic_routes(
         return _system(body.system), history, content, _tools(body.tools)
 
     def named(header: str | None, metadata: dict[str, Any] | None) -> str | None:
-        user_id = (metadata or {}).get("user_id")
-        return header or (user_id if isinstance(user_id, str) and user_id else None)
+        return client_name((CONVERSATION_HEADER, header),
+                           ("metadata.user_id", (metadata or {}).get("user_id")))
 
     @routes.post(
         "/messages",

@@ -8,20 +8,41 @@ the conversation when the client names none (``ChatService.conversation_by_histo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Header
 
 from ..messages import ContentBlock, Message, ToolResultBlock
+from ..text import clean, is_blank
 from .errors import InvalidRequest
-from .schemas import ErrorBody
+from .schemas import _ID_PATTERN, ErrorBody
 
 #: The request header naming the conversation on both compatible routes (and answered back).
 CONVERSATION_HEADER = "X-Colloquy-Conversation"
 ConversationHeader = Annotated[str | None, Header(
     alias=CONVERSATION_HEADER, max_length=128,
     description="the conversation's name (created on first use); none: found by the history")]
+
+
+_NAME = re.compile(_ID_PATTERN)
+
+
+def client_name(*sources: tuple[str, Any]) -> str | None:
+    """The conversation a compatible request names: the first of ``sources`` (where the name
+    may be: ``(param, value)``, in order of precedence) that holds one. A blank value (empty,
+    spaces, U+200B: :func:`colloquy.text.is_blank`) or one that is not a string names none,
+    on every source alike: an HTTP server already strips a header of spaces to nothing, and
+    ``""`` was never a name. A name outside the rule is a 400 naming its source."""
+    for param, value in sources:
+        if not isinstance(value, str) or is_blank(clean(value)):
+            continue
+        if not _NAME.match(value):
+            raise InvalidRequest(f"{param}: conversation names are 1-128 characters: letters, "
+                                 "digits, '_', '.', ':', '@', '-'", param=param)
+        return value
+    return None
 
 
 def turn_responses(answer: str) -> dict[int | str, dict[str, Any]]:
@@ -58,5 +79,5 @@ def split_turn(messages: Sequence[Message]) -> tuple[list[Message], Message]:
     return list(messages[:start]), Message(role="user", content=blocks)
 
 
-__all__ = ["CONVERSATION_HEADER", "ConversationHeader", "ignored_note", "split_turn",
-           "turn_responses"]
+__all__ = ["CONVERSATION_HEADER", "ConversationHeader", "client_name", "ignored_note",
+           "split_turn", "turn_responses"]

@@ -35,8 +35,8 @@ from ..openai_shape import OpenAIShapeError, from_openai_messages, tool_calls, t
 from ..store.users import User
 from ..turn_options import OPENAI_API
 from . import errors as E
-from .compat import (CONVERSATION_HEADER, ConversationHeader, ignored_note, split_turn,
-                     turn_responses)
+from .compat import (CONVERSATION_HEADER, ConversationHeader, client_name, ignored_note,
+                     split_turn, turn_responses)
 from .inflight import cancel_on_disconnect
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader
 from .service import ChatService, replayed_header
@@ -152,8 +152,10 @@ def add_openai_routes(
             raise E.InvalidRequest(str(e), param="messages") from e
         history, content = split_turn(messages)
         service.check_message(content)  # before a conversation is created for it
-        named = (x_colloquy_conversation
-                 or (body.metadata or {}).get("conversation_id") or body.user)
+        named = client_name((CONVERSATION_HEADER, x_colloquy_conversation),
+                            ("metadata.conversation_id",
+                             (body.metadata or {}).get("conversation_id")),
+                            ("user", body.user))
         conv, chat, ticket, replay = await service.client_turn(
             user, named, system, history, content, body.model, idempotency_key, OPENAI_API)
         options: dict[str, Any] = {
