@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,3 +111,42 @@ def test_serve_applies_the_guard_flags_to_every_conversation(tmp_path: Path) -> 
         store.close()
     assert not any("ada@example.com" in t for t in texts)  # redacted before it was stored
     assert len(texts) == 4
+
+
+def _raw_get(url: str, target: str, token: str) -> tuple[int, dict[str, Any]]:
+    """A GET written on a socket (HTTP clients refuse URLs this long): status and JSON body."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    head = f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n" \
+           "Connection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head.encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in headers.lower(), data[:300]
+    return int(status_line.split()[1]), json.loads(body)
+
+
+def test_a_huge_context_query_is_refused_in_json_with_the_size_status(tmp_path: Path) -> None:
+    """``GET .../context?message=`` of hundreds of KB: uvicorn's own plain-text
+    "400 Invalid HTTP request received." was the answer; now 414 in the service's error shape.
+    A message under the URL limit but over --max-message-chars answers 413 (it was previewed:
+    200), as sending it does; a request the parser cannot read at all is a JSON 400."""
+    db = str(tmp_path / "q.db")
+    token = colloquy("users", "add", "ada", "--db", db).stdout.strip()
+    with serve_subprocess(db) as url:
+        cid = httpx.post(url + "/v1/conversations", headers=bearer(token), json={}).json()["id"]
+        base = f"/v1/conversations/{cid}/context?message="
+        for target in (base + "a" * 300_000, base + "%C3%A9" * 50_000):
+            status, body = _raw_get(url, target, token)
+            assert status == 414, body
+            assert body["error"]["type"] == "uri_too_long" and "limit" in body["error"]["message"]
+        status, body = _raw_get(url, base + "a" * 40_000, token)
+        assert status == 413 and body["error"]["type"] == "payload_too_large", body
+        assert _raw_get(url, base + "hello", token)[0] == 200
+        status, body = _raw_get(url, "/v1/conversations bad target", token)
+        assert status == 400 and body["error"]["type"] == "invalid_request", body

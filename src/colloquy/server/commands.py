@@ -170,9 +170,12 @@ def _run(args: argparse.Namespace, settings: dict[str, Any]) -> None:
                          "unless a TLS proxy sits in front\n")
     sys.stderr.write(f"colloquy: serving http://{args.host}:{args.port}/ "
                      f"(model {args.model or 'default'}, {args.workers} worker(s))\n")
+    from .protocol import PROTOCOL
+
     uvicorn.run("colloquy.server.commands:app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 proxy_headers=False, server_header=False,
+                http=PROTOCOL,  # a request too long to parse is refused in JSON, not plain text
                 # SIGTERM: stop accepting, let turns in flight finish up to the deadline, then
                 # cancel them (each stores its partial reply: colloquy.effects).
                 timeout_graceful_shutdown=args.drain_timeout,

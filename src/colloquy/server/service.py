@@ -456,6 +456,8 @@ class ChatService:
 
     def context(self, user: User, name: str, message: str | None = None
                 ) -> tuple[dict[str, Any], int]:
+        if message is not None:  # the limits a sent message has: 422 blank, 413 too long
+            message = self.check_content(message)
         chat = self.chat(user, name)
         conv = self.store.get_conversation(chat.session_id)
         if message is None and conv.last_seq == 0:
