@@ -113,13 +113,17 @@ def test_the_library_refuses_deep_values_without_recursing(depth: int) -> None:
     assert json_text_depth('{"a":"[[[[\\"[","b":%s}' % nest(depth)) == depth + 1
 
 
-def test_clean_json_cleans_any_depth() -> None:
-    value = deep_value(100_000, "caf\udce9\x00")
+@pytest.mark.parametrize("depth", [2, 199, 200, 201, 202, 100_000])
+def test_clean_json_cleans_any_depth(depth: int) -> None:
+    """Either side of the 200 levels cleaned by recursion (the fast way), and far beyond."""
+    value = {"k\ud800": deep_value(depth, "caf\udce9\x00"), "n": [1, 2.5, None, True]}
     cleaned = clean_json(value)
-    for _ in range(100_000 - 1):
-        cleaned = cleaned[0]
-    assert cleaned == ["caf\ufffd\ufffd"]
-    same = {"a": [1, "b", {"c": ("d",)}]}
+    assert list(cleaned) == ["k\ufffd", "n"] and cleaned["n"] is value["n"]
+    inner = cleaned["k\ufffd"]
+    for _ in range(depth - 1):
+        inner = inner[0]
+    assert inner == ["caf\ufffd\ufffd"]
+    same = {"a": [1, "b", {"c": ("d",)}], "deep": deep_value(depth, "ok")}
     assert clean_json(same) is same
 
 
