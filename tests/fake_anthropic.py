@@ -292,6 +292,13 @@ def request_problem(body: Any) -> str | None:
         if block.get("type") == "text" and not str(block.get("text", "")).strip():
             return "system: text content blocks must contain non-whitespace text"
     marks += sum(bool(t.get("cache_control")) for t in body.get("tools") or [])
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not body.get("tools"):
+            return "tool_choice may only be specified while providing tools"
+        if choice.get("type") == "tool" and choice.get("name") not in {
+                t.get("name") for t in body["tools"]}:
+            return f"tool_choice: tool {choice.get('name')!r} not found in tools"
     messages = body["messages"]
     if messages and messages[0].get("role") != "user":
         return 'messages: first message must use the "user" role'

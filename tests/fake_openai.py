@@ -134,11 +134,21 @@ def request_problem(body: Any) -> tuple[str, str | None, str | None] | None:
     """The first of OpenAI's chat-completions rules for tool calls that ``body`` breaks, as
     (message, param, code) worded as OpenAI's 400 says it, or None.
 
-    Rules: a ``tool_calls[].id`` is at most 40 characters; an assistant message with
+    Rules: ``tool_choice`` and ``parallel_tool_calls`` only with ``tools`` (a named function
+    among them); a ``tool_calls[].id`` is at most 40 characters; an assistant message with
     ``tool_calls`` is followed by one ``tool`` message per call; a ``tool`` message answers a
     call of the assistant message before it; only user messages hold ``image_url`` parts."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return ("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+    for field in ("tool_choice", "parallel_tool_calls"):
+        if field in body and not body.get("tools"):
+            return (f"Invalid value for '{field}': '{field}' is only allowed when 'tools' are "
+                    "specified.", field, None)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("function", {}).get("name") not in {
+            t["function"]["name"] for t in body["tools"]}:
+        return ("Invalid value for 'tool_choice': the named function is not among 'tools'.",
+                "tool_choice", None)
     messages = body["messages"]
     open_calls: list[str] = []
     for i, m in enumerate(messages):

@@ -1,8 +1,8 @@
-"""Fields the compatible routes accept but do not act on (``tool_choice``, ``response_format``,
+"""Fields the compatible routes accept but do not act on (``response_format``,
 ``stop``/``stop_sequences``, ``top_p``, ``top_k``, ``seed``...) are named in the reply's
-``colloquy.notes``, streamed or not, through the official SDKs: a client that relies on one (an
-agent forcing a tool call) can see it was not honoured. A request without them has no such
-note."""
+``colloquy.notes``, streamed or not, through the official SDKs: a client that relies on one (a
+JSON mode) can see it was not honoured. A request without them has no such
+note; ``tool_choice`` is honoured (tests/test_compat_tool_choice.py), so never named."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def url(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def test_the_openai_route_names_what_it_ignored(url: tuple[str, str], streamed: bool) -> None:
     client = openai.OpenAI(base_url=url[0] + "/v1", api_key=url[1], max_retries=0)
     asked: dict[str, Any] = {"model": "echo", "messages": HI, "user": f"o{streamed}",
-                             "tool_choice": "required", "top_p": 0.5, "seed": 7,
+                             "tool_choice": "required", "parallel_tool_calls": False,
+                             "tools": [{"type": "function", "function": {"name": "f"}}],
+                             "top_p": 0.5, "seed": 7,
                              "response_format": {"type": "json_object"}}
     if streamed:
         chunks = list(client.chat.completions.create(**asked, stream=True))
@@ -47,7 +49,7 @@ def test_the_openai_route_names_what_it_ignored(url: tuple[str, str], streamed: 
     else:
         notes = (client.chat.completions.create(**asked).model_extra or {})["colloquy"]["notes"]
     [note] = [n for n in notes if NOTE in n]
-    assert note.endswith("response_format, seed, tool_choice, top_p")
+    assert note.endswith("(accepted and ignored): response_format, seed, top_p")
     plain = client.chat.completions.create(model="echo", messages=HI, user="plain")
     assert not any(NOTE in n for n in (plain.model_extra or {})["colloquy"]["notes"])
 
@@ -57,7 +59,8 @@ def test_the_anthropic_route_names_what_it_ignored(url: tuple[str, str], streame
     client = anthropic.Anthropic(base_url=url[0], api_key=url[1], max_retries=0)
     asked: dict[str, Any] = {"model": "echo", "max_tokens": 100, "messages": HI,
                              "metadata": {"user_id": f"a{streamed}"}, "extra_body": {"top_k": 3},
-                             "stop_sequences": ["END"]}
+                             "stop_sequences": ["END"], "tool_choice": {"type": "any"},
+                             "tools": [{"name": "f", "input_schema": {"type": "object"}}]}
     if streamed:
         with client.messages.stream(**asked) as events:
             deltas = [e for e in events if e.type == "message_delta"]

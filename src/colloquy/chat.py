@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -42,8 +42,8 @@ from .gc_freeze import took_in
 from .guards import Guard, GuardSet, replace_text
 from .messages import (USAGE_ESTIMATED, ContentBlock, Message, StoredMessage, TextBlock,
                        ToolResultBlock)
-from .models import (Model, ModelRequest, ModelResponse, ThinkingDelta, ToolSpec, get_model,
-                     model_spec)
+from .models import (Model, ModelRequest, ModelResponse, ThinkingDelta, ToolChoice, ToolSpec,
+                     get_model, model_spec)
 from .models.limits import window_of
 from .store import Conversation, NewMessage, Store, new_id, open_store
 from .store.base import forget_cached
@@ -340,10 +340,12 @@ class Chat:
         """The context window every request is fitted under, in tokens."""
         return self.context_window or window_of(self.model)
 
-    def _request(self, ctx: Context, options: TurnOptions = NO_OPTIONS) -> ModelRequest:
+    def _request(self, ctx: Context, options: TurnOptions = NO_OPTIONS,
+                 ran_tools: bool = False) -> ModelRequest:
         """The request for a built context. With thinking, ``max_tokens`` is the answer's
         allowance plus the thinking budget (the API needs the budget below max_tokens), and no
-        temperature is sent (the API refuses one with thinking)."""
+        temperature is sent (the API refuses one with thinking). ``ran_tools``: colloquy ran
+        tools earlier in this turn (:meth:`TurnOptions.choice_after`)."""
         validate(ctx.messages, ctx.system)
         budget = ctx.thinking
         temperature = options.temperature if options.temperature is not None else self.temperature
@@ -352,7 +354,8 @@ class Chat:
             temperature = None
         return ModelRequest(
             model=self.model.name, system=ctx.system, messages=ctx.messages,
-            tools=options.specs(self.tools), max_tokens=self._max_tokens(options) + (budget or 0),
+            tools=options.specs(self.tools), tool_choice=options.choice_after(ran_tools),
+            max_tokens=self._max_tokens(options) + (budget or 0),
             temperature=temperature, thinking=budget,
         )
 
@@ -379,6 +382,7 @@ class Chat:
     def send(self, content: UserInput | None, *, idempotency_key: str | None = None,
              temperature: float | None = None, max_tokens: int | None = None,
              thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+             tool_choice: ToolChoice | str | Mapping[str, Any] | None = None,
              revise: Revision | None = None, target: int | None = None) -> Reply:
         """One turn: store the message, call the model (and tools), store and return the reply.
 
@@ -388,12 +392,14 @@ class Chat:
         ``max_tokens`` and ``thinking`` (a budget in tokens, 0 for none; under 1,024 raises
         ValueError) override the chat's own for this turn only; ``tools`` are declared for this
         turn and not run by colloquy (see :class:`~colloquy.turn_options.TurnOptions`).
-        ``revise`` makes the turn replace the newest one (see :meth:`edit_last`,
+        ``tool_choice``: ``"auto"``, ``"any"`` (a call is forced), ``"none"``, or the Messages
+        API's object (``{"type": "tool", "name": "lookup"}``, ``disable_parallel_tool_use``);
+        ValueError when the turn offers no tools or not the one named. ``revise`` makes the turn replace the newest one (see :meth:`edit_last`,
         :meth:`regenerate`); ``content`` is None only with ``revise="regenerate"``. ``target``
         (with ``revise``): the seq of the message the revision is meant for; when it is no
         longer the newest turn's, :class:`~colloquy.errors.EditConflict` and nothing stored."""
         reply: Reply | None = None
-        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools, tool_choice=tool_choice)
         for event in run(self._turn(content, False, idempotency_key, options, revise, target)):
             if isinstance(event, Reply):
                 reply = event
@@ -404,6 +410,7 @@ class Chat:
         self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
         thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice | str | Mapping[str, Any] | None = None,
         revise: Revision | None = None, target: int | None = None,
     ) -> Iterator[str | ThinkingDelta | Reply]:
         """Like :meth:`send`, yielding text deltas (``str``) as they arrive, then the final
@@ -413,7 +420,7 @@ class Chat:
         Closing the generator early (``stream.close()``, or leaving a ``for`` loop over it that
         is then closed) stops the model call and stores the text received so far with
         ``stop_reason`` ``"cancelled"`` and its usage."""
-        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools, tool_choice=tool_choice)
         yield from run(self._turn(content, True, idempotency_key, options, revise, target))
 
     def check_idempotency_key(self, content: UserInput | None, idempotency_key: str | None,
@@ -486,12 +493,13 @@ class Chat:
     async def asend(self, content: UserInput | None, *, idempotency_key: str | None = None,
                     temperature: float | None = None, max_tokens: int | None = None,
                     thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+                    tool_choice: ToolChoice | str | Mapping[str, Any] | None = None,
                     revise: Revision | None = None, target: int | None = None) -> Reply:
         """The async twin of :meth:`send`: the model call is awaited on the event loop (the
         SDKs' async clients), the short steps around it run on :attr:`executor`. Cancelling
         the task stops the model call and stores the partial reply (see :meth:`stream`)."""
         reply: Reply | None = None
-        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools, tool_choice=tool_choice)
         async for event in arun(self._turn(content, False, idempotency_key, options, revise,
                                            target),
                                 self.executor):
@@ -504,11 +512,12 @@ class Chat:
         self, content: UserInput | None, *, idempotency_key: str | None = None,
         temperature: float | None = None, max_tokens: int | None = None,
         thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice | str | Mapping[str, Any] | None = None,
         revise: Revision | None = None, target: int | None = None,
     ) -> AsyncIterator[str | ThinkingDelta | Reply]:
         """The async twin of :meth:`stream` (cancelling the task or closing the iterator stops
         the model call and stores the partial reply). Nothing runs until it is iterated."""
-        options = TurnOptions.of(temperature, max_tokens, thinking, tools)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools, tool_choice=tool_choice)
         return arun(self._turn(content, True, idempotency_key, options, revise, target),
                     self.executor)
 
@@ -524,6 +533,7 @@ class Chat:
             raise ValueError("a turn needs a message (only regenerate reuses the last one)")
         if target is not None and revise is None:
             raise ValueError("a target (seq) names the message an edit or regenerate is for")
+        options.check_choice(self.tools)
         given = _user_message(content) if content is not None else None
         return isolated(self._traced_turn(given, streaming, idempotency_key, options, revise,
                                           target))
@@ -587,13 +597,14 @@ class Chat:
         notes: list[str] = []
         paused: list[ContentBlock] = []  # the stored parts of a reply paused by the provider
         rounds = 0
+        ran_tools = False
         while True:
             rounds += 1
             ctx = self.build_context(self._log, options)
             notes.extend(persist_derived(self.store, ctx.derived, self.owner))
             for record in ctx.derived:  # e.g. a summary written for this turn: billed too
                 self._account_derived(record)
-            request = self._request(ctx, options)
+            request = self._request(ctx, options, ran_tools)
             notes.extend(n for n in ctx.notes if n not in notes)
             buffered = streaming and bool(self.guards.stage("output"))
             try:
@@ -667,6 +678,7 @@ class Chat:
                     "every call and result is stored, send a new message to go on"
                 )
             results = yield RunTools(self.tools, calls, contextvars.copy_context())  # tool spans
+            ran_tools = True
             self._append(NewMessage(message=Message(role="user", content=list(results))))
 
     def _store_interrupted(self, request: ModelRequest, stop: TurnInterrupted) -> None:

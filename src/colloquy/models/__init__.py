@@ -22,6 +22,7 @@ from .base import (
     StreamEvent,
     TextDelta,
     ThinkingDelta,
+    ToolChoice,
     ToolSpec,
 )
 from .offline import EchoModel, FunctionModel, ScriptedModel, tool_call
@@ -114,6 +115,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "ThinkingDelta",
+    "ToolChoice",
     "ToolSpec",
     "get_model",
     "model_spec",

@@ -52,8 +52,9 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 #: Request-body keys that ``messages.create`` takes as keyword arguments. Everything else in
 #: the body (``temperature``: SDK 2.x has no such parameter) goes through ``extra_body``, so
 #: the server still receives exactly :meth:`ModelRequest.to_anthropic`.
-_CREATE_PARAMS = frozenset({"model", "max_tokens", "messages", "system", "tools", "thinking"})
-_COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "thinking"})
+_CREATE_PARAMS = frozenset({"model", "max_tokens", "messages", "system", "tools", "tool_choice",
+                            "thinking"})
+_COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 #: The HTTP status each API error type has. An error sent *inside* a stream arrives on an
 #: HTTP 200 response; we report the status the same error has before a stream starts, so

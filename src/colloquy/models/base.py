@@ -18,9 +18,9 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
@@ -170,6 +170,67 @@ class ToolSpec(BaseModel):
         }
 
 
+class ToolChoice(BaseModel):
+    """How the model may use the request's tools, in the Messages API's terms (``tool_choice``):
+    ``auto`` (it decides), ``any`` (it must call one; OpenAI's ``required``), ``none`` (it calls
+    none), ``tool`` (it must call the one named ``name``). ``disable_parallel_tool_use``: at
+    most one call (OpenAI's ``parallel_tool_calls: false``). Each adapter sends its provider's
+    shape (:meth:`to_anthropic`, :meth:`to_openai`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["auto", "any", "none", "tool"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _named_when_tool(self) -> ToolChoice:
+        if (self.type == "tool") != bool(self.name):
+            raise ValueError('a tool_choice names its tool ("name") when, and only when, '
+                             'its type is "tool"')
+        return self
+
+    @classmethod
+    def of(cls, value: ToolChoice | str | Mapping[str, Any]) -> ToolChoice:
+        """A choice from the library's forms: a ToolChoice, ``"auto"``/``"any"``/``"none"``,
+        or the Messages API's object (``{"type": "tool", "name": "lookup"}``). ValueError
+        otherwise."""
+        if isinstance(value, ToolChoice):
+            return value
+        try:
+            return cls.model_validate({"type": value} if isinstance(value, str) else value)
+        except ValidationError as e:
+            raise ValueError(f"tool_choice: {e.errors()[0]['msg']}") from None
+
+    @classmethod
+    def from_openai(cls, value: Any, parallel_tool_calls: bool | None = None) -> ToolChoice:
+        """A choice from chat completions' ``tool_choice`` (``"auto"``, ``"required"``,
+        ``"none"``, ``{"type": "function", "function": {"name": ...}}``) and
+        ``parallel_tool_calls``. ValueError on another shape."""
+        parallel = None if parallel_tool_calls is None else not parallel_tool_calls
+        kinds: dict[str, Literal["auto", "any", "none"]] = {
+            "auto": "auto", "required": "any", "none": "none"}
+        if isinstance(value, str) and value in kinds:
+            return cls(type=kinds[value], disable_parallel_tool_use=parallel)
+        function = value.get("function") if isinstance(value, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(value, Mapping) or value.get("type") != "function" \
+                or not isinstance(name, str) or not name:
+            raise ValueError('tool_choice is "auto", "required", "none" or '
+                             '{"type": "function", "function": {"name": ...}}')
+        return cls(type="tool", name=name, disable_parallel_tool_use=parallel)
+
+    def to_anthropic(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+    def to_openai(self) -> tuple[str | dict[str, Any], bool | None]:
+        """(``tool_choice``, ``parallel_tool_calls``: None to leave it out)."""
+        parallel = None if self.disable_parallel_tool_use is None \
+            else not self.disable_parallel_tool_use
+        if self.type == "tool":
+            return {"type": "function", "function": {"name": self.name}}, parallel
+        return ("required" if self.type == "any" else self.type), parallel
+
+
 class ModelRequest(BaseModel):
     """Exactly what is sent to a model: the persona beside the messages, never inside them."""
 
@@ -178,6 +239,8 @@ class ModelRequest(BaseModel):
     system: list[TextBlock] = Field(default_factory=list)
     messages: list[Message]
     tools: list[ToolSpec] = Field(default_factory=list)
+    #: How the model may use ``tools``; None: the provider's default (``auto`` with tools).
+    tool_choice: ToolChoice | None = None
     max_tokens: int = 1024
     temperature: float | None = None
     #: Extended thinking's budget in tokens (Anthropic ``thinking.budget_tokens``: at least
@@ -195,6 +258,8 @@ class ModelRequest(BaseModel):
             body["system"] = [b.model_dump(mode="json", exclude_none=True) for b in self.system]
         if self.tools:
             body["tools"] = [t.to_anthropic() for t in self.tools]
+        if self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice.to_anthropic()
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.thinking:

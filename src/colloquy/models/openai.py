@@ -135,6 +135,15 @@ class OpenAIModel(Model):
             notes.append(f"server tools not offered to the OpenAI-shaped model: {names}")
         if tools:
             params["tools"] = tools
+        choice = req.tool_choice
+        if choice is not None and tools and (choice.type != "tool" or any(
+                t["function"]["name"] == choice.name for t in tools)):
+            params["tool_choice"], parallel = choice.to_openai()
+            if parallel is not None:
+                params["parallel_tool_calls"] = parallel
+        elif choice is not None:
+            notes.append("tool_choice not sent to the OpenAI-shaped model: it was offered none "
+                         "of the tools it names")
         if req.temperature is not None:
             params["temperature"] = req.temperature
         if req.thinking:

@@ -41,7 +41,7 @@ from ..store.users import User
 from ..turn_options import ANTHROPIC_API
 from . import errors as E
 from .compat import (CONVERSATION_HEADER, ConversationHeader, client_name, ignored_note,
-                     split_turn, turn_responses)
+                     split_turn, tool_choice, turn_responses)
 from .inflight import cancel_on_disconnect
 from .schemas import ErrorBody, IdempotencyKeyHeader, _Clean
 from .service import ChatService, replayed_header
@@ -51,7 +51,7 @@ from .service import ChatService, replayed_header
 
 class MessagesRequest(_Clean):
     """The Messages API's request body (``anthropic.types.MessageCreateParams``); fields colloquy
-    does not use (``top_p``, ``stop_sequences``, ``tool_choice``...) are accepted and ignored."""
+    does not use (``top_p``, ``stop_sequences``...) are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(max_length=200)
@@ -61,6 +61,7 @@ class MessagesRequest(_Clean):
     stream: StrictBool = False  # JSON true or false: "yes" is a 400, as on the API
     temperature: float | None = Field(None, ge=0, le=1)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
 
@@ -329,13 +330,14 @@ def add_anthropic_routes(
     ) -> Any:
         system, history, content, tools = parse(body)
         budget = _budget(body.thinking, body.max_tokens)
+        choice = tool_choice(body.tool_choice, tools)
         conv, chat, ticket, replay = await service.client_turn(
             user, named(x_colloquy_conversation, body.metadata), system, history, content,
             body.model, idempotency_key, ANTHROPIC_API)
         # The API's max_tokens holds the thinking budget; colloquy's is the answer's own.
         options: dict[str, Any] = {
             "api": ANTHROPIC_API, "temperature": body.temperature, "thinking": budget,
-            "tools": tools,
+            "tools": tools, "tool_choice": choice,
             "max_tokens": body.max_tokens - budget if budget else body.max_tokens}
         headers = {CONVERSATION_HEADER: conv.name}
         ignored = ignored_note(body.model_extra)

@@ -14,7 +14,10 @@ from typing import Annotated, Any
 
 from fastapi import Header
 
+from pydantic import ValidationError
+
 from ..messages import ContentBlock, Message, ToolResultBlock
+from ..models import ToolChoice, ToolSpec
 from ..text import clean, is_blank
 from .errors import InvalidRequest
 from .schemas import _ID_PATTERN, ErrorBody
@@ -54,13 +57,40 @@ def turn_responses(answer: str) -> dict[int | str, dict[str, Any]]:
 
 
 def ignored_note(extra: dict[str, Any] | None) -> list[str]:
-    """A note naming the request's fields colloquy accepts but does not act on (``tool_choice``,
-    ``response_format``, ``top_p``...: the body's extra fields), so a client that relies on one
+    """A note naming the request's fields colloquy accepts but does not act on
+    (``response_format``, ``top_p``...: the body's extra fields), so a client that relies on one
     can see it was not honoured; none when there are none."""
     names = sorted(k for k, v in (extra or {}).items() if v is not None)
     if not names:
         return []
     return [f"not acted on by colloquy (accepted and ignored): {', '.join(names)}"]
+
+
+def tool_choice(raw: Any, tools: Sequence[ToolSpec], *, openai: bool = False,
+                parallel_tool_calls: bool | None = None) -> ToolChoice | None:
+    """The request's ``tool_choice`` in colloquy's shape (:class:`ToolChoice`), from the
+    Messages API's object or, with ``openai``, chat completions' value and
+    ``parallel_tool_calls`` (alone: ``auto`` with it; dropped without tools, where it means
+    nothing). A 400 naming the field for another shape, a tool_choice without ``tools``
+    (both APIs refuse one) or one naming a tool not among them."""
+    if raw is None:
+        if openai and parallel_tool_calls is not None and tools:
+            return ToolChoice(type="auto", disable_parallel_tool_use=not parallel_tool_calls)
+        return None
+    try:
+        choice = ToolChoice.from_openai(raw, parallel_tool_calls) if openai \
+            else ToolChoice.model_validate(raw)
+    except (ValueError, ValidationError) as e:
+        detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        raise InvalidRequest(f"tool_choice: {detail}", param="tool_choice") from None
+    if not tools:
+        raise InvalidRequest("tool_choice is only allowed when tools are given",
+                             param="tool_choice")
+    if choice.type == "tool" and choice.name not in {t.name for t in tools}:
+        param = "tool_choice.function.name" if openai else "tool_choice.name"
+        raise InvalidRequest(f"{param}: {choice.name!r} is not among the request's tools",
+                             param=param)
+    return choice
 
 
 def split_turn(messages: Sequence[Message]) -> tuple[list[Message], Message]:
@@ -80,4 +110,4 @@ def split_turn(messages: Sequence[Message]) -> tuple[list[Message], Message]:
 
 
 __all__ = ["CONVERSATION_HEADER", "ConversationHeader", "client_name", "ignored_note",
-           "split_turn", "turn_responses"]
+           "split_turn", "tool_choice", "turn_responses"]

@@ -36,7 +36,7 @@ from ..store.users import User
 from ..turn_options import OPENAI_API
 from . import errors as E
 from .compat import (CONVERSATION_HEADER, ConversationHeader, client_name, ignored_note,
-                     split_turn, turn_responses)
+                     split_turn, tool_choice, turn_responses)
 from .inflight import cancel_on_disconnect
 from .schemas import ChatCompletionRequest, ErrorBody, IdempotencyKeyHeader
 from .service import ChatService, replayed_header
@@ -144,6 +144,8 @@ def add_openai_routes(
             system, messages = from_openai_messages(
                 [m.model_dump(exclude_none=True) for m in body.messages])
             tools: list[ToolSpec] = tools_from_openai(body.tools) if body.tools else []
+            choice = tool_choice(body.tool_choice, tools, openai=True,
+                                 parallel_tool_calls=body.parallel_tool_calls)
         except OpenAIShapeError as e:
             raise E.InvalidRequest(str(e), param=e.param) from e
         except InvalidTextError:  # an empty message: 422 like a blank one, on every route
@@ -161,7 +163,7 @@ def add_openai_routes(
         options: dict[str, Any] = {
             "api": OPENAI_API, "temperature": body.temperature,
             "max_tokens": body.max_completion_tokens or body.max_tokens,
-            "thinking": body.thinking, "tools": tools}
+            "thinking": body.thinking, "tools": tools, "tool_choice": choice}
         created = int(time.time())
         ignored = ignored_note(body.model_extra)
         headers = {CONVERSATION_HEADER: conv.name}

@@ -315,6 +315,9 @@ class ChatCompletionRequest(_Clean):
     max_tokens: int | None = Field(None, ge=1, le=200_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=200_000)
     tools: list[dict[str, Any]] | None = None
+    #: "auto", "required", "none" or {"type": "function", "function": {"name": ...}}.
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
     n: int | None = Field(None, ge=1, description="1 only (more is refused with a 400)")
     #: colloquy's extension: extended thinking for this turn (a budget in tokens, 0: none).
     thinking: ThinkingBudget = None

@@ -45,7 +45,7 @@ from ..memory.extract import FactExtraction
 from ..memory.records import Fact
 from ..errors import ConfigError, ConversationNotFound, InvalidTextError, StoreError
 from ..messages import Message, StoredMessage, TextBlock
-from ..models import Model, ThinkingDelta, ToolSpec, get_model, model_spec
+from ..models import Model, ThinkingDelta, ToolChoice, ToolSpec, get_model, model_spec
 from ..rights import DeleteReport, delete_user, export_user
 from ..store import Conversation, MemoryStore, NewMessage, Store, new_id
 from ..store.base import conversation_names, register_cache
@@ -414,13 +414,15 @@ class ChatService:
     async def send(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                    temperature: float | None = None, max_tokens: int | None = None,
                    thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+                   tool_choice: ToolChoice | None = None,
                    revise: Revision | None = None, api: str | None = None,
                    ) -> tuple[Reply, bool]:
         """One turn; returns the reply and whether it was replayed from an earlier request with
         the same idempotency key (Chat stores the key with the message and answers a retry with
         the stored reply). The options are Chat.send's, for this turn only; ``revise``: the
         turn replaces the newest one (colloquy.branches); ``api``: TurnOptions.api."""
-        options = TurnOptions.of(temperature, max_tokens, thinking, tools, api=api)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools,
+                                 tool_choice=tool_choice, api=api)
         async with self._turn(chat.session_id):
             async for event in arun(chat._turn(content, False, key, options, revise),
                                     chat.executor):
@@ -431,13 +433,15 @@ class ChatService:
     async def stream(self, chat: Chat, content: UserInput | None, key: str | None = None, *,
                      temperature: float | None = None, max_tokens: int | None = None,
                      thinking: int | None = None, tools: Sequence[ToolSpec] = (),
+                     tool_choice: ToolChoice | None = None,
                      revise: Revision | None = None, target: int | None = None,
                      api: str | None = None,
                      ) -> AsyncIterator[str | ThinkingDelta | tuple[Reply, bool]]:
         """Text deltas (and thinking deltas), then ``(reply, replayed)``. Text deltas that
         arrive while the previous one is still being sent go out as one
         (colloquy.server.coalesce). The options are :meth:`send`'s."""
-        options = TurnOptions.of(temperature, max_tokens, thinking, tools, api=api)
+        options = TurnOptions.of(temperature, max_tokens, thinking, tools,
+                                 tool_choice=tool_choice, api=api)
         async with self._turn(chat.session_id):
             async for event in coalesced(arun(
                     chat._turn(content, True, key, options, revise, target), chat.executor)):
