@@ -270,3 +270,18 @@ def test_a_forced_call_is_not_forced_again_after_colloquy_ran_the_tool(served: S
             for b in _received(served, "openai")
             if "Title:" not in json.dumps(b["messages"][-1])]
     assert sent == [("required", False), ("auto", False)]
+
+
+def test_a_choice_of_a_server_tool_is_not_sent_to_an_openai_model(served: Served) -> None:
+    """OpenAI's shape has no server tools: a choice naming one is dropped, with a note, rather
+    than refused by the provider for naming a tool it was not offered."""
+    _fresh(served)
+    search = ToolSpec(name="web_search",
+                      definition={"type": "web_search_20250305", "name": "web_search"})
+    chat = Chat(OpenAIModel("gpt-4o", api_key="sk-test-0123456789", base_url=served.gpt.base_url,
+                            environ={}, max_retries=0), store=MemoryStore())
+    served.gpt.push(Turn(text="No search here."), Turn(text="A title"))
+    reply = chat.send("Search?", tools=[search], tool_choice={"type": "tool", "name": "web_search"})
+    assert reply.text == "No search here."
+    assert "tool_choice" not in served.gpt.requests[0].body
+    assert any(n.startswith("tool_choice not sent to the OpenAI-shaped model") for n in reply.notes)

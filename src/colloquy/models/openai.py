@@ -142,8 +142,8 @@ class OpenAIModel(Model):
             if parallel is not None:
                 params["parallel_tool_calls"] = parallel
         elif choice is not None:
-            notes.append("tool_choice not sent to the OpenAI-shaped model: it was offered none "
-                         "of the tools it names")
+            notes.append("tool_choice not sent to the OpenAI-shaped model: the tools it concerns "
+                         "are server tools, not offered to it")
         if req.temperature is not None:
             params["temperature"] = req.temperature
         if req.thinking:
