@@ -5,6 +5,7 @@ every named context policy."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from colloquy import (
     EchoModel,
     FunctionModel,
     MemoryStore,
+    Message,
     NoContextRecord,
     NothingToRevise,
     ScriptedModel,
@@ -23,8 +25,10 @@ from colloquy import (
     tool_call,
 )
 from colloquy.context.presets import POLICY_NAMES, preset
-from colloquy.context.seen import expand, ranges
+from colloquy.context.default import DefaultPolicy
+from colloquy.context.seen import encode, expand, ranges, spans
 from colloquy.errors import ModelError
+from colloquy.store import NewMessage
 
 
 def _texts(chat: Chat) -> list[tuple[int, str, str]]:
@@ -196,6 +200,13 @@ def test_ranges_round_trip() -> None:
     assert ranges([7, 1, 2, 3, 9, 8, 12]) == [[1, 3], [7, 9], [12, 12]]
     assert expand(ranges([5, 6, 10])) == [5, 6, 10]
     assert ranges([]) == []
+    # Stored as one string, each range from the end of the one before (``"v": 2``).
+    assert encode([[1, 14], [17, 20], [25, 25]]) == "1+13,3+3,5" and encode([]) == ""
+    assert spans("1+13,3+3,5") == [[1, 14], [17, 20], [25, 25]] and spans("") == []
+    assert expand("20001+1,7") == [20001, 20002, 20009]
+    # The lists stored before (``"v": 1``) read the same; a piece that does not parse is skipped.
+    assert spans([[1, 14], [17, 20]]) == [[1, 14], [17, 20]] == spans("1+13,x,3+3")
+    assert spans(None) == spans({"a": 1}) == spans([["a", 2], 5]) == []
 
 
 def test_each_reply_keeps_what_its_call_was_sent(store: Store) -> None:
@@ -252,6 +263,51 @@ def test_the_record_is_small_and_does_not_grow_with_the_log(tmp_path: Path) -> N
     store.close()
 
 
+_TOPICS = [t.split() for t in (
+    "rust borrow checker lifetimes cargo", "garden tomatoes compost seedlings",
+    "flight lisbon airport luggage", "database index migration postgres",
+    "sourdough bread starter oven", "marathon training knee physio",
+    "mortgage rate landlord contract", "piano chopin nocturne pedal",
+    "thesis chapter supervisor deadline", "release freeze laptop deploy",
+    "invoice budget accountant taxes", "holiday recipe paella saffron")]
+
+
+def _questions(n: int) -> list[str]:
+    """Questions on a dozen topics in turn at random: recall finds each topic's earlier turns."""
+    rng = random.Random(7)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(8, 16))) + f" question {i}?"
+            for i in range(n) for words in [rng.choice(_TOPICS)]]
+
+
+def test_a_long_conversations_record_is_as_small_as_a_short_ones() -> None:
+    """With recall, a reply lists the seq ranges of the excerpts recalled: their count follows the
+    budget, and each costs a few characters whatever the seqs (distances, not seqs, are stored), so
+    a reply at turn 5,060 stores about what a reply at turn 60 does (v1 lists: 305-354 bytes
+    against 271-316)."""
+    sizes: dict[int, list[int]] = {}
+    for earlier in (0, 5_000):  # turns before these (no word in common with the questions)
+        store = MemoryStore()
+        if earlier:
+            store.create_conversation(id="c_long")
+            say = (Message.user, Message.assistant)
+            store.append("c_long", [NewMessage(message=say[j % 2](f"zq{j % 7} wv{j % 5}"))
+                                    for j in range(2 * earlier)])
+        chat = Chat(EchoModel(), store=store, session_id="c_long",
+                    policy=DefaultPolicy(1500, retriever="bm25"))
+        records = []
+        for text in _questions(60):
+            chat.send(text)
+            records.append(chat.history()[-1].meta["context"])
+        recalled = [spans(r["parts"]["recall"]["seqs"]) for r in records[-15:]]
+        assert sum(map(len, recalled)) >= 5 * 15  # recall at work: several excerpts a reply
+        sizes[earlier] = [len(json.dumps(r)) for r in records[-15:]]
+        seen = chat.context_seen(chat.history()[-1].seq)
+        (part,) = [p for p in seen.parts if p.name == "recall"]
+        assert [m.seq for m in part.messages] == expand(records[-1]["parts"]["recall"]["seqs"])
+    # Only the first range of each list is written in full: a digit or two more, no more.
+    assert max(sizes[5_000]) <= 250 and sum(sizes[5_000]) <= sum(sizes[0]) + 8 * 15, sizes
+
+
 def test_memory_store_and_sqlite_give_the_same_record(tmp_path: Path) -> None:
     records = []
     for store in (MemoryStore(), SQLiteStore(tmp_path / "same.db")):
@@ -262,4 +318,4 @@ def test_memory_store_and_sqlite_give_the_same_record(tmp_path: Path) -> None:
         records.append(chat.history()[-1].meta["context"])
         store.close()
     assert records[0] == records[1]
-    assert records[0]["kept"] == [[1, 4], [7, 7]]
+    assert records[0]["kept"] == "1+3,3" == encode([[1, 4], [7, 7]])

@@ -8,8 +8,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from colloquy import EchoModel, Store
+from colloquy import EchoModel, Message, Store, export_user, import_user
+from colloquy.context.seen import CONTEXT, encode
 from colloquy.server import create_app
+from colloquy.store import NewMessage
 from colloquy.store.users import issue_token
 from server_helpers import bearer, parse_sse, texts
 
@@ -94,3 +96,47 @@ def test_the_export_keeps_superseded_turns_marked(store: Store) -> None:
              m["meta"].get("supersedes")) for m in session["messages"]]
     assert rows[0] == (1, "first try", 3, None) and rows[1][2] == 3
     assert rows[2] == (3, "second try", None, [1, 2]) and rows[3][2] is None
+
+
+def _old_and_new(seqs: list[list[int]], kept: list[list[int]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same context as a record of the first format (``"v": 1``, lists of ranges, stored by
+    colloquy before the compact one) and of today's (``"v": 2``, one string per field)."""
+    common = {"persona": {"tokens": 4, "sha256": "0" * 16},
+              "tokens": {"messages": 30, "tools": 0, "total": 50}}
+    old = {"v": 1, "kept": kept, **common,
+           "parts": {"recall": {"tokens": 16, "records": [], "seqs": seqs}}}
+    new = {"v": 2, "kept": encode(kept), **common, "parts": {"recall": {"tokens": 16, "seqs": encode(seqs)}}}
+    return old, new
+
+
+def test_a_record_stored_in_the_first_format_still_reads_exports_and_imports(store: Store) -> None:
+    site = Site(store)
+    cid = site.new()
+    for text in ("one", "two", "three"):
+        site.post(cid, "messages", content=text)
+    old, new = _old_and_new(seqs=[[1, 2], [5, 5]], kept=[[3, 4], [6, 7]])
+    for rec in (old, new):  # replies as stored by an earlier colloquy, then by this one
+        store.append(cid, [NewMessage(message=Message.user("four")),
+                           NewMessage(message=Message.assistant("ok"), model="echo",
+                                      meta={CONTEXT: rec})])
+    assert [m.meta[CONTEXT]["v"] for m in store.load(cid)[-3::2]] == [1, 2]
+
+    def shown(seq: int) -> dict[str, Any]:
+        r = site.client.get(f"/v1/conversations/{cid}/messages/{seq}/context", headers=site.headers)
+        assert r.status_code == 200, r.text
+        seen = r.json()
+        assert seen.pop("seq") == seq
+        return dict(seen)
+
+    first, second = shown(8), shown(10)
+    assert first == second
+    assert [m["seq"] for m in first["messages"]] == [3, 4, 6, 7]
+    (recall,) = first["parts"]
+    assert recall["seqs"] == [1, 2, 5] == [m["seq"] for m in recall["messages"]]
+    assert recall["messages"][0]["text"] == "one" and recall["messages"][2]["text"] == "three"
+    exported = json.loads(json.dumps(export_user(store, "ada")))
+    (session,) = exported["sessions"]
+    assert [m["meta"][CONTEXT] for m in session["messages"] if m["seq"] in (8, 10)] == [old, new]
+    import_user(store, exported, replace=True)  # the rows deleted, then restored from the file
+    assert shown(8) == first and shown(10) == second
+    assert [m.meta[CONTEXT] for m in store.load(cid) if m.seq in (8, 10)] == [old, new]

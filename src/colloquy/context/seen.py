@@ -4,15 +4,22 @@ At turn time the engine (:class:`colloquy.Chat`) stores, in the meta of every re
 call produced, a small record of the context that call was sent (:func:`record`, under the meta
 key ``context``)::
 
-    {"v": 1,
-     "kept": [[1, 14], [17, 20]],              # seq ranges of the log sent verbatim
+    {"v": 2,
+     "kept": "1+13,3+3",                         # seqs sent verbatim: 1-14 and 17-20
      "persona": {"tokens": 40, "sha256": "3fa2b1c09d1e4f27"},
-     "parts": {"facts": {"tokens": 120, "records": ["f_..."], "seqs": []},
-               "summary": {"tokens": 300, "records": ["s_..."], "seqs": [[1, 10]]},
-               "recall": {"tokens": 200, "records": [], "seqs": [[3, 4]]}},
+     "parts": {"facts": {"tokens": 120, "records": ["f_..."]},
+               "summary": {"tokens": 300, "records": ["s_..."], "seqs": "1+9"},
+               "recall": {"tokens": 200, "seqs": "3+1,40,2+1"}},
      "tokens": {"messages": 1200, "tools": 0, "total": 1860}}
 
-References, not copies: its size follows the context's shape (a few ranges and ids), never the
+Seq ranges are one string (:func:`encode`): comma-separated ranges, oldest first, each written
+as its first seq's distance from the previous range's last seq (from 0 for the first), then
+``+`` and its length minus one when it holds more than one seq: ``"3+1,40,2+1"`` is 3-4, 44,
+46-47. A range costs a few characters whatever the conversation's length (the distances, not
+the seqs, are written), and an empty list is left out. Records stored before (``"v": 1``) hold
+``[[first, last], ...]`` lists instead: :func:`spans` reads both, so they show as they did.
+
+References, not copies: its size follows the context's shape (a few ranges and ids), not the
 log's length or the texts' sizes, so a turn's cost stays flat (bench/turns.py). Token counts are
 the engine's calibrated estimates per part (colloquy.tokens); the billed total is the reply's
 usage.
@@ -44,7 +51,7 @@ from .base import Context
 
 #: Meta key of a reply's context record.
 CONTEXT = "context"
-VERSION = 1
+VERSION = 2
 
 
 def ranges(seqs: Iterable[int]) -> list[list[int]]:
@@ -58,9 +65,46 @@ def ranges(seqs: Iterable[int]) -> list[list[int]]:
     return out
 
 
-def expand(spans: Sequence[Sequence[int]]) -> list[int]:
-    """The seqs of ``ranges`` output."""
-    return [s for lo, hi in spans for s in range(int(lo), int(hi) + 1)]
+def encode(spans: Sequence[Sequence[int]]) -> str:
+    """``ranges`` output as the record's compact string (module docstring):
+    ``[[1, 14], [17, 20]]`` -> ``"1+13,3+3"``."""
+    out: list[str] = []
+    last = 0
+    for lo, hi in spans:
+        out.append(f"{lo - last}+{hi - lo}" if hi != lo else str(lo - last))
+        last = hi
+    return ",".join(out)
+
+
+def spans(value: Any) -> list[list[int]]:
+    """The ``[first, last]`` ranges of a stored record's field: the compact string
+    (:func:`encode`) or a list of ranges (records stored before, ``"v": 1``). A piece that
+    does not parse (a hand-edited import) is skipped, never an error: a stored record is shown."""
+    out: list[list[int]] = []
+    if isinstance(value, str):
+        last = 0
+        for item in value.split(","):
+            start, _, length = item.partition("+")
+            try:
+                lo = last + int(start)
+                hi = lo + (int(length) if length else 0)
+            except ValueError:
+                continue
+            out.append([lo, hi])
+            last = hi
+    elif isinstance(value, list):
+        for pair in value:
+            try:
+                lo, hi = (int(x) for x in pair)
+            except (TypeError, ValueError):
+                continue
+            out.append([lo, hi])
+    return out
+
+
+def expand(value: Any) -> list[int]:
+    """The seqs of ``ranges`` output, or of a stored record's field (:func:`spans`)."""
+    return [s for lo, hi in spans(value) for s in range(lo, hi + 1)]
 
 
 def persona_hash(persona: str) -> str:
@@ -93,15 +137,18 @@ def record(ctx: Context, persona: str, *, model: str, counter: TokenCounter, raw
     persona_tokens = math.ceil(persona_raw * factor)
     parts: dict[str, Any] = {}
     for name in {*ctx.part_sources, *ctx.part_tokens, *ctx.part_records}:
-        parts[name] = {"tokens": int(ctx.part_tokens.get(name, 0)),
-                       "records": list(ctx.part_records.get(name, [])),
-                       "seqs": ranges(ctx.part_sources.get(name, []))}
+        part: dict[str, Any] = {"tokens": int(ctx.part_tokens.get(name, 0))}
+        if ctx.part_records.get(name):
+            part["records"] = list(ctx.part_records[name])
+        if ctx.part_sources.get(name):
+            part["seqs"] = encode(ranges(ctx.part_sources[name]))
+        parts[name] = part
     tools_tokens = math.ceil(estimate_tools(tools) * factor) if tools else 0
     total = math.ceil(raw_total * factor)
     used = persona_tokens + tools_tokens + sum(p["tokens"] for p in parts.values())
     return {
         "v": VERSION,
-        "kept": ranges(s for group in ctx.sources for s in group),
+        "kept": encode(ranges(s for group in ctx.sources for s in group)),
         "persona": {"tokens": persona_tokens, "sha256": sha},
         "parts": parts,
         "tokens": {"messages": max(0, total - used), "tools": tools_tokens, "total": total},
@@ -222,9 +269,14 @@ def seen(store: Any, conversation_id: str, seq: int,
     rec = reply.meta.get(CONTEXT) if reply is not None else None
     if reply is None or reply.role != "assistant" or not isinstance(rec, dict):
         raise NoContextRecord(conversation_id, seq)
+    top = max(by_seq, default=0)
+
+    def held(value: Any) -> list[int]:  # a record's seqs, up to the log's last (never past it)
+        return [s for lo, hi in spans(value) for s in range(max(lo, 1), min(hi, top) + 1)]
+
     parts: list[SeenPart] = []
     for name, p in (rec.get("parts") or {}).items():
-        part = SeenPart(name=name, tokens=int(p.get("tokens", 0)), seqs=expand(p.get("seqs", [])))
+        part = SeenPart(name=name, tokens=int(p.get("tokens", 0)), seqs=held(p.get("seqs")))
         for rid in map(str, p.get("records", [])):
             if rid.startswith("f_"):  # a fact (colloquy.memory.records ids: f_..., s_...)
                 fact = store.get_fact(rid) if hasattr(store, "get_fact") else None
@@ -239,7 +291,7 @@ def seen(store: Any, conversation_id: str, seq: int,
         if name != "summary":
             part.messages = [_seen_message(by_seq[s]) for s in part.seqs if s in by_seq]
         parts.append(part)
-    kept = [_seen_message(by_seq[s]) for s in expand(rec.get("kept", [])) if s in by_seq]
+    kept = [_seen_message(by_seq[s]) for s in held(rec.get("kept")) if s in by_seq]
     persona = rec.get("persona") or {}
     tokens = rec.get("tokens") or {}
     return SeenContext(
@@ -253,4 +305,5 @@ def seen(store: Any, conversation_id: str, seq: int,
 
 
 __all__ = ["CONTEXT", "CostSplit", "NoContextRecord", "SeenContext", "SeenFact", "SeenMessage",
-           "SeenPart", "cost_split", "expand", "persona_hash", "ranges", "record", "seen"]
+           "SeenPart", "cost_split", "encode", "expand", "persona_hash", "ranges", "record", "seen",
+           "spans"]
