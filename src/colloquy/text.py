@@ -70,8 +70,8 @@ def clean(text: str) -> str:
 
 
 #: Values :func:`clean_json` returns as they are, told by their exact type without a call: a
-#: stored reply's meta holds lists of hundreds of numbers (the recalled seqs, context/seen.py),
-#: validated on every append.
+#: stored value can hold lists of hundreds of numbers (replies stored before context/seen.py's
+#: record v2 listed their recalled seqs so), validated on every append.
 _ATOMIC = frozenset({int, float, bool, type(None)})
 
 
