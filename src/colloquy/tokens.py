@@ -311,7 +311,7 @@ class TokenCounter:
             if isinstance(system, str)
             else sum(estimate_text(b.text) for b in system)
         )
-        return REQUEST_OVERHEAD + sys_tokens + sum(estimate_message(m) for m in messages) + extra
+        return REQUEST_OVERHEAD + sys_tokens + sum(map(estimate_message, messages)) + extra
 
     def count(
         self,

@@ -172,7 +172,7 @@ class _Turns:
             if nxt is None:
                 return None
             lo, hi = nxt
-            cost = sum(estimate_message(sm.message) for sm in self._inp.history[lo:hi])
+            cost = sum(map(estimate_message, [sm.message for sm in self._inp.history[lo:hi]]))
             self.spans.append((lo, hi, cost))
         return self.spans[k]
 
@@ -403,6 +403,13 @@ class ComposedPolicy:
         allowance = cal(newest[2]) + max(0, min(self.cap("recent", shared) + spill,
                                                 limit - cal(used)))
         chosen = min(self.recent.window_start(inp, allowance), start)
+        if chosen <= 0:
+            # The whole log chosen (the usual case while it fits): when all of it fits, that is
+            # the answer the clamp below reaches (every turn kept; the oldest starts at 0),
+            # without walking the log turn by turn on every turn.
+            whole = sum(map(estimate_message, [sm.message for sm in inp.history]))
+            if cal(base + whole) <= limit and cal(whole) <= allowance:
+                return 0, base + whole
         n = turns.index_of_start(chosen)
         # Clamp to the budget: drop the oldest chosen turns until the window fits.
         while n > 1:

@@ -111,7 +111,7 @@ def fit_to_window(ctx: Context, inp: ContextInput, window: int) -> Context:
     scale = max(1.0, counter.factor(inp.model))
     room = window - inp.max_tokens
     fixed = counter.raw(ctx.system, (), extra=estimate_tools(inp.tools))
-    sizes = [estimate_message(m) for m in ctx.messages]
+    sizes = list(map(estimate_message, ctx.messages))
     if (fixed + sum(sizes)) * scale <= room * FIT_HEADROOM:
         return ctx
     limit = room * FIT_HEADROOM / scale - fixed  # raw tokens the messages may take
