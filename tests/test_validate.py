@@ -88,6 +88,37 @@ def test_validate_lists_every_problem() -> None:
     assert "both from the assistant" in text
 
 
+def test_a_request_checked_again_is_answered_by_the_memo_only_for_the_same_request() -> None:
+    # repair_request then validate check each request twice on one thread: the second check
+    # of the same messages is remembered; any other request (one message more, a changed
+    # block, another system prompt) is checked afresh.
+    from colloquy.context.validate import _LAST_VALID
+
+    msgs = [U("hi"), A("hello"), U("again")]
+    validate(msgs, [TextBlock(text="persona")])
+    assert _LAST_VALID  # remembered
+    with pytest.raises(InvalidConversationError, match="both from the user"):
+        validate([*msgs, U("and again")])
+    with pytest.raises(InvalidConversationError, match="empty text block"):
+        validate([U("hi"), A("hello"), Message.model_construct(role="user", content=[
+            TextBlock.model_construct(text=" ", type="text", cache_control=None)])])
+    marked = [TextBlock(text="p", cache_control={"type": "ephemeral"})] * 5
+    with pytest.raises(InvalidConversationError, match="breakpoints"):
+        validate(msgs, marked)
+    validate(msgs, [TextBlock(text="persona")])
+    assert problems([*msgs[:2], A("no")]) != []
+
+
+def test_forgetting_a_conversation_empties_the_validation_memo() -> None:
+    from colloquy.caches import forget_cached
+    from colloquy.context.validate import _LAST_VALID
+
+    validate([U("secret words")])
+    assert _LAST_VALID
+    forget_cached(["any-conversation"])
+    assert not _LAST_VALID
+
+
 # -- repair ----------------------------------------------------------------------------------------
 
 

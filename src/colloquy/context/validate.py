@@ -29,8 +29,10 @@ sources. :func:`repair_request` is the one place a request is made to obey them 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
+from ..caches import text_memo
 from ..errors import InvalidConversationError
 from ..messages import ContentBlock, DocumentBlock, Message, TextBlock, ToolResultBlock, misplaced
 from .wire import (
@@ -47,11 +49,40 @@ from .wire import (
 INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
 
 
+#: The request each thread last found plainly valid, as (system blocks, messages): every
+#: request is checked twice in a row on one thread, by :func:`repair_request` then by
+#: :func:`validate` (``Chat._request``), and the second check of the same blocks and messages
+#: (frozen values, compared by identity first, else by value) is answered from here.
+_LAST_VALID: dict[int, tuple[list[TextBlock], list[Message]]] = {}
+
+
+def _forget_valid() -> None:
+    _LAST_VALID.clear()
+
+
+_FORGETS = text_memo(_forget_valid)  # it holds messages of any conversation: a deletion empties it
+
+
 def _plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> bool:
     """The common case, checked in one cheap pass: text only, user first, roles alternating,
     no more breakpoints than allowed (``system``'s counted too), no trailing whitespace at the
     end of a prefill. Every request goes through it twice (repair, then validate), over the
-    whole window, so it avoids copies (``isspace``, not ``strip``) and generator frames."""
+    whole window, so it avoids copies (``isspace``, not ``strip``) and generator frames; the
+    second time, on the same thread, is answered by :data:`_LAST_VALID`."""
+    me = threading.get_ident()
+    last = _LAST_VALID.get(me)
+    if last is not None and len(last[1]) == len(messages) and len(last[0]) == len(system) \
+            and last[1] == list(messages) and last[0] == list(system):
+        return True
+    if _check_plainly_valid(messages, system):
+        if len(_LAST_VALID) >= 256:  # threads come and go: never more than a few hundred
+            _LAST_VALID.clear()
+        _LAST_VALID[me] = (list(system), list(messages))
+        return True
+    return False
+
+
+def _check_plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock]) -> bool:
     expected = "user"
     marks = 0
     for s in system:
