@@ -162,6 +162,7 @@ class Chat:
         self._conversation = existing
         #: The generation of the conversation this Chat's view (log, caches) belongs to.
         self._generation: str | None = existing.generation if existing else None
+        self._owner: Owner | None = None  # see owner
         self._log: list[StoredMessage] = []
         #: What of the log is replayed to the model (colloquy.branches): one filter, kept
         #: incremental over ``_log``.
@@ -192,7 +193,12 @@ class Chat:
     def owner(self) -> Owner:
         """On whose behalf this Chat writes: its conversation, as the generation it read. A
         write for a conversation deleted (or replaced) meanwhile is refused (store/owner.py)."""
-        return Owner(conversation_id=self.session_id, generation=self._generation)
+        owner = self._owner
+        if owner is None or owner.generation != self._generation:
+            # Frozen: one per generation, not one per write (a few a turn).
+            owner = self._owner = Owner(conversation_id=self.session_id,
+                                        generation=self._generation)
+        return owner
 
     def _ensure_conversation(self) -> Conversation:
         conv = self._conversation or self.store.find_conversation(self.session_id)
