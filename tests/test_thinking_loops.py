@@ -130,6 +130,75 @@ def test_loop_start_reads_the_request_as_the_api_does() -> None:
         ([_user(q), _asst(th, use), _user(result), _asst(th), _user(nxt)], 0),  # cut thinking
         ([_user(q), _asst(th, TextBlock(text="a")), _user(result, nxt)], 2),  # orphan result
         ([_asst(th, use), _user(nxt)], 1),  # the window cut the user's message away
+        # a blank user message (stored before the entry rules, or imported) vanishes from the
+        # request: the assistant messages around it merge, so the loop began before it
+        ([_user(q), _asst(TextBlock(text="a")), _user(TextBlock(text=" ")), _asst(th, use)], 0),
+        ([_user(q), _asst(th, use), _user(TextBlock(text=" \n")), _user(result)], 0),
     ]
     for messages, start in cases:
         assert loop_start(len(messages), messages.__getitem__) == start, messages
+
+
+def test_a_blank_stored_user_message_between_two_replies_never_breaks_the_loop(
+        fake: FakeAnthropic, store: Store) -> None:
+    """Found by test_repair_fuzz: a blank user message stored between a finished reply and a
+    reply cut mid tool_use vanishes from the request, so the two replies merge into one that
+    starts with text. With thinking on the API refuses that (the loop's assistant message must
+    start with its thinking block): thinking is turned off for the call, with a note."""
+    from colloquy.store import NewMessage
+
+    store.create_conversation(id="s")
+    store.append("s", [NewMessage(message=Message.rebuilt(role, blocks)) for role, blocks in [
+        ("user", [TextBlock(text="hi")]), ("assistant", [TextBlock(text="hello")]),
+        ("user", [TextBlock(text=" ")]),
+        ("assistant", [ThinkingBlock(thinking="plan", signature="sig_1"),
+                       ToolUseBlock(id="toolu_1", name="lookup", input={"q": "x"})])]],
+        expected_seq=0)
+    fake.enqueue(message(text("done")))
+    reply = _chat(fake, store).send("go on")
+    assert reply.text == "done"  # the strict fake took the request
+    body = fake.requests[-1].body
+    assert "thinking" not in body
+    assert any("thinking off" in n for n in reply.notes)
+
+
+def test_a_blank_stored_user_message_before_a_thinking_reply_never_breaks_the_loop(
+        fake: FakeAnthropic, store: Store) -> None:
+    """The same with the blank message between a reply cut mid tool_use and a reply that starts
+    with thinking: the merged message would start with the tool_use (CI's fuzz run)."""
+    from colloquy.store import NewMessage
+
+    store.create_conversation(id="s")
+    store.append("s", [NewMessage(message=Message.rebuilt(role, blocks)) for role, blocks in [
+        ("user", [TextBlock(text="hi")]),
+        ("assistant", [ToolUseBlock(id="toolu_1", name="lookup", input={"q": "x"})]),
+        ("user", [TextBlock(text=" ")]),
+        ("assistant", [ThinkingBlock(thinking="plan", signature="sig_1"), TextBlock(text="hi")])]],
+        expected_seq=0)
+    fake.enqueue(message(text("done")))
+    reply = _chat(fake, store).send("go on")
+    assert reply.text == "done"  # the strict fake took the request
+    body = fake.requests[-1].body
+    assert "thinking" not in body
+    assert any("thinking off" in n for n in reply.notes)
+
+
+def test_an_orphan_tool_result_between_two_replies_never_breaks_the_loop(
+        fake: FakeAnthropic, store: Store) -> None:
+    """The same kind, another message the repair drops: a user message holding only the result
+    of a call no reply made (the repair drops it, so the replies around it merge into one that
+    starts with a tool_use). CI's fuzz run found it after the blank-message fix."""
+    from colloquy.store import NewMessage
+
+    store.create_conversation(id="s")
+    store.append("s", [NewMessage(message=Message.rebuilt(role, blocks)) for role, blocks in [
+        ("user", [TextBlock(text="hi")]),
+        ("assistant", [ToolUseBlock(id="toolu_2", name="lookup", input={"q": "x"})]),
+        ("user", [ToolResultBlock(tool_use_id="toolu_1", content="r")]),
+        ("assistant", [ThinkingBlock(thinking="plan", signature="sig_1"), TextBlock(text="hi")])]],
+        expected_seq=0)
+    fake.enqueue(message(text("done")))
+    reply = _chat(fake, store).send("go on")
+    assert reply.text == "done"  # the strict fake took the request
+    assert "thinking" not in fake.requests[-1].body
+    assert any("thinking off" in n for n in reply.notes)

@@ -28,7 +28,9 @@ from .context.base import Context, ContextInput, ContextPolicy
 from .context.default import DefaultPolicy
 from .context.fit import fit_to_window
 from .context.seen import CONTEXT, SeenContext, record as context_record, seen
-from .context.thinking import FinishedTurns, check_budget, replay_thinking
+from .context.thinking import (
+    OFF_NOTE, FinishedTurns, check_budget, replay_thinking, thinking_off_after_repair,
+)
 from .context.validate import repair_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
@@ -333,6 +335,10 @@ class Chat:
             messages, sources, ctx.thinking, thinking_notes = replay_thinking(
                 ctx.messages, self._thinking(options), ctx.sources or None)
             system, messages, sources, notes = repair_request(ctx.system, messages, sources)
+            if thinking_off_after_repair(messages, ctx.thinking):  # the repair merged a loop's
+                messages, sources, ctx.thinking, _ = replay_thinking(messages, None, sources)
+                system, messages, sources, more = repair_request(system, messages, sources)
+                notes += [OFF_NOTE, *more]
             ctx.system, ctx.messages, ctx.sources = system, messages, sources
             ctx.notes.extend(thinking_notes + notes)
             if span.is_recording():

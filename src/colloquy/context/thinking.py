@@ -48,12 +48,12 @@ def check_budget(budget: int | None) -> int | None:
 
 
 def _vanishes(m: Message) -> bool:
-    """True for an assistant message the request leaves out: nothing but thinking (a reply cut
-    off while thinking) or blank text."""
-    if m.role != "assistant":
-        return False
+    """True for a message the request leaves out: an assistant message of nothing but thinking
+    (a reply cut off while thinking) or blank text, a user message of nothing but blank text
+    (stored before the entry rules, or imported: the repair drops blank text blocks, and the
+    messages around it then merge)."""
     for b in m.content:
-        if isinstance(b, THINKING_BLOCKS):
+        if m.role == "assistant" and isinstance(b, THINKING_BLOCKS):
             continue
         if isinstance(b, TextBlock) and not b.text.strip():
             continue
@@ -75,7 +75,8 @@ def loop_start(n: int, at: Callable[[int], Message]) -> int:
     """
     i = n - 1
     while i >= 0:
-        while i >= 0 and not (at(i).role == "user" and at(i).starts_turn):
+        while i >= 0 and not (at(i).role == "user" and at(i).starts_turn
+                              and not _vanishes(at(i))):
             i -= 1
         if i < 0:
             return 0
@@ -84,7 +85,7 @@ def loop_start(n: int, at: Callable[[int], Message]) -> int:
         while k >= 0 and (at(k).role == "user" or _vanishes(at(k))):
             k -= 1
         asks = False  # the assistant messages before them merge into one too
-        while k >= 0 and at(k).role == "assistant":
+        while k >= 0 and (at(k).role == "assistant" or _vanishes(at(k))):
             asks = asks or bool(at(k).tool_uses)
             k -= 1
         if not asks or k < 0:  # no call to answer (or dropped: the request starts with it)
@@ -213,7 +214,7 @@ def replay_thinking(
     if not any(isinstance(b, THINKING_BLOCKS) for m in messages if m.role == "assistant"
                for b in m.content):
         if budget and _continues_without_thinking(messages, _loop_start(messages)):
-            return list(messages), srcs, None, [_OFF_NOTE]
+            return list(messages), srcs, None, [OFF_NOTE]
         return list(messages), srcs, budget, []
     keep = [i for i, m in enumerate(messages) if not _vanishes(m) or i == len(messages) - 1]
     if len(keep) != len(messages):
@@ -223,15 +224,25 @@ def replay_thinking(
     notes: list[str] = []
     if budget and _continues_without_thinking(messages, start):
         budget = None
-        notes.append(_OFF_NOTE)
+        notes.append(OFF_NOTE)
     if not budget:
         start = len(messages)  # thinking off: no thinking block is sent at all
     head, head_srcs = _strip(messages[:start], srcs[:start])
     return [*head, *messages[start:]], [*head_srcs, *srcs[start:]], budget, notes
 
 
-_OFF_NOTE = ("thinking off for this call: the tool loop it continues began without thinking "
+OFF_NOTE = ("thinking off for this call: the tool loop it continues began without thinking "
              "(the API needs that loop's thinking block first)")
+
+
+def thinking_off_after_repair(messages: Sequence[Message], budget: int | None) -> bool:
+    """True when a *repaired* request (roles alternate, every tool_use answered) asks for
+    thinking but continues a tool loop whose assistant message does not start with a thinking
+    block: :func:`replay_thinking` decides on the messages before the repair, and what the repair
+    drops (a blank or orphan-only message, stored before the entry rules or imported) can merge
+    two assistant messages into one that starts with something else. The caller then sends the
+    request with thinking off (found by tests/test_repair_fuzz.py)."""
+    return bool(budget) and _continues_without_thinking(messages, _loop_start(messages))
 
 
 def _continues_without_thinking(messages: Sequence[Message], start: int) -> bool:
@@ -239,15 +250,18 @@ def _continues_without_thinking(messages: Sequence[Message], start: int) -> bool
     with a thinking block (written with thinking off, or by another provider): the API refuses
     thinking on for such a request."""
     i = len(messages) - 1
-    while i >= start and messages[i].role != "assistant":
+    while i >= start and (messages[i].role != "assistant" or _vanishes(messages[i])):
         i -= 1
     if i < start:
         return False
-    while i > start and messages[i - 1].role == "assistant":  # they merge into one
-        i -= 1
+    while i > start and (messages[i - 1].role == "assistant" or _vanishes(messages[i - 1])):
+        i -= 1  # they merge into one (what vanishes between them is not sent)
+    while messages[i].role != "assistant" or _vanishes(messages[i]):
+        i += 1  # the merged message starts with the first assistant message that is sent
     first = messages[i].content
     return bool(first) and not isinstance(first[0], THINKING_BLOCKS)
 
 
-__all__ = ["MIN_BUDGET", "FinishedTurns", "check_budget", "finished_turns_without_thinking",
-           "loop_start", "replay_thinking"]
+__all__ = ["MIN_BUDGET", "OFF_NOTE", "FinishedTurns", "check_budget",
+           "finished_turns_without_thinking", "loop_start", "replay_thinking",
+           "thinking_off_after_repair"]
