@@ -17,7 +17,9 @@ import pytest
 
 from colloquy import Chat
 from colloquy.context.thinking import loop_start
-from colloquy.messages import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
+from colloquy.messages import (
+    ContentBlock, Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
+)
 from colloquy.models.anthropic import AnthropicModel
 from colloquy.models.openai import OpenAIModel
 from colloquy.store import Store
@@ -139,64 +141,35 @@ def test_loop_start_reads_the_request_as_the_api_does() -> None:
         assert loop_start(len(messages), messages.__getitem__) == start, messages
 
 
-def test_a_blank_stored_user_message_between_two_replies_never_breaks_the_loop(
-        fake: FakeAnthropic, store: Store) -> None:
-    """Found by test_repair_fuzz: a blank user message stored between a finished reply and a
-    reply cut mid tool_use vanishes from the request, so the two replies merge into one that
-    starts with text. With thinking on the API refuses that (the loop's assistant message must
-    start with its thinking block): thinking is turned off for the call, with a note."""
+
+_USE_1 = ToolUseBlock(id="toolu_1", name="lookup", input={"q": "x"})
+_PLAN = ThinkingBlock(thinking="plan", signature="sig_1")
+
+
+@pytest.mark.parametrize("first, between, second", [
+    # a blank user message between a finished reply and a reply cut mid tool_use: the merged
+    # message would start with text (found by test_repair_fuzz)
+    ([TextBlock(text="hello")], [TextBlock(text=" ")], [_PLAN, _USE_1]),
+    # between a reply cut mid tool_use and a reply that starts with thinking: it would start
+    # with the tool_use (CI's fuzz run)
+    ([_USE_1], [TextBlock(text=" ")], [_PLAN, TextBlock(text="hi")]),
+    # another message the repair drops: only the result of a call no reply made (CI's fuzz run
+    # after the blank-message fix)
+    ([ToolUseBlock(id="toolu_2", name="lookup", input={"q": "x"})],
+     [ToolResultBlock(tool_use_id="toolu_1", content="r")], [_PLAN, TextBlock(text="hi")]),
+], ids=["blank-before-loop", "blank-before-thinking", "orphan-result"])
+def test_a_message_the_repair_drops_between_two_replies_never_breaks_the_loop(
+        fake: FakeAnthropic, store: Store, first: list[ContentBlock], between: list[ContentBlock],
+        second: list[ContentBlock]) -> None:
+    """A stored message the repair drops (stored before the entry rules, or imported) makes the
+    replies around it merge into one that does not start with the loop's thinking block. With
+    thinking on the API refuses that: thinking is turned off for the call, with a note."""
     from colloquy.store import NewMessage
 
     store.create_conversation(id="s")
     store.append("s", [NewMessage(message=Message.rebuilt(role, blocks)) for role, blocks in [
-        ("user", [TextBlock(text="hi")]), ("assistant", [TextBlock(text="hello")]),
-        ("user", [TextBlock(text=" ")]),
-        ("assistant", [ThinkingBlock(thinking="plan", signature="sig_1"),
-                       ToolUseBlock(id="toolu_1", name="lookup", input={"q": "x"})])]],
-        expected_seq=0)
-    fake.enqueue(message(text("done")))
-    reply = _chat(fake, store).send("go on")
-    assert reply.text == "done"  # the strict fake took the request
-    body = fake.requests[-1].body
-    assert "thinking" not in body
-    assert any("thinking off" in n for n in reply.notes)
-
-
-def test_a_blank_stored_user_message_before_a_thinking_reply_never_breaks_the_loop(
-        fake: FakeAnthropic, store: Store) -> None:
-    """The same with the blank message between a reply cut mid tool_use and a reply that starts
-    with thinking: the merged message would start with the tool_use (CI's fuzz run)."""
-    from colloquy.store import NewMessage
-
-    store.create_conversation(id="s")
-    store.append("s", [NewMessage(message=Message.rebuilt(role, blocks)) for role, blocks in [
-        ("user", [TextBlock(text="hi")]),
-        ("assistant", [ToolUseBlock(id="toolu_1", name="lookup", input={"q": "x"})]),
-        ("user", [TextBlock(text=" ")]),
-        ("assistant", [ThinkingBlock(thinking="plan", signature="sig_1"), TextBlock(text="hi")])]],
-        expected_seq=0)
-    fake.enqueue(message(text("done")))
-    reply = _chat(fake, store).send("go on")
-    assert reply.text == "done"  # the strict fake took the request
-    body = fake.requests[-1].body
-    assert "thinking" not in body
-    assert any("thinking off" in n for n in reply.notes)
-
-
-def test_an_orphan_tool_result_between_two_replies_never_breaks_the_loop(
-        fake: FakeAnthropic, store: Store) -> None:
-    """The same kind, another message the repair drops: a user message holding only the result
-    of a call no reply made (the repair drops it, so the replies around it merge into one that
-    starts with a tool_use). CI's fuzz run found it after the blank-message fix."""
-    from colloquy.store import NewMessage
-
-    store.create_conversation(id="s")
-    store.append("s", [NewMessage(message=Message.rebuilt(role, blocks)) for role, blocks in [
-        ("user", [TextBlock(text="hi")]),
-        ("assistant", [ToolUseBlock(id="toolu_2", name="lookup", input={"q": "x"})]),
-        ("user", [ToolResultBlock(tool_use_id="toolu_1", content="r")]),
-        ("assistant", [ThinkingBlock(thinking="plan", signature="sig_1"), TextBlock(text="hi")])]],
-        expected_seq=0)
+        ("user", [TextBlock(text="hi")]), ("assistant", first), ("user", between),
+        ("assistant", second)]], expected_seq=0)
     fake.enqueue(message(text("done")))
     reply = _chat(fake, store).send("go on")
     assert reply.text == "done"  # the strict fake took the request
