@@ -101,14 +101,19 @@ def test_conversation_lifecycle(env: Env) -> None:
     assert env.store.find_conversation(cid) is None
 
 
-def test_a_json_turn_makes_two_trips_to_the_step_threads(env: Env) -> None:
-    """The turn's two steps around the model call: the token's user and the caller's
-    conversation are resolved in the first of them, not in trips of their own
+@pytest.mark.parametrize("steps,creating,turn", [("threads", 1, 2), ("auto", 0, 0)])
+def test_a_json_turn_makes_two_trips_to_the_step_threads(
+        store: SQLiteStore, steps: str, creating: int, turn: int) -> None:
+    """On threads, the turn's two steps around the model call: the token's user and the
+    caller's conversation are resolved in the first of them, not in trips of their own
     (colloquy.server.hot; issue 16: each trip is a hand-over between the event loop and a
-    thread, CPU per turn); creating a conversation is one trip, its token included. Counted on
-    the pool itself; the turn's answer, a retry's replay, another user's 404 and a bad token's
-    401 are unchanged."""
+    thread, CPU per turn); creating a conversation is one trip, its token included. With
+    ``steps="auto"`` on SQLite, none: the steps run on the event loop. Counted on the pool
+    itself; the turn's answer, a retry's replay, another user's 404 and a bad token's 401 are
+    the same either way."""
+    env = Env(store, rate_limit=None, steps=steps)
     service = env.app.state.service
+    assert service.inline_steps is (steps == "auto")
     trips = 0
     submit = service.executor.submit
 
@@ -119,11 +124,11 @@ def test_a_json_turn_makes_two_trips_to_the_step_threads(env: Env) -> None:
 
     service.executor.submit = counted
     cid = env.new()
-    assert trips == 1
+    assert trips == creating
     trips = 0
     r = env.say(cid, "first", idempotency_key="k-1")
     assert r.status_code == 200 and r.json()["seq"] == 2
-    assert trips == 2
+    assert trips == turn
     again = env.say(cid, "first", idempotency_key="k-1")
     assert again.json()["seq"] == 2 and again.headers["Idempotent-Replayed"] == "true"
     assert env.say(cid, "hers?", who="bob").status_code == 404

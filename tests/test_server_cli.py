@@ -76,6 +76,22 @@ def test_serve_settings_reach_each_worker_s_sweep(tmp_path: Path,
         app.state.store.close()
 
 
+def test_serve_steps_flag_reaches_each_worker(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --steps threads`` travels to the app each worker builds; a bad value is refused
+    in one line. Where steps run is tested in tests/test_inline_steps.py."""
+    from colloquy.server.commands import SETTINGS_VAR, app_from_env
+
+    for given, inline in (({"steps": "threads"}, False), ({}, True)):  # auto on SQLite: inline
+        monkeypatch.setenv(SETTINGS_VAR, json.dumps(
+            {"db": str(tmp_path / "w.db"), "model": "echo", **given}))
+        app = app_from_env()
+        assert app.state.service.inline_steps is inline
+        app.state.store.close()
+    bad = run("serve", "--model", "echo", "--steps", "loop", "--db", str(tmp_path / "b.db"))
+    assert bad.returncode == 2 and "--steps: invalid choice: 'loop'" in bad.stderr
+
+
 def test_serve_answers_on_loopback_with_a_cli_token(tmp_path: Path) -> None:
     db = str(tmp_path / "live.db")
     token = colloquy("users", "add", "ada", "--db", db).stdout.strip()

@@ -37,7 +37,8 @@ from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
 from .continuity import (auto_title, check_key, claim_turn, find_keyed, fingerprint,
                          key_answered, key_meta, prior_turn)
-from .effects import Acquire, CallModel, Emit, RunTools, Turn, TurnInterrupted, arun, run
+from .effects import (Acquire, CallModel, Emit, MayWait, RunTools, Turn, TurnInterrupted, arun,
+                      run, steps_may_wait)
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
 from .gc_freeze import took_in
@@ -579,6 +580,8 @@ class Chat:
         target: int | None = None,
     ) -> Turn:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
+        if steps_may_wait(self, options):
+            yield MayWait()
         # The fingerprint is of the request as sent: its operation, message and target.
         asked = fingerprint(given, revise, target, options.api)
         prior = prior_turn(self, idempotency_key, asked)

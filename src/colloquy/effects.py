@@ -8,13 +8,19 @@ conversation's turn lock, for the model, for tools) it yields an effect and rece
     response = yield CallModel(model, request, stream) # a ModelResponse back (deltas go out)
     results  = yield RunTools(tools, calls)            # tool_result blocks back
     yield Emit(text)                                   # text for the caller (a replay, a guarded reply)
+    yield MayWait()                                    # the next steps may wait (see MayWait)
 
 Two drivers perform them. :func:`run` is the sync API's (``Chat.send``/``Chat.stream``): the
 SDKs' sync clients, blocking locks. :func:`arun` is the async API's (``Chat.asend``/
 ``Chat.astream``, the service): the model call is awaited on the event loop with the SDKs' async
 clients (:meth:`Model.arequest`/:meth:`Model.astream`), so a turn waiting on the model holds no
-thread, and the steps between effects run on a small thread pool (a SQLite busy wait or a
-PostgreSQL round trip must never block the event loop). Why not one async core with a sync
+thread, and the steps between effects run on a small thread pool (a PostgreSQL round trip, a
+model called by a policy or a guard must never block the event loop) or, when the caller knows
+no step waits on anything but this process's CPU (``inline``: the service decides,
+colloquy.server.service.steps_stay_local), on the event loop itself: two hand-overs to a thread
+and back, and the GIL changing hands at every SQLite call in between, cost more CPU than the
+steps (3.4-3.7 ms of server CPU per JSON turn on threads, 2.0 inline: bench/load.py, issue 16).
+Why not one async core with a sync
 wrapper: the sync API would then need an event loop per call (and could not run inside one),
 and every store would need an async twin; why not the old thread per turn: a waiting turn held a
 thread, so a worker held at most ``--threads`` turns in flight (issue 16).
@@ -47,6 +53,7 @@ from .usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, Reply
+    from .turn_options import TurnOptions
 
 #: Longest pause between two tries of a busy lock by an async caller (seconds): short enough
 #: that a queued turn starts soon after the previous one ends, long enough to cost nothing.
@@ -93,7 +100,32 @@ class Emit:
     text: str
 
 
-Effect = Acquire | CallModel | RunTools | Emit
+@dataclass(frozen=True)
+class MayWait:
+    """The turn's next steps may wait on something other than this process's CPU and store (a
+    guard's or a title's model call, fact extraction, a policy's embedding or summary): a
+    driver running steps on the event loop (``arun(inline=True)``) runs the rest of the turn's
+    steps on its threads; the others carry on at once. The driver sends back None."""
+
+
+Effect = Acquire | CallModel | RunTools | Emit | MayWait
+
+
+def steps_may_wait(chat: Chat, options: TurnOptions) -> bool:
+    """Whether ``chat``'s turn steps may wait on more than this process's CPU and store (the
+    turn then yields MayWait): a guard (a moderation model), fact extraction or a title (model
+    calls), a policy that may call a model or an encoder (one without ``may_wait`` is taken
+    to)."""
+    from .continuity import title_model_for
+
+    if chat.guards or chat.extract_facts is not None:
+        return True
+    conv = chat._conversation
+    if (conv is None or conv.title is None) \
+            and title_model_for(chat.model, chat.title_model) is not None:
+        return True
+    may_wait = getattr(chat.policy, "may_wait", None)
+    return may_wait is None or bool(may_wait(chat._context_input(chat._log, options)))
 Turn = Generator[Effect, Any, "Reply"]
 
 
@@ -205,7 +237,7 @@ def run(turn: Turn) -> Iterator[str | ThinkingDelta | Reply]:
                 value = yield from _call(effect, parts, calls, thoughts)
             elif isinstance(effect, RunTools):
                 value = _in(effect.context, run_calls, effect.tools, list(effect.calls))
-            else:
+            elif isinstance(effect, Acquire):
                 value = _acquire(effect.chat)
         except (GeneratorExit, KeyboardInterrupt) as gone:
             _interrupt(turn, TurnInterrupted("".join(parts), thinking="".join(thoughts)))
@@ -270,9 +302,11 @@ class _Step:
     done: bool = False
 
 
-def _advance(turn: Turn, value: Any, error: BaseException | None) -> _Step:
-    """Run the turn to its next effect, in a worker thread. A free gate is taken right here
-    (and the store's lock with it), which saves a trip to the event loop and back."""
+def _advance(turn: Turn, value: Any, error: BaseException | None, inline: bool = False
+             ) -> _Step:
+    """Run the turn to its next effect, in a worker thread (or ``inline``, on the loop's). A
+    free gate is taken right here (and the store's lock with it), which saves a trip to the
+    event loop and back; on a thread, MayWait is answered here too."""
     while True:
         try:
             effect = turn.throw(error) if error is not None else turn.send(value)
@@ -280,6 +314,9 @@ def _advance(turn: Turn, value: Any, error: BaseException | None) -> _Step:
             return _Step(reply=stop.value, done=True)
         except BaseException as e:  # noqa: BLE001 - handed to the driver on the event loop
             return _Step(error=e)
+        if isinstance(effect, MayWait) and not inline:
+            value, error = None, None
+            continue
         if not isinstance(effect, Acquire):
             return _Step(effect=effect)
         try:
@@ -294,6 +331,8 @@ def _advance(turn: Turn, value: Any, error: BaseException | None) -> _Step:
 class _Async:
     loop: asyncio.AbstractEventLoop
     executor: Executor | None
+    #: Steps run on the event loop's thread, not on ``executor`` (see the module docstring).
+    inline: bool = False
     #: The caller's context: the turn's first step starts in it (its span parents the turn's).
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     parts: list[str] = field(default_factory=list)
@@ -307,7 +346,10 @@ class _Async:
         """Run the turn up to its next effect in a worker thread. A cancellation while a step
         runs waits for that step (it is short) and is re-raised after it. Once the caller is
         gone, steps run shielded: the turn must store what it has even inside a cancelled
-        scope that cancels every await (anyio's, as Starlette's streaming responses use)."""
+        scope that cancels every await (anyio's, as Starlette's streaming responses use).
+        Inline, the step runs at once on the loop's thread: nothing can interrupt it."""
+        if self.inline:
+            return self.context.run(_advance, turn, value, error, True)
         future = self.loop.run_in_executor(self.executor, self.context.run, _advance, turn,
                                            value, error)
         if shielded:
@@ -329,6 +371,14 @@ class _Async:
         pause = 0.001
         while True:
             await asyncio.sleep(pause)
+            if self.inline:  # never waits (store.try_lock)
+                release = _try_take(chat)
+                if release is not None:
+                    return release
+                if self.loop.time() >= deadline:
+                    raise ConversationBusy(chat.session_id, DEFAULT_LOCK_TIMEOUT)
+                pause = min(pause * 2, MAX_LOCK_POLL)
+                continue
             taking = self.loop.run_in_executor(self.executor, _try_take, chat)
             try:
                 release = await asyncio.shield(taking)
@@ -367,14 +417,17 @@ class _CancelledAfter(BaseException):
         self.outcome = outcome
 
 
-async def arun(turn: Turn, executor: Executor | None = None
+async def arun(turn: Turn, executor: Executor | None = None, *, inline: bool = False
                ) -> AsyncIterator[str | ThinkingDelta | Reply]:
-    """Drive a turn on the event loop: yields the text for the caller, then the Reply.
+    """Drive a turn on the event loop: yields the text for the caller, then the Reply. Its
+    steps run on ``executor`` (None: the loop's default), or with ``inline`` on the loop's own
+    thread: only for turns none of whose steps waits (see the module docstring); tools
+    (RunTools) run on ``executor`` either way.
 
     Cancelling the task that iterates this (or closing the iterator) interrupts the turn: the
     model call is stopped at once, the partial reply stored, and the cancellation re-raised.
     """
-    driver = _Async(asyncio.get_running_loop(), executor)
+    driver = _Async(asyncio.get_running_loop(), executor, inline)
     calls = -1  # the turn's model call under way (a delta's TextPiece.call)
     value: Any = None
     error: BaseException | None = None
@@ -437,6 +490,8 @@ async def arun(turn: Turn, executor: Executor | None = None
                     executor, _in, effect.context, run_calls, effect.tools, list(effect.calls))
             elif isinstance(effect, Acquire):
                 value = await driver.acquire(effect.chat)
+            elif isinstance(effect, MayWait):
+                driver.inline = False  # the rest of the turn's steps: on the threads
         except (asyncio.CancelledError, GeneratorExit) as e:
             gone = e
             error = driver.interrupted()

@@ -183,6 +183,19 @@ class DefaultPolicy:
                 self._policies[key] = policy
             return policy
 
+    def may_wait(self, inp: ContextInput) -> bool:
+        """Whether building ``inp``'s context may wait on more than this process's CPU and
+        store (colloquy.effects.MayWait): with sentence embeddings, once the log no longer
+        fits whole (recall embeds the question, waiting its turn for the shared encoder);
+        never on keywords alone."""
+        if not self.dense:
+            return False
+        budget = self.budget(inp)
+        policy = self.policy_for(budget, is_anthropic(inp.model))
+        composed = policy.policy if isinstance(policy, CacheBreakpoints) else policy
+        assert isinstance(composed, ComposedPolicy)
+        return composed.recent.window_start(inp, budget) > 0
+
     def build(self, inp: ContextInput) -> Context:
         return self.policy_for(self.budget(inp), is_anthropic(inp.model)).build(inp)
 

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..store import open_store
 from ..store.users import UserStore, issue_token
 from ..text import name_argument
+from .steps import STEPS
 from .sweep import SWEEP_INTERVAL
 
 SETTINGS_VAR = "COLLOQUY_SERVER_SETTINGS"
@@ -131,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "rate_limit": args.rate_limit, "allowed_models": args.allow_model or [],
         "max_message_chars": args.max_message_chars, "max_body_bytes": args.max_body_bytes,
         "threads": args.threads, "max_inflight": args.max_inflight, "thinking": args.thinking,
-        "sweep_interval": args.sweep_interval,
+        "sweep_interval": args.sweep_interval, "steps": args.steps,
         "window": args.window, "max_input_tokens": args.max_input_tokens, "full": args.full,
         "policy": args.policy, "policy_config": args.policy_config,
         "extract_facts": args.extract_facts, "memory_model": args.memory_model,
@@ -246,6 +247,8 @@ def app_from_env() -> Any:
     for key in ("max_message_chars", "max_body_bytes", "threads", "max_inflight", "thinking"):
         if raw.get(key):
             options[key] = int(raw[key])
+    if raw.get("steps"):
+        options["steps"] = raw["steps"]
     if raw.get("sweep_interval") is not None:
         options["sweep_interval"] = float(raw["sweep_interval"])
     mode = raw.get("metrics", "off")
@@ -305,6 +308,10 @@ def add_serve_command(
     p.add_argument("--threads", type=int, default=16, metavar="N",
                    help="threads per worker for the turns' short steps (store, policy); a turn "
                    "waiting on the model holds none (default 16)")
+    p.add_argument("--steps", choices=STEPS, default="auto",
+                   help="where a turn's short steps run: auto (on the event loop with a SQLite "
+                   "or memory store, on the threads from where a turn may wait on a model: "
+                   "guards, facts, titles, summaries, embeddings) or threads (default auto)")
     p.add_argument("--max-inflight", type=int, default=None, metavar="N",
                    help="turns a worker holds in flight; past it, 503 with Retry-After at once "
                    "(default sized by memory: see the README, Service)")

@@ -60,7 +60,7 @@ from .coalesce import coalesced
 from .inflight import InFlight, Ticket, default_max_inflight
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
-from .steps import StepPool
+from .steps import STEPS, LoopLag, StepPool
 from .sweep import SWEEP_INTERVAL, Sweeper
 
 T = TypeVar("T")
@@ -132,6 +132,12 @@ class ServerSettings:
     #: skip FastAPI's per-request solving and give the same answers; False: every request goes
     #: through its FastAPI route (the tests compare the two).
     hot_routes: bool = True
+    #: Where a turn's steps (colloquy.effects) run: ``"auto"``: on the event loop when the
+    #: store never waits on a network (:func:`steps_stay_local`: SQLite, memory), each turn
+    #: moving to the step threads from the point its own steps may wait (a guard, fact
+    #: extraction, a title or a policy calling a model: Chat's MayWait); ``"threads"``:
+    #: always on the step threads.
+    steps: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,13 @@ class ChatService:
             raise ValueError(f"threads must be at least 1, not {settings.threads}")
         #: The turns' steps' threads (see ServerSettings.threads); idle threads cost nothing.
         self.executor = StepPool(settings.threads)
+        if settings.steps not in STEPS:
+            raise ConfigError(f"steps must be one of {', '.join(STEPS)}, not {settings.steps!r}")
+        #: Whether turns' steps (and :meth:`run`'s calls) run on the event loop itself
+        #: (ServerSettings.steps, :func:`steps_stay_local`).
+        self.inline_steps = settings.steps == "auto" and steps_stay_local(store)
+        #: Whether the loop runs behind: then turns' steps go to the threads (LoopLag).
+        self.lag = LoopLag()
         #: Turns in flight, against ServerSettings.max_inflight (503 past it).
         self.inflight = InFlight(settings.max_inflight)
         self._chats: OrderedDict[str, Chat] = OrderedDict()
@@ -187,8 +200,9 @@ class ChatService:
         for cache in (self, *self._models.values()):
             if hasattr(cache, "forget_conversations"):
                 register_cache(cache, store)
-        #: ...and one deleted by another process within ``sweep_interval`` seconds.
-        self.sweeper = Sweeper(store, settings.sweep_interval, self.run)
+        #: ...and one deleted by another process within ``sweep_interval`` seconds (on the
+        #: threads: a sweep that finds deletions runs a full garbage collection).
+        self.sweeper = Sweeper(store, settings.sweep_interval, self._on_threads)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -255,7 +269,19 @@ class ChatService:
     # -- turns ----------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the service's step threads: store reads must not block the loop."""
+        """``fn(*args)`` where a turn's steps run (a short store call: a token's lookup, a new
+        conversation): on the step threads, so that a store round trip never blocks the loop,
+        or at once when the steps run inline (:attr:`inline_steps`)."""
+        if self._inline():
+            return fn(*args)
+        return await self._on_threads(fn, *args)
+
+    def _inline(self) -> bool:
+        """Whether a turn starting now runs its steps on the loop: :attr:`inline_steps`, while
+        the loop keeps up (:class:`LoopLag`)."""
+        return self.inline_steps and not self.lag.watch()
+
+    async def _on_threads(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def chat(self, user: User, name: str) -> Chat:
@@ -406,7 +432,7 @@ class ChatService:
             return (yield from chat._turn(content, False, key, options, revise, target))
 
         async with self._turn((user.token if isinstance(user, Caller) else user.id, name)):
-            async for event in arun(turn(), self.executor):
+            async for event in arun(turn(), self.executor, inline=self._inline()):
                 if isinstance(event, Reply):
                     return event, _replayed(event)
         raise AssertionError("a turn ends with its Reply")  # pragma: no cover
@@ -425,7 +451,7 @@ class ChatService:
                                  tool_choice=tool_choice, api=api)
         async with self._turn(chat.session_id):
             async for event in arun(chat._turn(content, False, key, options, revise),
-                                    chat.executor):
+                                    chat.executor, inline=self._inline()):
                 if isinstance(event, Reply):
                     return event, _replayed(event)
         raise AssertionError("a turn ends with its Reply")  # pragma: no cover
@@ -444,7 +470,8 @@ class ChatService:
                                  tool_choice=tool_choice, api=api)
         async with self._turn(chat.session_id):
             async for event in coalesced(arun(
-                    chat._turn(content, True, key, options, revise, target), chat.executor)):
+                    chat._turn(content, True, key, options, revise, target), chat.executor,
+                    inline=self._inline())):
                 if isinstance(event, Reply):
                     yield event, _replayed(event)
                 elif isinstance(event, ThinkingDelta) or (isinstance(event, str) and event):
@@ -640,6 +667,14 @@ def _same_reply(log: Sequence[StoredMessage], replayed: Message) -> bool:
     stored = next((sm.message for sm in reversed(log) if sm.role == "assistant"), None)
     return stored is not None and stored.text == replayed.text and \
         [b.id for b in stored.tool_uses] == [b.id for b in replayed.tool_uses]
+
+
+def steps_stay_local(store: Store) -> bool:
+    """Whether a turn's steps may run on the event loop (colloquy.effects): the store's calls
+    never wait on a network (``store.in_process``: SQLite, memory). A turn whose own steps may
+    wait (a guard, fact extraction, a title, a policy's model or encoder: Chat yields
+    MayWait) runs them on the threads from there on."""
+    return bool(getattr(store, "in_process", False))
 
 
 def _resolve_policy(settings: ServerSettings, model: Model) -> ServerSettings:

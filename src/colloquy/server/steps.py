@@ -25,6 +25,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Where a turn's steps may run (ServerSettings.steps, ``colloquy serve --steps``): ``auto``
+#: runs them on the event loop when the store never waits on a network (colloquy.server.
+#: service.steps_stay_local) until a turn says its steps may wait (MayWait); ``threads``
+#: always on this pool.
+STEPS = ("auto", "threads")
+
 #: Threads always ready (two: one step may read while another writes).
 CORE_THREADS = 2
 #: How often a backlog is looked at, seconds.
@@ -160,3 +166,62 @@ class StepPool(Executor):
                 stuck = sum(1 for t in self._since.values() if t and now - t > STUCK)
                 if self._threads - stuck < self.core:
                     self._start(extra=True)
+
+
+class LoopLag:
+    """Whether the event loop runs behind: while turns come, a heartbeat every :data:`BEAT`
+    seconds notes how late it ran; ``behind`` from a beat later than :data:`BEHIND` until the
+    beats have come within half of it for :data:`BEHIND` seconds. Why: steps run on the loop (ServerSettings.steps) cost less CPU (no
+    hand-over to a thread and back), but only the loop's thread runs them; in a burst the
+    loop falls behind while a second core idles, and the threads, whose SQLite and socket work
+    runs outside the GIL, clear the backlog sooner. bench/load.py, one worker on 2 cores
+    (issue 16): always on the loop, 1,000 users on a 10 s model waited p50 11.3-12.4 s; with
+    this, 10.75 s (threads: 10.80), and a JSON turn cost 2.1 ms of CPU (threads: 3.2-4.4).
+    The heartbeat stops after :data:`IDLE` seconds without a turn (an idle server never
+    wakes)."""
+
+    def __init__(self) -> None:
+        self.behind = False
+        #: The latest beat's lateness, seconds.
+        self.late = 0.0
+        self._loop: Any = None
+        self._seen = 0.0  # when a turn last asked (loop time)
+        self._calm = 0.0  # the last beat later than BEHIND / 2 (loop time)
+
+    def watch(self) -> bool:
+        """Note a turn starting on the running loop (starting the heartbeat if it is not
+        beating); return whether the loop is behind."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        self._seen = loop.time()
+        if self._loop is not loop:
+            self._loop = loop
+            self._beat(loop, self._seen + BEAT)
+        return self.behind
+
+    def _beat(self, loop: Any, due: float) -> None:
+        def beat() -> None:
+            now = loop.time()
+            self.late = now - due
+            if self.late > BEHIND / 2:
+                self._calm = now  # not calm: the calm period starts again
+                if self.late > BEHIND:
+                    self.behind = True
+            elif now - self._calm >= BEHIND:
+                self.behind = False
+            if self._loop is not loop or now - self._seen > IDLE:
+                self._loop, self.behind = None, False  # idle: the next turn starts it again
+                return
+            self._beat(loop, now + BEAT)
+
+        loop.call_at(due, beat)
+
+
+#: The heartbeat's period, seconds.
+BEAT = 0.01
+#: A loop whose heartbeat comes later than this is behind, seconds (a JSON turn's steps take
+#: about a millisecond of CPU: a backlog of a few hundred of them).
+BEHIND = 0.25
+#: Seconds without a turn after which the heartbeat stops.
+IDLE = 1.0

@@ -13,7 +13,7 @@ import copy
 import time
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -261,6 +261,13 @@ class StoreBase:
     """What every back end shares of the Store contract: argument handling and errors are
     written here once; a back end supplies the three storage steps (``_insert_conversation``,
     ``_update_conversation``, ``_delete_conversation``) and ``find_conversation``."""
+
+    #: Whether every call runs in this process without waiting on a network (SQLite, memory;
+    #: not PostgreSQL): the service may then run a turn's steps on its event loop
+    #: (colloquy.server.service.steps_stay_local). A SQLite write may still wait for another
+    #: process's write transaction (``busy_timeout``): colloquy's own take well under a
+    #: millisecond.
+    in_process: ClassVar[bool] = False
 
     def find_conversation(self, conversation_id: str) -> Conversation | None:  # pragma: no cover
         raise NotImplementedError

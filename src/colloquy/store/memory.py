@@ -23,6 +23,7 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
     """Dicts behind one lock. Same semantics as the SQLite store, including conflicts."""
 
     url = "memory"
+    in_process = True
 
     def __init__(self) -> None:
         self._conversations: dict[str, Conversation] = {}

@@ -150,6 +150,7 @@ class SQLiteStore(SQLStore):
     """A store in one SQLite file. Thread-safe: each thread gets its own connection."""
 
     dialect = queries.SQLITE
+    in_process = True
 
     def __init__(self, path: str | Path, *, migrate: bool = True, create: bool = True,
                  busy_timeout: float = 30.0) -> None:
