@@ -16,11 +16,12 @@ SDKs' sync clients, blocking locks. :func:`arun` is the async API's (``Chat.asen
 clients (:meth:`Model.arequest`/:meth:`Model.astream`), so a turn waiting on the model holds no
 thread, and the steps between effects run on a small thread pool (a PostgreSQL round trip, a
 model called by a policy or a guard must never block the event loop) or, when the caller knows
-no step waits on anything but this process's CPU (``inline``: the service decides,
-colloquy.server.service.steps_stay_local), on the event loop itself: two hand-overs to a thread
-and back, and the GIL changing hands at every SQLite call in between, cost more CPU than the
-steps (3.4-3.7 ms of server CPU per JSON turn on threads, 2.0 inline: bench/load.py, issue 16).
-Why not one async core with a sync
+no step waits on anything but this process's CPU and store (``inline``: the service decides,
+colloquy.server.service; a turn whose own steps may wait yields MayWait and goes on on the
+threads), on the event loop itself: two hand-overs to a thread and back, and the GIL changing
+hands at every SQLite call in between, cost more CPU than the steps (a JSON turn's server CPU:
+3.1-4.4 ms on threads, 2.1-2.4 ms on the loop; bench/load.py, issue 16). Why not one async
+core with a sync
 wrapper: the sync API would then need an event loop per call (and could not run inside one),
 and every store would need an async twin; why not the old thread per turn: a waiting turn held a
 thread, so a worker held at most ``--threads`` turns in flight (issue 16).
@@ -109,6 +110,7 @@ class MayWait:
 
 
 Effect = Acquire | CallModel | RunTools | Emit | MayWait
+Turn = Generator[Effect, Any, "Reply"]
 
 
 def steps_may_wait(chat: Chat, options: TurnOptions) -> bool:
@@ -126,7 +128,6 @@ def steps_may_wait(chat: Chat, options: TurnOptions) -> bool:
         return True
     may_wait = getattr(chat.policy, "may_wait", None)
     return may_wait is None or bool(may_wait(chat._context_input(chat._log, options)))
-Turn = Generator[Effect, Any, "Reply"]
 
 
 class TurnInterrupted(ColloquyError):

@@ -171,14 +171,17 @@ class StepPool(Executor):
 class LoopLag:
     """Whether the event loop runs behind: while turns come, a heartbeat every :data:`BEAT`
     seconds notes how late it ran; ``behind`` from a beat later than :data:`BEHIND` until the
-    beats have come within half of it for :data:`BEHIND` seconds. Why: steps run on the loop (ServerSettings.steps) cost less CPU (no
-    hand-over to a thread and back), but only the loop's thread runs them; in a burst the
-    loop falls behind while a second core idles, and the threads, whose SQLite and socket work
-    runs outside the GIL, clear the backlog sooner. bench/load.py, one worker on 2 cores
-    (issue 16): always on the loop, 1,000 users on a 10 s model waited p50 11.3-12.4 s; with
-    this, 10.75 s (threads: 10.80), and a JSON turn cost 2.1 ms of CPU (threads: 3.2-4.4).
-    The heartbeat stops after :data:`IDLE` seconds without a turn (an idle server never
-    wakes)."""
+    beats have come within half of it for :data:`BEHIND` seconds.
+
+    Why: steps run on the loop (ServerSettings.steps) cost less CPU (no hand-over to a thread
+    and back), but only the loop's thread runs them; in a burst the loop falls behind while a
+    second core idles, and the threads, whose SQLite and socket work runs outside the GIL,
+    clear the backlog sooner. bench/load.py, one worker on 2 cores, 1,000 users x 2 turns on a
+    10 s model, alternated runs at a load of about 2 (issue 16): p50 11.7-12.1 s with the
+    steps always on the loop, 11.0-11.3 s always on threads, 10.9-11.2 s with this; a JSON
+    turn's CPU stays that of the loop (2.1-2.4 ms against 3.1-4.4 ms on threads) while the loop
+    keeps up. The heartbeat stops after :data:`IDLE` seconds without a turn (an idle server
+    never wakes)."""
 
     def __init__(self) -> None:
         self.behind = False
