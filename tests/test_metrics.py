@@ -149,3 +149,28 @@ def test_rate_limit_refusals_and_model_errors_are_counted() -> None:
     assert delta("colloquy_errors_total", source="turn", type="RateLimitError") == 1
     assert delta("colloquy_turn_duration_seconds_count", outcome="error") == 1
     assert delta("colloquy_turn_duration_seconds_count", outcome="ok") == 1
+
+
+@pytest.mark.parametrize("steps,behind,placement", [
+    ("auto", False, "loop"), ("auto", True, "behind"), ("threads", False, "threads")])
+def test_turns_are_counted_by_where_their_steps_began(steps: str, behind: bool,
+                                                      placement: str) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        pytest.skip("this process records into a multiprocess directory")
+    store = MemoryStore()
+    app = create_app(store, "echo", rate_limit=None, metrics_token="m", steps=steps)
+    if behind:
+        app.state.service.lag.watch = lambda: True  # the heartbeat's verdict
+    client = TestClient(app)
+    user = bearer(issue_token(store, "ada"))
+
+    def count() -> float:
+        return total(samples(client.get("/metrics", headers=bearer("m")).text),
+                     "colloquy_turn_steps_total", placement=placement)
+
+    before = count()
+    cid = client.post("/v1/conversations", json={}, headers=user).json()["id"]
+    for text in ("a", "b"):
+        assert client.post(f"/v1/conversations/{cid}/messages", json={"content": text},
+                           headers=user).status_code == 200
+    assert count() - before == 2

@@ -13,6 +13,7 @@ colloquy" for the labels):
     colloquy_unpriced_calls_total             counter    provider, model
     colloquy_errors_total                     counter    source (model_call, turn), type
     colloquy_rate_limit_refusals_total        counter
+    colloquy_turn_steps_total                 counter    placement (loop, threads, behind)
 
 Several worker processes: ``colloquy serve`` gives them one private directory
 (``PROMETHEUS_MULTIPROC_DIR``, prometheus-client's multiprocess mode) before they start, so a
@@ -90,6 +91,10 @@ class Metrics(Listener):
         self.refusals = Counter(
             "colloquy_rate_limit_refusals", "Requests refused by the per-user rate limit.",
             registry=r)
+        self.steps = Counter(
+            "colloquy_turn_steps", "Turns by where their steps began: on the event loop "
+            "(loop), on the step threads as the store or serve --steps asks (threads), or on "
+            "them because the loop ran behind (behind).", ["placement"], registry=r)
 
     # -- telemetry listener -----------------------------------------------------------------------
 
@@ -146,6 +151,13 @@ def record_refusal() -> None:
     """A request was refused by the rate limit (counted when metrics are on in this process)."""
     if _metrics is not None:
         _metrics.rate_limited()
+
+
+def record_steps(placement: str) -> None:
+    """Where a turn's steps began (counted when metrics are on in this process):
+    ``loop``, ``threads`` or ``behind`` (colloquy.server.service.ChatService, LoopLag)."""
+    if _metrics is not None:
+        _metrics.steps.labels(placement).inc()
 
 
 _GAUGE_FILE = re.compile(r"^gauge_live(?:sum|all)_(\d+)\.db$")

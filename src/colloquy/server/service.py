@@ -58,6 +58,7 @@ from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, Redactor
 from ..usage import Usage
 from .coalesce import coalesced
 from .inflight import InFlight, Ticket, default_max_inflight
+from .metrics import record_steps
 from .ratelimit import RateLimit
 from .schemas import IDEMPOTENCY_HEADER
 from .steps import STEPS, LoopLag, StepPool
@@ -277,9 +278,15 @@ class ChatService:
         return await self._on_threads(fn, *args)
 
     def _inline(self) -> bool:
-        """Whether a turn starting now runs its steps on the loop: :attr:`inline_steps`, while
-        the loop keeps up (:class:`LoopLag`)."""
+        """Whether work starting now runs on the loop: :attr:`inline_steps`, while the loop
+        keeps up (:class:`LoopLag`)."""
         return self.inline_steps and not self.lag.watch()
+
+    def _turn_inline(self) -> bool:
+        """:meth:`_inline` for a turn, counted by placement (``colloquy_turn_steps_total``)."""
+        inline = self._inline()
+        record_steps("loop" if inline else "behind" if self.inline_steps else "threads")
+        return inline
 
     async def _on_threads(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -432,7 +439,7 @@ class ChatService:
             return (yield from chat._turn(content, False, key, options, revise, target))
 
         async with self._turn((user.token if isinstance(user, Caller) else user.id, name)):
-            async for event in arun(turn(), self.executor, inline=self._inline()):
+            async for event in arun(turn(), self.executor, inline=self._turn_inline()):
                 if isinstance(event, Reply):
                     return event, _replayed(event)
         raise AssertionError("a turn ends with its Reply")  # pragma: no cover
@@ -451,7 +458,7 @@ class ChatService:
                                  tool_choice=tool_choice, api=api)
         async with self._turn(chat.session_id):
             async for event in arun(chat._turn(content, False, key, options, revise),
-                                    chat.executor, inline=self._inline()):
+                                    chat.executor, inline=self._turn_inline()):
                 if isinstance(event, Reply):
                     return event, _replayed(event)
         raise AssertionError("a turn ends with its Reply")  # pragma: no cover
@@ -471,7 +478,7 @@ class ChatService:
         async with self._turn(chat.session_id):
             async for event in coalesced(arun(
                     chat._turn(content, True, key, options, revise, target), chat.executor,
-                    inline=self._inline())):
+                    inline=self._turn_inline())):
                 if isinstance(event, Reply):
                     yield event, _replayed(event)
                 elif isinstance(event, ThinkingDelta) or (isinstance(event, str) and event):
