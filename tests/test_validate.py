@@ -109,6 +109,25 @@ def test_a_request_checked_again_is_answered_by_the_memo_only_for_the_same_reque
     assert problems([*msgs[:2], A("no")]) != []
 
 
+def test_the_validation_memo_answers_only_the_very_same_messages() -> None:
+    # Another request with equal messages (another conversation saying the same) is checked
+    # afresh, not compared by value, and becomes the remembered one, so the second check of
+    # that request (validate after repair_request) is answered by identity.
+    from colloquy.context.validate import _LAST_VALID, repair_request
+
+    first = [U("hi"), A("hello"), U("again")]
+    validate(first)
+    copies = [m.model_copy(deep=True) for m in first]
+    assert copies == first
+    _, msgs, _, notes = repair_request([], copies)
+    assert notes == [] and all(a is b for a, b in zip(msgs, copies))
+    (_, remembered), = [v for v in _LAST_VALID.values() if v[1] and v[1][0].text == "hi"]
+    assert all(a is b for a, b in zip(remembered, copies))
+    validate(msgs)
+    with pytest.raises(InvalidConversationError, match="both from the user"):
+        validate([*copies[:2], U("x"), U("y")])
+
+
 def test_forgetting_a_conversation_empties_the_validation_memo() -> None:
     from colloquy.caches import forget_cached
     from colloquy.context.validate import _LAST_VALID
