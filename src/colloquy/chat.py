@@ -582,8 +582,10 @@ class Chat:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
         if steps_may_wait(self, options):
             yield MayWait()
-        # The fingerprint is of the request as sent: its operation, message and target.
-        asked = fingerprint(given, revise, target, options.api)
+        # The fingerprint is of the request as sent: its operation, message and target; taken
+        # for a keyed turn only (without a key there is nothing to compare it with).
+        asked = fingerprint(given, revise, target, options.api) if idempotency_key is not None \
+            else ""
         prior = prior_turn(self, idempotency_key, asked)
         if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
             if streaming and prior.text:
