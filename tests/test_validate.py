@@ -148,6 +148,24 @@ def test_repair_leaves_a_valid_conversation_untouched() -> None:
     assert notes == []
 
 
+def test_a_valid_request_keeps_owned_source_lists_and_copies_the_callers() -> None:
+    # repair_owned_request (Chat.build_context, sources fresh from replay_thinking) hands the
+    # lists back; repair_request copies them; both repair alike.
+    from colloquy.context.validate import repair_owned_request, repair_request
+
+    plain = [U("hi"), A("hello"), U("thanks")]
+    given = [[1], [2], [3]]
+    _, msgs, owned, notes = repair_owned_request([], plain, given)
+    assert msgs == plain and notes == [] and owned == given
+    assert all(a is b for a, b in zip(owned, given)) and owned is not given
+    _, _, copied, _ = repair_request([], plain, given)
+    assert copied == given and not any(a is b for a, b in zip(copied, given))
+    broken = [U("a"), U("b"), A("c")]
+    assert repair_owned_request([], broken, [[1], [2], [3]]) == \
+        repair_request([], broken, [[1], [2], [3]])
+    assert repair_owned_request([], broken, [[1], [2], [3]])[2] == [[1, 2], [3]]
+
+
 def test_repair_without_sources_gives_empty_source_lists() -> None:
     msgs, sources, _ = repair([U("a"), A("b")])
     assert sources == [[], []]

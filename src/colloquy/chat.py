@@ -31,7 +31,7 @@ from .context.seen import CONTEXT, SeenContext, record as context_record, seen
 from .context.thinking import (
     OFF_NOTE, FinishedTurns, check_budget, replay_thinking, thinking_off_after_repair,
 )
-from .context.validate import repair_request, validate
+from .context.validate import repair_owned_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
@@ -335,10 +335,10 @@ class Chat:
             ctx = fit_to_window(self.policy.build(inp), inp, self.window)
             messages, sources, ctx.thinking, thinking_notes = replay_thinking(
                 ctx.messages, self._thinking(options), ctx.sources or None)
-            system, messages, sources, notes = repair_request(ctx.system, messages, sources)
+            system, messages, sources, notes = repair_owned_request(ctx.system, messages, sources)
             if thinking_off_after_repair(messages, ctx.thinking):  # the repair merged a loop's
                 messages, sources, ctx.thinking, _ = replay_thinking(messages, None, sources)
-                system, messages, sources, more = repair_request(system, messages, sources)
+                system, messages, sources, more = repair_owned_request(system, messages, sources)
                 notes += [OFF_NOTE, *more]
             ctx.system, ctx.messages, ctx.sources = system, messages, sources
             ctx.notes.extend(thinking_notes + notes)

@@ -340,12 +340,32 @@ def repair_request(
     only the latest
     :data:`~colloquy.context.wire.MAX_BREAKPOINTS` cache breakpoints.
 
-    Returns (system, messages, sources, notes). Every request colloquy sends goes through this
-    (``Chat.build_context``), whatever the policy and the adapter.
+    Returns (system, messages, sources, notes), the sources as new lists. Every request colloquy
+    sends goes through this (``Chat.build_context``), whatever the policy and the adapter.
     """
+    return _repair_request(system, messages, sources, owned=False)
+
+
+def repair_owned_request(
+    system: Sequence[TextBlock], messages: Sequence[Message], sources: Sequence[list[int]]
+) -> tuple[list[TextBlock], list[Message], list[list[int]], list[str]]:
+    """:func:`repair_request` for ``sources`` the caller owns (lists nobody else holds, as
+    :func:`~colloquy.context.thinking.replay_thinking` returns them): a request with nothing to
+    repair hands those lists back instead of copies (``Chat.build_context``, every turn: they
+    were copied once already)."""
+    return _repair_request(system, messages, sources, owned=True)
+
+
+def _repair_request(
+    system: Sequence[TextBlock], messages: Sequence[Message], sources: Sequence[list[int]] | None,
+    owned: bool,
+) -> tuple[list[TextBlock], list[Message], list[list[int]], list[str]]:
     if _plainly_valid(messages, system) and not system_problems(system):
-        return (list(system), list(messages),
-                [list(s) for s in sources] if sources is not None else [[] for _ in messages], [])
+        if sources is None:
+            srcs: list[list[int]] = [[] for _ in messages]
+        else:
+            srcs = list(sources) if owned else [list(s) for s in sources]
+        return list(system), list(messages), srcs, []
     msgs, srcs, notes = repair(messages, sources)
     kept = [b for b in system if b.text.strip()]
     if len(kept) != len(system):
