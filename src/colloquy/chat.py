@@ -608,7 +608,7 @@ class Chat:
             return reply
         if prior is None:  # else: a retry whose first attempt died before answering
             self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
-        total = Usage()
+        total: Usage | None = None  # the first call's usage as it is; a sum from the second
         #: Priced per call and added up: tiered prices apply to each call, not to the sum.
         costs: list[float | None] = []  # unknown (None) for a call without a price or usage
         notes: list[str] = []
@@ -633,7 +633,7 @@ class Chat:
                 raise
             raw_estimate = self._calibrate(request, response)
             notes.extend(n for n in response.notes if n not in notes)
-            total = total + response.usage
+            total = response.usage if total is None else total + response.usage
             cost = self.model.cost(response.usage)
             costs.append(cost)
             meta: dict[str, Any] = {"raw_input_estimate": raw_estimate, CONTEXT: context_record(
