@@ -169,6 +169,17 @@ def test_append_numbers_from_last_seq_plus_one(store: Store) -> None:
     assert all(sm.conversation_id == "c" for sm in log)
 
 
+def test_appended_messages_without_meta_each_hold_their_own_empty_meta(store: Store) -> None:
+    # An empty meta is written as "{}" and read back without the parser: still a new dict for
+    # each message, so one changed in place changes no other (nor the next append's).
+    store.create_conversation(id="c")
+    first, second = store.append("c", [nm("q1"), nm("a1", "assistant")])
+    assert first.meta == second.meta == {} and first.meta is not second.meta
+    first.meta["x"] = 1
+    (third,) = store.append("c", [nm("q2")])
+    assert second.meta == third.meta == {}
+
+
 def test_append_of_nothing_changes_nothing(store: Store) -> None:
     store.create_conversation(id="c")
     assert store.append("c", []) == []

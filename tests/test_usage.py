@@ -230,6 +230,24 @@ def test_raw_counts_system_messages_and_extra() -> None:
     assert c.count("never-seen", "sys prompt", msgs) == c.raw("sys prompt", msgs), "factor 1"
 
 
+def test_a_window_sum_reads_the_memo_only_for_the_very_message() -> None:
+    # estimate_messages reads memo hits inline: the same sum as estimate_message one by one,
+    # for messages seen before or not, and an entry left under a reused id (another object)
+    # is not taken for the message.
+    from colloquy.tokens import _MEMO, estimate_messages
+
+    seen = [Message.user("hello there"), Message.assistant("hi")]
+    for m in seen:
+        estimate_message(m)
+    new = Message.user("a much longer message than the others, never estimated before")
+    msgs = [*seen, new]
+    assert estimate_messages(msgs) == sum(map(estimate_message, msgs))
+    other = Message.user("x")
+    _MEMO[id(other)] = (seen[0], 10_000)  # as if seen[0]'s id were now other's
+    assert estimate_messages([other]) == MESSAGE_OVERHEAD + estimate_block(other.content[0])
+    assert estimate_messages([]) == 0
+
+
 # -- calibration ------------------------------------------------------------------------------------
 
 

@@ -109,6 +109,25 @@ def test_a_request_checked_again_is_answered_by_the_memo_only_for_the_same_reque
     assert problems([*msgs[:2], A("no")]) != []
 
 
+def test_the_validation_memo_answers_only_the_very_same_messages() -> None:
+    # Another request with equal messages (another conversation saying the same) is checked
+    # afresh, not compared by value, and becomes the remembered one, so the second check of
+    # that request (validate after repair_request) is answered by identity.
+    from colloquy.context.validate import _LAST_VALID, repair_request
+
+    first = [U("hi"), A("hello"), U("again")]
+    validate(first)
+    copies = [m.model_copy(deep=True) for m in first]
+    assert copies == first
+    _, msgs, _, notes = repair_request([], copies)
+    assert notes == [] and all(a is b for a, b in zip(msgs, copies))
+    (_, remembered), = [v for v in _LAST_VALID.values() if v[1] and v[1][0].text == "hi"]
+    assert all(a is b for a, b in zip(remembered, copies))
+    validate(msgs)
+    with pytest.raises(InvalidConversationError, match="both from the user"):
+        validate([*copies[:2], U("x"), U("y")])
+
+
 def test_forgetting_a_conversation_empties_the_validation_memo() -> None:
     from colloquy.caches import forget_cached
     from colloquy.context.validate import _LAST_VALID
@@ -127,6 +146,24 @@ def test_repair_leaves_a_valid_conversation_untouched() -> None:
     assert msgs == VALID
     assert sources == [[1], [2], [3], [4], [5]]
     assert notes == []
+
+
+def test_a_valid_request_keeps_owned_source_lists_and_copies_the_callers() -> None:
+    # repair_owned_request (Chat.build_context, sources fresh from replay_thinking) hands the
+    # lists back; repair_request copies them; both repair alike.
+    from colloquy.context.validate import repair_owned_request, repair_request
+
+    plain = [U("hi"), A("hello"), U("thanks")]
+    given = [[1], [2], [3]]
+    _, msgs, owned, notes = repair_owned_request([], plain, given)
+    assert msgs == plain and notes == [] and owned == given
+    assert all(a is b for a, b in zip(owned, given)) and owned is not given
+    _, _, copied, _ = repair_request([], plain, given)
+    assert copied == given and not any(a is b for a, b in zip(copied, given))
+    broken = [U("a"), U("b"), A("c")]
+    assert repair_owned_request([], broken, [[1], [2], [3]]) == \
+        repair_request([], broken, [[1], [2], [3]])
+    assert repair_owned_request([], broken, [[1], [2], [3]])[2] == [[1, 2], [3]]
 
 
 def test_repair_without_sources_gives_empty_source_lists() -> None:

@@ -31,7 +31,7 @@ from .context.seen import CONTEXT, SeenContext, record as context_record, seen
 from .context.thinking import (
     OFF_NOTE, FinishedTurns, check_budget, replay_thinking, thinking_off_after_repair,
 )
-from .context.validate import repair_request, validate
+from .context.validate import repair_owned_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
@@ -335,10 +335,10 @@ class Chat:
             ctx = fit_to_window(self.policy.build(inp), inp, self.window)
             messages, sources, ctx.thinking, thinking_notes = replay_thinking(
                 ctx.messages, self._thinking(options), ctx.sources or None)
-            system, messages, sources, notes = repair_request(ctx.system, messages, sources)
+            system, messages, sources, notes = repair_owned_request(ctx.system, messages, sources)
             if thinking_off_after_repair(messages, ctx.thinking):  # the repair merged a loop's
                 messages, sources, ctx.thinking, _ = replay_thinking(messages, None, sources)
-                system, messages, sources, more = repair_request(system, messages, sources)
+                system, messages, sources, more = repair_owned_request(system, messages, sources)
                 notes += [OFF_NOTE, *more]
             ctx.system, ctx.messages, ctx.sources = system, messages, sources
             ctx.notes.extend(thinking_notes + notes)
@@ -582,8 +582,10 @@ class Chat:
         self._sync()  # first: it notices a conversation deleted or replaced elsewhere
         if steps_may_wait(self, options):
             yield MayWait()
-        # The fingerprint is of the request as sent: its operation, message and target.
-        asked = fingerprint(given, revise, target, options.api)
+        # The fingerprint is of the request as sent: its operation, message and target; taken
+        # for a keyed turn only (without a key there is nothing to compare it with).
+        asked = fingerprint(given, revise, target, options.api) if idempotency_key is not None \
+            else ""
         prior = prior_turn(self, idempotency_key, asked)
         if isinstance(prior, Reply):  # a retry of an answered request: nothing new stored
             if streaming and prior.text:
@@ -606,7 +608,7 @@ class Chat:
             return reply
         if prior is None:  # else: a retry whose first attempt died before answering
             self._append(NewMessage(message=message, meta={**checked.meta(), **extra_meta}))
-        total = Usage()
+        total: Usage | None = None  # the first call's usage as it is; a sum from the second
         #: Priced per call and added up: tiered prices apply to each call, not to the sum.
         costs: list[float | None] = []  # unknown (None) for a call without a price or usage
         notes: list[str] = []
@@ -631,7 +633,7 @@ class Chat:
                 raise
             raw_estimate = self._calibrate(request, response)
             notes.extend(n for n in response.notes if n not in notes)
-            total = total + response.usage
+            total = response.usage if total is None else total + response.usage
             cost = self.model.cost(response.usage)
             costs.append(cost)
             meta: dict[str, Any] = {"raw_input_estimate": raw_estimate, CONTEXT: context_record(

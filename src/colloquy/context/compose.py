@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError, InvalidConversationError
 from ..messages import Message, TextBlock, ToolResultBlock
-from ..tokens import estimate_message, estimate_text, estimate_tools
+from ..tokens import estimate_message, estimate_messages, estimate_text, estimate_tools
 from .base import Context, ContextInput, iter_turns_backwards, persona_blocks, turn_start_index
 
 
@@ -172,7 +172,7 @@ class _Turns:
             if nxt is None:
                 return None
             lo, hi = nxt
-            cost = sum(map(estimate_message, [sm.message for sm in self._inp.history[lo:hi]]))
+            cost = estimate_messages([sm.message for sm in self._inp.history[lo:hi]])
             self.spans.append((lo, hi, cost))
         return self.spans[k]
 
@@ -407,7 +407,7 @@ class ComposedPolicy:
             # The whole log chosen (the usual case while it fits): when all of it fits, that is
             # the answer the clamp below reaches (every turn kept; the oldest starts at 0),
             # without walking the log turn by turn on every turn.
-            whole = sum(map(estimate_message, [sm.message for sm in inp.history]))
+            whole = estimate_messages([sm.message for sm in inp.history])
             if cal(base + whole) <= limit and cal(whole) <= allowance:
                 return 0, base + whole
         n = turns.index_of_start(chosen)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -148,7 +149,7 @@ def record(ctx: Context, persona: str, *, model: str, counter: TokenCounter, raw
     used = persona_tokens + tools_tokens + sum(p["tokens"] for p in parts.values())
     return {
         "v": VERSION,
-        "kept": encode(ranges(s for group in ctx.sources for s in group)),
+        "kept": encode(ranges(chain.from_iterable(ctx.sources))),
         "persona": {"tokens": persona_tokens, "sha256": sha},
         "parts": parts,
         "tokens": {"messages": max(0, total - used), "tools": tools_tokens, "total": total},

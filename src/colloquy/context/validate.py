@@ -30,6 +30,7 @@ sources. :func:`repair_request` is the one place a request is made to obey them 
 from __future__ import annotations
 
 import threading
+from operator import is_
 from collections.abc import Sequence
 
 from ..caches import text_memo
@@ -52,7 +53,9 @@ INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
 #: The request each thread last found plainly valid, as (system blocks, messages): every
 #: request is checked twice in a row on one thread, by :func:`repair_request` then by
 #: :func:`validate` (``Chat._request``), and the second check of the same blocks and messages
-#: (frozen values, compared by identity first, else by value) is answered from here.
+#: (the very objects: frozen values) is answered from here. Compared by identity only: a
+#: compare by value cost more than the check itself (about 40 pydantic ``__eq__`` a turn when
+#: the thread's last request was another conversation's with equal messages).
 _LAST_VALID: dict[int, tuple[list[TextBlock], list[Message]]] = {}
 
 
@@ -71,8 +74,7 @@ def _plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock] = ()
     second time, on the same thread, is answered by :data:`_LAST_VALID`."""
     me = threading.get_ident()
     last = _LAST_VALID.get(me)
-    if last is not None and len(last[1]) == len(messages) and len(last[0]) == len(system) \
-            and last[1] == list(messages) and last[0] == list(system):
+    if last is not None and _same(last[1], messages) and _same(last[0], system):
         return True
     if _check_plainly_valid(messages, system):
         if len(_LAST_VALID) >= 256:  # threads come and go: never more than a few hundred
@@ -80,6 +82,11 @@ def _plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock] = ()
         _LAST_VALID[me] = (list(system), list(messages))
         return True
     return False
+
+
+def _same(a: Sequence[object], b: Sequence[object]) -> bool:
+    """The same objects, in the same order."""
+    return len(a) == len(b) and all(map(is_, a, b))
 
 
 def _check_plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock]) -> bool:
@@ -333,12 +340,32 @@ def repair_request(
     only the latest
     :data:`~colloquy.context.wire.MAX_BREAKPOINTS` cache breakpoints.
 
-    Returns (system, messages, sources, notes). Every request colloquy sends goes through this
-    (``Chat.build_context``), whatever the policy and the adapter.
+    Returns (system, messages, sources, notes), the sources as new lists. Every request colloquy
+    sends goes through this (``Chat.build_context``), whatever the policy and the adapter.
     """
+    return _repair_request(system, messages, sources, owned=False)
+
+
+def repair_owned_request(
+    system: Sequence[TextBlock], messages: Sequence[Message], sources: Sequence[list[int]]
+) -> tuple[list[TextBlock], list[Message], list[list[int]], list[str]]:
+    """:func:`repair_request` for ``sources`` the caller owns (lists nobody else holds, as
+    :func:`~colloquy.context.thinking.replay_thinking` returns them): a request with nothing to
+    repair hands those lists back instead of copies (``Chat.build_context``, every turn: they
+    were copied once already)."""
+    return _repair_request(system, messages, sources, owned=True)
+
+
+def _repair_request(
+    system: Sequence[TextBlock], messages: Sequence[Message], sources: Sequence[list[int]] | None,
+    owned: bool,
+) -> tuple[list[TextBlock], list[Message], list[list[int]], list[str]]:
     if _plainly_valid(messages, system) and not system_problems(system):
-        return (list(system), list(messages),
-                [list(s) for s in sources] if sources is not None else [[] for _ in messages], [])
+        if sources is None:
+            srcs: list[list[int]] = [[] for _ in messages]
+        else:
+            srcs = list(sources) if owned else [list(s) for s in sources]
+        return list(system), list(messages), srcs, []
     msgs, srcs, notes = repair(messages, sources)
     kept = [b for b in system if b.text.strip()]
     if len(kept) != len(system):

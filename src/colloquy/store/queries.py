@@ -216,7 +216,7 @@ def appended(row: Sequence[Any], m: NewMessage) -> StoredMessage:
         usage = usage.model_copy(update={"estimated": not usage.estimated})
     return StoredMessage.model_construct(
         conversation_id=row[0], seq=row[1], message=m.message, created_at=row[4],
-        usage=usage, model=row[5], cost_usd=row[10], meta=json.loads(row[11]))
+        usage=usage, model=row[5], cost_usd=row[10], meta=_meta(row[11]))
 
 
 def message_row(conversation_id: str, seq: int, m: NewMessage, now: float) -> tuple[Any, ...]:
@@ -227,8 +227,13 @@ def message_row(conversation_id: str, seq: int, m: NewMessage, now: float) -> tu
         now, m.model,
         u.input_tokens if u else None, u.output_tokens if u else None,
         u.cache_write_tokens if u else None, u.cache_read_tokens if u else None,
-        m.cost_usd, json.dumps(m.meta),
+        m.cost_usd, json.dumps(m.meta) if m.meta else "{}",  # a user message's is mostly empty
     )
+
+
+def _meta(text: str) -> dict[str, Any]:
+    """A meta column read back: ``json.loads``, without the parser for the common ``{}``."""
+    return {} if text == "{}" else json.loads(text)
 
 
 # -- users -----------------------------------------------------------------------------------------
