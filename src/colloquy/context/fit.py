@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from ..errors import ContextTooLongError
 from ..messages import ContentBlock, Message, TextBlock, ToolResultBlock
-from ..tokens import estimate_message, estimate_text, estimate_tools
+from ..tokens import estimate_message, estimate_messages, estimate_text, estimate_tools
 from .base import Context, ContextInput
 
 #: Share of the room the estimate may fill: the rest absorbs the estimate's error.
@@ -111,9 +111,9 @@ def fit_to_window(ctx: Context, inp: ContextInput, window: int) -> Context:
     scale = max(1.0, counter.factor(inp.model))
     room = window - inp.max_tokens
     fixed = counter.raw(ctx.system, (), extra=estimate_tools(inp.tools))
+    if (fixed + estimate_messages(ctx.messages)) * scale <= room * FIT_HEADROOM:
+        return ctx  # the usual case: no list of sizes built
     sizes = list(map(estimate_message, ctx.messages))
-    if (fixed + sum(sizes)) * scale <= room * FIT_HEADROOM:
-        return ctx
     limit = room * FIT_HEADROOM / scale - fixed  # raw tokens the messages may take
     if limit <= 0:
         raise ContextTooLongError(
