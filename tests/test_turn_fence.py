@@ -192,6 +192,35 @@ def test_an_append_with_a_fence_another_turn_replaced_stores_nothing(store: Stor
     store.append("c_f", [NewMessage(message=Message.user("unfenced"))])  # no fence: no check
 
 
+def test_claim_turn_read_claims_and_returns_the_log_after_the_seq(store: Store) -> None:
+    """A turn's claim and its read of the log in one call: what ``claim_turn`` then
+    ``read_log(after_seq)`` give, the read skipped when nothing is new, the fence written
+    either way."""
+    assert store.claim_turn_read("c_f", "f0", 0) is None  # no record: nothing claimed
+    conv = store.create_conversation(id="c_f")
+    store.append("c_f", [NewMessage(message=Message.user("one")),
+                         NewMessage(message=Message.assistant("two"))])
+    read = store.claim_turn_read("c_f", "f1", 0)
+    assert read is not None and (read.generation, read.last_seq) == (conv.generation, 2)
+    assert [(sm.seq, sm.message.text) for sm in read.messages] == [(1, "one"), (2, "two")]
+    assert [sm.message.text for sm in store.claim_turn_read("c_f", "f1", 1).messages] == ["two"]
+    store.append("c_f", [NewMessage(message=Message.user("three"))], fence="f1")
+    nothing_new = store.claim_turn_read("c_f", "f2", 3)  # another turn took the lock
+    assert nothing_new is not None and nothing_new.messages == []
+    assert (nothing_new.generation, nothing_new.last_seq) == (conv.generation, 3)
+    with pytest.raises(TurnLockLost):  # claimed, though nothing was read
+        store.append("c_f", [NewMessage(message=Message.assistant("late"))], fence="f1")
+    store.append("c_f", [NewMessage(message=Message.assistant("four"))], fence="f2")
+    assert [sm.message.text for sm in store.claim_turn_read("c_f", "f3", 3).messages] == ["four"]
+    store.delete_conversation("c_f")
+    assert store.claim_turn_read("c_f", "f4", 4) is None
+    anew = store.create_conversation(id="c_f")  # replaced: another generation, read from 0
+    read = store.claim_turn_read("c_f", "f5", 4)
+    assert read is not None and (read.generation, read.messages) == (anew.generation, [])
+    assert anew.generation != conv.generation
+    store.append("c_f", [NewMessage(message=Message.user("new"))], fence="f5")
+
+
 @pytest.mark.parametrize("first_turn", [True, False])
 def test_a_chat_turn_overtaken_mid_call_fails_and_its_retry_is_refused(
     store: Store, first_turn: bool

@@ -35,8 +35,8 @@ from .context.validate import repair_owned_request, validate
 from .memory.engine import extract_after_turn, persist_derived
 from .memory.extract import FactExtraction
 from .costs import SessionCost, derived_side_call, session_cost, with_side_call
-from .continuity import (auto_title, check_key, claim_turn, find_keyed, fingerprint,
-                         key_answered, key_meta, prior_turn)
+from .continuity import (auto_title, check_key, claim_and_read, claim_turn, find_keyed,
+                         fingerprint, key_answered, key_meta, prior_turn)
 from .effects import (Acquire, CallModel, Emit, MayWait, RunTools, Turn, TurnInterrupted, arun,
                       run, steps_may_wait)
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
@@ -233,22 +233,26 @@ class Chat:
             self._sync()
             return list(self._branch.visible(self._log))
 
-    def _sync(self) -> None:
+    def _sync(self, claim: bool = False) -> None:
         """Read only what other writers appended since our last read: a turn's cost must not
         grow with the conversation's length.
 
         The same query returns the conversation's generation: when another process deleted
         the conversation, or deleted it and created it anew, the view held here (log, cached
         record, recall index, summary cache) is dropped, never served or spliced into the new
-        conversation's requests."""
+        conversation's requests. ``claim``: the turn's claim (claim_turn) is made by the same
+        store call."""
         with self._lock:
-            self._sync_locked()
+            self._sync_locked(claim)
 
-    def _sync_locked(self) -> None:
+    def _sync_locked(self, claim: bool = False) -> None:
         after = self._log[-1].seq if self._log else 0
         with work_span("colloquy.store.load", **{"db.system.name": store_system(self.store),
                                                  "colloquy.store.after_seq": after}) as span:
-            read = self.store.read_log(self.session_id, after_seq=after)
+            if claim:
+                self._fence, read = claim_and_read(self.store, self.session_id, after)
+            else:
+                read = self.store.read_log(self.session_id, after_seq=after)
             if read is None or (self._generation is not None and read.generation != self._generation):
                 self._forget_view()
                 if read is None:
@@ -562,7 +566,6 @@ class Chat:
             with work_span("colloquy.turn_lock", **{"gen_ai.conversation.id": self.session_id}):
                 release = yield Acquire(self)
             try:
-                self._fence = claim_turn(self.store, self.session_id)  # None: no record yet
                 reply = yield from self._locked_turn(given, streaming, idempotency_key,
                                                      options, revise, scope.delta, target)
             finally:
@@ -579,7 +582,9 @@ class Chat:
         options: TurnOptions, revise: Revision | None, delta: Callable[[], None],
         target: int | None = None,
     ) -> Turn:
-        self._sync()  # first: it notices a conversation deleted or replaced elsewhere
+        # First: the fence claimed (None: no record yet) with the log read, which notices a
+        # conversation deleted or replaced elsewhere.
+        self._sync(claim=True)
         if steps_may_wait(self, options):
             yield MayWait()
         # The fingerprint is of the request as sent: its operation, message and target; taken

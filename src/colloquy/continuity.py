@@ -42,7 +42,7 @@ from .usage import Usage, add_costs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, Reply
-    from .store import Store
+    from .store import LogRead, Store
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,17 @@ def claim_turn(store: Store, conversation_id: str) -> str | None:
         return None
     fence = new_generation()
     return fence if claim(conversation_id, fence) else None
+
+
+def claim_and_read(store: Store, conversation_id: str, after_seq: int) -> tuple[str | None, LogRead | None]:
+    """:func:`claim_turn`, then the log after ``after_seq`` (``Store.read_log``): in one call
+    where the store has ``claim_turn_read`` (it reads only when the claim shows new messages)."""
+    claim = getattr(store, "claim_turn_read", None)
+    if not callable(claim):
+        return claim_turn(store, conversation_id), store.read_log(conversation_id, after_seq=after_seq)
+    fence = new_generation()
+    read = claim(conversation_id, fence, after_seq)
+    return (fence if read is not None else None), read
 
 
 # -- idempotency ----------------------------------------------------------------------------------

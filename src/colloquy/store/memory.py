@@ -41,6 +41,11 @@ class MemoryStore(StoreBase, MemoryUserMethods, MemoryTurnMethods, MemoryRecordM
             self._fences[conversation_id] = fence
             return True
 
+    def claim_turn_read(self, conversation_id: str, fence: str, after_seq: int = 0) -> LogRead | None:
+        with self._lock:
+            return self.read_log(conversation_id, after_seq) if self.claim_turn(
+                conversation_id, fence) else None
+
     def find_conversation(self, conversation_id: str) -> Conversation | None:
         with self._lock:
             return self._conversations.get(conversation_id)

@@ -149,7 +149,8 @@ ADVANCE_LAST_SEQ = (
 
 def claim_turn_sql(d: Dialect) -> str:
     """A turn that took the conversation's lock writes its fence (store/locks.py, Fencing);
-    returns the id (no row: no record). On PostgreSQL the one statement's commit does not wait
+    returns the record's generation and last_seq (no row: no record), so a turn learns from the
+    claim whether anything was appended since its last read (``claim_turn_read``). On PostgreSQL the one statement's commit does not wait
     for the WAL flush (``set_config(..., true)`` is local to its transaction): a claim lost in a
     server crash is as if it was never made, so the turn that made it finds another fence at
     its first append and stores nothing, and a turn's first durable append flushes its claim
@@ -158,8 +159,9 @@ def claim_turn_sql(d: Dialect) -> str:
     synchronous=NORMAL)."""
     if d.name == "postgres":
         return ("WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)) "
-                "UPDATE conversations SET turn_fence = %s FROM lazy WHERE id = %s RETURNING id")
-    return "UPDATE conversations SET turn_fence = ? WHERE id = ? RETURNING id"
+                "UPDATE conversations SET turn_fence = %s FROM lazy WHERE id = %s "
+                "RETURNING generation, last_seq")
+    return "UPDATE conversations SET turn_fence = ? WHERE id = ? RETURNING generation, last_seq"
 LOAD_MESSAGES = (
     f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )

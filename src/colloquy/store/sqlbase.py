@@ -182,6 +182,17 @@ class SQLStore(StoreBase, LockMethods):
     def claim_turn(self, conversation_id: str, fence: str) -> bool:
         return self._write_one(Q.claim_turn_sql(self.dialect), (fence, conversation_id)) is not None
 
+    def claim_turn_read(self, conversation_id: str, fence: str, after_seq: int = 0) -> LogRead | None:
+        """:meth:`claim_turn` then :meth:`read_log` from ``after_seq``; the claim returns the
+        record's last_seq, so the read is made only when something was appended since (a turn
+        of the only process writing the conversation reads nothing: one statement fewer)."""
+        row = self._write_one(Q.claim_turn_sql(self.dialect), (fence, conversation_id))
+        if row is None:
+            return None
+        if int(row[1]) <= after_seq:
+            return LogRead(generation=row[0], last_seq=int(row[1]), messages=[])
+        return self.read_log(conversation_id, after_seq)
+
     def load(self, conversation_id: str, after_seq: int = 0, limit: int | None = None) -> list[StoredMessage]:
         q = self.dialect.q
         with self._read() as conn:

@@ -10,6 +10,9 @@ lookup of an idempotency key (the :class:`TurnStore` protocol).
   fence (a fresh token) goes in the conversation's record, and the turn's appends pass it
   (``append(..., fence=)``) so they commit only while no later turn claimed the conversation
   (see ``locks.py``, Fencing); False when there is no record yet;
+* ``claim_turn_read(conversation_id, fence, after_seq)`` (optional): ``claim_turn`` then
+  ``read_log(conversation_id, after_seq)``, the read skipped when the claim's last_seq shows
+  nothing new: None when there is no record (nothing claimed);
 * ``find_by_idempotency_key(conversation_id, key)``: the message stored with that key, if any.
   Keys ride in the user message's ``meta["idempotency_key"]``; migration 0200 indexes them
   uniquely per conversation, so a retried request can never be stored twice.
