@@ -221,6 +221,31 @@ def test_claim_turn_read_claims_and_returns_the_log_after_the_seq(store: Store) 
     store.append("c_f", [NewMessage(message=Message.user("new"))], fence="f5")
 
 
+def test_a_store_without_claim_turn_read_still_fences_and_syncs_the_turn() -> None:
+    """A store written before ``claim_turn_read``: the turn claims (claim_turn) and reads
+    (read_log) as two calls, and is fenced and current as on the shipped stores."""
+    from colloquy.store import MemoryStore
+
+    class OlderStore(MemoryStore):
+        claim_turn_read = None  # type: ignore[assignment]
+
+    store = OlderStore()
+    chat = Chat(EchoModel(), store=store, session_id="c_f")
+    chat.send("earlier")
+    store.append("c_f", [NewMessage(message=Message.user("elsewhere"))])  # another writer
+    chat.send("later")  # appended after "elsewhere": a log not read would conflict
+    assert texts(store)[2:4] == ["elsewhere", "later"]
+    assert [sm.message.text for sm in chat.history()] == texts(store)
+
+    def overtaken(req: ModelRequest) -> str:
+        store.claim_turn("c_f", "other turn")
+        return "answer A"
+
+    with pytest.raises(TurnLockLost):
+        Chat(FunctionModel(overtaken), store=store, session_id="c_f").send("question A")
+    assert texts(store)[-1] == "question A"
+
+
 @pytest.mark.parametrize("first_turn", [True, False])
 def test_a_chat_turn_overtaken_mid_call_fails_and_its_retry_is_refused(
     store: Store, first_turn: bool
