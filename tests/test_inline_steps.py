@@ -168,6 +168,42 @@ def test_the_dense_default_policy_waits_only_once_recall_is_needed() -> None:
     assert steps_may_wait(dense, NO_OPTIONS) and not steps_may_wait(bm25, NO_OPTIONS)
 
 
+class Asked:
+    """The dense default policy, noting for each build the thread it ran on and whether the
+    policy says that very build may wait (its ``may_wait`` of the input built)."""
+
+    def __init__(self) -> None:
+        self.inner = DefaultPolicy(max_input_tokens=300, retriever="hybrid")
+        self.builds: list[tuple[str, bool]] = []
+
+    def may_wait(self, inp: Any) -> bool:
+        return self.inner.may_wait(inp)
+
+    def build(self, inp: Any) -> Any:
+        self.builds.append((threading.current_thread().name, self.inner.may_wait(inp)))
+        return self.inner.build(inp)
+
+
+def test_a_build_that_may_wait_never_runs_on_the_loop(tmp_path: Path) -> None:
+    """The policy is asked about the log it will build from: a turn whose own message makes
+    the log no longer fit (recall then embeds the question) builds on the threads. It was
+    asked about the log before the message, said no, and the build ran on the loop."""
+    pytest.importorskip("sentence_transformers")  # the dev extra installs it (CI)
+    store = SQLiteStore(tmp_path / "f.db")
+    policy = Asked()
+    app, client, auth = app_with(store, policy=policy)
+    cid = client.post("/v1/conversations", json={}, headers=auth).json()["id"]
+    for text in ("short one", "short two", "the garden and the weather " * 100):
+        r = client.post(f"/v1/conversations/{cid}/messages", json={"content": text},
+                        headers=auth)
+        assert r.status_code == 200
+    assert [waits for _, waits in policy.builds] == [False, False, True]
+    on_the_loop = [waits for thread, waits in policy.builds
+                   if not thread.startswith("colloquy-step")]
+    assert on_the_loop == [False, False]
+    store.close()
+
+
 @pytest.mark.parametrize("waits", [False, True])
 def test_the_drivers_carry_on_after_may_wait(waits: bool) -> None:
     """MayWait is answered by every driver: the sync one and the threaded async one carry on
