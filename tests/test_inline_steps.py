@@ -204,6 +204,29 @@ def test_a_build_that_may_wait_never_runs_on_the_loop(tmp_path: Path) -> None:
     store.close()
 
 
+def test_count_tokens_builds_on_the_threads(tmp_path: Path) -> None:
+    """``POST /v1/messages/count_tokens`` builds the context a turn would send, outside a
+    turn (nothing says MayWait): on the step threads, never on the loop. On the loop, a
+    summary policy whose model took 2 s held every request of the worker 2 s (/healthz)."""
+    store = SQLiteStore(tmp_path / "c.db")
+    policy = Recording(waits=True)
+    app, client, auth = app_with(store, policy=policy)
+    first = [{"role": "user", "content": "the first question"}]
+    body = {"model": "echo", "max_tokens": 100, "messages": first,
+            "metadata": {"user_id": "counted"}}
+    r = client.post("/v1/messages", json=body, headers=auth)
+    assert r.status_code == 200
+    history = [*first, {"role": "assistant", "content": r.json()["content"][0]["text"]},
+               {"role": "user", "content": "and how many tokens is this?"}]
+    for metadata in ({"user_id": "counted"}, None):  # the stored conversation; none yet
+        policy.threads.clear()
+        r = client.post("/v1/messages/count_tokens", headers=auth,
+                        json={"model": "echo", "messages": history, "metadata": metadata})
+        assert r.status_code == 200 and r.json()["input_tokens"] > 0
+        assert policy.threads and all(t.startswith("colloquy-step") for t in policy.threads)
+    store.close()
+
+
 @pytest.mark.parametrize("waits", [False, True])
 def test_the_drivers_carry_on_after_may_wait(waits: bool) -> None:
     """MayWait is answered by every driver: the sync one and the threaded async one carry on
