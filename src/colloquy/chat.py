@@ -623,9 +623,8 @@ class Chat:
         ran_tools = False
         while True:
             rounds += 1
-            if not moved and policy_may_wait(self, self._log, options):  # the log grew
-                moved = True
-                yield MayWait()
+            if not moved and (moved := policy_may_wait(self, self._log, options)):
+                yield MayWait()  # the log grew (the message, tool results): it may wait now
             ctx = self.build_context(self._log, options)
             notes.extend(persist_derived(self.store, ctx.derived, self.owner))
             for record in ctx.derived:  # e.g. a summary written for this turn: billed too
