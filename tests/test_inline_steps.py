@@ -168,6 +168,65 @@ def test_the_dense_default_policy_waits_only_once_recall_is_needed() -> None:
     assert steps_may_wait(dense, NO_OPTIONS) and not steps_may_wait(bm25, NO_OPTIONS)
 
 
+class Asked:
+    """The dense default policy, noting for each build the thread it ran on and whether the
+    policy says that very build may wait (its ``may_wait`` of the input built)."""
+
+    def __init__(self) -> None:
+        self.inner = DefaultPolicy(max_input_tokens=300, retriever="hybrid")
+        self.builds: list[tuple[str, bool]] = []
+
+    def may_wait(self, inp: Any) -> bool:
+        return self.inner.may_wait(inp)
+
+    def build(self, inp: Any) -> Any:
+        self.builds.append((threading.current_thread().name, self.inner.may_wait(inp)))
+        return self.inner.build(inp)
+
+
+def test_a_build_that_may_wait_never_runs_on_the_loop(tmp_path: Path) -> None:
+    """The policy is asked about the log it will build from: a turn whose own message makes
+    the log no longer fit (recall then embeds the question) builds on the threads. It was
+    asked about the log before the message, said no, and the build ran on the loop."""
+    pytest.importorskip("sentence_transformers")  # the dev extra installs it (CI)
+    store = SQLiteStore(tmp_path / "f.db")
+    policy = Asked()
+    app, client, auth = app_with(store, policy=policy)
+    cid = client.post("/v1/conversations", json={}, headers=auth).json()["id"]
+    for text in ("short one", "short two", "the garden and the weather " * 100):
+        r = client.post(f"/v1/conversations/{cid}/messages", json={"content": text},
+                        headers=auth)
+        assert r.status_code == 200
+    assert [waits for _, waits in policy.builds] == [False, False, True]
+    on_the_loop = [waits for thread, waits in policy.builds
+                   if not thread.startswith("colloquy-step")]
+    assert on_the_loop == [False, False]
+    store.close()
+
+
+def test_count_tokens_builds_on_the_threads(tmp_path: Path) -> None:
+    """``POST /v1/messages/count_tokens`` builds the context a turn would send, outside a
+    turn (nothing says MayWait): on the step threads, never on the loop. On the loop, a
+    summary policy whose model took 2 s held every request of the worker 2 s (/healthz)."""
+    store = SQLiteStore(tmp_path / "c.db")
+    policy = Recording(waits=True)
+    app, client, auth = app_with(store, policy=policy)
+    first = [{"role": "user", "content": "the first question"}]
+    body = {"model": "echo", "max_tokens": 100, "messages": first,
+            "metadata": {"user_id": "counted"}}
+    r = client.post("/v1/messages", json=body, headers=auth)
+    assert r.status_code == 200
+    history = [*first, {"role": "assistant", "content": r.json()["content"][0]["text"]},
+               {"role": "user", "content": "and how many tokens is this?"}]
+    for metadata in ({"user_id": "counted"}, None):  # the stored conversation; none yet
+        policy.threads.clear()
+        r = client.post("/v1/messages/count_tokens", headers=auth,
+                        json={"model": "echo", "messages": history, "metadata": metadata})
+        assert r.status_code == 200 and r.json()["input_tokens"] > 0
+        assert policy.threads and all(t.startswith("colloquy-step") for t in policy.threads)
+    store.close()
+
+
 @pytest.mark.parametrize("waits", [False, True])
 def test_the_drivers_carry_on_after_may_wait(waits: bool) -> None:
     """MayWait is answered by every driver: the sync one and the threaded async one carry on

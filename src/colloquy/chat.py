@@ -38,7 +38,7 @@ from .costs import SessionCost, derived_side_call, session_cost, with_side_call
 from .continuity import (auto_title, check_key, claim_and_read, claim_turn, find_keyed,
                          fingerprint, key_answered, key_meta, prior_turn)
 from .effects import (Acquire, CallModel, Emit, MayWait, RunTools, Turn, TurnInterrupted, arun,
-                      run, steps_may_wait)
+                      policy_may_wait, run, steps_may_wait)
 from .errors import (ColloquyError, ConfigError, ConversationNotFound, InvalidTextError,
                      MissingAPIKeyError, ToolError)
 from .gc_freeze import took_in
@@ -585,7 +585,8 @@ class Chat:
         # First: the fence claimed (None: no record yet) with the log read, which notices a
         # conversation deleted or replaced elsewhere.
         self._sync(claim=True)
-        if steps_may_wait(self, options):
+        moved = steps_may_wait(self, options)  # on the threads from here (MayWait)
+        if moved:
             yield MayWait()
         # The fingerprint is of the request as sent: its operation, message and target; taken
         # for a keyed turn only (without a key there is nothing to compare it with).
@@ -622,6 +623,8 @@ class Chat:
         ran_tools = False
         while True:
             rounds += 1
+            if not moved and (moved := policy_may_wait(self, self._log, options)):
+                yield MayWait()  # the log grew (the message, tool results): it may wait now
             ctx = self.build_context(self._log, options)
             notes.extend(persist_derived(self.store, ctx.derived, self.owner))
             for record in ctx.derived:  # e.g. a summary written for this turn: billed too

@@ -54,6 +54,7 @@ from .usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, Reply
+    from .store.base import StoredMessage
     from .turn_options import TurnOptions
 
 #: Longest pause between two tries of a busy lock by an async caller (seconds): short enough
@@ -126,8 +127,15 @@ def steps_may_wait(chat: Chat, options: TurnOptions) -> bool:
     if (conv is None or conv.title is None) \
             and title_model_for(chat.model, chat.title_model) is not None:
         return True
+    return policy_may_wait(chat, chat._log, options)
+
+
+def policy_may_wait(chat: Chat, history: Sequence[StoredMessage], options: TurnOptions) -> bool:
+    """Whether ``chat``'s policy may wait building from ``history`` (its ``may_wait``; one
+    without it is taken to). Asked again before each build of a turn, of the log that build
+    sees: the turn's own message or a tool's result may make the log no longer fit."""
     may_wait = getattr(chat.policy, "may_wait", None)
-    return may_wait is None or bool(may_wait(chat._context_input(chat._log, options)))
+    return may_wait is None or bool(may_wait(chat._context_input(history, options)))
 
 
 class TurnInterrupted(ColloquyError):

@@ -398,7 +398,7 @@ def add_anthropic_routes(
     ) -> Any:
         system, history, content, tools = parse(body)
         _budget(body.thinking, None)
-        tokens = await service.run(
+        tokens = await service.on_threads(  # it builds a context: a policy may wait
             service.count_for_client, user, named(x_colloquy_conversation, body.metadata),
             system, history, content, tools)
         return {"input_tokens": tokens}

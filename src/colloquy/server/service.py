@@ -203,7 +203,7 @@ class ChatService:
                 register_cache(cache, store)
         #: ...and one deleted by another process within ``sweep_interval`` seconds (on the
         #: threads: a sweep that finds deletions runs a full garbage collection).
-        self.sweeper = Sweeper(store, settings.sweep_interval, self._on_threads)
+        self.sweeper = Sweeper(store, settings.sweep_interval, self.on_threads)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ class ChatService:
         or at once when the steps run inline (:attr:`inline_steps`)."""
         if self._inline():
             return fn(*args)
-        return await self._on_threads(fn, *args)
+        return await self.on_threads(fn, *args)
 
     def _inline(self) -> bool:
         """Whether work starting now runs on the loop: :attr:`inline_steps`, while the loop
@@ -288,7 +288,10 @@ class ChatService:
         record_steps("loop" if inline else "behind" if self.inline_steps else "threads")
         return inline
 
-    async def _on_threads(self, fn: Callable[..., T], *args: Any) -> T:
+    async def on_threads(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the step threads whatever :attr:`inline_steps`: for work outside a
+        turn that may wait (a context built for ``count_tokens``: a policy may call a model or
+        the encoder, and no MayWait says so; a sweep's garbage collection)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def chat(self, user: User, name: str) -> Chat:
