@@ -373,36 +373,33 @@ class _Async:
 
     async def acquire(self, chat: Chat) -> Callable[[], None]:
         """Wait for a busy conversation without holding a thread: sleep on the loop, try
-        again (``_try_take`` in a thread), with a growing pause; :class:`ConversationBusy`
-        after the store's usual timeout. (The service queues a conversation's turns on an
+        again (``_try_take``: on the loop's thread inline, else on a thread), with a growing
+        pause; :class:`ConversationBusy` after the store's usual timeout. (The service queues a conversation's turns on an
         asyncio lock first, so this is another process's turn, or another Chat's.)"""
         deadline = self.loop.time() + DEFAULT_LOCK_TIMEOUT
         pause = 0.001
         while True:
             await asyncio.sleep(pause)
-            if self.inline:  # never waits (store.try_lock)
-                release = _try_take(chat)
-                if release is not None:
-                    return release
-                if self.loop.time() >= deadline:
-                    raise ConversationBusy(chat.session_id, DEFAULT_LOCK_TIMEOUT)
-                pause = min(pause * 2, MAX_LOCK_POLL)
-                continue
-            taking = self.loop.run_in_executor(self.executor, _try_take, chat)
-            try:
-                release = await asyncio.shield(taking)
-            except asyncio.CancelledError:
-                with anyio.CancelScope(shield=True):  # never leave a lock taken behind us
-                    with contextlib.suppress(Exception):
-                        late = await taking
-                        if late is not None:
-                            await self.loop.run_in_executor(self.executor, late)
-                raise
+            release = _try_take(chat) if self.inline else await self._take(chat)
             if release is not None:
                 return release
             if self.loop.time() >= deadline:
                 raise ConversationBusy(chat.session_id, DEFAULT_LOCK_TIMEOUT)
             pause = min(pause * 2, MAX_LOCK_POLL)
+
+    async def _take(self, chat: Chat) -> Callable[[], None] | None:
+        """``_try_take`` on a thread (a PostgreSQL try is a round trip); a lock it takes after
+        the caller was cancelled is released there, never left behind."""
+        taking = self.loop.run_in_executor(self.executor, _try_take, chat)
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):  # never leave a lock taken behind us
+                with contextlib.suppress(Exception):
+                    late = await taking
+                    if late is not None:
+                        await self.loop.run_in_executor(self.executor, late)
+            raise
 
 
 async def _started(step: Any, context: contextvars.Context | None) -> Any:
