@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from colloquy import Chat, EchoModel, MemoryStore, RollingWindow, SQLiteStore
 from colloquy.context.default import DefaultPolicy
-from colloquy.effects import arun, steps_may_wait
+from colloquy.effects import arun, policy_may_wait, steps_may_wait
 from colloquy.errors import ConfigError
 from colloquy.guards.base import FunctionGuard
 from colloquy.memory.extract import FactExtraction
@@ -133,22 +133,25 @@ def test_a_guard_moves_the_turn_to_the_threads(tmp_path: Path) -> None:
 
 def test_what_makes_a_turn_s_steps_wait() -> None:
     """steps_may_wait: a guard, fact extraction, an untitled conversation whose model
-    titles it, a policy without ``may_wait`` (any policy may call a model); the default policy
-    on keywords never, and the default one itself (echo: no title call) not."""
+    titles it; policy_may_wait (asked before each build): a policy without ``may_wait`` (any
+    policy may call a model); the default policy on keywords never, and the default one itself
+    (echo: no title call) not."""
     def chat(**kw: Any) -> Chat:
         return Chat(EchoModel(), store=MemoryStore(), **kw)
 
-    assert not steps_may_wait(chat(policy=DefaultPolicy(retriever="bm25")), NO_OPTIONS)
-    assert steps_may_wait(chat(policy=RollingWindow(turns=4)), NO_OPTIONS)
+    plain = chat(policy=DefaultPolicy(retriever="bm25"))
+    assert not steps_may_wait(plain) and not policy_may_wait(plain, plain._log, NO_OPTIONS)
+    window = chat(policy=RollingWindow(turns=4))
+    assert policy_may_wait(window, window._log, NO_OPTIONS)
     assert steps_may_wait(chat(policy=DefaultPolicy(retriever="bm25"),
-                               guards=[FunctionGuard(lambda t: True)]), NO_OPTIONS)
+                               guards=[FunctionGuard(lambda t: True)]))
     assert steps_may_wait(chat(policy=DefaultPolicy(retriever="bm25"),
-                               extract_facts=FactExtraction()), NO_OPTIONS)
+                               extract_facts=FactExtraction()))
     titled = chat(policy=DefaultPolicy(retriever="bm25"), title_model=EchoModel())
-    assert steps_may_wait(titled, NO_OPTIONS)  # a title call on the first exchange
+    assert steps_may_wait(titled)  # a title call on the first exchange
     titled.send("hello there")
     assert titled.conversation is not None and titled.conversation.title
-    assert not steps_may_wait(titled, NO_OPTIONS)  # titled: no call any more
+    assert not steps_may_wait(titled)  # titled: no call any more
 
 
 def test_the_dense_default_policy_waits_only_once_recall_is_needed() -> None:
@@ -161,11 +164,13 @@ def test_the_dense_default_policy_waits_only_once_recall_is_needed() -> None:
                 policy=DefaultPolicy(max_input_tokens=300, retriever="bm25"))
     for c in (dense, bm25):
         c.send("a short first message")
-    assert not steps_may_wait(dense, NO_OPTIONS) and not steps_may_wait(bm25, NO_OPTIONS)
+    assert not policy_may_wait(dense, dense._log, NO_OPTIONS)
+    assert not policy_may_wait(bm25, bm25._log, NO_OPTIONS)
     for i in range(12):
         for c in (dense, bm25):
             c.send(f"message {i}: " + "words about the garden and the weather " * 3)
-    assert steps_may_wait(dense, NO_OPTIONS) and not steps_may_wait(bm25, NO_OPTIONS)
+    assert policy_may_wait(dense, dense._log, NO_OPTIONS)
+    assert not policy_may_wait(bm25, bm25._log, NO_OPTIONS)
 
 
 class Asked:

@@ -585,7 +585,7 @@ class Chat:
         # First: the fence claimed (None: no record yet) with the log read, which notices a
         # conversation deleted or replaced elsewhere.
         self._sync(claim=True)
-        moved = steps_may_wait(self, options)  # on the threads from here (MayWait)
+        moved = steps_may_wait(self)  # on the threads from here (MayWait)
         if moved:
             yield MayWait()
         # The fingerprint is of the request as sent: its operation, message and target; taken

@@ -114,20 +114,18 @@ Effect = Acquire | CallModel | RunTools | Emit | MayWait
 Turn = Generator[Effect, Any, "Reply"]
 
 
-def steps_may_wait(chat: Chat, options: TurnOptions) -> bool:
-    """Whether ``chat``'s turn steps may wait on more than this process's CPU and store (the
-    turn then yields MayWait): a guard (a moderation model), fact extraction or a title (model
-    calls), a policy that may call a model or an encoder (one without ``may_wait`` is taken
-    to)."""
+def steps_may_wait(chat: Chat) -> bool:
+    """Whether ``chat``'s turn steps may wait on more than this process's CPU and store, beside
+    its context builds (asked before each build: :func:`policy_may_wait`): a guard (a
+    moderation model), fact extraction or a title (model calls). The turn then yields MayWait
+    at its start."""
     from .continuity import title_model_for
 
     if chat.guards or chat.extract_facts is not None:
         return True
     conv = chat._conversation
-    if (conv is None or conv.title is None) \
-            and title_model_for(chat.model, chat.title_model) is not None:
-        return True
-    return policy_may_wait(chat, chat._log, options)
+    return (conv is None or conv.title is None) \
+        and title_model_for(chat.model, chat.title_model) is not None
 
 
 def policy_may_wait(chat: Chat, history: Sequence[StoredMessage], options: TurnOptions) -> bool:
