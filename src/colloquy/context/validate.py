@@ -59,11 +59,7 @@ INTERRUPTED = "(no result: the tool call was interrupted before it returned)"
 _LAST_VALID: dict[int, tuple[list[TextBlock], list[Message]]] = {}
 
 
-def _forget_valid() -> None:
-    _LAST_VALID.clear()
-
-
-_FORGETS = text_memo(_forget_valid)  # it holds messages of any conversation: a deletion empties it
+_FORGETS = text_memo(_LAST_VALID.clear)  # it holds messages of any conversation: a deletion empties it
 
 
 def _plainly_valid(messages: Sequence[Message], system: Sequence[TextBlock] = ()) -> bool:

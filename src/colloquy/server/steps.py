@@ -16,6 +16,7 @@ case is the plain pool of ``max_threads`` it replaces.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -194,8 +195,6 @@ class LoopLag:
     def watch(self) -> bool:
         """Note a turn starting on the running loop (starting the heartbeat if it is not
         beating); return whether the loop is behind."""
-        import asyncio
-
         loop = asyncio.get_running_loop()
         self._seen = loop.time()
         if self._loop is not loop:
